@@ -1,0 +1,40 @@
+//! acb-core: the sans-IO heart of acb, the open GPU computing broker.
+//!
+//! Everything here is a deterministic state machine: no clock (time comes in as `now`), no
+//! I/O, no threads, no `unsafe`, no `std`. The assigner daemon and the simulator drive the
+//! very same code, so what the simulator predicts is what the daemon decides.
+//!
+//! - [`GpuPool`]: nodes, GPUs, health.
+//! - [`Scheduler`]: the queue, the policies (`simple`, `gpu-sharing`, `gpu-affinity`),
+//!   priorities, backfill, reservations, time slices.
+//! - [`ClientMachine`]: one job's GPU phases and its lease, with lazy or eager release.
+//! - [`SwapRegistry`]: a job's device allocations and what a swap must copy.
+//! - [`sim`]: a discrete-event simulator over job traces, with the static baseline.
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
+pub mod client;
+mod error;
+mod id;
+mod pool;
+mod request;
+pub mod scheduler;
+pub mod sim;
+pub mod swap;
+mod time;
+
+pub use client::{Action, ClientConfig, ClientError, ClientMachine, GpuDemand, ReleaseMode, State};
+pub use error::{Bytes, Error, ErrorKind};
+pub use id::{ClientId, GpuId, LeaseId, NodeId, RequestId};
+pub use pool::{Gpu, GpuPool, Health, Node};
+pub use request::{Affinity, Request};
+pub use scheduler::{
+    Grant, Output, Policy, Scheduler, SchedulerConfig, UnknownPolicy, YieldReason,
+};
+pub use swap::{AllocId, SwapPlan, SwapRegistry};
+pub use time::Instant;
