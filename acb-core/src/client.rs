@@ -287,7 +287,11 @@ impl ClientMachine {
             let lease = self.lease_id();
             self.actions.push_back(Action::SwapOut { lease });
             self.drop_held();
-            self.state = State::Disconnected;
+            self.state = if self.connected {
+                State::Idle
+            } else {
+                State::Disconnected
+            };
             return Ok(());
         }
         if self.yield_asked || self.config.release == ReleaseMode::Eager {

@@ -1,0 +1,482 @@
+//! The client session machine, the swap registry and the simulator, as stories.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use acb_core::sim::{self, JobSpec, Mode, Phase, SimConfig, SimError};
+use acb_core::swap::{Residency, SwapError};
+use acb_core::{
+    Action, ClientConfig, ClientError, ClientId, ClientMachine, GpuDemand, GpuId, GpuPool, Instant,
+    LeaseId, Policy, ReleaseMode, SchedulerConfig, State, SwapRegistry,
+};
+
+const GIB: u64 = 1 << 30;
+
+fn t(ms: u64) -> Instant {
+    Instant::from_nanos(ms * 1_000_000)
+}
+
+fn drain(m: &mut ClientMachine) -> Vec<Action> {
+    std::iter::from_fn(|| m.poll_action()).collect()
+}
+
+fn granted(m: &mut ClientMachine, lease: u64, now: Instant) -> Vec<Action> {
+    m.handle_granted(LeaseId(lease), vec![GpuId(0)], 80 * GIB, now);
+    drain(m)
+}
+
+#[test]
+fn a_phase_asks_swaps_in_and_under_lazy_release_keeps_the_gpu() {
+    let mut m = ClientMachine::new(ClientConfig::default());
+    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
+    assert_eq!(drain(&mut m), vec![Action::SendRequest(GpuDemand::gpus(1))]);
+    assert_eq!(m.state(), State::Requesting);
+    let l = LeaseId(1);
+    assert_eq!(
+        granted(&mut m, 1, t(5)),
+        vec![
+            Action::SwapIn {
+                lease: l,
+                gpus: vec![GpuId(0)],
+                memory_per_gpu: 80 * GIB
+            },
+            Action::Ready { lease: l }
+        ]
+    );
+    m.end(t(100)).unwrap();
+    assert_eq!(drain(&mut m), vec![Action::ReportIdle { lease: l }]);
+    assert_eq!(m.state(), State::IdleHeld);
+    // The next phase reuses the lease: no request, no swap.
+    m.begin(GpuDemand::gpus(1), t(200)).unwrap();
+    assert_eq!(
+        drain(&mut m),
+        vec![Action::ReportBusy { lease: l }, Action::Ready { lease: l }]
+    );
+    assert_eq!(m.state(), State::Active);
+}
+
+#[test]
+fn eager_release_gives_the_gpu_back_after_every_phase() {
+    let mut m = ClientMachine::new(ClientConfig {
+        release: ReleaseMode::Eager,
+        idle_timeout: None,
+    });
+    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
+    drain(&mut m);
+    granted(&mut m, 1, t(1));
+    m.end(t(2)).unwrap();
+    let l = LeaseId(1);
+    assert_eq!(
+        drain(&mut m),
+        vec![
+            Action::SwapOut { lease: l },
+            Action::SendRelease { lease: l }
+        ]
+    );
+    assert_eq!(m.state(), State::Releasing);
+    m.handle_release_acked(t(3));
+    assert_eq!(m.state(), State::Idle);
+    assert_eq!(m.lease(), None);
+}
+
+#[test]
+fn a_yield_asked_while_idle_releases_at_once_and_while_busy_at_the_end() {
+    let mut m = ClientMachine::new(ClientConfig::default());
+    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
+    drain(&mut m);
+    granted(&mut m, 1, t(1));
+    let l = LeaseId(1);
+    m.handle_yield(l, t(2)); // busy: noted
+    assert!(drain(&mut m).is_empty());
+    assert!(m.yield_asked());
+    m.end(t(3)).unwrap();
+    assert_eq!(
+        drain(&mut m),
+        vec![
+            Action::SwapOut { lease: l },
+            Action::SendRelease { lease: l }
+        ]
+    );
+    m.handle_release_acked(t(4));
+
+    m.begin(GpuDemand::gpus(1), t(5)).unwrap();
+    drain(&mut m);
+    granted(&mut m, 2, t(6));
+    m.end(t(7)).unwrap();
+    drain(&mut m);
+    m.handle_yield(LeaseId(1), t(8)); // stale: ignored
+    assert!(drain(&mut m).is_empty());
+    m.handle_yield(LeaseId(2), t(8));
+    assert_eq!(
+        drain(&mut m),
+        vec![
+            Action::SwapOut { lease: LeaseId(2) },
+            Action::SendRelease { lease: LeaseId(2) }
+        ]
+    );
+}
+
+#[test]
+fn a_safe_point_gives_the_gpu_back_mid_phase_and_asks_again() {
+    let mut m = ClientMachine::new(ClientConfig::default());
+    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
+    drain(&mut m);
+    granted(&mut m, 1, t(1));
+    assert!(!m.safe_point(t(2)), "nobody asked");
+    m.handle_yield(LeaseId(1), t(3));
+    assert!(m.safe_point(t(4)));
+    assert_eq!(
+        drain(&mut m),
+        vec![
+            Action::SwapOut { lease: LeaseId(1) },
+            Action::SendRelease { lease: LeaseId(1) }
+        ]
+    );
+    m.handle_release_acked(t(5));
+    assert_eq!(drain(&mut m), vec![Action::SendRequest(GpuDemand::gpus(1))]);
+    let actions = granted(&mut m, 2, t(9));
+    assert_eq!(actions.last(), Some(&Action::Ready { lease: LeaseId(2) }));
+}
+
+#[test]
+fn the_idle_timeout_gives_a_kept_gpu_back() {
+    let mut m = ClientMachine::new(ClientConfig {
+        release: ReleaseMode::Lazy,
+        idle_timeout: Some(Duration::from_secs(2)),
+    });
+    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
+    drain(&mut m);
+    granted(&mut m, 1, t(1));
+    m.end(t(1000)).unwrap();
+    drain(&mut m);
+    assert_eq!(m.poll_timeout(), Some(t(3000)));
+    m.handle_timeout(t(2000)); // early: nothing
+    assert!(drain(&mut m).is_empty());
+    m.handle_timeout(t(3000));
+    assert_eq!(
+        drain(&mut m),
+        vec![
+            Action::SwapOut { lease: LeaseId(1) },
+            Action::SendRelease { lease: LeaseId(1) }
+        ]
+    );
+    assert_eq!(m.poll_timeout(), None);
+}
+
+#[test]
+fn a_begin_that_needs_more_than_the_kept_lease_releases_it_first() {
+    let mut m = ClientMachine::new(ClientConfig::default());
+    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
+    drain(&mut m);
+    granted(&mut m, 1, t(1));
+    m.end(t(2)).unwrap();
+    drain(&mut m);
+    m.begin(GpuDemand::gpus(2), t(3)).unwrap();
+    assert_eq!(
+        drain(&mut m),
+        vec![
+            Action::SwapOut { lease: LeaseId(1) },
+            Action::SendRelease { lease: LeaseId(1) }
+        ]
+    );
+    m.handle_release_acked(t(4));
+    assert_eq!(drain(&mut m), vec![Action::SendRequest(GpuDemand::gpus(2))]);
+}
+
+#[test]
+fn misuse_gets_clear_errors() {
+    let mut m = ClientMachine::new(ClientConfig::default());
+    assert_eq!(m.end(t(0)), Err(ClientError::NotActive));
+    assert_eq!(m.cancel(t(0)), Err(ClientError::NotRequesting));
+    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
+    assert_eq!(
+        m.begin(GpuDemand::gpus(1), t(0)),
+        Err(ClientError::AlreadyRequesting)
+    );
+    drain(&mut m);
+    granted(&mut m, 1, t(1));
+    assert_eq!(
+        m.begin(GpuDemand::gpus(1), t(0)),
+        Err(ClientError::AlreadyActive)
+    );
+    assert!(ClientError::AlreadyActive.to_string().contains("twice"));
+}
+
+#[test]
+fn a_grant_that_crosses_a_cancel_is_given_straight_back() {
+    let mut m = ClientMachine::new(ClientConfig::default());
+    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
+    drain(&mut m);
+    m.cancel(t(1)).unwrap();
+    assert_eq!(drain(&mut m), vec![Action::SendCancel]);
+    assert_eq!(
+        granted(&mut m, 1, t(2)),
+        vec![Action::SendRelease { lease: LeaseId(1) }]
+    );
+    assert_eq!(m.state(), State::Idle);
+}
+
+#[test]
+fn a_rejected_request_fails_the_waiting_begin() {
+    let mut m = ClientMachine::new(ClientConfig::default());
+    m.begin(GpuDemand::gpus(4), t(0)).unwrap();
+    drain(&mut m);
+    m.handle_rejected("asked for 4 GPUs but only 1".into(), t(1));
+    assert!(matches!(
+        drain(&mut m).as_slice(),
+        [Action::Failed(ClientError::Rejected(_))]
+    ));
+    assert_eq!(m.state(), State::Idle);
+}
+
+#[test]
+fn after_a_disconnect_the_memory_is_saved_and_the_next_phase_asks_again() {
+    let mut m = ClientMachine::new(ClientConfig::default());
+    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
+    drain(&mut m);
+    granted(&mut m, 1, t(1));
+    m.end(t(2)).unwrap();
+    drain(&mut m);
+    m.handle_disconnect(t(3)); // the assigner restarted while we kept the GPU
+    assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: LeaseId(1) }]);
+    assert_eq!(m.state(), State::Disconnected);
+    m.begin(GpuDemand::gpus(1), t(4)).unwrap(); // waits for the connection
+    assert!(drain(&mut m).is_empty());
+    m.handle_reconnected(t(5));
+    assert_eq!(drain(&mut m), vec![Action::SendRequest(GpuDemand::gpus(1))]);
+}
+
+#[test]
+fn a_disconnect_mid_phase_saves_the_memory_at_the_end_and_releases_nothing() {
+    let mut m = ClientMachine::new(ClientConfig::default());
+    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
+    drain(&mut m);
+    granted(&mut m, 1, t(1));
+    m.handle_disconnect(t(2));
+    assert!(drain(&mut m).is_empty(), "kernels in flight finish");
+    m.handle_reconnected(t(3)); // back before the phase ends: the new assigner never knew the lease
+    m.end(t(4)).unwrap();
+    assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: LeaseId(1) }]);
+    assert_eq!(m.state(), State::Idle);
+    m.begin(GpuDemand::gpus(1), t(6)).unwrap();
+    assert_eq!(drain(&mut m), vec![Action::SendRequest(GpuDemand::gpus(1))]);
+}
+
+#[test]
+fn a_revoked_lease_fails_the_phase_and_loses_its_memory() {
+    let mut m = ClientMachine::new(ClientConfig::default());
+    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
+    drain(&mut m);
+    granted(&mut m, 1, t(1));
+    m.handle_revoked(LeaseId(1), t(2));
+    assert_eq!(
+        drain(&mut m),
+        vec![
+            Action::Lost { lease: LeaseId(1) },
+            Action::Failed(ClientError::Revoked(LeaseId(1)))
+        ]
+    );
+    assert_eq!(m.state(), State::Idle);
+}
+
+// ----- swap registry -----
+
+#[test]
+fn read_only_memory_is_copied_out_once() {
+    let mut r = SwapRegistry::new();
+    let job = ClientId(1);
+    let weights = r.insert(job, 0, GpuId(0), 10 * GIB, true).unwrap();
+    let acts = r.insert(job, 0, GpuId(0), 2 * GIB, false).unwrap();
+    let out = r.plan_swap_out(job);
+    assert_eq!(
+        out.bytes_to_copy(),
+        12 * GIB,
+        "the first swap-out copies everything"
+    );
+    r.complete_swap_out(&out);
+    assert_eq!(r.client_totals(job).swapped, 12 * GIB);
+    assert_eq!(r.get(weights).unwrap().residency, Residency::Swapped);
+
+    let inn = r.plan_swap_in(job, &[GpuId(3)]).unwrap();
+    assert_eq!(inn.bytes_to_copy(), 12 * GIB);
+    r.complete_swap_in(&inn);
+    assert_eq!(
+        r.get(acts).unwrap().residency,
+        Residency::Resident(GpuId(3))
+    );
+    assert_eq!(r.gpu_totals(GpuId(3)).resident, 12 * GIB);
+
+    let out = r.plan_swap_out(job);
+    assert_eq!(
+        out.bytes_to_copy(),
+        2 * GIB,
+        "the weights' host copy is still good"
+    );
+    assert_eq!(out.bytes_total(), 12 * GIB);
+
+    r.set_read_only(weights, false).unwrap();
+    assert_eq!(
+        r.plan_swap_out(job).bytes_to_copy(),
+        12 * GIB,
+        "writable now: copied again"
+    );
+}
+
+#[test]
+fn swap_registry_errors() {
+    let mut r = SwapRegistry::new();
+    let job = ClientId(1);
+    assert_eq!(
+        r.insert(job, 0, GpuId(0), 0, false),
+        Err(SwapError::ZeroSize)
+    );
+    let a = r.insert(job, 1, GpuId(1), GIB, false).unwrap();
+    r.complete_swap_out(&r.plan_swap_out(job));
+    assert_eq!(
+        r.plan_swap_in(job, &[GpuId(0)]),
+        Err(SwapError::MissingOrdinal {
+            ordinal: 1,
+            gpus: 1
+        })
+    );
+    r.remove(a).unwrap();
+    assert_eq!(r.remove(a), Err(SwapError::UnknownAllocation(a)));
+    assert!(r.is_empty());
+}
+
+// ----- simulator -----
+
+fn pipeline(n: usize, cpu: u64, gpu: u64, items: u32) -> Vec<JobSpec> {
+    (0..n)
+        .map(|i| {
+            JobSpec::new(
+                format!("job{i}"),
+                4 * GIB,
+                vec![
+                    Phase::Cpu(Duration::from_secs(cpu)),
+                    Phase::Gpu(Duration::from_secs(gpu)),
+                ],
+                items,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn brokering_cpu_heavy_jobs_beats_static_allocation() {
+    let pool = GpuPool::uniform("n", 1, 80 * GIB);
+    let jobs = pipeline(4, 70, 30, 5);
+    let cmp = sim::compare(
+        &pool,
+        &jobs,
+        &[SchedulerConfig::new(Policy::Simple)],
+        &Default::default(),
+        20_000_000_000,
+    )
+    .unwrap();
+    let (stat, brok) = (&cmp.reports[0], &cmp.reports[1]);
+    assert_eq!(stat.items, 20);
+    assert_eq!(brok.items, 20);
+    assert_eq!(brok.jobs_done, 4);
+    // Static runs one job at a time: 4 x 5 x 100 s. Brokered overlaps CPU phases.
+    assert_eq!(stat.makespan, Duration::from_secs(2000));
+    assert!(brok.items_per_hour() > 2.0 * stat.items_per_hour(), "{cmp}");
+    // Brokered: 600 s of GPU work after a first 70 s CPU phase, plus swaps: > 600/700.
+    assert!(brok.gpu_busy() > 0.85 && stat.gpu_busy() < 0.31, "{cmp}");
+    assert!(brok.bytes_swapped > 0);
+    assert!(cmp.to_string().contains("items per hour"));
+}
+
+#[test]
+fn brokering_gpu_bound_jobs_gains_nothing() {
+    let pool = GpuPool::uniform("n", 1, 80 * GIB);
+    let jobs: Vec<JobSpec> = (0..3)
+        .map(|i| {
+            JobSpec::new(
+                format!("j{i}"),
+                GIB,
+                vec![Phase::Gpu(Duration::from_secs(60))],
+                4,
+            )
+        })
+        .collect();
+    let cmp = sim::compare(
+        &pool,
+        &jobs,
+        &[SchedulerConfig::new(Policy::Simple)],
+        &Default::default(),
+        20_000_000_000,
+    )
+    .unwrap();
+    let (stat, brok) = (&cmp.reports[0], &cmp.reports[1]);
+    assert!(
+        brok.items_per_hour() <= stat.items_per_hour() * 1.0001,
+        "{cmp}"
+    );
+}
+
+#[test]
+fn the_simulation_is_deterministic_and_every_policy_finishes() {
+    let pool = GpuPool::uniform("n", 2, 80 * GIB);
+    let mut jobs = pipeline(6, 40, 20, 3);
+    jobs[1].gpus = 2;
+    jobs[2].priority = 3;
+    jobs[3].arrival = Duration::from_secs(15);
+    for policy in Policy::ALL {
+        let mut cfg = SimConfig::new(pool.clone(), Mode::Brokered(SchedulerConfig::new(policy)));
+        if policy == Policy::Simple {
+            // simple grants one GPU per request: the two-GPU job is refused, clearly
+            let err = sim::run(&cfg, &jobs).unwrap_err();
+            assert!(
+                matches!(err, SimError::Rejected { ref job, .. } if job == "job1"),
+                "{err}"
+            );
+            continue;
+        }
+        let a = sim::run(&cfg, &jobs).unwrap();
+        let b = sim::run(&cfg, &jobs).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.items, 18);
+        cfg.client.release = acb_core::ReleaseMode::Eager;
+        assert_eq!(sim::run(&cfg, &jobs).unwrap().items, 18);
+    }
+}
+
+#[test]
+fn a_time_slice_lets_a_waiter_in_during_a_long_gpu_phase() {
+    // One job does a 100 s GPU phase; another arrives and waits. With a 10 s quantum the holder
+    // is asked to yield, which it does at the end of its phase (its next safe point): the
+    // simulator's jobs have no safe point inside a phase, so the wait is the same, but the
+    // yield is recorded.
+    let pool = GpuPool::uniform("n", 1, 80 * GIB);
+    let mut jobs = pipeline(2, 1, 100, 1);
+    jobs[1].arrival = Duration::from_secs(5);
+    let cfg = SimConfig::new(
+        pool,
+        Mode::Brokered(SchedulerConfig::new(Policy::Simple).with_quantum(Duration::from_secs(10))),
+    );
+    let r = sim::run(&cfg, &jobs).unwrap();
+    assert_eq!(r.yields, 1);
+    assert_eq!(r.items, 2);
+}
+
+#[test]
+fn bad_jobs_are_refused_with_a_reason() {
+    let pool = GpuPool::uniform("n", 1, 80 * GIB);
+    let cfg = SimConfig::new(pool.clone(), Mode::Brokered(SchedulerConfig::default()));
+    let mut jobs = pipeline(1, 1, 1, 1);
+    jobs[0].repeat = 0;
+    assert!(
+        matches!(sim::run(&cfg, &jobs), Err(SimError::InvalidJob { reason, .. }) if reason.contains("repeat"))
+    );
+    let mut jobs = pipeline(1, 1, 1, 1);
+    jobs[0].memory_per_gpu = 100 * GIB;
+    let err = sim::run(&cfg, &jobs).unwrap_err();
+    assert!(err.to_string().contains("largest healthy GPU"), "{err}");
+    let mut cfg0 = cfg;
+    cfg0.swap_bandwidth = 0;
+    assert_eq!(
+        sim::run(&cfg0, &pipeline(1, 1, 1, 1)),
+        Err(SimError::ZeroBandwidth)
+    );
+}
