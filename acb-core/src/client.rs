@@ -40,10 +40,7 @@ pub struct GpuDemand {
 impl GpuDemand {
     /// `gpus` whole GPUs.
     pub fn gpus(gpus: u32) -> Self {
-        GpuDemand {
-            gpus,
-            ..Default::default()
-        }
+        GpuDemand { gpus, ..Default::default() }
     }
 }
 
@@ -155,9 +152,7 @@ pub enum ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClientError::AlreadyActive => {
-                f.write_str("on_device_begin called twice without on_device_end")
-            }
+            ClientError::AlreadyActive => f.write_str("on_device_begin called twice without on_device_end"),
             ClientError::AlreadyRequesting => f.write_str("a request for GPUs is already waiting"),
             ClientError::NotActive => f.write_str("on_device_end called without on_device_begin"),
             ClientError::NotRequesting => f.write_str("no request for GPUs is waiting"),
@@ -243,9 +238,7 @@ impl ClientMachine {
         match self.state {
             State::Active => Err(ClientError::AlreadyActive),
             State::Requesting => Err(ClientError::AlreadyRequesting),
-            State::Releasing | State::Disconnected if self.pending.is_some() => {
-                Err(ClientError::AlreadyRequesting)
-            }
+            State::Releasing | State::Disconnected if self.pending.is_some() => Err(ClientError::AlreadyRequesting),
             State::Releasing | State::Disconnected => {
                 self.pending = Some(demand);
                 Ok(())
@@ -255,10 +248,7 @@ impl ClientMachine {
                 Ok(())
             }
             State::IdleHeld => {
-                let fits = self.held.as_ref().is_some_and(|h| {
-                    h.gpus.len() == demand.gpus as usize
-                        && demand.memory_per_gpu.is_none_or(|m| m <= h.memory_per_gpu)
-                });
+                let fits = self.held.as_ref().is_some_and(|h| self.lease_serves(h, &demand));
                 if fits && !self.yield_asked {
                     let lease = self.lease_id();
                     self.state = State::Active;
@@ -287,11 +277,7 @@ impl ClientMachine {
             let lease = self.lease_id();
             self.actions.push_back(Action::SwapOut { lease });
             self.drop_held();
-            self.state = if self.connected {
-                State::Idle
-            } else {
-                State::Disconnected
-            };
+            self.state = if self.connected { State::Idle } else { State::Disconnected };
             return Ok(());
         }
         if self.yield_asked || self.config.release == ReleaseMode::Eager {
@@ -335,32 +321,23 @@ impl ClientMachine {
     }
 
     /// The assigner granted the request.
-    pub fn handle_granted(
-        &mut self,
-        lease: LeaseId,
-        gpus: Vec<GpuId>,
-        memory_per_gpu: u64,
-        _now: Instant,
-    ) {
-        if self.state != State::Requesting {
-            // A grant that crossed a cancel (or a stale one): nobody wants it.
+    pub fn handle_granted(&mut self, lease: LeaseId, gpus: Vec<GpuId>, memory_per_gpu: u64, _now: Instant) {
+        let fits = self.pending.as_ref().is_some_and(|d| {
+            let held = Held { lease, gpus: gpus.clone(), memory_per_gpu };
+            d.gpus as usize == gpus.len() && d.memory_per_gpu.is_none_or(|m| m <= held.memory_per_gpu)
+        });
+        if self.state != State::Requesting || !fits {
+            // A grant that crossed a cancel (or a stale one that cannot serve this phase):
+            // nobody wants it. If a request is waiting, its own grant is still to come.
             self.actions.push_back(Action::SendRelease { lease });
             return;
         }
         self.state = State::Active;
         self.yield_asked = false;
         self.current = self.pending.take();
-        self.actions.push_back(Action::SwapIn {
-            lease,
-            gpus: gpus.clone(),
-            memory_per_gpu,
-        });
+        self.actions.push_back(Action::SwapIn { lease, gpus: gpus.clone(), memory_per_gpu });
         self.actions.push_back(Action::Ready { lease });
-        self.held = Some(Held {
-            lease,
-            gpus,
-            memory_per_gpu,
-        });
+        self.held = Some(Held { lease, gpus, memory_per_gpu });
     }
 
     /// The assigner refused the request.
@@ -368,8 +345,7 @@ impl ClientMachine {
         if self.state == State::Requesting {
             self.state = State::Idle;
             self.pending = None;
-            self.actions
-                .push_back(Action::Failed(ClientError::Rejected(why)));
+            self.actions.push_back(Action::Failed(ClientError::Rejected(why)));
         }
     }
 
@@ -394,9 +370,7 @@ impl ClientMachine {
         self.actions.push_back(Action::Lost { lease });
         self.state = State::Idle;
         match was {
-            State::Active => self
-                .actions
-                .push_back(Action::Failed(ClientError::Revoked(lease))),
+            State::Active => self.actions.push_back(Action::Failed(ClientError::Revoked(lease))),
             State::Releasing => {
                 if let Some(demand) = self.pending.take() {
                     self.request(demand);
@@ -406,10 +380,10 @@ impl ClientMachine {
         }
     }
 
-    /// The assigner confirmed the release.
-    pub fn handle_release_acked(&mut self, _now: Instant) {
-        if self.state != State::Releasing {
-            return;
+    /// The assigner confirmed the release of `lease`.
+    pub fn handle_release_acked(&mut self, lease: LeaseId, _now: Instant) {
+        if self.state != State::Releasing || self.lease() != Some(lease) {
+            return; // the ack of a lease given straight back, or a stale one
         }
         self.drop_held();
         self.state = State::Idle;
@@ -485,7 +459,27 @@ impl ClientMachine {
         self.actions.pop_front()
     }
 
+    /// Whether the kept lease `h` can serve `demand` without asking the assigner again.
+    fn lease_serves(&self, h: &Held, demand: &GpuDemand) -> bool {
+        let memory_ok = match (demand.memory_per_gpu, self.current.as_ref().and_then(|c| c.memory_per_gpu)) {
+            (Some(m), _) => m <= h.memory_per_gpu,
+            // Whole GPUs: only a lease that was granted as whole GPUs.
+            (None, None) => true,
+            (None, Some(_)) => false,
+        };
+        let placement_ok = match &demand.affinity {
+            Affinity::Required(ids) => h.gpus.iter().all(|g| ids.contains(g)),
+            _ => true,
+        };
+        h.gpus.len() == demand.gpus as usize && memory_ok && placement_ok
+    }
+
     fn request(&mut self, demand: GpuDemand) {
+        if !self.connected {
+            self.state = State::Disconnected;
+            self.pending = Some(demand);
+            return;
+        }
         self.state = State::Requesting;
         self.actions.push_back(Action::SendRequest(demand.clone()));
         self.pending = Some(demand);

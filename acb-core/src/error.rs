@@ -85,9 +85,7 @@ impl Error {
             | Error::PolicyLimit { .. }
             | Error::MemoryTooLarge { .. }
             | Error::UnknownGpu(_) => ErrorKind::InvalidArgument,
-            Error::UnknownClient(_) | Error::UnknownLease(_) | Error::UnknownRequest(_) => {
-                ErrorKind::NotFound
-            }
+            Error::UnknownClient(_) | Error::UnknownLease(_) | Error::UnknownRequest(_) => ErrorKind::NotFound,
             Error::NotOwner(_) | Error::NotRequestOwner(_) => ErrorKind::PermissionDenied,
             Error::AlreadyReleased(_) => ErrorKind::FailedPrecondition,
             Error::ClientExists(_) => ErrorKind::AlreadyExists,
@@ -102,21 +100,13 @@ impl fmt::Display for Error {
             Error::UnknownClient(c) => write!(f, "{c} is not connected"),
             Error::ClientExists(c) => write!(f, "{c} is already connected"),
             Error::ZeroGpus => f.write_str("a request must ask for at least one GPU"),
-            Error::ZeroMemory => f.write_str(
-                "memory per GPU must be more than 0 bytes (leave it unset for whole GPUs)",
-            ),
-            Error::TooManyGpus {
-                requested,
-                available,
-            } => write!(
-                f,
-                "asked for {requested} GPUs but only {available} healthy GPUs can serve this request"
-            ),
-            Error::PolicyLimit {
-                policy,
-                requested,
-                max,
-            } => write!(
+            Error::ZeroMemory => {
+                f.write_str("memory per GPU must be more than 0 bytes (leave it unset for whole GPUs)")
+            }
+            Error::TooManyGpus { requested, available } => {
+                write!(f, "asked for {requested} GPUs but only {available} healthy GPUs can serve this request")
+            }
+            Error::PolicyLimit { policy, requested, max } => write!(
                 f,
                 "the {policy} scheduler grants at most {max} GPU(s) per request, {requested} were asked; \
                  use gpu-affinity for multi-GPU jobs"
@@ -129,10 +119,7 @@ impl fmt::Display for Error {
             ),
             Error::UnknownGpu(g) => write!(f, "{g} is not in the pool"),
             Error::TooManyQueued { limit } => {
-                write!(
-                    f,
-                    "this client already has {limit} requests queued (the limit)"
-                )
+                write!(f, "this client already has {limit} requests queued (the limit)")
             }
             Error::UnknownLease(l) => write!(f, "{l} was never granted"),
             Error::NotOwner(l) => write!(f, "{l} belongs to another client"),

@@ -33,8 +33,6 @@ pub use error::{Bytes, Error, ErrorKind};
 pub use id::{ClientId, GpuId, LeaseId, NodeId, RequestId};
 pub use pool::{Gpu, GpuPool, Health, Node};
 pub use request::{Affinity, Request};
-pub use scheduler::{
-    Grant, Output, Policy, Scheduler, SchedulerConfig, UnknownPolicy, YieldReason,
-};
+pub use scheduler::{Grant, Output, Policy, Scheduler, SchedulerConfig, UnknownPolicy, YieldReason};
 pub use swap::{AllocId, SwapPlan, SwapRegistry};
 pub use time::Instant;

@@ -70,11 +70,7 @@ impl GpuPool {
     /// Adds a node and returns its id.
     pub fn add_node(&mut self, name: &str) -> NodeId {
         let id = NodeId(self.nodes.len() as u32);
-        self.nodes.push(Node {
-            id,
-            name: name.into(),
-            gpus: Vec::new(),
-        });
+        self.nodes.push(Node { id, name: name.into(), gpus: Vec::new() });
         id
     }
 
@@ -91,14 +87,7 @@ impl GpuPool {
         };
         let index = n.gpus.len() as u32;
         n.gpus.push(id);
-        self.gpus.push(Gpu {
-            id,
-            node,
-            index,
-            uuid,
-            memory,
-            health: Health::Healthy,
-        });
+        self.gpus.push(Gpu { id, node, index, uuid, memory, health: Health::Healthy });
         id
     }
 

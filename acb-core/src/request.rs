@@ -38,14 +38,7 @@ pub struct Request {
 impl Request {
     /// A request for `gpus` whole GPUs at priority 0, any placement.
     pub fn new(client: ClientId, job: impl Into<String>, gpus: u32) -> Self {
-        Request {
-            client,
-            job: job.into(),
-            gpus,
-            memory_per_gpu: None,
-            priority: 0,
-            affinity: Affinity::Any,
-        }
+        Request { client, job: job.into(), gpus, memory_per_gpu: None, priority: 0, affinity: Affinity::Any }
     }
 
     /// The same request with `bytes` of memory per GPU.

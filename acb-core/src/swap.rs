@@ -94,10 +94,7 @@ impl fmt::Display for SwapError {
         match self {
             SwapError::UnknownAllocation(id) => write!(f, "allocation {} is not registered", id.0),
             SwapError::MissingOrdinal { ordinal, gpus } => {
-                write!(
-                    f,
-                    "memory was made on device {ordinal} but the lease has only {gpus} GPU(s)"
-                )
+                write!(f, "memory was made on device {ordinal} but the lease has only {gpus} GPU(s)")
             }
             SwapError::ZeroSize => f.write_str("an allocation of zero bytes"),
         }
@@ -128,10 +125,7 @@ pub struct SwapRegistry {
 impl SwapRegistry {
     /// An empty registry.
     pub fn new() -> Self {
-        SwapRegistry {
-            allocs: BTreeMap::new(),
-            next: 1,
-        }
+        SwapRegistry { allocs: BTreeMap::new(), next: 1 }
     }
 
     /// Records a new allocation, resident on `gpu`.
@@ -150,23 +144,14 @@ impl SwapRegistry {
         self.next = id.0 + 1;
         self.allocs.insert(
             id,
-            Allocation {
-                owner,
-                ordinal,
-                size,
-                residency: Residency::Resident(gpu),
-                read_only,
-                host_copy: false,
-            },
+            Allocation { owner, ordinal, size, residency: Residency::Resident(gpu), read_only, host_copy: false },
         );
         Ok(id)
     }
 
     /// Forgets an allocation (it was freed).
     pub fn remove(&mut self, id: AllocId) -> Result<Allocation, SwapError> {
-        self.allocs
-            .remove(&id)
-            .ok_or(SwapError::UnknownAllocation(id))
+        self.allocs.remove(&id).ok_or(SwapError::UnknownAllocation(id))
     }
 
     /// One allocation.
@@ -177,10 +162,7 @@ impl SwapRegistry {
     /// Marks an allocation read-only (or not). Marking it writable drops its host copy's
     /// validity while it is resident.
     pub fn set_read_only(&mut self, id: AllocId, read_only: bool) -> Result<(), SwapError> {
-        let a = self
-            .allocs
-            .get_mut(&id)
-            .ok_or(SwapError::UnknownAllocation(id))?;
+        let a = self.allocs.get_mut(&id).ok_or(SwapError::UnknownAllocation(id))?;
         a.read_only = read_only;
         if !read_only && matches!(a.residency, Residency::Resident(_)) {
             a.host_copy = false;
@@ -190,10 +172,7 @@ impl SwapRegistry {
 
     /// The device copy was written: a resident allocation's host copy is stale.
     pub fn mark_written(&mut self, id: AllocId) -> Result<(), SwapError> {
-        let a = self
-            .allocs
-            .get_mut(&id)
-            .ok_or(SwapError::UnknownAllocation(id))?;
+        let a = self.allocs.get_mut(&id).ok_or(SwapError::UnknownAllocation(id))?;
         if matches!(a.residency, Residency::Resident(_)) {
             a.host_copy = false;
         }
@@ -205,12 +184,7 @@ impl SwapRegistry {
         let items = self
             .of(owner)
             .filter_map(|(id, a)| match a.residency {
-                Residency::Resident(gpu) => Some(SwapItem {
-                    id,
-                    size: a.size,
-                    copy: !a.host_copy,
-                    gpu,
-                }),
+                Residency::Resident(gpu) => Some(SwapItem { id, size: a.size, copy: !a.host_copy, gpu }),
                 Residency::Swapped => None,
             })
             .collect();
@@ -236,16 +210,8 @@ impl SwapRegistry {
             }
             let gpu = *gpus
                 .get(a.ordinal as usize)
-                .ok_or(SwapError::MissingOrdinal {
-                    ordinal: a.ordinal,
-                    gpus: gpus.len(),
-                })?;
-            items.push(SwapItem {
-                id,
-                size: a.size,
-                copy: true,
-                gpu,
-            });
+                .ok_or(SwapError::MissingOrdinal { ordinal: a.ordinal, gpus: gpus.len() })?;
+            items.push(SwapItem { id, size: a.size, copy: true, gpu });
         }
         Ok(SwapPlan { items })
     }
@@ -268,19 +234,12 @@ impl SwapRegistry {
 
     /// Resident totals for one GPU (`swapped` is always 0 here).
     pub fn gpu_totals(&self, gpu: GpuId) -> Totals {
-        totals(
-            self.allocs
-                .values()
-                .filter(|a| a.residency == Residency::Resident(gpu)),
-        )
+        totals(self.allocs.values().filter(|a| a.residency == Residency::Resident(gpu)))
     }
 
     /// Every allocation of `owner`, in id order.
     pub fn of(&self, owner: ClientId) -> impl Iterator<Item = (AllocId, &Allocation)> {
-        self.allocs
-            .iter()
-            .filter(move |(_, a)| a.owner == owner)
-            .map(|(id, a)| (*id, a))
+        self.allocs.iter().filter(move |(_, a)| a.owner == owner).map(|(id, a)| (*id, a))
     }
 
     /// Number of allocations.

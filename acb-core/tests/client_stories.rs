@@ -6,8 +6,8 @@ use std::time::Duration;
 use acb_core::sim::{self, JobSpec, Mode, Phase, SimConfig, SimError};
 use acb_core::swap::{Residency, SwapError};
 use acb_core::{
-    Action, ClientConfig, ClientError, ClientId, ClientMachine, GpuDemand, GpuId, GpuPool, Instant,
-    LeaseId, Policy, ReleaseMode, SchedulerConfig, State, SwapRegistry,
+    Action, ClientConfig, ClientError, ClientId, ClientMachine, GpuDemand, GpuId, GpuPool, Instant, LeaseId, Policy,
+    ReleaseMode, SchedulerConfig, State, SwapRegistry,
 };
 
 const GIB: u64 = 1 << 30;
@@ -34,47 +34,28 @@ fn a_phase_asks_swaps_in_and_under_lazy_release_keeps_the_gpu() {
     let l = LeaseId(1);
     assert_eq!(
         granted(&mut m, 1, t(5)),
-        vec![
-            Action::SwapIn {
-                lease: l,
-                gpus: vec![GpuId(0)],
-                memory_per_gpu: 80 * GIB
-            },
-            Action::Ready { lease: l }
-        ]
+        vec![Action::SwapIn { lease: l, gpus: vec![GpuId(0)], memory_per_gpu: 80 * GIB }, Action::Ready { lease: l }]
     );
     m.end(t(100)).unwrap();
     assert_eq!(drain(&mut m), vec![Action::ReportIdle { lease: l }]);
     assert_eq!(m.state(), State::IdleHeld);
     // The next phase reuses the lease: no request, no swap.
     m.begin(GpuDemand::gpus(1), t(200)).unwrap();
-    assert_eq!(
-        drain(&mut m),
-        vec![Action::ReportBusy { lease: l }, Action::Ready { lease: l }]
-    );
+    assert_eq!(drain(&mut m), vec![Action::ReportBusy { lease: l }, Action::Ready { lease: l }]);
     assert_eq!(m.state(), State::Active);
 }
 
 #[test]
 fn eager_release_gives_the_gpu_back_after_every_phase() {
-    let mut m = ClientMachine::new(ClientConfig {
-        release: ReleaseMode::Eager,
-        idle_timeout: None,
-    });
+    let mut m = ClientMachine::new(ClientConfig { release: ReleaseMode::Eager, idle_timeout: None });
     m.begin(GpuDemand::gpus(1), t(0)).unwrap();
     drain(&mut m);
     granted(&mut m, 1, t(1));
     m.end(t(2)).unwrap();
     let l = LeaseId(1);
-    assert_eq!(
-        drain(&mut m),
-        vec![
-            Action::SwapOut { lease: l },
-            Action::SendRelease { lease: l }
-        ]
-    );
+    assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: l }, Action::SendRelease { lease: l }]);
     assert_eq!(m.state(), State::Releasing);
-    m.handle_release_acked(t(3));
+    m.handle_release_acked(l, t(3));
     assert_eq!(m.state(), State::Idle);
     assert_eq!(m.lease(), None);
 }
@@ -90,14 +71,8 @@ fn a_yield_asked_while_idle_releases_at_once_and_while_busy_at_the_end() {
     assert!(drain(&mut m).is_empty());
     assert!(m.yield_asked());
     m.end(t(3)).unwrap();
-    assert_eq!(
-        drain(&mut m),
-        vec![
-            Action::SwapOut { lease: l },
-            Action::SendRelease { lease: l }
-        ]
-    );
-    m.handle_release_acked(t(4));
+    assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: l }, Action::SendRelease { lease: l }]);
+    m.handle_release_acked(LeaseId(1), t(4));
 
     m.begin(GpuDemand::gpus(1), t(5)).unwrap();
     drain(&mut m);
@@ -107,13 +82,7 @@ fn a_yield_asked_while_idle_releases_at_once_and_while_busy_at_the_end() {
     m.handle_yield(LeaseId(1), t(8)); // stale: ignored
     assert!(drain(&mut m).is_empty());
     m.handle_yield(LeaseId(2), t(8));
-    assert_eq!(
-        drain(&mut m),
-        vec![
-            Action::SwapOut { lease: LeaseId(2) },
-            Action::SendRelease { lease: LeaseId(2) }
-        ]
-    );
+    assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: LeaseId(2) }, Action::SendRelease { lease: LeaseId(2) }]);
 }
 
 #[test]
@@ -125,14 +94,8 @@ fn a_safe_point_gives_the_gpu_back_mid_phase_and_asks_again() {
     assert!(!m.safe_point(t(2)), "nobody asked");
     m.handle_yield(LeaseId(1), t(3));
     assert!(m.safe_point(t(4)));
-    assert_eq!(
-        drain(&mut m),
-        vec![
-            Action::SwapOut { lease: LeaseId(1) },
-            Action::SendRelease { lease: LeaseId(1) }
-        ]
-    );
-    m.handle_release_acked(t(5));
+    assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: LeaseId(1) }, Action::SendRelease { lease: LeaseId(1) }]);
+    m.handle_release_acked(LeaseId(1), t(5));
     assert_eq!(drain(&mut m), vec![Action::SendRequest(GpuDemand::gpus(1))]);
     let actions = granted(&mut m, 2, t(9));
     assert_eq!(actions.last(), Some(&Action::Ready { lease: LeaseId(2) }));
@@ -140,10 +103,8 @@ fn a_safe_point_gives_the_gpu_back_mid_phase_and_asks_again() {
 
 #[test]
 fn the_idle_timeout_gives_a_kept_gpu_back() {
-    let mut m = ClientMachine::new(ClientConfig {
-        release: ReleaseMode::Lazy,
-        idle_timeout: Some(Duration::from_secs(2)),
-    });
+    let mut m =
+        ClientMachine::new(ClientConfig { release: ReleaseMode::Lazy, idle_timeout: Some(Duration::from_secs(2)) });
     m.begin(GpuDemand::gpus(1), t(0)).unwrap();
     drain(&mut m);
     granted(&mut m, 1, t(1));
@@ -153,13 +114,7 @@ fn the_idle_timeout_gives_a_kept_gpu_back() {
     m.handle_timeout(t(2000)); // early: nothing
     assert!(drain(&mut m).is_empty());
     m.handle_timeout(t(3000));
-    assert_eq!(
-        drain(&mut m),
-        vec![
-            Action::SwapOut { lease: LeaseId(1) },
-            Action::SendRelease { lease: LeaseId(1) }
-        ]
-    );
+    assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: LeaseId(1) }, Action::SendRelease { lease: LeaseId(1) }]);
     assert_eq!(m.poll_timeout(), None);
 }
 
@@ -172,14 +127,8 @@ fn a_begin_that_needs_more_than_the_kept_lease_releases_it_first() {
     m.end(t(2)).unwrap();
     drain(&mut m);
     m.begin(GpuDemand::gpus(2), t(3)).unwrap();
-    assert_eq!(
-        drain(&mut m),
-        vec![
-            Action::SwapOut { lease: LeaseId(1) },
-            Action::SendRelease { lease: LeaseId(1) }
-        ]
-    );
-    m.handle_release_acked(t(4));
+    assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: LeaseId(1) }, Action::SendRelease { lease: LeaseId(1) }]);
+    m.handle_release_acked(LeaseId(1), t(4));
     assert_eq!(drain(&mut m), vec![Action::SendRequest(GpuDemand::gpus(2))]);
 }
 
@@ -189,16 +138,10 @@ fn misuse_gets_clear_errors() {
     assert_eq!(m.end(t(0)), Err(ClientError::NotActive));
     assert_eq!(m.cancel(t(0)), Err(ClientError::NotRequesting));
     m.begin(GpuDemand::gpus(1), t(0)).unwrap();
-    assert_eq!(
-        m.begin(GpuDemand::gpus(1), t(0)),
-        Err(ClientError::AlreadyRequesting)
-    );
+    assert_eq!(m.begin(GpuDemand::gpus(1), t(0)), Err(ClientError::AlreadyRequesting));
     drain(&mut m);
     granted(&mut m, 1, t(1));
-    assert_eq!(
-        m.begin(GpuDemand::gpus(1), t(0)),
-        Err(ClientError::AlreadyActive)
-    );
+    assert_eq!(m.begin(GpuDemand::gpus(1), t(0)), Err(ClientError::AlreadyActive));
     assert!(ClientError::AlreadyActive.to_string().contains("twice"));
 }
 
@@ -209,10 +152,7 @@ fn a_grant_that_crosses_a_cancel_is_given_straight_back() {
     drain(&mut m);
     m.cancel(t(1)).unwrap();
     assert_eq!(drain(&mut m), vec![Action::SendCancel]);
-    assert_eq!(
-        granted(&mut m, 1, t(2)),
-        vec![Action::SendRelease { lease: LeaseId(1) }]
-    );
+    assert_eq!(granted(&mut m, 1, t(2)), vec![Action::SendRelease { lease: LeaseId(1) }]);
     assert_eq!(m.state(), State::Idle);
 }
 
@@ -222,10 +162,7 @@ fn a_rejected_request_fails_the_waiting_begin() {
     m.begin(GpuDemand::gpus(4), t(0)).unwrap();
     drain(&mut m);
     m.handle_rejected("asked for 4 GPUs but only 1".into(), t(1));
-    assert!(matches!(
-        drain(&mut m).as_slice(),
-        [Action::Failed(ClientError::Rejected(_))]
-    ));
+    assert!(matches!(drain(&mut m).as_slice(), [Action::Failed(ClientError::Rejected(_))]));
     assert_eq!(m.state(), State::Idle);
 }
 
@@ -271,10 +208,7 @@ fn a_revoked_lease_fails_the_phase_and_loses_its_memory() {
     m.handle_revoked(LeaseId(1), t(2));
     assert_eq!(
         drain(&mut m),
-        vec![
-            Action::Lost { lease: LeaseId(1) },
-            Action::Failed(ClientError::Revoked(LeaseId(1)))
-        ]
+        vec![Action::Lost { lease: LeaseId(1) }, Action::Failed(ClientError::Revoked(LeaseId(1)))]
     );
     assert_eq!(m.state(), State::Idle);
 }
@@ -288,11 +222,7 @@ fn read_only_memory_is_copied_out_once() {
     let weights = r.insert(job, 0, GpuId(0), 10 * GIB, true).unwrap();
     let acts = r.insert(job, 0, GpuId(0), 2 * GIB, false).unwrap();
     let out = r.plan_swap_out(job);
-    assert_eq!(
-        out.bytes_to_copy(),
-        12 * GIB,
-        "the first swap-out copies everything"
-    );
+    assert_eq!(out.bytes_to_copy(), 12 * GIB, "the first swap-out copies everything");
     r.complete_swap_out(&out);
     assert_eq!(r.client_totals(job).swapped, 12 * GIB);
     assert_eq!(r.get(weights).unwrap().residency, Residency::Swapped);
@@ -300,45 +230,25 @@ fn read_only_memory_is_copied_out_once() {
     let inn = r.plan_swap_in(job, &[GpuId(3)]).unwrap();
     assert_eq!(inn.bytes_to_copy(), 12 * GIB);
     r.complete_swap_in(&inn);
-    assert_eq!(
-        r.get(acts).unwrap().residency,
-        Residency::Resident(GpuId(3))
-    );
+    assert_eq!(r.get(acts).unwrap().residency, Residency::Resident(GpuId(3)));
     assert_eq!(r.gpu_totals(GpuId(3)).resident, 12 * GIB);
 
     let out = r.plan_swap_out(job);
-    assert_eq!(
-        out.bytes_to_copy(),
-        2 * GIB,
-        "the weights' host copy is still good"
-    );
+    assert_eq!(out.bytes_to_copy(), 2 * GIB, "the weights' host copy is still good");
     assert_eq!(out.bytes_total(), 12 * GIB);
 
     r.set_read_only(weights, false).unwrap();
-    assert_eq!(
-        r.plan_swap_out(job).bytes_to_copy(),
-        12 * GIB,
-        "writable now: copied again"
-    );
+    assert_eq!(r.plan_swap_out(job).bytes_to_copy(), 12 * GIB, "writable now: copied again");
 }
 
 #[test]
 fn swap_registry_errors() {
     let mut r = SwapRegistry::new();
     let job = ClientId(1);
-    assert_eq!(
-        r.insert(job, 0, GpuId(0), 0, false),
-        Err(SwapError::ZeroSize)
-    );
+    assert_eq!(r.insert(job, 0, GpuId(0), 0, false), Err(SwapError::ZeroSize));
     let a = r.insert(job, 1, GpuId(1), GIB, false).unwrap();
     r.complete_swap_out(&r.plan_swap_out(job));
-    assert_eq!(
-        r.plan_swap_in(job, &[GpuId(0)]),
-        Err(SwapError::MissingOrdinal {
-            ordinal: 1,
-            gpus: 1
-        })
-    );
+    assert_eq!(r.plan_swap_in(job, &[GpuId(0)]), Err(SwapError::MissingOrdinal { ordinal: 1, gpus: 1 }));
     r.remove(a).unwrap();
     assert_eq!(r.remove(a), Err(SwapError::UnknownAllocation(a)));
     assert!(r.is_empty());
@@ -352,10 +262,7 @@ fn pipeline(n: usize, cpu: u64, gpu: u64, items: u32) -> Vec<JobSpec> {
             JobSpec::new(
                 format!("job{i}"),
                 4 * GIB,
-                vec![
-                    Phase::Cpu(Duration::from_secs(cpu)),
-                    Phase::Gpu(Duration::from_secs(gpu)),
-                ],
+                vec![Phase::Cpu(Duration::from_secs(cpu)), Phase::Gpu(Duration::from_secs(gpu))],
                 items,
             )
         })
@@ -366,14 +273,8 @@ fn pipeline(n: usize, cpu: u64, gpu: u64, items: u32) -> Vec<JobSpec> {
 fn brokering_cpu_heavy_jobs_beats_static_allocation() {
     let pool = GpuPool::uniform("n", 1, 80 * GIB);
     let jobs = pipeline(4, 70, 30, 5);
-    let cmp = sim::compare(
-        &pool,
-        &jobs,
-        &[SchedulerConfig::new(Policy::Simple)],
-        &Default::default(),
-        20_000_000_000,
-    )
-    .unwrap();
+    let cmp = sim::compare(&pool, &jobs, &[SchedulerConfig::new(Policy::Simple)], &Default::default(), 20_000_000_000)
+        .unwrap();
     let (stat, brok) = (&cmp.reports[0], &cmp.reports[1]);
     assert_eq!(stat.items, 20);
     assert_eq!(brok.items, 20);
@@ -390,29 +291,12 @@ fn brokering_cpu_heavy_jobs_beats_static_allocation() {
 #[test]
 fn brokering_gpu_bound_jobs_gains_nothing() {
     let pool = GpuPool::uniform("n", 1, 80 * GIB);
-    let jobs: Vec<JobSpec> = (0..3)
-        .map(|i| {
-            JobSpec::new(
-                format!("j{i}"),
-                GIB,
-                vec![Phase::Gpu(Duration::from_secs(60))],
-                4,
-            )
-        })
-        .collect();
-    let cmp = sim::compare(
-        &pool,
-        &jobs,
-        &[SchedulerConfig::new(Policy::Simple)],
-        &Default::default(),
-        20_000_000_000,
-    )
-    .unwrap();
+    let jobs: Vec<JobSpec> =
+        (0..3).map(|i| JobSpec::new(format!("j{i}"), GIB, vec![Phase::Gpu(Duration::from_secs(60))], 4)).collect();
+    let cmp = sim::compare(&pool, &jobs, &[SchedulerConfig::new(Policy::Simple)], &Default::default(), 20_000_000_000)
+        .unwrap();
     let (stat, brok) = (&cmp.reports[0], &cmp.reports[1]);
-    assert!(
-        brok.items_per_hour() <= stat.items_per_hour() * 1.0001,
-        "{cmp}"
-    );
+    assert!(brok.items_per_hour() <= stat.items_per_hour() * 1.0001, "{cmp}");
 }
 
 #[test]
@@ -427,10 +311,7 @@ fn the_simulation_is_deterministic_and_every_policy_finishes() {
         if policy == Policy::Simple {
             // simple grants one GPU per request: the two-GPU job is refused, clearly
             let err = sim::run(&cfg, &jobs).unwrap_err();
-            assert!(
-                matches!(err, SimError::Rejected { ref job, .. } if job == "job1"),
-                "{err}"
-            );
+            assert!(matches!(err, SimError::Rejected { ref job, .. } if job == "job1"), "{err}");
             continue;
         }
         let a = sim::run(&cfg, &jobs).unwrap();
@@ -466,17 +347,71 @@ fn bad_jobs_are_refused_with_a_reason() {
     let cfg = SimConfig::new(pool.clone(), Mode::Brokered(SchedulerConfig::default()));
     let mut jobs = pipeline(1, 1, 1, 1);
     jobs[0].repeat = 0;
-    assert!(
-        matches!(sim::run(&cfg, &jobs), Err(SimError::InvalidJob { reason, .. }) if reason.contains("repeat"))
-    );
+    assert!(matches!(sim::run(&cfg, &jobs), Err(SimError::InvalidJob { reason, .. }) if reason.contains("repeat")));
     let mut jobs = pipeline(1, 1, 1, 1);
     jobs[0].memory_per_gpu = 100 * GIB;
     let err = sim::run(&cfg, &jobs).unwrap_err();
     assert!(err.to_string().contains("largest healthy GPU"), "{err}");
     let mut cfg0 = cfg;
     cfg0.swap_bandwidth = 0;
-    assert_eq!(
-        sim::run(&cfg0, &pipeline(1, 1, 1, 1)),
-        Err(SimError::ZeroBandwidth)
-    );
+    assert_eq!(sim::run(&cfg0, &pipeline(1, 1, 1, 1)), Err(SimError::ZeroBandwidth));
+}
+
+// ----- fixes found in review -----
+
+#[test]
+fn a_kept_lease_is_reused_only_for_a_phase_it_can_serve() {
+    use acb_core::Affinity;
+    // Kept: a 10 GiB fenced lease on GPU 0.
+    let fenced = GpuDemand { gpus: 1, memory_per_gpu: Some(10 * GIB), ..Default::default() };
+    let mut m = ClientMachine::new(ClientConfig::default());
+    m.begin(fenced.clone(), t(0)).unwrap();
+    drain(&mut m);
+    m.handle_granted(LeaseId(1), vec![GpuId(0)], 10 * GIB, t(1));
+    drain(&mut m);
+    m.end(t(2)).unwrap();
+    drain(&mut m);
+    // A whole GPU is more than the fence: give the lease back and ask again.
+    m.begin(GpuDemand::gpus(1), t(3)).unwrap();
+    assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: LeaseId(1) }, Action::SendRelease { lease: LeaseId(1) }]);
+    m.handle_release_acked(LeaseId(1), t(4));
+    drain(&mut m);
+    m.handle_granted(LeaseId(2), vec![GpuId(0)], 80 * GIB, t(5));
+    drain(&mut m);
+    m.end(t(6)).unwrap();
+    drain(&mut m);
+    // Required elsewhere: not reusable either.
+    let elsewhere = GpuDemand { affinity: Affinity::Required(vec![GpuId(1)]), ..GpuDemand::gpus(1) };
+    m.begin(elsewhere, t(7)).unwrap();
+    assert_eq!(drain(&mut m)[0], Action::SwapOut { lease: LeaseId(2) });
+}
+
+#[test]
+fn a_stale_grant_that_cannot_serve_the_phase_is_given_back_and_the_wait_goes_on() {
+    let mut m = ClientMachine::new(ClientConfig::default());
+    m.begin(GpuDemand::gpus(2), t(0)).unwrap();
+    drain(&mut m);
+    m.handle_granted(LeaseId(7), vec![GpuId(0)], 80 * GIB, t(1)); // one GPU, two asked
+    assert_eq!(drain(&mut m), vec![Action::SendRelease { lease: LeaseId(7) }]);
+    assert_eq!(m.state(), State::Requesting);
+    m.handle_release_acked(LeaseId(7), t(2)); // the ack of that give-back changes nothing
+    assert_eq!(m.state(), State::Requesting);
+    m.handle_granted(LeaseId(8), vec![GpuId(0), GpuId(1)], 80 * GIB, t(3));
+    assert_eq!(drain(&mut m).last(), Some(&Action::Ready { lease: LeaseId(8) }));
+}
+
+#[test]
+fn nothing_is_sent_while_disconnected() {
+    let mut m = ClientMachine::new(ClientConfig::default());
+    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
+    drain(&mut m);
+    m.handle_granted(LeaseId(1), vec![GpuId(0)], 80 * GIB, t(1));
+    drain(&mut m);
+    m.handle_disconnect(t(2));
+    m.handle_revoked(LeaseId(1), t(3));
+    drain(&mut m);
+    m.begin(GpuDemand::gpus(1), t(4)).unwrap();
+    assert!(drain(&mut m).is_empty(), "no request into a dead connection");
+    m.handle_reconnected(t(5));
+    assert_eq!(drain(&mut m), vec![Action::SendRequest(GpuDemand::gpus(1))]);
 }

@@ -6,8 +6,8 @@ mod harness;
 use std::time::Duration;
 
 use acb_core::{
-    Affinity, ClientId, Error, ErrorKind, GpuId, GpuPool, Health, Instant, LeaseId, Output, Policy,
-    Request, RequestId, Scheduler, SchedulerConfig, YieldReason,
+    Affinity, ClientId, Error, ErrorKind, GpuId, GpuPool, Health, Instant, LeaseId, Output, Policy, Request, RequestId,
+    Scheduler, SchedulerConfig, YieldReason,
 };
 use harness::{GIB, Harness};
 
@@ -98,11 +98,7 @@ fn simple_strict_fifo_the_head_blocks_even_when_others_could_run() {
             _ => None,
         })
         .collect();
-    assert_eq!(
-        granted,
-        vec![head, other],
-        "head first, then the next in line"
-    );
+    assert_eq!(granted, vec![head, other], "head first, then the next in line");
 }
 
 #[test]
@@ -133,21 +129,16 @@ fn a_busy_holder_is_asked_to_yield_when_its_quantum_is_up() {
     let b = h.client();
     h.ask(b, 1);
     h.nothing();
-    assert_eq!(
-        h.sched.poll_timeout(),
-        Some(Instant::ZERO + Duration::from_secs(10))
-    );
+    assert_eq!(h.sched.poll_timeout(), Some(Instant::ZERO + Duration::from_secs(10)));
 
     // Calling the timer early does nothing.
-    h.sched
-        .handle_timeout(Instant::ZERO + Duration::from_secs(5));
+    h.sched.handle_timeout(Instant::ZERO + Duration::from_secs(5));
     h.nothing();
 
     h.step(Duration::from_secs(6));
     h.yield_asked(a, ga.lease, YieldReason::QuantumExpired);
     // Calling it again, late, does not ask twice.
-    h.sched
-        .handle_timeout(Instant::ZERO + Duration::from_secs(20));
+    h.sched.handle_timeout(Instant::ZERO + Duration::from_secs(20));
     h.nothing();
     assert_eq!(h.sched.poll_timeout(), None);
 
@@ -205,14 +196,8 @@ fn backfill_runs_a_small_job_on_a_gpu_the_head_cannot_use() {
     h.submit(Request::new(head, "head", 2).with_memory(70 * GIB));
     h.nothing();
     let (reserved_for, reserved) = h.sched.reservation().unwrap();
-    assert_eq!(
-        h.sched.queued_request(reserved_for).unwrap().request.client,
-        head
-    );
-    assert!(
-        !reserved.contains(&GpuId(2)),
-        "the 40 GiB GPU cannot serve the head"
-    );
+    assert_eq!(h.sched.queued_request(reserved_for).unwrap().request.client, head);
+    assert!(!reserved.contains(&GpuId(2)), "the 40 GiB GPU cannot serve the head");
 
     // A small job behind the head runs at once, on the GPU the head cannot use.
     let small = h.client();
@@ -291,20 +276,14 @@ fn a_gang_prefers_one_node_but_spans_nodes_when_it_must() {
     h.ask(gang, 2);
     let g = h.granted(gang);
     for gpu in &g.gpus {
-        assert_ne!(
-            h.gpu(gpu.0).node,
-            busy_node,
-            "a two-GPU gang fits on the other node"
-        );
+        assert_ne!(h.gpu(gpu.0).node, busy_node, "a two-GPU gang fits on the other node");
     }
     let wide = h.client();
     h.ask(wide, 1);
     let _ = h.granted(wide);
     h.release(gang, g.lease);
     // Now one GPU is free on each... of whatever is left: a gang of two must span nodes.
-    let free: Vec<u32> = (0..4)
-        .filter(|i| h.sched.gpu_state(GpuId(*i)).unwrap().holders.is_empty())
-        .collect();
+    let free: Vec<u32> = (0..4).filter(|i| h.sched.gpu_state(GpuId(*i)).unwrap().holders.is_empty()).collect();
     assert_eq!(free.len(), 2);
     let span = h.client();
     h.ask(span, 2);
@@ -358,11 +337,7 @@ fn sharing_fills_the_fullest_gpu_that_fits() {
     let on = h.granted(a).gpus[0];
     let b = h.client();
     h.submit(Request::new(b, "b", 1).with_memory(20 * GIB));
-    assert_eq!(
-        h.granted(b).gpus,
-        vec![on],
-        "best fit keeps the other GPU whole"
-    );
+    assert_eq!(h.granted(b).gpus, vec![on], "best fit keeps the other GPU whole");
 }
 
 #[test]
@@ -371,11 +346,7 @@ fn sharing_backfill_does_not_eat_the_heads_memory() {
     // whole). A small job fits in GPU0's 30 free GiB but must not take them.
     let mut h = Harness::new(Policy::GpuSharing, &[80, 80]);
     let a = h.client();
-    h.submit(
-        Request::new(a, "a", 1)
-            .with_memory(50 * GIB)
-            .with_affinity(Affinity::Required(vec![GpuId(0)])),
-    );
+    h.submit(Request::new(a, "a", 1).with_memory(50 * GIB).with_affinity(Affinity::Required(vec![GpuId(0)])));
     let ga = h.granted(a);
     let whole = h.client();
     h.submit(Request::new(whole, "w", 1).with_affinity(Affinity::Required(vec![GpuId(1)])));
@@ -388,10 +359,7 @@ fn sharing_backfill_does_not_eat_the_heads_memory() {
     h.nothing();
     h.release(a, ga.lease);
     let out = h.outputs();
-    assert!(
-        matches!(&out[0], Output::Granted(g) if g.client == head),
-        "got {out:?}"
-    );
+    assert!(matches!(&out[0], Output::Granted(g) if g.client == head), "got {out:?}");
     let _ = gw;
 }
 
@@ -442,28 +410,17 @@ fn losing_a_gpu_revokes_its_leases_and_rejects_what_can_no_longer_run() {
     h.nothing();
     h.sched.set_health(ga.gpus[0], Health::Lost, h.now).unwrap();
     let out = h.outputs();
+    assert!(out.contains(&Output::Revoked { client: a, lease: ga.lease, gpu: ga.gpus[0] }), "{out:?}");
     assert!(
-        out.contains(&Output::Revoked {
-            client: a,
-            lease: ga.lease,
-            gpu: ga.gpus[0]
-        }),
-        "{out:?}"
-    );
-    assert!(
-        out.iter().any(
-            |o| matches!(o, Output::Rejected { client, request, error: Error::TooManyGpus { .. } }
-            if *client == gang && *request == r)
-        ),
+        out.iter().any(|o| matches!(o, Output::Rejected { client, request, error: Error::TooManyGpus { .. } }
+            if *client == gang && *request == r)),
         "{out:?}"
     );
     h.check();
     // A one-GPU request waits for the healthy GPU; the lost one is never granted.
     h.ask(a, 1);
     h.nothing();
-    h.sched
-        .set_health(ga.gpus[0], Health::Healthy, h.now)
-        .unwrap();
+    h.sched.set_health(ga.gpus[0], Health::Healthy, h.now).unwrap();
     assert_eq!(h.granted(a).gpus, ga.gpus);
 }
 
@@ -476,78 +433,35 @@ fn bad_requests_get_typed_errors_not_panics() {
     let t = h.now;
     let s = &mut h.sched;
     assert_eq!(s.submit(Request::new(c, "x", 0), t), Err(Error::ZeroGpus));
-    assert_eq!(
-        s.submit(Request::new(c, "x", 3), t),
-        Err(Error::TooManyGpus {
-            requested: 3,
-            available: 2
-        })
-    );
+    assert_eq!(s.submit(Request::new(c, "x", 3), t), Err(Error::TooManyGpus { requested: 3, available: 2 }));
     assert_eq!(
         s.submit(Request::new(c, "x", 1).with_memory(81 * GIB), t),
-        Err(Error::MemoryTooLarge {
-            requested: 81 * GIB,
-            largest: 80 * GIB
-        })
+        Err(Error::MemoryTooLarge { requested: 81 * GIB, largest: 80 * GIB })
     );
     assert_eq!(
         s.submit(Request::new(c, "x", 2).with_memory(50 * GIB), t),
-        Err(Error::TooManyGpus {
-            requested: 2,
-            available: 1
-        })
+        Err(Error::TooManyGpus { requested: 2, available: 1 })
     );
+    assert_eq!(s.submit(Request::new(c, "x", 1).with_memory(0), t), Err(Error::ZeroMemory));
     assert_eq!(
-        s.submit(Request::new(c, "x", 1).with_memory(0), t),
-        Err(Error::ZeroMemory)
-    );
-    assert_eq!(
-        s.submit(
-            Request::new(c, "x", 1).with_affinity(Affinity::Required(vec![GpuId(9)])),
-            t
-        ),
+        s.submit(Request::new(c, "x", 1).with_affinity(Affinity::Required(vec![GpuId(9)])), t),
         Err(Error::UnknownGpu(GpuId(9)))
     );
     assert_eq!(
-        s.submit(
-            Request::new(c, "x", 2).with_affinity(Affinity::Required(vec![GpuId(0), GpuId(0)])),
-            t
-        ),
-        Err(Error::TooManyGpus {
-            requested: 2,
-            available: 1
-        })
+        s.submit(Request::new(c, "x", 2).with_affinity(Affinity::Required(vec![GpuId(0), GpuId(0)])), t),
+        Err(Error::TooManyGpus { requested: 2, available: 1 })
     );
     let stranger = ClientId(999);
-    assert_eq!(
-        s.submit(Request::new(stranger, "x", 1), t),
-        Err(Error::UnknownClient(stranger))
-    );
+    assert_eq!(s.submit(Request::new(stranger, "x", 1), t), Err(Error::UnknownClient(stranger)));
     assert_eq!(s.connect(c, t), Err(Error::ClientExists(c)));
-    assert_eq!(
-        s.set_health(GpuId(7), Health::Lost, t),
-        Err(Error::UnknownGpu(GpuId(7)))
-    );
+    assert_eq!(s.set_health(GpuId(7), Health::Lost, t), Err(Error::UnknownGpu(GpuId(7))));
     assert_eq!(Error::ZeroGpus.kind(), ErrorKind::InvalidArgument);
 
     let mut simple = Harness::new(Policy::Simple, &[80, 80]);
     let c = simple.client();
-    let err = simple
-        .sched
-        .submit(Request::new(c, "x", 2), simple.now)
-        .unwrap_err();
-    assert_eq!(
-        err,
-        Error::PolicyLimit {
-            policy: "simple",
-            requested: 2,
-            max: 1
-        }
-    );
-    assert!(
-        err.to_string().contains("gpu-affinity"),
-        "the message says what to use instead: {err}"
-    );
+    let err = simple.sched.submit(Request::new(c, "x", 2), simple.now).unwrap_err();
+    assert_eq!(err, Error::PolicyLimit { policy: "simple", requested: 2, max: 1 });
+    assert!(err.to_string().contains("gpu-affinity"), "the message says what to use instead: {err}");
 }
 
 #[test]
@@ -558,39 +472,18 @@ fn bad_releases_get_typed_errors() {
     h.ask(a, 1);
     let ga = h.granted(a);
     let t = h.now;
-    assert_eq!(
-        h.sched.release(a, LeaseId(77), t),
-        Err(Error::UnknownLease(LeaseId(77)))
-    );
-    assert_eq!(
-        h.sched.release(b, ga.lease, t),
-        Err(Error::NotOwner(ga.lease))
-    );
-    assert_eq!(
-        h.sched.report_idle(b, ga.lease, t),
-        Err(Error::NotOwner(ga.lease))
-    );
-    assert_eq!(
-        h.sched.release(ClientId(55), ga.lease, t),
-        Err(Error::UnknownClient(ClientId(55)))
-    );
+    assert_eq!(h.sched.release(a, LeaseId(77), t), Err(Error::UnknownLease(LeaseId(77))));
+    assert_eq!(h.sched.release(b, ga.lease, t), Err(Error::NotOwner(ga.lease)));
+    assert_eq!(h.sched.report_idle(b, ga.lease, t), Err(Error::NotOwner(ga.lease)));
+    assert_eq!(h.sched.release(ClientId(55), ga.lease, t), Err(Error::UnknownClient(ClientId(55))));
     h.release(a, ga.lease);
-    assert_eq!(
-        h.sched.release(a, ga.lease, t),
-        Err(Error::AlreadyReleased(ga.lease))
-    );
-    assert_eq!(
-        Error::NotOwner(ga.lease).kind(),
-        ErrorKind::PermissionDenied
-    );
+    assert_eq!(h.sched.release(a, ga.lease, t), Err(Error::AlreadyReleased(ga.lease)));
+    assert_eq!(Error::NotOwner(ga.lease).kind(), ErrorKind::PermissionDenied);
     assert_eq!(Error::UnknownLease(ga.lease).kind(), ErrorKind::NotFound);
     let r = h.ask(b, 1);
     let _ = h.granted(b);
     assert_eq!(h.sched.cancel(b, r, t), Err(Error::UnknownRequest(r)));
-    assert_eq!(
-        h.sched.cancel(b, RequestId(1234), t),
-        Err(Error::UnknownRequest(RequestId(1234)))
-    );
+    assert_eq!(h.sched.cancel(b, RequestId(1234), t), Err(Error::UnknownRequest(RequestId(1234))));
 }
 
 #[test]
@@ -604,10 +497,7 @@ fn a_client_cannot_flood_the_queue() {
     let c = h.client();
     h.ask(c, 1);
     h.ask(c, 1);
-    assert_eq!(
-        h.sched.submit(Request::new(c, "x", 1), h.now),
-        Err(Error::TooManyQueued { limit: 2 })
-    );
+    assert_eq!(h.sched.submit(Request::new(c, "x", 1), h.now), Err(Error::TooManyQueued { limit: 2 }));
 }
 
 #[test]
@@ -620,10 +510,7 @@ fn cancel_withdraws_only_ones_own_request() {
     let b = h.client();
     let ra = h.ask(a, 1);
     h.ask(b, 1);
-    assert_eq!(
-        h.sched.cancel(b, ra, h.now),
-        Err(Error::NotRequestOwner(ra))
-    );
+    assert_eq!(h.sched.cancel(b, ra, h.now), Err(Error::NotRequestOwner(ra)));
     h.sched.cancel(a, ra, h.now).unwrap();
     h.release(holder, g.lease);
     assert_eq!(h.granted(b).client, b);
@@ -635,10 +522,7 @@ fn an_empty_pool_rejects_every_request() {
     s.connect(ClientId(1), Instant::ZERO).unwrap();
     assert_eq!(
         s.submit(Request::new(ClientId(1), "x", 1), Instant::ZERO),
-        Err(Error::TooManyGpus {
-            requested: 1,
-            available: 0
-        })
+        Err(Error::TooManyGpus { requested: 1, available: 0 })
     );
 }
 
@@ -648,8 +532,34 @@ fn policy_names_parse_and_bad_ones_say_what_is_allowed() {
         assert_eq!(p.name().parse::<Policy>().unwrap(), p);
     }
     let err = "fifo".parse::<Policy>().unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("simple, gpu-sharing, gpu-affinity")
+    assert!(err.to_string().contains("simple, gpu-sharing, gpu-affinity"));
+}
+
+#[test]
+fn a_gpu_without_memory_serves_nobody_and_blocks_nobody() {
+    let mut h = Harness::new(Policy::GpuAffinity, &[80, 0]);
+    let c = h.client();
+    assert_eq!(
+        h.sched.submit(Request::new(c, "x", 2), h.now),
+        Err(Error::TooManyGpus { requested: 2, available: 1 })
     );
+    h.ask(c, 1);
+    assert_eq!(h.granted(c).gpus, vec![GpuId(0)]);
+}
+
+#[test]
+fn the_time_slice_never_preempts_a_holder_of_higher_priority() {
+    let config = SchedulerConfig::new(Policy::Simple).with_quantum(Duration::from_secs(1));
+    let mut h = Harness::with_config(config, &[&[80]]);
+    let vip = h.client();
+    h.submit(Request::new(vip, "vip", 1).with_priority(10));
+    let g = h.granted(vip);
+    let low = h.client();
+    h.ask(low, 1);
+    assert_eq!(h.sched.poll_timeout(), None);
+    h.step(Duration::from_secs(60));
+    h.nothing();
+    // Idle is different: a kept GPU is always given up for a waiter.
+    h.idle(vip, g.lease);
+    h.yield_asked(vip, g.lease, YieldReason::Contended);
 }

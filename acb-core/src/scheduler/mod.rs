@@ -35,17 +35,16 @@ use core::cmp::Reverse;
 use core::time::Duration;
 
 pub use self::policy::{Policy, UnknownPolicy};
-use crate::{
-    Affinity, ClientId, Error, GpuId, GpuPool, Health, Instant, LeaseId, Request, RequestId,
-};
+use crate::{Affinity, ClientId, Error, GpuId, GpuPool, Health, Instant, LeaseId, Request, RequestId};
 
 /// Scheduler settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SchedulerConfig {
     /// The policy.
     pub policy: Policy,
-    /// The time slice: a busy holder that blocks the head of the queue is asked to yield once
-    /// it has held its lease this long. `None`: holders are only asked when idle.
+    /// The time slice: a busy holder that blocks the head of the queue, and whose priority is
+    /// not above the head's, is asked to yield once it has held its lease this long. `None`:
+    /// holders are only asked when idle.
     pub quantum: Option<Duration>,
     /// How many requests one client may have queued at once.
     pub max_queued_per_client: usize,
@@ -57,12 +56,7 @@ pub struct SchedulerConfig {
 impl SchedulerConfig {
     /// The defaults for `policy`: no quantum, 64 queued requests per client, backfill depth 256.
     pub fn new(policy: Policy) -> Self {
-        SchedulerConfig {
-            policy,
-            quantum: None,
-            max_queued_per_client: 64,
-            backfill_depth: 256,
-        }
+        SchedulerConfig { policy, quantum: None, max_queued_per_client: 64, backfill_depth: 256 }
     }
 
     /// The same settings with a time-slice quantum.
@@ -329,25 +323,17 @@ impl Scheduler {
 
     /// The leases `client` holds.
     pub fn leases_of(&self, client: ClientId) -> impl Iterator<Item = LeaseId> + '_ {
-        self.clients
-            .get(&client)
-            .into_iter()
-            .flat_map(|c| c.leases.iter().copied())
+        self.clients.get(&client).into_iter().flat_map(|c| c.leases.iter().copied())
     }
 
     /// The requests `client` has queued.
     pub fn queued_of(&self, client: ClientId) -> impl Iterator<Item = RequestId> + '_ {
-        self.clients
-            .get(&client)
-            .into_iter()
-            .flat_map(|c| c.queued.iter().copied())
+        self.clients.get(&client).into_iter().flat_map(|c| c.queued.iter().copied())
     }
 
     /// The GPUs reserved for the head of the queue, and for which request.
     pub fn reservation(&self) -> Option<(RequestId, &[GpuId])> {
-        self.reservation
-            .as_ref()
-            .map(|r| (r.request, r.gpus.as_slice()))
+        self.reservation.as_ref().map(|r| (r.request, r.gpus.as_slice()))
     }
 
     // ----- inputs -----
@@ -364,10 +350,7 @@ impl Scheduler {
     /// A client's session ended: everything it held is released and everything it queued is
     /// dropped, at once.
     pub fn disconnect(&mut self, client: ClientId, now: Instant) -> Result<Disconnected, Error> {
-        let state = self
-            .clients
-            .remove(&client)
-            .ok_or(Error::UnknownClient(client))?;
+        let state = self.clients.remove(&client).ok_or(Error::UnknownClient(client))?;
         let leases: Vec<LeaseId> = state.leases.into_iter().collect();
         let requests: Vec<RequestId> = state.queued.into_iter().collect();
         for &r in &requests {
@@ -382,14 +365,9 @@ impl Scheduler {
 
     /// Queues a request. It may be granted at once: drain [`poll_output`](Self::poll_output).
     pub fn submit(&mut self, request: Request, now: Instant) -> Result<RequestId, Error> {
-        let client = self
-            .clients
-            .get(&request.client)
-            .ok_or(Error::UnknownClient(request.client))?;
+        let client = self.clients.get(&request.client).ok_or(Error::UnknownClient(request.client))?;
         if client.queued.len() >= self.config.max_queued_per_client {
-            return Err(Error::TooManyQueued {
-                limit: self.config.max_queued_per_client,
-            });
+            return Err(Error::TooManyQueued { limit: self.config.max_queued_per_client });
         }
         self.validate(&request)?;
         let id = RequestId(self.next_request);
@@ -400,34 +378,17 @@ impl Scheduler {
             c.queued.insert(id);
         }
         self.queue.insert(key, id);
-        self.requests.insert(
-            id,
-            QueuedRequest {
-                id,
-                request,
-                enqueued_at: now,
-                key,
-                reclaiming: Vec::new(),
-            },
-        );
+        self.requests.insert(id, QueuedRequest { id, request, enqueued_at: now, key, reclaiming: Vec::new() });
         self.schedule(now);
         Ok(id)
     }
 
     /// Withdraws a queued request.
-    pub fn cancel(
-        &mut self,
-        client: ClientId,
-        request: RequestId,
-        now: Instant,
-    ) -> Result<(), Error> {
+    pub fn cancel(&mut self, client: ClientId, request: RequestId, now: Instant) -> Result<(), Error> {
         if !self.clients.contains_key(&client) {
             return Err(Error::UnknownClient(client));
         }
-        let q = self
-            .requests
-            .get(&request)
-            .ok_or(Error::UnknownRequest(request))?;
+        let q = self.requests.get(&request).ok_or(Error::UnknownRequest(request))?;
         if q.request.client != client {
             return Err(Error::NotRequestOwner(request));
         }
@@ -446,12 +407,7 @@ impl Scheduler {
 
     /// A holder's GPU phase ended but it keeps the lease (lazy release). If anyone waits for
     /// its GPUs it will be asked to yield.
-    pub fn report_idle(
-        &mut self,
-        client: ClientId,
-        lease: LeaseId,
-        now: Instant,
-    ) -> Result<(), Error> {
+    pub fn report_idle(&mut self, client: ClientId, lease: LeaseId, now: Instant) -> Result<(), Error> {
         let l = self.owned_lease(client, lease)?;
         if !l.idle {
             l.idle = true;
@@ -464,12 +420,7 @@ impl Scheduler {
     }
 
     /// A holder started another GPU phase on a lease it kept.
-    pub fn report_busy(
-        &mut self,
-        client: ClientId,
-        lease: LeaseId,
-        _now: Instant,
-    ) -> Result<(), Error> {
+    pub fn report_busy(&mut self, client: ClientId, lease: LeaseId, _now: Instant) -> Result<(), Error> {
         let l = self.owned_lease(client, lease)?;
         l.idle = false;
         self.idle_unasked.remove(&lease);
@@ -491,15 +442,10 @@ impl Scheduler {
                 if let Some(l) = self.leases.get(&lease) {
                     let client = l.client;
                     self.drop_lease(lease);
-                    self.outputs
-                        .push_back(Output::Revoked { client, lease, gpu });
+                    self.outputs.push_back(Output::Revoked { client, lease, gpu });
                 }
             }
-            if self
-                .reservation
-                .as_ref()
-                .is_some_and(|r| r.gpus.contains(&gpu))
-            {
+            if self.reservation.as_ref().is_some_and(|r| r.gpus.contains(&gpu)) {
                 self.clear_reservation();
             }
             let queued: Vec<RequestId> = self.queue.values().copied().collect();
@@ -510,11 +456,7 @@ impl Scheduler {
                 if let Err(error) = self.validate(&q.request) {
                     let client = q.request.client;
                     self.dequeue(id);
-                    self.outputs.push_back(Output::Rejected {
-                        client,
-                        request: id,
-                        error,
-                    });
+                    self.outputs.push_back(Output::Rejected { client, request: id, error });
                 }
             }
         }
@@ -541,11 +483,16 @@ impl Scheduler {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let quantum = self.config.quantum?;
         let r = self.reservation.as_ref()?;
+        let head = self.requests.get(&r.request)?;
+        if head.reclaiming.iter().any(|l| self.leases.contains_key(l)) {
+            return None; // a release is on its way; it will run a pass
+        }
         r.gpus
             .iter()
             .flat_map(|g| self.gpus[g.index()].holders.iter())
             .filter_map(|l| self.leases.get(l))
-            .filter(|l| !l.idle && !l.yield_asked)
+            // A holder of higher priority than the head is never preempted for it.
+            .filter(|l| !l.idle && !l.yield_asked && l.priority <= head.request.priority)
             .map(|l| l.granted_at + quantum)
             .min()
     }
@@ -558,11 +505,7 @@ impl Scheduler {
             return Err(Error::ZeroGpus);
         }
         if request.gpus > policy.max_gpus() {
-            return Err(Error::PolicyLimit {
-                policy: policy.name(),
-                requested: request.gpus,
-                max: policy.max_gpus(),
-            });
+            return Err(Error::PolicyLimit { policy: policy.name(), requested: request.gpus, max: policy.max_gpus() });
         }
         if request.memory_per_gpu == Some(0) {
             return Err(Error::ZeroMemory);
@@ -576,10 +519,7 @@ impl Scheduler {
         }
         let need = request.memory_per_gpu.unwrap_or(0);
         if need > self.healthy.largest {
-            return Err(Error::MemoryTooLarge {
-                requested: need,
-                largest: self.healthy.largest,
-            });
+            return Err(Error::MemoryTooLarge { requested: need, largest: self.healthy.largest });
         }
         let available = match &request.affinity {
             Affinity::Required(ids) => {
@@ -589,18 +529,10 @@ impl Scheduler {
                 set.iter().filter(|g| self.eligible(request, **g)).count() as u32
             }
             _ if need <= self.healthy.smallest => self.healthy.count,
-            _ => self
-                .pool
-                .gpus()
-                .iter()
-                .filter(|g| self.eligible(request, g.id))
-                .count() as u32,
+            _ => self.pool.gpus().iter().filter(|g| self.eligible(request, g.id)).count() as u32,
         };
         if request.gpus > available {
-            return Err(Error::TooManyGpus {
-                requested: request.gpus,
-                available,
-            });
+            return Err(Error::TooManyGpus { requested: request.gpus, available });
         }
         Ok(())
     }
@@ -612,6 +544,7 @@ impl Scheduler {
             return false;
         };
         g.health == Health::Healthy
+            && g.memory > 0
             && g.memory >= request.memory_per_gpu.unwrap_or(0)
             && match &request.affinity {
                 Affinity::Required(ids) => ids.contains(&gpu),
@@ -622,11 +555,7 @@ impl Scheduler {
     /// Memory `request` takes on `gpu`.
     fn need_on(&self, request: &Request, gpu: GpuId) -> u64 {
         let whole = self.pool.gpu(gpu).map_or(0, |g| g.memory);
-        if self.config.policy.exclusive() {
-            whole
-        } else {
-            request.memory_per_gpu.unwrap_or(whole)
-        }
+        if self.config.policy.exclusive() { whole } else { request.memory_per_gpu.unwrap_or(whole) }
     }
 
     /// Whether `request` can be placed on `gpu` right now.
@@ -657,10 +586,7 @@ impl Scheduler {
         loop {
             let next = match cursor {
                 None => self.queue.iter().next(),
-                Some(k) => self
-                    .queue
-                    .range((core::ops::Bound::Excluded(k), core::ops::Bound::Unbounded))
-                    .next(),
+                Some(k) => self.queue.range((core::ops::Bound::Excluded(k), core::ops::Bound::Unbounded)).next(),
             };
             let Some((&key, &id)) = next else { break };
             if head {
@@ -697,11 +623,7 @@ impl Scheduler {
 
     /// Whether any GPU outside the reservation is grantable now or held by an idle lease.
     fn backfill_possible(&self) -> bool {
-        !self.idle_unasked.is_empty()
-            || self
-                .grantable
-                .iter()
-                .any(|(_, g)| !self.gpus[g.index()].reserved)
+        !self.idle_unasked.is_empty() || self.grantable.iter().any(|(_, g)| !self.gpus[g.index()].reserved)
     }
 
     /// Chooses GPUs for a queued request among those usable now, or `None`.
@@ -726,11 +648,7 @@ impl Scheduler {
         } else {
             req.memory_per_gpu.unwrap_or(1)
         };
-        let candidates = self
-            .grantable
-            .range((lo, GpuId(0))..)
-            .map(|(_, g)| *g)
-            .filter(|g| usable(*g));
+        let candidates = self.grantable.range((lo, GpuId(0))..).map(|(_, g)| *g).filter(|g| usable(*g));
         if k == 1 {
             return candidates.take(1).next().map(|g| alloc::vec![g]);
         }
@@ -743,8 +661,7 @@ impl Scheduler {
         let mut best_node: Option<(usize, crate::NodeId)> = None;
         for node in self.pool.nodes() {
             let on_node = |g: &GpuId| self.pool.gpu(*g).is_some_and(|x| x.node == node.id);
-            let room = chosen.iter().filter(|g| on_node(g)).count()
-                + all.iter().filter(|g| on_node(g)).count();
+            let room = chosen.iter().filter(|g| on_node(g)).count() + all.iter().filter(|g| on_node(g)).count();
             if room >= k {
                 let preferred = chosen.iter().filter(|g| on_node(g)).count();
                 if best_node.is_none_or(|(p, _)| preferred > p) {
@@ -764,11 +681,7 @@ impl Scheduler {
 
     /// The GPUs `req` would like: the ones its client used last, then its preferred ones.
     fn preferences<'a>(&'a self, req: &'a Request) -> impl Iterator<Item = &'a GpuId> + 'a {
-        let last = self
-            .clients
-            .get(&req.client)
-            .map(|c| c.last_gpus.as_slice())
-            .unwrap_or(&[]);
+        let last = self.clients.get(&req.client).map(|c| c.last_gpus.as_slice()).unwrap_or(&[]);
         let preferred: &[GpuId] = match &req.affinity {
             Affinity::Preferred(ids) | Affinity::Required(ids) => ids,
             Affinity::Any => &[],
@@ -790,11 +703,7 @@ impl Scheduler {
         if (sticky || pending) && self.reservation.as_ref().is_some_and(|r| r.request == id) {
             return true;
         }
-        let chosen = if sticky {
-            None
-        } else {
-            self.quick_single_reservation(&req)
-        };
+        let chosen = if sticky { None } else { self.quick_single_reservation(&req) };
         let chosen = match chosen {
             Some(c) => Some(c),
             None => self.costed_reservation(&req),
@@ -802,23 +711,12 @@ impl Scheduler {
         let Some(gpus) = chosen else {
             // Cannot happen while validation holds, but a request that can never be served must
             // leave the queue rather than block it.
-            let error = self.validate(&req).err().unwrap_or(Error::TooManyGpus {
-                requested: req.gpus,
-                available: 0,
-            });
+            let error = self.validate(&req).err().unwrap_or(Error::TooManyGpus { requested: req.gpus, available: 0 });
             self.dequeue(id);
-            self.outputs.push_back(Output::Rejected {
-                client: req.client,
-                request: id,
-                error,
-            });
+            self.outputs.push_back(Output::Rejected { client: req.client, request: id, error });
             return false;
         };
-        if self
-            .reservation
-            .as_ref()
-            .is_some_and(|r| r.gpus == gpus && r.request == id)
-        {
+        if self.reservation.as_ref().is_some_and(|r| r.gpus == gpus && r.request == id) {
             return true;
         }
         self.clear_reservation();
@@ -841,11 +739,15 @@ impl Scheduler {
         {
             return Some(alloc::vec![g]);
         }
-        self.leases
-            .values()
-            .flat_map(|l| l.gpus.iter().copied())
-            .find(|g| self.eligible(req, *g))
-            .map(|g| alloc::vec![g])
+        // The oldest grant the time slice may preempt for this request, else the oldest grant.
+        let oldest = |preemptible: bool| {
+            self.leases
+                .values()
+                .filter(|l| !preemptible || l.priority <= req.priority)
+                .flat_map(|l| l.gpus.iter().copied())
+                .find(|g| self.eligible(req, *g))
+        };
+        oldest(true).or_else(|| oldest(false)).map(|g| alloc::vec![g])
     }
 
     /// The general choice: the eligible GPUs that will be free soonest (no holder, then only
@@ -860,11 +762,7 @@ impl Scheduler {
             .filter(|g| self.eligible(req, g.id))
             .map(|g| {
                 let s = &self.gpus[g.id.index()];
-                let busy = s
-                    .holders
-                    .iter()
-                    .filter(|l| self.leases.get(l).is_some_and(|l| !l.idle))
-                    .count() as u32;
+                let busy = s.holders.iter().filter(|l| self.leases.get(l).is_some_and(|l| !l.idle)).count() as u32;
                 let idle = s.holders.len() as u32 - busy;
                 let preferred = self.preferences(req).any(|p| *p == g.id);
                 (busy * 2 + idle, !preferred, g.id)
@@ -895,6 +793,13 @@ impl Scheduler {
     /// their quantum is up.
     fn ask_yields_for_head(&mut self, id: RequestId, now: Instant) {
         let Some(r) = &self.reservation else { return };
+        let Some(head) = self.requests.get(&id) else { return };
+        if head.reclaiming.iter().any(|l| self.leases.contains_key(l)) {
+            // Holders asked earlier on this request's behalf (perhaps while it was behind the
+            // head) have not let go yet: asking more would swap jobs out for nothing.
+            return;
+        }
+        let head_priority = head.request.priority;
         let mut asks: Vec<(LeaseId, YieldReason)> = Vec::new();
         for g in &r.gpus {
             for l in &self.gpus[g.index()].holders {
@@ -906,10 +811,8 @@ impl Scheduler {
                 }
                 if lease.idle {
                     asks.push((*l, YieldReason::Contended));
-                } else if self
-                    .config
-                    .quantum
-                    .is_some_and(|q| now >= lease.granted_at + q)
+                } else if lease.priority <= head_priority
+                    && self.config.quantum.is_some_and(|q| now >= lease.granted_at + q)
                 {
                     asks.push((*l, YieldReason::QuantumExpired));
                 }
@@ -956,11 +859,7 @@ impl Scheduler {
                 continue;
             };
             for &g in &lease.gpus {
-                if gpus.len() == k
-                    || gpus.contains(&g)
-                    || self.gpus[g.index()].reserved
-                    || !self.eligible(req, g)
-                {
+                if gpus.len() == k || gpus.contains(&g) || self.gpus[g.index()].reserved || !self.eligible(req, g) {
                     continue;
                 }
                 // Room on g once this lease (and any other idle-unasked holder) lets go.
@@ -970,12 +869,7 @@ impl Scheduler {
                     .iter()
                     .filter(|h| self.idle_unasked.contains(h))
                     .filter_map(|h| self.leases.get(h))
-                    .map(|h| {
-                        h.gpus
-                            .iter()
-                            .position(|x| *x == g)
-                            .map_or(0, |i| h.memory[i])
-                    })
+                    .map(|h| h.gpus.iter().position(|x| *x == g).map_or(0, |i| h.memory[i]))
                     .sum();
                 let all_idle = s.holders.iter().all(|h| self.idle_unasked.contains(h));
                 let capacity = self.pool.gpu(g).map_or(0, |x| x.memory);
@@ -1014,11 +908,7 @@ impl Scheduler {
         }
         l.yield_asked = true;
         self.idle_unasked.remove(&lease);
-        self.outputs.push_back(Output::YieldAsked {
-            client: l.client,
-            lease,
-            reason,
-        });
+        self.outputs.push_back(Output::YieldAsked { client: l.client, lease, reason });
     }
 
     // ----- state changes -----
@@ -1124,9 +1014,8 @@ impl Scheduler {
             self.grantable.remove(&(k, gpu));
         }
         let free = g.memory - s.granted;
-        let grantable = g.health == Health::Healthy
-            && free > 0
-            && (!self.config.policy.exclusive() || s.holders.is_empty());
+        let grantable =
+            g.health == Health::Healthy && free > 0 && (!self.config.policy.exclusive() || s.holders.is_empty());
         if grantable {
             self.grantable.insert((free, gpu));
             s.index_key = Some(free);
@@ -1134,16 +1023,9 @@ impl Scheduler {
     }
 
     fn refresh_healthy(&mut self) {
-        let healthy = self
-            .pool
-            .gpus()
-            .iter()
-            .filter(|g| g.health == Health::Healthy);
-        let mut summary = HealthySummary {
-            count: 0,
-            smallest: u64::MAX,
-            largest: 0,
-        };
+        // A GPU with no memory can serve nobody: it does not count as healthy capacity.
+        let healthy = self.pool.gpus().iter().filter(|g| g.health == Health::Healthy && g.memory > 0);
+        let mut summary = HealthySummary { count: 0, smallest: u64::MAX, largest: 0 };
         for g in healthy {
             summary.count += 1;
             summary.smallest = summary.smallest.min(g.memory);
@@ -1174,17 +1056,11 @@ impl Scheduler {
                 .iter()
                 .map(|l| {
                     let l = &self.leases[l];
-                    l.gpus
-                        .iter()
-                        .position(|x| *x == gpu)
-                        .map_or(0, |p| l.memory[p])
+                    l.gpus.iter().position(|x| *x == gpu).map_or(0, |p| l.memory[p])
                 })
                 .sum();
             if sum != s.granted {
-                return Err(format!(
-                    "{gpu}: granted {} but holders sum to {sum}",
-                    s.granted
-                ));
+                return Err(format!("{gpu}: granted {} but holders sum to {sum}", s.granted));
             }
             if g.health == Health::Lost && !s.holders.is_empty() {
                 return Err(format!("{gpu}: lost but held"));
@@ -1199,11 +1075,7 @@ impl Scheduler {
                     return Err(format!("{id}: not among the holders of {g}"));
                 }
             }
-            if !self
-                .clients
-                .get(&l.client)
-                .is_some_and(|c| c.leases.contains(id))
-            {
+            if !self.clients.get(&l.client).is_some_and(|c| c.leases.contains(id)) {
                 return Err(format!("{id}: held by a client that does not know it"));
             }
         }

@@ -61,11 +61,7 @@ pub struct UnknownPolicy(pub alloc::string::String);
 
 impl fmt::Display for UnknownPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown scheduler {:?}: expected one of simple, gpu-sharing, gpu-affinity",
-            self.0
-        )
+        write!(f, "unknown scheduler {:?}: expected one of simple, gpu-sharing, gpu-affinity", self.0)
     }
 }
 
@@ -75,9 +71,6 @@ impl std::error::Error for UnknownPolicy {}
 impl FromStr for Policy {
     type Err = UnknownPolicy;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Policy::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| UnknownPolicy(s.into()))
+        Policy::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| UnknownPolicy(s.into()))
     }
 }

@@ -26,8 +26,8 @@ use core::time::Duration;
 pub use self::report::{Comparison, Human, Report, Span, SpanKind};
 use crate::time::duration_nanos;
 use crate::{
-    Action, ClientConfig, ClientId, ClientMachine, Error, GpuDemand, GpuId, GpuPool, Instant,
-    LeaseId, Output, Policy, Request, Scheduler, SchedulerConfig,
+    Action, ClientConfig, ClientId, ClientMachine, Error, GpuDemand, GpuId, GpuPool, Instant, LeaseId, Output, Policy,
+    Request, Scheduler, SchedulerConfig,
 };
 
 /// One phase of a job.
@@ -60,21 +60,8 @@ pub struct JobSpec {
 
 impl JobSpec {
     /// A job named `name` of `repeat` items, each `phases`, on one GPU, arriving at 0.
-    pub fn new(
-        name: impl Into<String>,
-        memory_per_gpu: u64,
-        phases: Vec<Phase>,
-        repeat: u32,
-    ) -> Self {
-        JobSpec {
-            name: name.into(),
-            arrival: Duration::ZERO,
-            gpus: 1,
-            memory_per_gpu,
-            priority: 0,
-            phases,
-            repeat,
-        }
+    pub fn new(name: impl Into<String>, memory_per_gpu: u64, phases: Vec<Phase>, repeat: u32) -> Self {
+        JobSpec { name: name.into(), arrival: Duration::ZERO, gpus: 1, memory_per_gpu, priority: 0, phases, repeat }
     }
 }
 
@@ -151,10 +138,7 @@ impl fmt::Display for SimError {
             SimError::InvalidJob { job, reason } => write!(f, "job {job:?}: {reason}"),
             SimError::Rejected { job, error } => write!(f, "job {job:?} cannot run: {error}"),
             SimError::Stuck { at, unfinished } => {
-                write!(
-                    f,
-                    "simulation stuck at {at:?} with {unfinished} unfinished jobs"
-                )
+                write!(f, "simulation stuck at {at:?} with {unfinished} unfinished jobs")
             }
             SimError::EventLimit(n) => write!(f, "simulation stopped after {n} events"),
             SimError::ZeroBandwidth => f.write_str("swap bandwidth must be more than 0 bytes/s"),
@@ -180,10 +164,7 @@ pub fn run(config: &SimConfig, jobs: &[JobSpec]) -> Result<Report, SimError> {
             None
         };
         if let Some(reason) = reason {
-            return Err(SimError::InvalidJob {
-                job: j.name.clone(),
-                reason,
-            });
+            return Err(SimError::InvalidJob { job: j.name.clone(), reason });
         }
     }
     if config.swap_bandwidth == 0 {
@@ -264,11 +245,7 @@ impl<'a> Sim<'a> {
             Mode::Static => (SchedulerConfig::new(Policy::GpuAffinity), true),
             Mode::Brokered(c) => (c.clone(), false),
         };
-        let label = if stat {
-            String::from("static")
-        } else {
-            String::from(sched_cfg.policy.name())
-        };
+        let label = if stat { String::from("static") } else { String::from(sched_cfg.policy.name()) };
         let jobs = specs
             .iter()
             .enumerate()
@@ -286,11 +263,7 @@ impl<'a> Sim<'a> {
                 done: false,
             })
             .collect::<Vec<_>>();
-        let by_client = jobs
-            .iter()
-            .enumerate()
-            .map(|(i, j)| (j.client, i))
-            .collect();
+        let by_client = jobs.iter().enumerate().map(|(i, j)| (j.client, i)).collect();
         Sim {
             config,
             scheduler: Scheduler::new(sched_cfg, config.pool.clone()),
@@ -336,10 +309,7 @@ impl<'a> Sim<'a> {
         }
         let unfinished = self.jobs.iter().filter(|j| !j.done).count();
         if unfinished > 0 {
-            return Err(SimError::Stuck {
-                at: now - Instant::ZERO,
-                unfinished,
-            });
+            return Err(SimError::Stuck { at: now - Instant::ZERO, unfinished });
         }
         self.report.finish(now);
         Ok(self.report)
@@ -380,18 +350,14 @@ impl<'a> Sim<'a> {
                     self.fail(j, error);
                     return;
                 }
-                self.jobs[j].machine.handle_release_acked(now);
+                self.jobs[j].machine.handle_release_acked(lease, now);
                 self.dirty.push_back(j);
             }
             Event::Timer => {
                 self.timer_armed = None;
                 self.scheduler.handle_timeout(now);
                 for j in 0..self.jobs.len() {
-                    if self.jobs[j]
-                        .machine
-                        .poll_timeout()
-                        .is_some_and(|t| t <= now)
-                    {
+                    if !self.jobs[j].done && self.jobs[j].machine.poll_timeout().is_some_and(|t| t <= now) {
                         self.jobs[j].machine.handle_timeout(now);
                         self.dirty.push_back(j);
                     }
@@ -419,10 +385,7 @@ impl<'a> Sim<'a> {
                 };
                 self.jobs[j].waiting_gpu = Some(d);
                 if let Err(e) = self.jobs[j].machine.begin(demand, now) {
-                    self.error = Some(SimError::InvalidJob {
-                        job: spec.name.clone(),
-                        reason: client_error_text(&e),
-                    });
+                    self.error = Some(SimError::InvalidJob { job: spec.name.clone(), reason: client_error_text(&e) });
                 }
                 self.dirty.push_back(j);
             }
@@ -433,10 +396,8 @@ impl<'a> Sim<'a> {
         let was_gpu = matches!(self.jobs[j].spec.phases[self.jobs[j].phase], Phase::Gpu(_));
         if was_gpu && !self.stat {
             if let Err(e) = self.jobs[j].machine.end(now) {
-                self.error = Some(SimError::InvalidJob {
-                    job: self.jobs[j].spec.name.clone(),
-                    reason: client_error_text(&e),
-                });
+                self.error =
+                    Some(SimError::InvalidJob { job: self.jobs[j].spec.name.clone(), reason: client_error_text(&e) });
             }
             self.dirty.push_back(j);
         }
@@ -505,9 +466,7 @@ impl<'a> Sim<'a> {
                 if self.stat {
                     self.start_phase(j, now);
                 } else {
-                    self.jobs[j]
-                        .machine
-                        .handle_granted(g.lease, g.gpus, g.memory_per_gpu, now);
+                    self.jobs[j].machine.handle_granted(g.lease, g.gpus, g.memory_per_gpu, now);
                     self.dirty.push_back(j);
                 }
             }
@@ -584,15 +543,12 @@ impl<'a> Sim<'a> {
                     None => {
                         self.close_hold(j, now);
                         let r = self.scheduler.release(client, lease, now);
-                        self.jobs[j].machine.handle_release_acked(now);
+                        self.jobs[j].machine.handle_release_acked(lease, now);
                         r
                     }
                 },
                 Action::Failed(e) => {
-                    self.error = Some(SimError::InvalidJob {
-                        job: spec.name.clone(),
-                        reason: client_error_text(&e),
-                    });
+                    self.error = Some(SimError::InvalidJob { job: spec.name.clone(), reason: client_error_text(&e) });
                     Ok(())
                 }
                 Action::Lost { .. } => Ok(()),
@@ -609,19 +565,9 @@ impl<'a> Sim<'a> {
     }
 
     fn activity(&mut self, j: usize, start: Instant, end: Instant, kind: SpanKind) {
-        let gpus: Vec<GpuId> = self.jobs[j]
-            .lease
-            .as_ref()
-            .map(|l| l.1.clone())
-            .unwrap_or_default();
+        let gpus: Vec<GpuId> = self.jobs[j].lease.as_ref().map(|l| l.1.clone()).unwrap_or_default();
         for gpu in gpus {
-            self.report.spans.push(Span {
-                gpu,
-                job: j,
-                start,
-                end,
-                kind,
-            });
+            self.report.spans.push(Span { gpu, job: j, start, end, kind });
         }
     }
 
@@ -629,22 +575,13 @@ impl<'a> Sim<'a> {
     fn close_hold(&mut self, j: usize, now: Instant) {
         if let Some((_, gpus, since)) = self.jobs[j].lease.take() {
             for gpu in gpus {
-                self.report.spans.push(Span {
-                    gpu,
-                    job: j,
-                    start: since,
-                    end: now,
-                    kind: SpanKind::Held,
-                });
+                self.report.spans.push(Span { gpu, job: j, start: since, end: now, kind: SpanKind::Held });
             }
         }
     }
 
     fn fail(&mut self, j: usize, error: Error) {
-        let job = self
-            .jobs
-            .get(j)
-            .map_or_else(String::new, |r| r.spec.name.clone());
+        let job = self.jobs.get(j).map_or_else(String::new, |r| r.spec.name.clone());
         if self.error.is_none() {
             self.error = Some(SimError::Rejected { job, error });
         }
@@ -654,6 +591,7 @@ impl<'a> Sim<'a> {
         let next = self
             .jobs
             .iter()
+            .filter(|j| !j.done)
             .filter_map(|j| j.machine.poll_timeout())
             .chain(self.scheduler.poll_timeout())
             .min();
@@ -680,8 +618,6 @@ fn client_error_text(e: &crate::ClientError) -> &'static str {
 
 impl fmt::Debug for Sim<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sim")
-            .field("jobs", &self.jobs.len())
-            .finish_non_exhaustive()
+        f.debug_struct("Sim").field("jobs", &self.jobs.len()).finish_non_exhaustive()
     }
 }

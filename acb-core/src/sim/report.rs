@@ -99,37 +99,48 @@ impl Report {
     /// Work items per hour of makespan.
     pub fn items_per_hour(&self) -> f64 {
         let secs = self.makespan.as_secs_f64();
-        if secs == 0.0 {
-            0.0
-        } else {
-            self.items as f64 * 3600.0 / secs
-        }
+        if secs == 0.0 { 0.0 } else { self.items as f64 * 3600.0 / secs }
     }
 
-    /// Fraction of GPU time spent computing, over all GPUs and the whole makespan (0..=1).
+    /// Fraction of GPU time in which at least one job computed, over all GPUs and the whole
+    /// makespan (0..=1). Under `gpu-sharing` two jobs computing at once count once.
     pub fn gpu_busy(&self) -> f64 {
         let capacity = self.gpus as f64 * self.makespan.as_nanos() as f64;
-        if capacity == 0.0 {
-            0.0
-        } else {
-            self.compute as f64 / capacity
-        }
+        let busy: u128 = (0..self.gpus).map(|g| self.busy_nanos(GpuId(g as u32))).sum();
+        if capacity == 0.0 { 0.0 } else { busy as f64 / capacity }
     }
 
     /// Busy fraction of one GPU.
     pub fn gpu_busy_of(&self, gpu: GpuId) -> f64 {
-        let busy: u128 = self
+        let capacity = self.makespan.as_nanos() as f64;
+        if capacity == 0.0 { 0.0 } else { self.busy_nanos(gpu) as f64 / capacity }
+    }
+
+    /// Nanoseconds in which `gpu` computed for anyone: the union of its compute spans.
+    fn busy_nanos(&self, gpu: GpuId) -> u128 {
+        let mut spans: Vec<(Instant, Instant)> = self
             .spans
             .iter()
             .filter(|s| s.gpu == gpu && s.kind == SpanKind::Compute)
-            .map(|s| (s.end - s.start).as_nanos())
-            .sum();
-        let capacity = self.makespan.as_nanos() as f64;
-        if capacity == 0.0 {
-            0.0
-        } else {
-            busy as f64 / capacity
+            .map(|s| (s.start, s.end))
+            .collect();
+        spans.sort_unstable();
+        let mut busy = 0u128;
+        let mut current: Option<(Instant, Instant)> = None;
+        for (start, end) in spans {
+            current = match current {
+                Some((s, e)) if start <= e => Some((s, e.max(end))),
+                Some((s, e)) => {
+                    busy += (e - s).as_nanos();
+                    Some((start, end))
+                }
+                None => Some((start, end)),
+            };
         }
+        if let Some((s, e)) = current {
+            busy += (e - s).as_nanos();
+        }
+        busy
     }
 
     /// Mean wait for a grant.
@@ -137,9 +148,7 @@ impl Report {
         if self.grants == 0 {
             return Duration::ZERO;
         }
-        Duration::from_nanos(
-            u64::try_from(self.wait_total / u128::from(self.grants)).unwrap_or(u64::MAX),
-        )
+        Duration::from_nanos(u64::try_from(self.wait_total / u128::from(self.grants)).unwrap_or(u64::MAX))
     }
 }
 
@@ -177,28 +186,15 @@ impl fmt::Display for Comparison {
         let mut rows: Vec<(&str, Vec<String>)> = Vec::new();
         let col = |g: &dyn Fn(&Report) -> String| self.reports.iter().map(g).collect::<Vec<_>>();
         rows.push(("", col(&|r| r.label.clone())));
-        rows.push((
-            "GPUs / jobs",
-            col(&|r| alloc::format!("{} / {}", r.gpus, r.jobs)),
-        ));
+        rows.push(("GPUs / jobs", col(&|r| alloc::format!("{} / {}", r.gpus, r.jobs))));
         rows.push(("work items done", col(&|r| alloc::format!("{}", r.items))));
-        rows.push((
-            "makespan",
-            col(&|r| alloc::format!("{}", Human(r.makespan))),
-        ));
-        rows.push((
-            "items per hour",
-            col(&|r| alloc::format!("{:.1}", r.items_per_hour())),
-        ));
+        rows.push(("makespan", col(&|r| alloc::format!("{}", Human(r.makespan)))));
+        rows.push(("items per hour", col(&|r| alloc::format!("{:.1}", r.items_per_hour()))));
         rows.push((
             "  vs first column",
             col(&|r| {
                 let b = base.items_per_hour();
-                if b == 0.0 {
-                    String::from("-")
-                } else {
-                    alloc::format!("{:.2}x", r.items_per_hour() / b)
-                }
+                if b == 0.0 { String::from("-") } else { alloc::format!("{:.2}x", r.items_per_hour() / b) }
             }),
         ));
         rows.push((
@@ -211,35 +207,16 @@ impl fmt::Display for Comparison {
                 }
             }),
         ));
-        rows.push((
-            "GPU busy",
-            col(&|r| alloc::format!("{:.1} %", r.gpu_busy() * 100.0)),
-        ));
-        rows.push((
-            "mean wait for GPU",
-            col(&|r| alloc::format!("{}", Human(r.mean_wait()))),
-        ));
-        rows.push((
-            "max wait for GPU",
-            col(&|r| alloc::format!("{}", Human(r.wait_max))),
-        ));
+        rows.push(("GPU busy", col(&|r| alloc::format!("{:.1} %", r.gpu_busy() * 100.0))));
+        rows.push(("mean wait for GPU", col(&|r| alloc::format!("{}", Human(r.mean_wait())))));
+        rows.push(("max wait for GPU", col(&|r| alloc::format!("{}", Human(r.wait_max)))));
         rows.push(("grants", col(&|r| alloc::format!("{}", r.grants))));
         rows.push((
             "bytes swapped",
-            col(&|r| {
-                alloc::format!(
-                    "{}",
-                    Bytes(u64::try_from(r.bytes_swapped).unwrap_or(u64::MAX))
-                )
-            }),
+            col(&|r| alloc::format!("{}", Bytes(u64::try_from(r.bytes_swapped).unwrap_or(u64::MAX)))),
         ));
         let label_w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-        let col_w = rows
-            .iter()
-            .flat_map(|r| r.1.iter().map(|c| c.len()))
-            .max()
-            .unwrap_or(0)
-            .max(10);
+        let col_w = rows.iter().flat_map(|r| r.1.iter().map(|c| c.len())).max().unwrap_or(0).max(10);
         for (label, cells) in rows {
             write!(f, "{label:<label_w$}")?;
             for c in cells {

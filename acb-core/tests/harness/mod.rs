@@ -1,17 +1,11 @@
 //! A harness over the scheduler with a virtual clock: tests read as stories.
-#![allow(
-    dead_code,
-    unreachable_pub,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 
 use acb_core::{
-    ClientId, Gpu, GpuId, GpuPool, Grant, Instant, LeaseId, Output, Policy, Request, RequestId,
-    Scheduler, SchedulerConfig, YieldReason,
+    ClientId, Gpu, GpuId, GpuPool, Grant, Instant, LeaseId, Output, Policy, Request, RequestId, Scheduler,
+    SchedulerConfig, YieldReason,
 };
 
 pub const GIB: u64 = 1 << 30;
@@ -39,12 +33,7 @@ impl Harness {
                 pool.add_gpu(node, format!("fake-{n}-{i}"), gib * GIB);
             }
         }
-        Harness {
-            sched: Scheduler::new(config, pool),
-            now: Instant::ZERO,
-            next_client: 1,
-            pending: Vec::new(),
-        }
+        Harness { sched: Scheduler::new(config, pool), now: Instant::ZERO, next_client: 1, pending: Vec::new() }
     }
 
     pub fn gpu(&self, i: u32) -> &Gpu {
@@ -141,13 +130,6 @@ impl Harness {
     /// Takes the outputs, which must be exactly one yield request.
     pub fn yield_asked(&mut self, client: ClientId, lease: LeaseId, reason: YieldReason) {
         let out = self.outputs();
-        assert_eq!(
-            out,
-            vec![Output::YieldAsked {
-                client,
-                lease,
-                reason
-            }]
-        );
+        assert_eq!(out, vec![Output::YieldAsked { client, lease, reason }]);
     }
 }

@@ -20,29 +20,15 @@ const GIB: u64 = 1 << 30;
 const PROTEINS_PER_JOB: u32 = 10;
 
 fn alphafold_jobs(count: usize) -> Vec<JobSpec> {
-    let protein = vec![
-        Phase::Cpu(Duration::from_secs(490)),
-        Phase::Gpu(Duration::from_secs(110)),
-    ];
-    (0..count)
-        .map(|i| {
-            JobSpec::new(
-                format!("alphafold2-{i}"),
-                8 * GIB,
-                protein.clone(),
-                PROTEINS_PER_JOB,
-            )
-        })
-        .collect()
+    let protein = vec![Phase::Cpu(Duration::from_secs(490)), Phase::Gpu(Duration::from_secs(110))];
+    (0..count).map(|i| JobSpec::new(format!("alphafold2-{i}"), 8 * GIB, protein.clone(), PROTEINS_PER_JOB)).collect()
 }
 
 fn main() -> ExitCode {
     let a100 = 80 * GIB;
     let statik = SimConfig::new(GpuPool::uniform("node0", 2, a100), Mode::Static);
-    let brokered = SimConfig::new(
-        GpuPool::uniform("node0", 1, a100),
-        Mode::Brokered(SchedulerConfig::new(Policy::Simple)),
-    );
+    let brokered =
+        SimConfig::new(GpuPool::uniform("node0", 1, a100), Mode::Brokered(SchedulerConfig::new(Policy::Simple)));
     let runs = [(&statik, alphafold_jobs(2)), (&brokered, alphafold_jobs(8))];
     let mut reports = Vec::new();
     for (config, jobs) in &runs {
@@ -61,9 +47,7 @@ fn main() -> ExitCode {
         }
     }
     println!("AlphaFold2 on A100s, SIMULATED (acb-core simulator, no GPU used)");
-    println!(
-        "each job: {PROTEINS_PER_JOB} proteins x (490 s CPU, then 110 s GPU), 8 GiB swapped at 20 GB/s"
-    );
+    println!("each job: {PROTEINS_PER_JOB} proteins x (490 s CPU, then 110 s GPU), 8 GiB swapped at 20 GB/s");
     println!("white paper: static 12 proteins/h, brokered 32 proteins/h\n");
     print!("{}", Comparison { reports });
     ExitCode::SUCCESS
