@@ -539,10 +539,7 @@ fn policy_names_parse_and_bad_ones_say_what_is_allowed() {
 fn a_gpu_without_memory_serves_nobody_and_blocks_nobody() {
     let mut h = Harness::new(Policy::GpuAffinity, &[80, 0]);
     let c = h.client();
-    assert_eq!(
-        h.sched.submit(Request::new(c, "x", 2), h.now),
-        Err(Error::TooManyGpus { requested: 2, available: 1 })
-    );
+    assert_eq!(h.sched.submit(Request::new(c, "x", 2), h.now), Err(Error::TooManyGpus { requested: 2, available: 1 }));
     h.ask(c, 1);
     assert_eq!(h.granted(c).gpus, vec![GpuId(0)]);
 }

@@ -180,6 +180,10 @@ pub struct GpuState {
     pub granted: u64,
     /// Whether it is reserved for the head of the queue.
     pub reserved: bool,
+    /// Holders in a GPU phase.
+    pub busy_holders: u32,
+    /// Holders between GPU phases (kept under lazy release).
+    pub idle_holders: u32,
     /// Its key in the grantable index, if it is there.
     index_key: Option<u64>,
 }
@@ -230,6 +234,9 @@ pub struct Scheduler {
     clients: BTreeMap<ClientId, ClientState>,
     queue: BTreeMap<QueueKey, RequestId>,
     requests: BTreeMap<RequestId, QueuedRequest>,
+    /// How many queued requests need each amount of memory per GPU (a multiset): when the
+    /// smallest need fits nowhere, backfill stops at once.
+    queued_needs: BTreeMap<u64, usize>,
     /// Ordered by id, which is grant order: the first is the oldest grant.
     leases: BTreeMap<LeaseId, Lease>,
     /// Idle leases not yet asked to yield: what lazy release keeps for later.
@@ -253,6 +260,7 @@ impl Scheduler {
             clients: BTreeMap::new(),
             queue: BTreeMap::new(),
             requests: BTreeMap::new(),
+            queued_needs: BTreeMap::new(),
             leases: BTreeMap::new(),
             idle_unasked: BTreeSet::new(),
             reservation: None,
@@ -378,6 +386,7 @@ impl Scheduler {
             c.queued.insert(id);
         }
         self.queue.insert(key, id);
+        *self.queued_needs.entry(request.memory_per_gpu.unwrap_or(1)).or_insert(0) += 1;
         self.requests.insert(id, QueuedRequest { id, request, enqueued_at: now, key, reclaiming: Vec::new() });
         self.schedule(now);
         Ok(id)
@@ -411,7 +420,13 @@ impl Scheduler {
         let l = self.owned_lease(client, lease)?;
         if !l.idle {
             l.idle = true;
-            if !l.yield_asked {
+            let asked = l.yield_asked;
+            for g in l.gpus.clone() {
+                let s = &mut self.gpus[g.index()];
+                s.busy_holders -= 1;
+                s.idle_holders += 1;
+            }
+            if !asked {
                 self.idle_unasked.insert(lease);
             }
             self.schedule(now);
@@ -422,7 +437,14 @@ impl Scheduler {
     /// A holder started another GPU phase on a lease it kept.
     pub fn report_busy(&mut self, client: ClientId, lease: LeaseId, _now: Instant) -> Result<(), Error> {
         let l = self.owned_lease(client, lease)?;
-        l.idle = false;
+        if l.idle {
+            l.idle = false;
+            for g in l.gpus.clone() {
+                let s = &mut self.gpus[g.index()];
+                s.idle_holders -= 1;
+                s.busy_holders += 1;
+            }
+        }
         self.idle_unasked.remove(&lease);
         Ok(())
     }
@@ -583,6 +605,8 @@ impl Scheduler {
         let mut depth = 0usize;
         let mut cursor: Option<QueueKey> = None;
         let mut head = true;
+        // Free memory on the roomiest GPU outside the reservation; recomputed after a grant.
+        let mut room: Option<u64> = None;
         loop {
             let next = match cursor {
                 None => self.queue.iter().next(),
@@ -609,21 +633,28 @@ impl Scheduler {
                 continue;
             }
             depth += 1;
-            if depth > self.config.backfill_depth || !self.backfill_possible() {
+            let space = *room.get_or_insert_with(|| self.largest_unreserved_room());
+            let smallest_need = self.queued_needs.keys().next().copied().unwrap_or(u64::MAX);
+            if depth > self.config.backfill_depth || (smallest_need > space && self.idle_unasked.is_empty()) {
                 break;
             }
             cursor = Some(key);
-            if let Some(gpus) = self.place(id, false) {
-                self.grant(id, gpus, now);
-            } else {
-                self.reclaim_idle_for(id);
+            // Cheap skip: a request that fits on no grantable GPU needs no placement attempt.
+            let need = self.requests.get(&id).map_or(0, |q| q.request.memory_per_gpu.unwrap_or(1));
+            if need <= space {
+                if let Some(gpus) = self.place(id, false) {
+                    self.grant(id, gpus, now);
+                    room = None;
+                    continue;
+                }
             }
+            self.reclaim_idle_for(id);
         }
     }
 
-    /// Whether any GPU outside the reservation is grantable now or held by an idle lease.
-    fn backfill_possible(&self) -> bool {
-        !self.idle_unasked.is_empty() || self.grantable.iter().any(|(_, g)| !self.gpus[g.index()].reserved)
+    /// The most free memory on any grantable GPU outside the reservation (0: none).
+    fn largest_unreserved_room(&self) -> u64 {
+        self.grantable.iter().rev().find(|(_, g)| !self.gpus[g.index()].reserved).map_or(0, |(free, _)| *free)
     }
 
     /// Chooses GPUs for a queued request among those usable now, or `None`.
@@ -703,7 +734,13 @@ impl Scheduler {
         if (sticky || pending) && self.reservation.as_ref().is_some_and(|r| r.request == id) {
             return true;
         }
-        let chosen = if sticky { None } else { self.quick_single_reservation(&req) };
+        let chosen = if !sticky {
+            self.quick_single_reservation(&req)
+        } else if req.gpus == 1 && !matches!(req.affinity, Affinity::Required(_)) {
+            self.quick_shared_reservation(&req)
+        } else {
+            None
+        };
         let chosen = match chosen {
             Some(c) => Some(c),
             None => self.costed_reservation(&req),
@@ -750,43 +787,58 @@ impl Scheduler {
         oldest(true).or_else(|| oldest(false)).map(|g| alloc::vec![g])
     }
 
+    /// The cheap choice for a one-GPU head under `gpu-sharing`: the GPU with the most free
+    /// memory that could ever hold it (the least to wait for), if any GPU has free memory.
+    fn quick_shared_reservation(&self, req: &Request) -> Option<Vec<GpuId>> {
+        self.grantable.iter().rev().map(|(_, g)| *g).find(|g| self.eligible(req, *g)).map(|g| alloc::vec![g])
+    }
+
     /// The general choice: the eligible GPUs that will be free soonest (no holder, then only
     /// idle holders, then fewest busy holders), preferring the client's own, all on one node if
     /// one node has enough.
     fn costed_reservation(&self, req: &Request) -> Option<Vec<GpuId>> {
         let k = req.gpus as usize;
-        let mut costed: Vec<(u32, bool, GpuId)> = self
-            .pool
-            .gpus()
-            .iter()
-            .filter(|g| self.eligible(req, g.id))
-            .map(|g| {
-                let s = &self.gpus[g.id.index()];
-                let busy = s.holders.iter().filter(|l| self.leases.get(l).is_some_and(|l| !l.idle)).count() as u32;
-                let idle = s.holders.len() as u32 - busy;
-                let preferred = self.preferences(req).any(|p| *p == g.id);
-                (busy * 2 + idle, !preferred, g.id)
-            })
-            .collect();
-        if costed.len() < k {
-            return None;
+        let preferred: Vec<GpuId> = self.preferences(req).copied().collect();
+        // Lower is sooner: a busy holder counts twice an idle one (which yields at once).
+        let cost = |g: GpuId| {
+            let s = &self.gpus[g.index()];
+            (s.busy_holders * 2 + s.idle_holders, !preferred.contains(&g), g)
+        };
+        let cheapest = |mut c: Vec<(u32, bool, GpuId)>| {
+            if c.len() > k {
+                c.select_nth_unstable(k - 1);
+                c.truncate(k);
+            }
+            let total: u64 = c.iter().map(|x| u64::from(x.0)).sum();
+            (total, c.into_iter().map(|x| x.2).collect::<Vec<_>>())
+        };
+        if let Affinity::Required(ids) = &req.affinity {
+            let mut c: Vec<_> = ids.iter().copied().filter(|g| self.eligible(req, *g)).map(cost).collect();
+            c.sort_unstable();
+            c.dedup_by_key(|x| x.2);
+            return (c.len() >= k).then(|| cheapest(c).1);
         }
-        costed.sort_unstable();
+        // The cheapest node that can hold the whole request, else the cheapest GPUs anywhere.
         let mut best: Option<(u64, Vec<GpuId>)> = None;
+        let mut eligible_total = 0usize;
         for node in self.pool.nodes() {
-            let on_node: Vec<&(u32, bool, GpuId)> = costed
-                .iter()
-                .filter(|(_, _, g)| self.pool.gpu(*g).is_some_and(|x| x.node == node.id))
-                .take(k)
-                .collect();
-            if on_node.len() == k {
-                let cost: u64 = on_node.iter().map(|c| u64::from(c.0)).sum();
-                if best.as_ref().is_none_or(|(b, _)| cost < *b) {
-                    best = Some((cost, on_node.iter().map(|c| c.2).collect()));
+            let c: Vec<_> = node.gpus.iter().copied().filter(|g| self.eligible(req, *g)).map(cost).collect();
+            eligible_total += c.len();
+            if c.len() >= k {
+                let (total, gpus) = cheapest(c);
+                if best.as_ref().is_none_or(|(b, _)| total < *b) {
+                    best = Some((total, gpus));
                 }
             }
         }
-        Some(best.map_or_else(|| costed.iter().take(k).map(|c| c.2).collect(), |(_, g)| g))
+        if let Some((_, gpus)) = best {
+            return Some(gpus);
+        }
+        if eligible_total < k {
+            return None;
+        }
+        let c: Vec<_> = self.pool.gpus().iter().map(|g| g.id).filter(|g| self.eligible(req, *g)).map(cost).collect();
+        Some(cheapest(c).1)
     }
 
     /// Asks the holders of the head's reserved GPUs to yield: idle ones at once, busy ones when
@@ -833,6 +885,9 @@ impl Scheduler {
     /// A request behind the head that does not fit now: if idle leases outside the
     /// reservation would make room for it, ask them to yield (one batch at a time).
     fn reclaim_idle_for(&mut self, id: RequestId) {
+        if self.idle_unasked.is_empty() {
+            return; // no kept GPU to reclaim
+        }
         let Some(q) = self.requests.get(&id) else {
             return;
         };
@@ -843,7 +898,8 @@ impl Scheduler {
         let k = req.gpus as usize;
         let mut gpus: Vec<GpuId> = Vec::with_capacity(k);
         let mut leases: Vec<LeaseId> = Vec::new();
-        for g in self.grantable.iter().map(|(_, g)| *g) {
+        let lo = req.memory_per_gpu.unwrap_or(0);
+        for g in self.grantable.range((lo, GpuId(0))..).map(|(_, g)| *g) {
             if gpus.len() == k {
                 break;
             }
@@ -924,6 +980,7 @@ impl Scheduler {
         for (g, m) in gpus.iter().zip(&memory) {
             let s = &mut self.gpus[g.index()];
             s.holders.push(lease);
+            s.busy_holders += 1;
             s.granted += m;
             self.reindex(*g);
         }
@@ -959,6 +1016,13 @@ impl Scheduler {
     fn dequeue(&mut self, id: RequestId) -> Option<QueuedRequest> {
         let q = self.requests.remove(&id)?;
         self.queue.remove(&q.key);
+        let need = q.request.memory_per_gpu.unwrap_or(1);
+        if let Some(n) = self.queued_needs.get_mut(&need) {
+            *n -= 1;
+            if *n == 0 {
+                self.queued_needs.remove(&need);
+            }
+        }
         if let Some(c) = self.clients.get_mut(&q.request.client) {
             c.queued.remove(&id);
         }
@@ -976,6 +1040,11 @@ impl Scheduler {
         for (g, m) in l.gpus.iter().zip(&l.memory) {
             let s = &mut self.gpus[g.index()];
             s.holders.retain(|h| *h != lease);
+            if l.idle {
+                s.idle_holders -= 1;
+            } else {
+                s.busy_holders -= 1;
+            }
             s.granted -= m;
             self.reindex(*g);
         }
@@ -1062,6 +1131,10 @@ impl Scheduler {
             if sum != s.granted {
                 return Err(format!("{gpu}: granted {} but holders sum to {sum}", s.granted));
             }
+            let idle = s.holders.iter().filter(|l| self.leases[l].idle).count() as u32;
+            if s.idle_holders != idle || s.busy_holders as usize + idle as usize != s.holders.len() {
+                return Err(format!("{gpu}: holder counters {}/{} disagree", s.busy_holders, s.idle_holders));
+            }
             if g.health == Health::Lost && !s.holders.is_empty() {
                 return Err(format!("{gpu}: lost but held"));
             }
@@ -1078,6 +1151,9 @@ impl Scheduler {
             if !self.clients.get(&l.client).is_some_and(|c| c.leases.contains(id)) {
                 return Err(format!("{id}: held by a client that does not know it"));
             }
+        }
+        if self.queued_needs.values().sum::<usize>() != self.requests.len() {
+            return Err("queued needs and request table differ".into());
         }
         if self.queue.len() != self.requests.len() {
             return Err("queue and request table differ".into());
