@@ -17,18 +17,21 @@ const GPUS: u32 = 1_000;
 const CLIENTS: u64 = 10_000;
 const GIB: u64 = 1 << 30;
 
+/// Makes the request a client sends on its `n`th ask.
+type MakeRequest = fn(ClientId, u64) -> Request;
+
 /// A scheduler with `CLIENTS` connected clients, each having asked once.
 struct Steady {
     sched: Scheduler,
     /// Leases in grant order: the oldest releases next.
     held: VecDeque<(ClientId, LeaseId)>,
     now: Instant,
-    make: fn(ClientId, u64) -> Request,
+    make: MakeRequest,
     n: u64,
 }
 
 impl Steady {
-    fn new(policy: Policy, make: fn(ClientId, u64) -> Request) -> Self {
+    fn new(policy: Policy, make: MakeRequest) -> Self {
         // Eight nodes of 125 GPUs, like a small cluster under one controller.
         let mut pool = GpuPool::new();
         for n in 0..8 {
@@ -111,7 +114,7 @@ fn shared(c: ClientId, n: u64) -> Request {
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("scheduler_1000_gpus_10000_clients");
     g.throughput(Throughput::Elements(2));
-    let cases: [(&str, Policy, fn(ClientId, u64) -> Request); 3] = [
+    let cases: [(&str, Policy, MakeRequest); 3] = [
         ("simple/release+submit", Policy::Simple, one_gpu),
         ("gpu-affinity_gangs_1-8/release+submit", Policy::GpuAffinity, mixed_gangs),
         ("gpu-sharing_10-40GiB/release+submit", Policy::GpuSharing, shared),

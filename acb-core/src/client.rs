@@ -439,10 +439,11 @@ impl ClientMachine {
 
     /// Time passed: a lease kept idle past the idle timeout is given back.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(deadline) = self.poll_timeout() {
-            if now >= deadline && self.state == State::IdleHeld {
-                self.start_release();
-            }
+        if let Some(deadline) = self.poll_timeout()
+            && now >= deadline
+            && self.state == State::IdleHeld
+        {
+            self.start_release();
         }
     }
 

@@ -142,7 +142,7 @@ impl fmt::Display for Bytes {
         const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
         let mut unit = 0;
         let mut scaled = self.0;
-        while unit + 1 < UNITS.len() && scaled >= 1024 && scaled % 1024 == 0 {
+        while unit + 1 < UNITS.len() && scaled >= 1024 && scaled.is_multiple_of(1024) {
             scaled /= 1024;
             unit += 1;
         }

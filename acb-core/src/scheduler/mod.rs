@@ -641,12 +641,12 @@ impl Scheduler {
             cursor = Some(key);
             // Cheap skip: a request that fits on no grantable GPU needs no placement attempt.
             let need = self.requests.get(&id).map_or(0, |q| q.request.memory_per_gpu.unwrap_or(1));
-            if need <= space {
-                if let Some(gpus) = self.place(id, false) {
-                    self.grant(id, gpus, now);
-                    room = None;
-                    continue;
-                }
+            if need <= space
+                && let Some(gpus) = self.place(id, false)
+            {
+                self.grant(id, gpus, now);
+                room = None;
+                continue;
             }
             self.reclaim_idle_for(id);
         }
@@ -1165,10 +1165,10 @@ impl Scheduler {
                 }
             }
         }
-        if let Some(r) = &self.reservation {
-            if !self.requests.contains_key(&r.request) {
-                return Err(format!("reservation for {} which is not queued", r.request));
-            }
+        if let Some(r) = &self.reservation
+            && !self.requests.contains_key(&r.request)
+        {
+            return Err(format!("reservation for {} which is not queued", r.request));
         }
         let reserved = self.gpus.iter().filter(|s| s.reserved).count();
         if reserved != self.reservation.as_ref().map_or(0, |r| r.gpus.len()) {

@@ -6,6 +6,7 @@
 //! - static, 2 jobs: 12 proteins/h => each job takes 600 s per protein (CPU + GPU);
 //! - brokered, 8 jobs on 1 GPU: 32 proteins/h with the GPU the bottleneck => the GPU phase
 //!   (plus its swaps) is about 3600 / 32 = 112.5 s per protein.
+//!
 //! Hence 490 s of CPU (MSA and template search) then 110 s of GPU (Evoformer and structure
 //! module) per protein, and 8 GiB of device memory per job swapped at 20 GB/s (PCIe 4 x16,
 //! pinned). Everything here is simulated: no GPU is used.
