@@ -4,9 +4,12 @@ use core::fmt;
 
 macro_rules! id_type {
     ($(#[$meta:meta])* $name:ident, $prefix:literal) => {
+        id_type!($(#[$meta])* $name($prefix, u64));
+    };
+    ($(#[$meta:meta])* $name:ident($prefix:literal, $inner:ty)) => {
         $(#[$meta])*
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(pub u64);
+        pub struct $name(pub $inner);
 
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -38,37 +41,14 @@ id_type!(
     "lease#"
 );
 
-/// A GPU of the pool: a dense index into [`GpuPool`](crate::GpuPool), stable for its lifetime.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct GpuId(pub u32);
-
-/// A node (host) of the pool: a dense index.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NodeId(pub u32);
-
-impl fmt::Debug for GpuId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "gpu#{}", self.0)
-    }
-}
-
-impl fmt::Display for GpuId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
-}
-
-impl fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "node#{}", self.0)
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
-}
+id_type!(
+    /// A GPU of the pool: a dense index into [`GpuPool`](crate::GpuPool), stable for its lifetime.
+    GpuId("gpu#", u32)
+);
+id_type!(
+    /// A node (host) of the pool: a dense index.
+    NodeId("node#", u32)
+);
 
 impl GpuId {
     pub(crate) fn index(self) -> usize {

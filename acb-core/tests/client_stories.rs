@@ -25,9 +25,18 @@ fn granted(m: &mut ClientMachine, lease: u64, now: Instant) -> Vec<Action> {
     drain(m)
 }
 
+/// A machine in its first GPU phase, on lease 1 (GPU 0), granted at t(1).
+fn active(config: ClientConfig) -> ClientMachine {
+    let mut m = ClientMachine::new(config);
+    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
+    drain(&mut m);
+    granted(&mut m, 1, t(1));
+    m
+}
+
 #[test]
 fn a_phase_asks_swaps_in_and_under_lazy_release_keeps_the_gpu() {
-    let mut m = ClientMachine::new(ClientConfig::default());
+    let mut m = active(ClientConfig::default());
     m.begin(GpuDemand::gpus(1), t(0)).unwrap();
     assert_eq!(drain(&mut m), vec![Action::SendRequest(GpuDemand::gpus(1))]);
     assert_eq!(m.state(), State::Requesting);
@@ -48,9 +57,6 @@ fn a_phase_asks_swaps_in_and_under_lazy_release_keeps_the_gpu() {
 #[test]
 fn eager_release_gives_the_gpu_back_after_every_phase() {
     let mut m = ClientMachine::new(ClientConfig { release: ReleaseMode::Eager, idle_timeout: None });
-    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
-    drain(&mut m);
-    granted(&mut m, 1, t(1));
     m.end(t(2)).unwrap();
     let l = LeaseId(1);
     assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: l }, Action::SendRelease { lease: l }]);
@@ -62,10 +68,7 @@ fn eager_release_gives_the_gpu_back_after_every_phase() {
 
 #[test]
 fn a_yield_asked_while_idle_releases_at_once_and_while_busy_at_the_end() {
-    let mut m = ClientMachine::new(ClientConfig::default());
-    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
-    drain(&mut m);
-    granted(&mut m, 1, t(1));
+    let mut m = active(ClientConfig::default());
     let l = LeaseId(1);
     m.handle_yield(l, t(2)); // busy: noted
     assert!(drain(&mut m).is_empty());
@@ -87,10 +90,7 @@ fn a_yield_asked_while_idle_releases_at_once_and_while_busy_at_the_end() {
 
 #[test]
 fn a_safe_point_gives_the_gpu_back_mid_phase_and_asks_again() {
-    let mut m = ClientMachine::new(ClientConfig::default());
-    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
-    drain(&mut m);
-    granted(&mut m, 1, t(1));
+    let mut m = active(ClientConfig::default());
     assert!(!m.safe_point(t(2)), "nobody asked");
     m.handle_yield(LeaseId(1), t(3));
     assert!(m.safe_point(t(4)));
@@ -120,10 +120,7 @@ fn the_idle_timeout_gives_a_kept_gpu_back() {
 
 #[test]
 fn a_begin_that_needs_more_than_the_kept_lease_releases_it_first() {
-    let mut m = ClientMachine::new(ClientConfig::default());
-    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
-    drain(&mut m);
-    granted(&mut m, 1, t(1));
+    let mut m = active(ClientConfig::default());
     m.end(t(2)).unwrap();
     drain(&mut m);
     m.begin(GpuDemand::gpus(2), t(3)).unwrap();
@@ -134,7 +131,7 @@ fn a_begin_that_needs_more_than_the_kept_lease_releases_it_first() {
 
 #[test]
 fn misuse_gets_clear_errors() {
-    let mut m = ClientMachine::new(ClientConfig::default());
+    let mut m = active(ClientConfig::default());
     assert_eq!(m.end(t(0)), Err(ClientError::NotActive));
     assert_eq!(m.cancel(t(0)), Err(ClientError::NotRequesting));
     m.begin(GpuDemand::gpus(1), t(0)).unwrap();
@@ -169,9 +166,6 @@ fn a_rejected_request_fails_the_waiting_begin() {
 #[test]
 fn after_a_disconnect_the_memory_is_saved_and_the_next_phase_asks_again() {
     let mut m = ClientMachine::new(ClientConfig::default());
-    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
-    drain(&mut m);
-    granted(&mut m, 1, t(1));
     m.end(t(2)).unwrap();
     drain(&mut m);
     m.handle_disconnect(t(3)); // the assigner restarted while we kept the GPU
@@ -185,10 +179,7 @@ fn after_a_disconnect_the_memory_is_saved_and_the_next_phase_asks_again() {
 
 #[test]
 fn a_disconnect_mid_phase_saves_the_memory_at_the_end_and_releases_nothing() {
-    let mut m = ClientMachine::new(ClientConfig::default());
-    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
-    drain(&mut m);
-    granted(&mut m, 1, t(1));
+    let mut m = active(ClientConfig::default());
     m.handle_disconnect(t(2));
     assert!(drain(&mut m).is_empty(), "kernels in flight finish");
     m.handle_reconnected(t(3)); // back before the phase ends: the new assigner never knew the lease
@@ -201,10 +192,7 @@ fn a_disconnect_mid_phase_saves_the_memory_at_the_end_and_releases_nothing() {
 
 #[test]
 fn a_revoked_lease_fails_the_phase_and_loses_its_memory() {
-    let mut m = ClientMachine::new(ClientConfig::default());
-    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
-    drain(&mut m);
-    granted(&mut m, 1, t(1));
+    let mut m = active(ClientConfig::default());
     m.handle_revoked(LeaseId(1), t(2));
     assert_eq!(
         drain(&mut m),
