@@ -36,7 +36,7 @@ fn active(config: ClientConfig) -> ClientMachine {
 
 #[test]
 fn a_phase_asks_swaps_in_and_under_lazy_release_keeps_the_gpu() {
-    let mut m = active(ClientConfig::default());
+    let mut m = ClientMachine::new(ClientConfig::default());
     m.begin(GpuDemand::gpus(1), t(0)).unwrap();
     assert_eq!(drain(&mut m), vec![Action::SendRequest(GpuDemand::gpus(1))]);
     assert_eq!(m.state(), State::Requesting);
@@ -56,7 +56,7 @@ fn a_phase_asks_swaps_in_and_under_lazy_release_keeps_the_gpu() {
 
 #[test]
 fn eager_release_gives_the_gpu_back_after_every_phase() {
-    let mut m = ClientMachine::new(ClientConfig { release: ReleaseMode::Eager, idle_timeout: None });
+    let mut m = active(ClientConfig { release: ReleaseMode::Eager, idle_timeout: None });
     m.end(t(2)).unwrap();
     let l = LeaseId(1);
     assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: l }, Action::SendRelease { lease: l }]);
@@ -131,7 +131,7 @@ fn a_begin_that_needs_more_than_the_kept_lease_releases_it_first() {
 
 #[test]
 fn misuse_gets_clear_errors() {
-    let mut m = active(ClientConfig::default());
+    let mut m = ClientMachine::new(ClientConfig::default());
     assert_eq!(m.end(t(0)), Err(ClientError::NotActive));
     assert_eq!(m.cancel(t(0)), Err(ClientError::NotRequesting));
     m.begin(GpuDemand::gpus(1), t(0)).unwrap();
@@ -165,7 +165,7 @@ fn a_rejected_request_fails_the_waiting_begin() {
 
 #[test]
 fn after_a_disconnect_the_memory_is_saved_and_the_next_phase_asks_again() {
-    let mut m = ClientMachine::new(ClientConfig::default());
+    let mut m = active(ClientConfig::default());
     m.end(t(2)).unwrap();
     drain(&mut m);
     m.handle_disconnect(t(3)); // the assigner restarted while we kept the GPU
