@@ -1,0 +1,472 @@
+//! The `acb-assigner` command line. Bad flags and addresses: a one-line error, exit status 2.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use acb_core::{Bytes, Policy};
+use clap::{Args, Parser, Subcommand};
+
+use crate::client;
+use crate::config::{self, Address, FileConfig, GpuSpec, LogFormat, ServeConfig};
+use crate::convert::event_from_proto;
+use crate::proto;
+
+/// The acb GPU assigner: owns a node's GPUs and grants them to jobs by policy.
+#[derive(Debug, Parser)]
+#[command(name = "acb-assigner", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the assigner daemon.
+    Serve(ServeArgs),
+    /// Show GPUs with their holders, the queue and the clients.
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one line per event, live.
+    Watch {
+        #[command(flatten)]
+        conn: Conn,
+        /// Print the recorded history first.
+        #[arg(long)]
+        replay: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draw who held which GPU when, from the assigner's event record, as SVG.
+    Timeline {
+        #[command(flatten)]
+        conn: Conn,
+        /// Where to write the SVG.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Ask for GPUs, print the lease, hold it, give it back (a debugging aid; also used by tests).
+    Alloc {
+        #[command(flatten)]
+        conn: Conn,
+        /// GPUs.
+        #[arg(long, default_value_t = 1)]
+        gpus: u32,
+        /// Memory per GPU (e.g. 20GiB); whole GPUs when unset.
+        #[arg(long, value_parser = config::parse_size)]
+        memory: Option<u64>,
+        /// Priority (higher first).
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i32,
+        /// Job name.
+        #[arg(long, default_value = "acb-assigner-alloc")]
+        job: String,
+        /// Hold the lease this long (e.g. 5s), then release; forever (until killed) when unset.
+        #[arg(long, value_parser = config::parse_duration)]
+        hold: Option<Duration>,
+    },
+    /// Benchmark grant+release round trips against a bare gRPC echo (not built yet).
+    Bench,
+    /// Run the simulator on a job trace (not built yet).
+    Simulate,
+    /// Run the demo (not built yet).
+    Demo,
+}
+
+#[derive(Debug, Args)]
+struct Conn {
+    /// The assigner's address (unix:/path or tcp:IP:PORT); default: $ACB_ASSIGNER, else the
+    /// default socket.
+    #[arg(long, value_parser = str::parse::<Address>)]
+    assigner: Option<Address>,
+    /// A file whose first line is the auth token the assigner requires.
+    #[arg(long, env = "ACB_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Where to listen: unix:/path/to.sock or tcp:IP:PORT; repeatable. Default: the default
+    /// socket ($XDG_RUNTIME_DIR/acb/assigner.sock, or /tmp/acb/assigner.sock).
+    #[arg(long, value_parser = str::parse::<Address>)]
+    listen: Vec<Address>,
+    /// The GPUs: auto (NVML), none, or fake:COUNTxSIZE[,COUNTxSIZE] (simulated). Default: auto.
+    #[arg(long, value_parser = str::parse::<GpuSpec>)]
+    gpus: Option<GpuSpec>,
+    /// simple, gpu-sharing or gpu-affinity. Default: simple.
+    #[arg(long, value_parser = parse_policy)]
+    scheduler: Option<Policy>,
+    /// Time slice: a busy holder blocking the queue's head is asked to yield after this long.
+    #[arg(long, value_parser = config::parse_duration)]
+    quantum: Option<Duration>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9400).
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
+    /// A file whose first line is a token every call must carry; required for non-loopback TCP.
+    #[arg(long)]
+    auth_token_file: Option<PathBuf>,
+    /// Settings file (TOML); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Log format (filter with RUST_LOG).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+}
+
+fn parse_policy(s: &str) -> Result<Policy, String> {
+    s.parse::<Policy>().map_err(|e| e.to_string())
+}
+
+/// Resolves `serve`'s flags over its settings file.
+fn resolve(args: ServeArgs) -> Result<ServeConfig, String> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let listen = if !args.listen.is_empty() {
+        args.listen
+    } else if let Some(l) = file.listen {
+        l.iter().map(|s| s.parse::<Address>().map_err(|e| format!("config listen: {e}"))).collect::<Result<_, _>>()?
+    } else {
+        vec![Address::default_socket()]
+    };
+    let gpus = match (args.gpus, file.gpus) {
+        (Some(g), _) => g,
+        (None, Some(s)) => s.parse().map_err(|e| format!("config gpus: {e}"))?,
+        (None, None) => GpuSpec::Auto,
+    };
+    let scheduler = match (args.scheduler, file.scheduler) {
+        (Some(p), _) => p,
+        (None, Some(s)) => parse_policy(&s).map_err(|e| format!("config scheduler: {e}"))?,
+        (None, None) => Policy::Simple,
+    };
+    let quantum = match (args.quantum, file.quantum) {
+        (Some(q), _) => Some(q),
+        (None, Some(s)) => Some(config::parse_duration(&s).map_err(|e| format!("config quantum: {e}"))?),
+        (None, None) => None,
+    };
+    let metrics = match (args.metrics, file.metrics) {
+        (Some(m), _) => Some(m),
+        (None, Some(s)) => Some(s.parse().map_err(|_| format!("config metrics: {s:?} is not IP:PORT"))?),
+        (None, None) => None,
+    };
+    let auth_token = args.auth_token_file.or(file.auth_token_file).map(|p| config::read_token(&p)).transpose()?;
+    Ok(ServeConfig {
+        listen,
+        gpus,
+        scheduler,
+        quantum,
+        metrics,
+        auth_token,
+        log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+        node_name: args.node_name.or(file.node_name).unwrap_or_else(config::host_name),
+    })
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("acb-assigner: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("acb-assigner: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn connect(conn: &Conn) -> Result<client::Rpc, String> {
+    let addr = match &conn.assigner {
+        Some(a) => a.clone(),
+        None => Address::from_env()?,
+    };
+    let token = conn.auth_token_file.as_deref().map(config::read_token).transpose()?;
+    client::connect(&addr, token.as_deref(), Duration::from_secs(5)).await
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    match cli.cmd {
+        Cmd::Serve(args) => {
+            let cfg = match resolve(args) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("acb-assigner: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            init_logs(cfg.log_format);
+            crate::server::serve(cfg, crate::server::termination()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { conn, json } => {
+            let mut rpc = connect(&conn).await?;
+            let s = rpc.status(proto::StatusRequest {}).await.map_err(|e| e.message().to_string())?.into_inner();
+            if json {
+                println!("{}", status_json(&s));
+            } else {
+                print!("{}", status_table(&s));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Watch { conn, replay, json } => {
+            let mut rpc = connect(&conn).await?;
+            let mut stream =
+                rpc.watch(proto::WatchRequest { replay }).await.map_err(|e| e.message().to_string())?.into_inner();
+            while let Some(e) = stream.message().await.map_err(|e| e.message().to_string())? {
+                if let Some(event) = event_from_proto(e) {
+                    if json {
+                        println!("{}", serde_json::to_string(&event).unwrap_or_default());
+                    } else {
+                        println!("{event}");
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Timeline { conn, out } => {
+            let mut rpc = connect(&conn).await?;
+            let status = rpc.status(proto::StatusRequest {}).await.map_err(|e| e.message().to_string())?.into_inner();
+            let mut stream = rpc
+                .watch(proto::WatchRequest { replay: true })
+                .await
+                .map_err(|e| e.message().to_string())?
+                .into_inner();
+            let mut events = Vec::new();
+            while let Some(e) = stream.message().await.map_err(|e| e.message().to_string())? {
+                if matches!(e.kind, Some(proto::event::Kind::HistoryEnd(_))) {
+                    break;
+                }
+                events.extend(event_from_proto(e));
+            }
+            let simulated = status.gpus.iter().any(|g| g.fake);
+            let rows: Vec<crate::timeline::GpuRow> = status
+                .gpus
+                .iter()
+                .map(|g| crate::timeline::GpuRow {
+                    id: g.id,
+                    label: format!("gpu{} ({}{})", g.id, if g.fake { "simulated, " } else { "" }, Bytes(g.memory)),
+                })
+                .collect();
+            let title = format!(
+                "acb-assigner timeline, scheduler {}{}",
+                status.scheduler,
+                if simulated { " (SIMULATED GPUs)" } else { "" }
+            );
+            let end = Duration::from_millis(status.uptime_ms);
+            let svg = crate::timeline::render_svg(&title, &rows, &events, Some(end));
+            std::fs::write(&out, svg).map_err(|e| format!("{}: {e}", out.display()))?;
+            println!("wrote {} ({} events)", out.display(), events.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Alloc { conn, gpus, memory, priority, job, hold } => {
+            let rpc = connect(&conn).await?;
+            let mut session = client::Session::open(rpc, &job).await.map_err(|e| e.message().to_string())?;
+            let req = proto::AllocateRequest { gpus, memory_per_gpu: memory, priority, ..Default::default() };
+            let grant = session.allocate(req).await.map_err(|e| e.message().to_string())?;
+            let ids: Vec<String> = grant.gpus.iter().map(|g| format!("{}:{}", g.node, g.index)).collect();
+            println!(
+                "granted lease {} on {} after {:.3} s",
+                grant.lease_id,
+                ids.join(","),
+                grant.waited_us as f64 / 1e6
+            );
+            let held = async {
+                match hold {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            // Hold until the time is up, the assigner asks for the lease back (a time slice),
+            // or the assigner goes away.
+            let ended = tokio::select! {
+                () = held => None,
+                ended = session_ended(&mut session.events, grant.lease_id) => Some(ended),
+            };
+            match ended {
+                None | Some(SessionEnd::Yield) => {
+                    session.release(grant.lease_id).await.map_err(|e| e.message().to_string())?;
+                    println!("released lease {}", grant.lease_id);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(SessionEnd::Gone(why)) => {
+                    eprintln!("acb-assigner: lease {} ended: {why}", grant.lease_id);
+                    Ok(ExitCode::from(3))
+                }
+            }
+        }
+        Cmd::Bench | Cmd::Simulate | Cmd::Demo => {
+            eprintln!("acb-assigner: this subcommand is not built yet");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+enum SessionEnd {
+    Yield,
+    Gone(String),
+}
+
+/// Waits for what ends a held lease: a yield request for it, its revocation, or the session's
+/// end.
+async fn session_ended(events: &mut tonic::Streaming<proto::SessionEvent>, lease: u64) -> SessionEnd {
+    use proto::session_event::Event as E;
+    loop {
+        match events.message().await {
+            Ok(Some(proto::SessionEvent { event: Some(E::YieldRequest(y)) })) if y.lease_id == lease => {
+                println!("asked to yield lease {lease}");
+                return SessionEnd::Yield;
+            }
+            Ok(Some(proto::SessionEvent { event: Some(E::Revoked(r)) })) if r.lease_id == lease => {
+                return SessionEnd::Gone(r.reason);
+            }
+            Ok(Some(proto::SessionEvent { event: Some(E::ShuttingDown(s)) })) => return SessionEnd::Gone(s.reason),
+            Ok(Some(_)) => {}
+            Ok(None) => return SessionEnd::Gone("the assigner closed the session".into()),
+            Err(e) => return SessionEnd::Gone(e.message().to_string()),
+        }
+    }
+}
+
+fn status_json(s: &proto::StatusResponse) -> String {
+    let gpus: Vec<serde_json::Value> = s
+        .gpus
+        .iter()
+        .map(|g| {
+            serde_json::json!({
+                "id": g.id, "node": g.node, "index": g.index, "uuid": g.uuid, "name": g.name,
+                "memory": g.memory, "healthy": g.healthy, "simulated": g.fake, "granted": g.granted,
+                "reserved": g.reserved,
+                "holders": g.holders.iter().map(|h| serde_json::json!({
+                    "client": h.client_id, "job": h.job, "lease": h.lease_id, "idle": h.idle,
+                    "held_ms": h.held_ms, "memory": h.memory,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let queue: Vec<serde_json::Value> = s
+        .queue
+        .iter()
+        .map(|q| {
+            serde_json::json!({
+                "request": q.request_id, "client": q.client_id, "job": q.job, "gpus": q.gpus,
+                "memory_per_gpu": q.memory_per_gpu, "priority": q.priority, "waiting_ms": q.waiting_ms,
+            })
+        })
+        .collect();
+    let clients: Vec<serde_json::Value> = s
+        .clients
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "client": c.client_id, "job": c.job, "pid": c.pid, "leases": c.leases, "queued": c.queued,
+                "swap_bytes_in": c.swap_bytes_in, "swap_bytes_out": c.swap_bytes_out, "one_off": c.one_off,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "version": s.version, "scheduler": s.scheduler, "uptime_ms": s.uptime_ms,
+        "gpus": gpus, "queue": queue, "clients": clients,
+    })
+    .to_string()
+}
+
+fn status_table(s: &proto::StatusResponse) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let simulated = s.gpus.iter().any(|g| g.fake);
+    let _ = writeln!(
+        o,
+        "acb-assigner {}, scheduler {}, up {:.1} s{}",
+        s.version,
+        s.scheduler,
+        s.uptime_ms as f64 / 1000.0,
+        if simulated { ", SIMULATED GPUs" } else { "" }
+    );
+    let _ = writeln!(o, "\nGPU  NODE:IDX        NAME                    MEMORY     GRANTED    STATE      HOLDERS");
+    for g in &s.gpus {
+        let state = if !g.healthy {
+            "LOST"
+        } else if g.holders.is_empty() {
+            "free"
+        } else if g.holders.iter().all(|h| h.idle) {
+            "idle-held"
+        } else {
+            "busy"
+        };
+        let holders: Vec<String> = g
+            .holders
+            .iter()
+            .map(|h| {
+                format!("{} (client#{}, lease#{}, {:.1} s)", h.job, h.client_id, h.lease_id, h.held_ms as f64 / 1e3)
+            })
+            .collect();
+        let name = if g.fake { format!("{} (fake)", g.name) } else { g.name.clone() };
+        let _ = writeln!(
+            o,
+            "{:<4} {:<15} {:<23} {:<10} {:<10} {:<10} {}{}",
+            g.id,
+            format!("{}:{}", g.node, g.index),
+            name,
+            Bytes(g.memory).to_string(),
+            Bytes(g.granted).to_string(),
+            state,
+            holders.join("; "),
+            if g.reserved { "  [reserved for the head of the queue]" } else { "" }
+        );
+    }
+    let _ = writeln!(o, "\nQUEUE ({} waiting)", s.queue.len());
+    for q in &s.queue {
+        let mem = q.memory_per_gpu.map(|m| format!(" memory={}", Bytes(m))).unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "  request#{} client#{} {} gpus={}{} priority={} waiting {:.1} s",
+            q.request_id,
+            q.client_id,
+            q.job,
+            q.gpus,
+            mem,
+            q.priority,
+            q.waiting_ms as f64 / 1e3
+        );
+    }
+    let _ = writeln!(o, "\nCLIENTS ({})", s.clients.len());
+    for c in &s.clients {
+        let _ = writeln!(
+            o,
+            "  client#{} {} pid {} leases {} queued {}{}",
+            c.client_id,
+            c.job,
+            c.pid,
+            c.leases,
+            c.queued,
+            if c.one_off { " (one-off)" } else { "" }
+        );
+    }
+    o
+}

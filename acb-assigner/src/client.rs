@@ -1,0 +1,131 @@
+//! The async Rust client: connect over Unix or TCP, open a session, allocate, release, status,
+//! watch. libacb's background runtime uses it.
+
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Request, Status, Streaming};
+
+use crate::config::Address;
+use crate::proto;
+
+/// Adds `authorization: Bearer TOKEN` to every call when a token is set.
+#[derive(Clone, Debug, Default)]
+pub struct AuthHeader(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for AuthHeader {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The generated client with authentication.
+pub type Rpc = proto::assigner_client::AssignerClient<InterceptedService<Channel, AuthHeader>>;
+
+/// Connects to the assigner at `addr`, waiting at most `timeout`.
+pub async fn connect(addr: &Address, token: Option<&str>, timeout: Duration) -> Result<Rpc, String> {
+    let auth = match token {
+        Some(t) => AuthHeader(Some(
+            format!("Bearer {t}").parse().map_err(|_| "the auth token has characters not allowed in a header")?,
+        )),
+        None => AuthHeader(None),
+    };
+    let channel = match addr {
+        Address::Unix(path) => {
+            let path = path.clone();
+            // The URI is not used for Unix sockets; the connector ignores it.
+            Endpoint::try_from("http://[::]:50051")
+                .map_err(|e| e.to_string())?
+                .connect_timeout(timeout)
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+                }))
+                .await
+        }
+        Address::Tcp(sa) => {
+            Endpoint::from_shared(format!("http://{sa}"))
+                .map_err(|e| e.to_string())?
+                .connect_timeout(timeout)
+                .connect()
+                .await
+        }
+    }
+    .map_err(|e| format!("cannot reach the assigner at {addr}: {}", source_chain(&e)))?;
+    Ok(proto::assigner_client::AssignerClient::with_interceptor(channel, auth))
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+/// An open client session.
+#[derive(Debug)]
+pub struct Session {
+    /// The assigner's id for this client.
+    pub client_id: u64,
+    /// The secret that proves this client's identity.
+    pub token: String,
+    /// What the assigner says: yield requests, revocations, shutdown.
+    pub events: Streaming<proto::SessionEvent>,
+    rpc: Rpc,
+    tx: mpsc::Sender<proto::SessionRequest>,
+}
+
+impl Session {
+    /// Opens a session for `job`.
+    pub async fn open(mut rpc: Rpc, job: &str) -> Result<Session, Status> {
+        let (tx, rx) = mpsc::channel(64);
+        let hello = proto::SessionRequest {
+            msg: Some(proto::session_request::Msg::Hello(proto::Hello { job: job.into(), pid: std::process::id() })),
+        };
+        tx.send(hello).await.map_err(|_| Status::internal("session channel closed"))?;
+        let mut events = rpc.session(ReceiverStream::new(rx)).await?.into_inner();
+        let first = events.message().await?.ok_or_else(|| Status::unavailable("the assigner closed the session"))?;
+        let Some(proto::session_event::Event::Welcome(w)) = first.event else {
+            return Err(Status::internal("the assigner did not answer Welcome"));
+        };
+        Ok(Session { client_id: w.client_id, token: w.client_token, events, rpc, tx })
+    }
+
+    /// Asks for GPUs and waits for the grant.
+    pub async fn allocate(&mut self, mut request: proto::AllocateRequest) -> Result<proto::AllocateResponse, Status> {
+        request.client_token.clone_from(&self.token);
+        Ok(self.rpc.alloc_request(request).await?.into_inner())
+    }
+
+    /// Gives a lease back.
+    pub async fn release(&mut self, lease_id: u64) -> Result<(), Status> {
+        self.rpc.release(proto::ReleaseRequest { client_token: self.token.clone(), lease_id }).await?;
+        Ok(())
+    }
+
+    /// Reports a kept lease idle (GPU phase over) or busy again.
+    pub async fn report_phase(&self, lease_id: u64, idle: bool) -> Result<(), Status> {
+        let msg = proto::SessionRequest {
+            msg: Some(proto::session_request::Msg::Phase(proto::PhaseReport { lease_id, idle })),
+        };
+        self.tx.send(msg).await.map_err(|_| Status::unavailable("the session is closed"))
+    }
+
+    /// The RPC client the session uses.
+    pub fn rpc(&self) -> Rpc {
+        self.rpc.clone()
+    }
+}

@@ -1,0 +1,287 @@
+//! What users type: addresses, GPU inventories, sizes, durations, and the TOML settings file.
+//! Every parser returns a one-line message saying what is wrong and what is expected.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use acb_core::Policy;
+use serde::Deserialize;
+
+/// Where the assigner listens, or where a client finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Address {
+    /// A Unix socket (`unix:/path/to.sock`).
+    Unix(PathBuf),
+    /// TCP (`tcp:127.0.0.1:7878`).
+    Tcp(SocketAddr),
+}
+
+impl Address {
+    /// The default: a Unix socket at `$XDG_RUNTIME_DIR/acb/assigner.sock`, or
+    /// `/tmp/acb/assigner.sock` where `XDG_RUNTIME_DIR` is unset.
+    pub fn default_socket() -> Address {
+        let dir = std::env::var_os("XDG_RUNTIME_DIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+        Address::Unix(dir.join("acb").join("assigner.sock"))
+    }
+
+    /// Where clients look: `ACB_ASSIGNER` if set, else [`Address::default_socket`].
+    pub fn from_env() -> Result<Address, String> {
+        match std::env::var("ACB_ASSIGNER") {
+            Ok(s) if !s.is_empty() => s.parse().map_err(|e| format!("ACB_ASSIGNER: {e}")),
+            _ => Ok(Address::default_socket()),
+        }
+    }
+
+    /// Whether a TCP address is on the loopback interface (Unix sockets count as local).
+    pub fn is_local(&self) -> bool {
+        match self {
+            Address::Unix(_) => true,
+            Address::Tcp(a) => a.ip().is_loopback(),
+        }
+    }
+}
+
+impl FromStr for Address {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(format!("{s:?}: a unix address needs a path, e.g. unix:/run/acb/assigner.sock"));
+            }
+            return Ok(Address::Unix(PathBuf::from(path)));
+        }
+        if let Some(addr) = s.strip_prefix("tcp:") {
+            return addr
+                .parse::<SocketAddr>()
+                .map(Address::Tcp)
+                .map_err(|_| format!("{s:?}: a tcp address is tcp:IP:PORT, e.g. tcp:127.0.0.1:7878"));
+        }
+        Err(format!("{s:?}: expected unix:/path/to.sock or tcp:IP:PORT"))
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Unix(p) => write!(f, "unix:{}", p.display()),
+            Address::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+/// Which GPUs the assigner owns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GpuSpec {
+    /// Every GPU NVML finds; no driver is an error.
+    Auto,
+    /// No GPU at all (requests are refused).
+    None,
+    /// Simulated GPUs: `(count, bytes)` groups, e.g. `fake:2x80GiB,1x40GiB`.
+    Fake(Vec<(u32, u64)>),
+}
+
+impl FromStr for GpuSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => return Ok(GpuSpec::Auto),
+            "none" => return Ok(GpuSpec::None),
+            _ => {}
+        }
+        let Some(groups) = s.strip_prefix("fake:") else {
+            return Err(format!("{s:?}: expected auto, none, or fake:COUNTxSIZE[,COUNTxSIZE...] (e.g. fake:2x80GiB)"));
+        };
+        let mut out = Vec::new();
+        for g in groups.split(',') {
+            let (count, size) =
+                g.split_once(['x', 'X']).ok_or_else(|| format!("{g:?} in {s:?}: expected COUNTxSIZE, e.g. 2x80GiB"))?;
+            let count: u32 = count.trim().parse().map_err(|_| format!("{count:?} in {s:?}: not a GPU count"))?;
+            if count == 0 || count > 4096 {
+                return Err(format!("{g:?} in {s:?}: a group has 1 to 4096 GPUs"));
+            }
+            let bytes = parse_size(size.trim()).map_err(|e| format!("{e} (in {s:?})"))?;
+            if bytes == 0 {
+                return Err(format!("{g:?} in {s:?}: a GPU needs some memory"));
+            }
+            out.push((count, bytes));
+        }
+        Ok(GpuSpec::Fake(out))
+    }
+}
+
+/// Parses a size: `80GiB`, `40GB`, `512MiB`, `1024` (bytes), `1.5GiB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "TiB" | "T" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => return Err(format!("{s:?}: unknown unit {other:?}; use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB")),
+    };
+    let value: f64 = num.parse().map_err(|_| format!("{s:?}: not a size (e.g. 80GiB, 512MiB, 1024)"))?;
+    let bytes = value * mult as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("{s:?}: out of range"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// Parses a duration: `500ms`, `30s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?}: not a duration (e.g. 500ms, 30s, 5m)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        other => return Err(format!("{s:?}: unknown unit {other:?}; use ms, s, m or h")),
+    };
+    Ok(d)
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The settings file given with `--config`. Every key is optional; flags override it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Like `--listen`, as a list.
+    pub listen: Option<Vec<String>>,
+    /// Like `--gpus`.
+    pub gpus: Option<String>,
+    /// Like `--scheduler`.
+    pub scheduler: Option<String>,
+    /// Like `--quantum`.
+    pub quantum: Option<String>,
+    /// Like `--metrics`.
+    pub metrics: Option<String>,
+    /// Like `--auth-token-file`.
+    pub auth_token_file: Option<PathBuf>,
+    /// Like `--log-format`.
+    pub log_format: Option<LogFormat>,
+    /// Like `--node-name`.
+    pub node_name: Option<String>,
+}
+
+impl FileConfig {
+    /// Reads and parses a settings file.
+    pub fn load(path: &Path) -> Result<FileConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.to_string().trim()))
+    }
+}
+
+/// Everything `serve` needs, resolved from flags, the settings file and defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// Listen addresses.
+    pub listen: Vec<Address>,
+    /// GPU inventory.
+    pub gpus: GpuSpec,
+    /// Scheduler policy.
+    pub scheduler: Policy,
+    /// Time slice.
+    pub quantum: Option<Duration>,
+    /// Prometheus endpoint.
+    pub metrics: Option<SocketAddr>,
+    /// The shared secret every call must carry (required for non-loopback TCP).
+    pub auth_token: Option<String>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// This node's name in the pool.
+    pub node_name: String,
+}
+
+/// Reads the auth token file: its first line, trimmed, at least 16 characters.
+pub fn read_token(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--auth-token-file {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.len() < 16 {
+        return Err(format!("--auth-token-file {}: the token must be at least 16 characters", path.display()));
+    }
+    Ok(token)
+}
+
+/// This machine's host name, for the node's name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_and_bad_ones_say_the_syntax() {
+        assert_eq!("unix:/a/b.sock".parse(), Ok(Address::Unix("/a/b.sock".into())));
+        assert_eq!("tcp:127.0.0.1:7878".parse(), Ok(Address::Tcp("127.0.0.1:7878".parse().unwrap())));
+        assert!("tcp:localhost".parse::<Address>().unwrap_err().contains("tcp:IP:PORT"));
+        assert!("/a/b".parse::<Address>().unwrap_err().contains("unix:/path"));
+        assert!("unix:".parse::<Address>().is_err());
+        assert!(!"tcp:10.0.0.1:1".parse::<Address>().unwrap().is_local());
+        assert!("tcp:[::1]:1".parse::<Address>().unwrap().is_local());
+    }
+
+    #[test]
+    fn gpu_specs_parse() {
+        assert_eq!("auto".parse(), Ok(GpuSpec::Auto));
+        assert_eq!("none".parse(), Ok(GpuSpec::None));
+        assert_eq!("fake:2x80GiB,1x40GiB".parse(), Ok(GpuSpec::Fake(vec![(2, 80 << 30), (1, 40 << 30)])));
+        for bad in ["fake:", "fake:0x80GiB", "fake:2x", "fake:twox80GiB", "fake:2x80Gb", "gpu:2", "fake:2x0"] {
+            assert!(bad.parse::<GpuSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("40GB"), Ok(40_000_000_000));
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("1e999GiB").is_err());
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn the_settings_file_refuses_unknown_keys() {
+        let dir = std::env::temp_dir().join(format!("acb-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.toml");
+        std::fs::write(&good, "listen = [\"tcp:127.0.0.1:1\"]\ngpus = \"fake:1x8GiB\"\nscheduler = \"gpu-sharing\"\n")
+            .unwrap();
+        let cfg = FileConfig::load(&good).unwrap();
+        assert_eq!(cfg.scheduler.as_deref(), Some("gpu-sharing"));
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "schedular = \"simple\"\n").unwrap();
+        assert!(FileConfig::load(&bad).unwrap_err().contains("schedular"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,223 @@
+//! Domain <-> wire. Errors become `tonic::Status` here and only here.
+
+use std::time::Duration;
+
+use acb_core::ErrorKind;
+use tonic::{Code, Status};
+
+use crate::driver::{DomainError, GrantInfo, StatusSnapshot, ToClient};
+use crate::events::{Event, EventKind, YieldReason};
+use crate::proto;
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The gRPC status for a domain error.
+pub fn to_status(e: DomainError) -> Status {
+    let code = match &e {
+        DomainError::Core(core) => match core.kind() {
+            ErrorKind::InvalidArgument => Code::InvalidArgument,
+            ErrorKind::NotFound => Code::NotFound,
+            ErrorKind::PermissionDenied => Code::PermissionDenied,
+            ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+            ErrorKind::AlreadyExists => Code::AlreadyExists,
+            ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+        },
+        DomainError::UnknownToken => Code::PermissionDenied,
+        DomainError::SessionEnded => Code::Aborted,
+        DomainError::ShuttingDown => Code::Unavailable,
+        DomainError::Invalid(_) => Code::InvalidArgument,
+    };
+    Status::new(code, e.to_string())
+}
+
+/// A wire yield reason.
+pub fn yield_reason(r: YieldReason) -> proto::YieldReason {
+    match r {
+        YieldReason::Contended => proto::YieldReason::Contended,
+        YieldReason::QuantumExpired => proto::YieldReason::QuantumExpired,
+    }
+}
+
+/// A grant on the wire.
+pub fn grant_to_proto(g: GrantInfo) -> proto::AllocateResponse {
+    proto::AllocateResponse {
+        lease_id: g.lease,
+        gpus: g
+            .gpus
+            .into_iter()
+            .map(|x| proto::GrantedGpu { id: x.id, node: x.node, index: x.index, uuid: x.uuid, memory: x.memory })
+            .collect(),
+        memory_per_gpu: g.memory_per_gpu,
+        waited_us: us(g.waited),
+        client_token: g.token,
+    }
+}
+
+/// What the assigner tells a session, on the wire.
+pub fn to_client_to_proto(m: ToClient) -> proto::SessionEvent {
+    use proto::session_event::Event as E;
+    let event = match m {
+        ToClient::Yield { lease, reason } => {
+            E::YieldRequest(proto::YieldRequest { lease_id: lease, reason: yield_reason(reason).into() })
+        }
+        ToClient::Revoked { lease, gpu } => {
+            E::Revoked(proto::LeaseRevoked { lease_id: lease, gpu_id: gpu, reason: format!("gpu#{gpu} was lost") })
+        }
+        ToClient::ShuttingDown => E::ShuttingDown(proto::ShuttingDown { reason: "the assigner is stopping".into() }),
+    };
+    proto::SessionEvent { event: Some(event) }
+}
+
+/// A status snapshot on the wire.
+pub fn status_to_proto(s: StatusSnapshot) -> proto::StatusResponse {
+    proto::StatusResponse {
+        scheduler: s.scheduler.into(),
+        gpus: s
+            .gpus
+            .into_iter()
+            .map(|g| proto::GpuStatus {
+                id: g.id,
+                node: g.node,
+                index: g.index,
+                uuid: g.uuid,
+                name: g.name,
+                memory: g.memory,
+                healthy: g.healthy,
+                fake: g.fake,
+                granted: g.granted,
+                reserved: g.reserved,
+                holders: g
+                    .holders
+                    .into_iter()
+                    .map(|(client_id, job, lease_id, idle, held, memory)| proto::Holder {
+                        client_id,
+                        job,
+                        lease_id,
+                        idle,
+                        held_ms: ms(held),
+                        memory,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        queue: s
+            .queue
+            .into_iter()
+            .map(|q| proto::QueuedStatus {
+                request_id: q.request,
+                client_id: q.client,
+                job: q.job,
+                gpus: q.gpus,
+                memory_per_gpu: q.memory_per_gpu,
+                priority: q.priority,
+                waiting_ms: ms(q.waiting),
+            })
+            .collect(),
+        clients: s
+            .clients
+            .into_iter()
+            .map(|c| proto::ClientStatus {
+                client_id: c.client,
+                job: c.job,
+                pid: c.pid,
+                leases: c.leases,
+                queued: c.queued,
+                swap_bytes_in: c.swap_in,
+                swap_bytes_out: c.swap_out,
+                one_off: c.one_off,
+            })
+            .collect(),
+        uptime_ms: ms(s.uptime),
+        version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+/// An event on the wire.
+pub fn event_to_proto(e: Event) -> proto::Event {
+    use proto::event::Kind as K;
+    let kind = match e.kind {
+        EventKind::Connected { client, job } => K::Connected(proto::ClientConnected { client_id: client, job }),
+        EventKind::Requested { client, job, request, gpus, memory_per_gpu, priority } => {
+            K::Requested(proto::Requested {
+                client_id: client,
+                job,
+                request_id: request,
+                gpus,
+                memory_per_gpu,
+                priority,
+            })
+        }
+        EventKind::Granted { client, job, request, lease, gpus, memory_per_gpu, waited } => {
+            K::Granted(proto::Granted {
+                client_id: client,
+                job,
+                request_id: request,
+                lease_id: lease,
+                gpu_ids: gpus,
+                memory_per_gpu,
+                waited_us: us(waited),
+            })
+        }
+        EventKind::YieldAsked { client, lease, reason } => {
+            K::YieldAsked(proto::YieldAsked { client_id: client, lease_id: lease, reason: yield_reason(reason).into() })
+        }
+        EventKind::Released { client, lease, by_disconnect } => {
+            K::Released(proto::Released { client_id: client, lease_id: lease, by_disconnect })
+        }
+        EventKind::Cancelled { client, request } => {
+            K::Cancelled(proto::Cancelled { client_id: client, request_id: request })
+        }
+        EventKind::Rejected { client, request, reason } => {
+            K::Rejected(proto::Rejected { client_id: client, request_id: request, reason })
+        }
+        EventKind::ClientGone { client } => K::ClientGone(proto::ClientGone { client_id: client }),
+        EventKind::GpuHealth { gpu, healthy } => K::GpuHealth(proto::GpuHealth { gpu_id: gpu, healthy }),
+    };
+    proto::Event { seq: e.seq, at_us: us(e.at), kind: Some(kind) }
+}
+
+/// An event from the wire (for `watch` and `timeline`); `None` for the history-end marker and
+/// for kinds this version does not know.
+pub fn event_from_proto(e: proto::Event) -> Option<Event> {
+    use proto::event::Kind as K;
+    let reason = |r: i32| match proto::YieldReason::try_from(r) {
+        Ok(proto::YieldReason::QuantumExpired) => YieldReason::QuantumExpired,
+        _ => YieldReason::Contended,
+    };
+    let kind = match e.kind? {
+        K::Connected(c) => EventKind::Connected { client: c.client_id, job: c.job },
+        K::Requested(r) => EventKind::Requested {
+            client: r.client_id,
+            job: r.job,
+            request: r.request_id,
+            gpus: r.gpus,
+            memory_per_gpu: r.memory_per_gpu,
+            priority: r.priority,
+        },
+        K::Granted(g) => EventKind::Granted {
+            client: g.client_id,
+            job: g.job,
+            request: g.request_id,
+            lease: g.lease_id,
+            gpus: g.gpu_ids,
+            memory_per_gpu: g.memory_per_gpu,
+            waited: Duration::from_micros(g.waited_us),
+        },
+        K::YieldAsked(y) => EventKind::YieldAsked { client: y.client_id, lease: y.lease_id, reason: reason(y.reason) },
+        K::Released(r) => {
+            EventKind::Released { client: r.client_id, lease: r.lease_id, by_disconnect: r.by_disconnect }
+        }
+        K::Cancelled(c) => EventKind::Cancelled { client: c.client_id, request: c.request_id },
+        K::Rejected(r) => EventKind::Rejected { client: r.client_id, request: r.request_id, reason: r.reason },
+        K::ClientGone(c) => EventKind::ClientGone { client: c.client_id },
+        K::GpuHealth(g) => EventKind::GpuHealth { gpu: g.gpu_id, healthy: g.healthy },
+        K::HistoryEnd(_) => return None,
+    };
+    Some(Event { seq: e.seq, at: Duration::from_micros(e.at_us), kind })
+}

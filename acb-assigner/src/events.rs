@@ -1,0 +1,171 @@
+//! The assigner's event record: what `watch` prints, what `timeline` draws, what the metrics
+//! count. Domain types; [`crate::convert`] maps them to and from the wire.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Why a holder is asked to yield.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum YieldReason {
+    /// Idle, and someone waits.
+    Contended,
+    /// Busy past its time slice, and someone waits.
+    QuantumExpired,
+}
+
+/// One thing that happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum EventKind {
+    /// A client connected (a session, or a one-off client's first request).
+    Connected {
+        /// Client id.
+        client: u64,
+        /// Its job.
+        job: String,
+    },
+    /// A request was queued.
+    Requested {
+        /// Client id.
+        client: u64,
+        /// Its job.
+        job: String,
+        /// Request id.
+        request: u64,
+        /// GPUs asked.
+        gpus: u32,
+        /// Bytes per GPU asked, if any.
+        memory_per_gpu: Option<u64>,
+        /// Priority.
+        priority: i32,
+    },
+    /// A request was granted.
+    Granted {
+        /// Client id.
+        client: u64,
+        /// Its job.
+        job: String,
+        /// Request id.
+        request: u64,
+        /// The new lease.
+        lease: u64,
+        /// GPU ids.
+        gpus: Vec<u32>,
+        /// The fence per GPU, bytes.
+        memory_per_gpu: u64,
+        /// Time in the queue.
+        #[serde(with = "micros")]
+        waited: Duration,
+    },
+    /// A holder was asked to yield.
+    YieldAsked {
+        /// Client id.
+        client: u64,
+        /// The lease.
+        lease: u64,
+        /// Why.
+        reason: YieldReason,
+    },
+    /// A lease ended.
+    Released {
+        /// Client id.
+        client: u64,
+        /// The lease.
+        lease: u64,
+        /// Ended because the client's session ended.
+        by_disconnect: bool,
+    },
+    /// A queued request was withdrawn (the caller gave up).
+    Cancelled {
+        /// Client id.
+        client: u64,
+        /// Request id.
+        request: u64,
+    },
+    /// A queued request can no longer be served.
+    Rejected {
+        /// Client id.
+        client: u64,
+        /// Request id.
+        request: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A client is gone.
+    ClientGone {
+        /// Client id.
+        client: u64,
+    },
+    /// A GPU's health changed.
+    GpuHealth {
+        /// GPU id.
+        gpu: u32,
+        /// Healthy now.
+        healthy: bool,
+    },
+}
+
+/// An event with its place in the record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// Sequence number, from 1.
+    pub seq: u64,
+    /// Time since the assigner started.
+    #[serde(rename = "at_us", with = "micros")]
+    pub at: Duration,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+mod micros {
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = self.at.as_secs_f64();
+        write!(f, "{t:>10.3}s  ")?;
+        match &self.kind {
+            EventKind::Connected { client, job } => write!(f, "connected   client#{client} job={job}"),
+            EventKind::Requested { client, job, request, gpus, memory_per_gpu, priority } => {
+                write!(f, "requested   client#{client} job={job} request#{request} gpus={gpus}")?;
+                if let Some(m) = memory_per_gpu {
+                    write!(f, " memory={}", acb_core::Bytes(*m))?;
+                }
+                if *priority != 0 {
+                    write!(f, " priority={priority}")?;
+                }
+                Ok(())
+            }
+            EventKind::Granted { client, job, request, lease, gpus, waited, .. } => write!(
+                f,
+                "granted     client#{client} job={job} request#{request} lease#{lease} gpus={gpus:?} waited={:.3}s",
+                waited.as_secs_f64()
+            ),
+            EventKind::YieldAsked { client, lease, reason } => {
+                write!(f, "yield-asked client#{client} lease#{lease} reason={reason:?}")
+            }
+            EventKind::Released { client, lease, by_disconnect } => write!(
+                f,
+                "released    client#{client} lease#{lease}{}",
+                if *by_disconnect { " (session ended)" } else { "" }
+            ),
+            EventKind::Cancelled { client, request } => write!(f, "cancelled   client#{client} request#{request}"),
+            EventKind::Rejected { client, request, reason } => {
+                write!(f, "rejected    client#{client} request#{request}: {reason}")
+            }
+            EventKind::ClientGone { client } => write!(f, "gone        client#{client}"),
+            EventKind::GpuHealth { gpu, healthy } => {
+                write!(f, "gpu-health  gpu#{gpu} {}", if *healthy { "healthy" } else { "LOST" })
+            }
+        }
+    }
+}

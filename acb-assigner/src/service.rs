@@ -1,0 +1,174 @@
+//! The gRPC service: validate -> ask the driver -> convert. Nothing is decided here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{BroadcastStream, UnboundedReceiverStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert::{event_to_proto, grant_to_proto, status_to_proto, to_client_to_proto, to_status};
+use crate::driver::{AllocSpec, Command, DomainError, Handle};
+use crate::proto::{self, session_request::Msg};
+
+/// The longest job name accepted.
+const MAX_JOB: usize = 256;
+/// The most GPU ids in an affinity list.
+const MAX_AFFINITY: usize = 4096;
+
+/// The `acb.v1.Assigner` service.
+#[derive(Clone, Debug)]
+pub struct AssignerService {
+    handle: Handle,
+    next_key: Arc<AtomicU64>,
+}
+
+impl AssignerService {
+    /// A service that asks `handle`'s driver.
+    pub fn new(handle: Handle) -> Self {
+        AssignerService { handle, next_key: Arc::new(AtomicU64::new(1)) }
+    }
+}
+
+fn check_job(job: &str) -> Result<(), Status> {
+    if job.len() > MAX_JOB {
+        return Err(Status::invalid_argument(format!("job name longer than {MAX_JOB} bytes")));
+    }
+    if job.chars().any(char::is_control) {
+        return Err(Status::invalid_argument("job name contains control characters"));
+    }
+    Ok(())
+}
+
+fn flatten<T>(r: Result<Result<T, DomainError>, DomainError>) -> Result<T, Status> {
+    r.and_then(|x| x).map_err(to_status)
+}
+
+/// Withdraws an allocation request if its caller goes away before the grant.
+struct AbandonGuard {
+    handle: Handle,
+    key: u64,
+    armed: bool,
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.handle.try_send(Command::Abandon { key: self.key });
+        }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl proto::assigner_server::Assigner for AssignerService {
+    type SessionStream = BoxStream<proto::SessionEvent>;
+    type WatchStream = BoxStream<proto::Event>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<proto::SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("a session starts with Hello"))?;
+        let Some(Msg::Hello(hello)) = first.msg else {
+            return Err(Status::invalid_argument("the first message of a session must be Hello"));
+        };
+        check_job(&hello.job)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (client, token) = flatten(
+            self.handle
+                .ask(|reply| Command::Connect { job: hello.job.clone(), pid: hello.pid, to_client: tx, reply })
+                .await,
+        )?;
+        tracing::info!(client, job = %hello.job, pid = hello.pid, "session opened");
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            // The session lives as long as the client's half of the stream.
+            loop {
+                match inbound.message().await {
+                    Ok(Some(proto::SessionRequest { msg: Some(Msg::Phase(p)) })) => {
+                        let _ = handle.send(Command::Phase { client, lease: p.lease_id, idle: p.idle }).await;
+                    }
+                    Ok(Some(proto::SessionRequest { msg: Some(Msg::Swap(s)) })) => {
+                        let cmd = Command::Swap { client, bytes_in: s.bytes_in, bytes_out: s.bytes_out };
+                        let _ = handle.send(cmd).await;
+                    }
+                    Ok(Some(_)) => tracing::debug!(client, "ignored a second Hello or an empty message"),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            tracing::info!(client, "session ended");
+            let _ = handle.send(Command::Disconnect { client }).await;
+        });
+        let welcome = proto::SessionEvent {
+            event: Some(proto::session_event::Event::Welcome(proto::Welcome {
+                client_id: client,
+                client_token: token,
+            })),
+        };
+        let rest = UnboundedReceiverStream::new(rx).map(|m| Ok(to_client_to_proto(m)));
+        Ok(Response::new(Box::pin(tokio_stream::once(Ok(welcome)).chain(rest))))
+    }
+
+    async fn alloc_request(
+        &self,
+        request: Request<proto::AllocateRequest>,
+    ) -> Result<Response<proto::AllocateResponse>, Status> {
+        let r = request.into_inner();
+        check_job(&r.job)?;
+        if r.required_gpus.len() > MAX_AFFINITY || r.preferred_gpus.len() > MAX_AFFINITY {
+            return Err(Status::invalid_argument(format!("at most {MAX_AFFINITY} GPU ids in an affinity list")));
+        }
+        if r.client_token.len() > 128 {
+            return Err(to_status(DomainError::UnknownToken));
+        }
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let spec = AllocSpec {
+            token: r.client_token,
+            job: r.job,
+            gpus: r.gpus,
+            memory_per_gpu: r.memory_per_gpu,
+            priority: r.priority,
+            required: r.required_gpus,
+            preferred: r.preferred_gpus,
+        };
+        let mut guard = AbandonGuard { handle: self.handle.clone(), key, armed: true };
+        let result = self.handle.ask(|reply| Command::Allocate { key, spec, reply }).await;
+        guard.armed = false;
+        Ok(Response::new(grant_to_proto(flatten(result)?)))
+    }
+
+    async fn release(
+        &self,
+        request: Request<proto::ReleaseRequest>,
+    ) -> Result<Response<proto::ReleaseResponse>, Status> {
+        let r = request.into_inner();
+        let token = r.client_token;
+        flatten(self.handle.ask(|reply| Command::Release { token, lease: r.lease_id, reply }).await)?;
+        Ok(Response::new(proto::ReleaseResponse {}))
+    }
+
+    async fn status(&self, _: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
+        let snapshot = self.handle.ask(|reply| Command::Status { reply }).await.map_err(to_status)?;
+        Ok(Response::new(status_to_proto(snapshot)))
+    }
+
+    async fn watch(&self, request: Request<proto::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let replay = request.into_inner().replay;
+        let (history, live) = self.handle.ask(|reply| Command::Watch { replay, reply }).await.map_err(to_status)?;
+        let end = replay.then(|| {
+            Ok(proto::Event { seq: 0, at_us: 0, kind: Some(proto::event::Kind::HistoryEnd(proto::HistoryEnd {})) })
+        });
+        let history = tokio_stream::iter(history.into_iter().map(|e| Ok(event_to_proto(e))).chain(end));
+        let live = BroadcastStream::new(live).filter_map(|e| match e {
+            Ok(e) => Some(Ok(event_to_proto(e))),
+            // A watcher too slow to keep up misses events rather than slowing the assigner.
+            Err(_) => None,
+        });
+        Ok(Response::new(Box::pin(history.chain(live))))
+    }
+}

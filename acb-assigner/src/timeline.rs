@@ -1,0 +1,914 @@
+//! Draws the assigner's event record as one SVG picture, in the manner of Figure 1 of the
+//! "AI Computing Broker" white paper: a row per GPU showing which job held it when, a row per
+//! client showing when it held a GPU and when it waited for one, and a footer row with the
+//! aggregate GPU utilisation over time.
+//!
+//! Pure and dependency-free: events in, a `String` out. Any record draws, however odd (empty,
+//! zero-length, unknown GPU ids, a release without its grant, events out of order): what
+//! cannot be placed is left out rather than guessed, and nothing here panics.
+//!
+//! How the record is read:
+//! - it spans from its first event to `end` (its last event when `end` is not given);
+//! - a lease holds its GPUs from its `Granted` to its `Released`, or to the end;
+//! - a client waits from a `Requested` to the `Granted`, `Cancelled` or `Rejected` of the same
+//!   request, or to its `ClientGone`, or to the end; a grant whose request came before the
+//!   record began (a truncated record) is drawn as having waited its `waited`;
+//! - a GPU held by two leases at once (memory fences let jobs share one) counts once towards
+//!   utilisation, and the two leases are drawn in two lanes of the GPU's row;
+//! - colours go by the rank of the client id in the record, so they are distinct for up to
+//!   twelve clients and the same for one client everywhere in the picture.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::{self, Write as _};
+use std::time::Duration;
+
+use crate::events::{Event, EventKind};
+
+/// What the picture shows about each GPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuRow {
+    /// The id that `Granted` events name.
+    pub id: u32,
+    /// The row's label, e.g. "gpu0 (simulated, 80 GiB)".
+    pub label: String,
+}
+
+/// Renders `events` over GPUs `gpus` as a standalone SVG document (~1200 px wide).
+///
+/// `title` goes on top as given (it is where a caller says "simulated"). `end` is the time the
+/// record ends; the last event's time if `None`.
+pub fn render_svg(title: &str, gpus: &[GpuRow], events: &[Event], end: Option<Duration>) -> String {
+    let record = Record::read(events, end);
+    let mut svg = Svg(String::new());
+    Picture::new(title, gpus, &record).draw(&mut svg);
+    svg.0
+}
+
+/// Aggregate utilisation: the fraction of GPU-time held over all GPUs in `gpus` from the first
+/// event to `end`, in `0.0..=1.0`. Zero for no GPUs or a zero-length record.
+pub fn utilisation(gpus: &[GpuRow], events: &[Event], end: Duration) -> f64 {
+    Record::read(events, Some(end)).utilisation(gpus)
+}
+
+/// A lease's hold on its GPUs; times are seconds since the assigner started, clipped to the
+/// record.
+#[derive(Debug)]
+struct Hold {
+    client: u64,
+    lease: u64,
+    gpus: Vec<u32>,
+    from: f64,
+    to: f64,
+}
+
+/// A client's wait for one request.
+#[derive(Debug)]
+struct Wait {
+    client: u64,
+    request: u64,
+    from: f64,
+    to: f64,
+}
+
+/// A time a GPU was reported unhealthy.
+#[derive(Debug)]
+struct Lost {
+    gpu: u32,
+    from: f64,
+    to: f64,
+}
+
+/// The record reduced to intervals.
+#[derive(Debug)]
+struct Record {
+    events: usize,
+    start: f64,
+    end: f64,
+    /// Client id -> job name, from the first event that names the job.
+    clients: BTreeMap<u64, String>,
+    holds: Vec<Hold>,
+    waits: Vec<Wait>,
+    lost: Vec<Lost>,
+}
+
+impl Record {
+    fn read(events: &[Event], end: Option<Duration>) -> Self {
+        let start = events.iter().map(|e| e.at).min().unwrap_or_default();
+        let end = end.or_else(|| events.iter().map(|e| e.at).max()).unwrap_or(start).max(start);
+        let (start, end) = (start.as_secs_f64(), end.as_secs_f64());
+
+        let mut clients = BTreeMap::new();
+        let (mut holds, mut waits, mut lost) = (Vec::new(), Vec::new(), Vec::new());
+        let mut open_holds: BTreeMap<u64, Hold> = BTreeMap::new();
+        let mut open_waits: BTreeMap<(u64, u64), f64> = BTreeMap::new();
+        let mut open_lost: BTreeMap<u32, f64> = BTreeMap::new();
+        let mut name = |client: u64, job: &str| {
+            clients.entry(client).or_insert_with(|| job.to_owned());
+        };
+
+        for event in events {
+            let at = event.at.as_secs_f64();
+            match &event.kind {
+                EventKind::Connected { client, job } => name(*client, job),
+                EventKind::Requested { client, job, request, .. } => {
+                    name(*client, job);
+                    open_waits.entry((*client, *request)).or_insert(at);
+                }
+                EventKind::Granted { client, job, request, lease, gpus, waited, .. } => {
+                    name(*client, job);
+                    let asked = open_waits.remove(&(*client, *request)).unwrap_or(at - waited.as_secs_f64());
+                    if asked < at {
+                        waits.push(Wait { client: *client, request: *request, from: asked, to: at });
+                    }
+                    let hold = Hold { client: *client, lease: *lease, gpus: gpus.clone(), from: at, to: end };
+                    // A lease id granted twice: the first grant ended when the second began.
+                    if let Some(previous) = open_holds.insert(*lease, hold) {
+                        holds.push(Hold { to: at, ..previous });
+                    }
+                }
+                EventKind::Released { lease, .. } => {
+                    if let Some(hold) = open_holds.remove(lease) {
+                        holds.push(Hold { to: at, ..hold });
+                    }
+                }
+                EventKind::Cancelled { client, request } | EventKind::Rejected { client, request, .. } => {
+                    if let Some(from) = open_waits.remove(&(*client, *request)) {
+                        waits.push(Wait { client: *client, request: *request, from, to: at });
+                    }
+                }
+                EventKind::ClientGone { client } => {
+                    let gone: Vec<u64> =
+                        open_waits.range((*client, 0)..=(*client, u64::MAX)).map(|(k, _)| k.1).collect();
+                    for request in gone {
+                        if let Some(from) = open_waits.remove(&(*client, request)) {
+                            waits.push(Wait { client: *client, request, from, to: at });
+                        }
+                    }
+                }
+                EventKind::GpuHealth { gpu, healthy: false } => {
+                    open_lost.entry(*gpu).or_insert(at);
+                }
+                EventKind::GpuHealth { gpu, healthy: true } => {
+                    if let Some(from) = open_lost.remove(gpu) {
+                        lost.push(Lost { gpu: *gpu, from, to: at });
+                    }
+                }
+                EventKind::YieldAsked { .. } => {}
+            }
+        }
+        holds.extend(open_holds.into_values());
+        waits.extend(open_waits.into_iter().map(|((client, request), from)| Wait { client, request, from, to: end }));
+        lost.extend(open_lost.into_iter().map(|(gpu, from)| Lost { gpu, from, to: end }));
+
+        let clip = |t: f64| t.max(start).min(end);
+        for h in &mut holds {
+            (h.from, h.to) = (clip(h.from), clip(h.to).max(clip(h.from)));
+        }
+        for w in &mut waits {
+            (w.from, w.to) = (clip(w.from), clip(w.to).max(clip(w.from)));
+        }
+        for l in &mut lost {
+            (l.from, l.to) = (clip(l.from), clip(l.to).max(clip(l.from)));
+        }
+        holds.sort_by(|a, b| a.from.total_cmp(&b.from).then(a.to.total_cmp(&b.to)).then(a.lease.cmp(&b.lease)));
+        waits.sort_by(|a, b| a.from.total_cmp(&b.from).then(a.client.cmp(&b.client)));
+        Record { events: events.len(), start, end, clients, holds, waits, lost }
+    }
+
+    fn span(&self) -> f64 {
+        self.end - self.start
+    }
+
+    /// The times GPU `gpu` was held by some lease, merged, in order.
+    fn held(&self, gpu: u32) -> Vec<(f64, f64)> {
+        let mut merged: Vec<(f64, f64)> = Vec::new();
+        // `holds` is sorted by start, so one pass merges.
+        for h in self.holds.iter().filter(|h| h.to > h.from && h.gpus.contains(&gpu)) {
+            match merged.last_mut() {
+                Some(last) if h.from <= last.1 => last.1 = last.1.max(h.to),
+                _ => merged.push((h.from, h.to)),
+            }
+        }
+        merged
+    }
+
+    fn utilisation(&self, gpus: &[GpuRow]) -> f64 {
+        let ids = distinct_ids(gpus);
+        if ids.is_empty() || self.span() <= 0.0 {
+            return 0.0;
+        }
+        let held: f64 = ids.iter().flat_map(|&id| self.held(id)).map(|(from, to)| to - from).sum();
+        (held / (ids.len() as f64 * self.span())).clamp(0.0, 1.0)
+    }
+
+    /// How many of `ids` are held from each time on: a step function starting at `start`.
+    fn steps(&self, ids: &BTreeSet<u32>) -> Vec<(f64, i64)> {
+        let mut changes: Vec<(f64, i64)> =
+            ids.iter().flat_map(|&id| self.held(id)).flat_map(|(from, to)| [(from, 1), (to, -1)]).collect();
+        changes.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut steps = vec![(self.start, 0)];
+        let mut level = 0;
+        for (at, change) in changes {
+            level += change;
+            match steps.last_mut() {
+                Some(last) if last.0 == at => last.1 = level,
+                _ => steps.push((at, level)),
+            }
+        }
+        steps
+    }
+}
+
+fn distinct_ids(gpus: &[GpuRow]) -> BTreeSet<u32> {
+    gpus.iter().map(|g| g.id).collect()
+}
+
+/// A fill and the text colour that reads on it.
+#[derive(Clone, Copy, Debug)]
+struct Colour {
+    fill: &'static str,
+    ink: &'static str,
+}
+
+const fn colour(fill: &'static str, ink: &'static str) -> Colour {
+    Colour { fill, ink }
+}
+
+/// Tableau 10 and two more, ordered so that neighbours in client order differ most.
+const PALETTE: [Colour; 12] = [
+    colour("#4e79a7", "#ffffff"),
+    colour("#f28e2b", "#1a1a1a"),
+    colour("#59a14f", "#ffffff"),
+    colour("#e15759", "#ffffff"),
+    colour("#edc948", "#1a1a1a"),
+    colour("#b07aa1", "#ffffff"),
+    colour("#76b7b2", "#1a1a1a"),
+    colour("#9c755f", "#ffffff"),
+    colour("#ff9da7", "#1a1a1a"),
+    colour("#17becf", "#1a1a1a"),
+    colour("#bcbd22", "#1a1a1a"),
+    colour("#79706e", "#ffffff"),
+];
+const UNKNOWN: Colour = colour("#bab0ac", "#1a1a1a");
+
+const WIDTH: f64 = 1200.0;
+const MARGIN: f64 = 20.0;
+const PLOT_LEFT: f64 = 230.0;
+const PLOT_RIGHT: f64 = WIDTH - 30.0;
+const GPU_PITCH: f64 = 32.0;
+const GPU_BAR: f64 = 26.0;
+const CLIENT_PITCH: f64 = 20.0;
+const CLIENT_BAR: f64 = 14.0;
+const UTIL_HEIGHT: f64 = 80.0;
+const SECTION_GAP: f64 = 30.0;
+const LEGEND_COLUMNS: usize = 4;
+const LEGEND_PITCH: f64 = 22.0;
+/// Characters that fit: row labels left of the plot, legend entries, the title.
+const LABEL_CHARS: usize = 30;
+const LEGEND_CHARS: usize = 40;
+const TITLE_CHARS: usize = 100;
+/// Average advance of a character of 11 px sans-serif, to decide whether a name fits a bar.
+const CHAR_WIDTH_11PX: f64 = 6.4;
+
+/// The SVG being written.
+struct Svg(String);
+
+impl Svg {
+    fn put(&mut self, line: fmt::Arguments<'_>) {
+        // Writing into a String cannot fail.
+        let _ = self.0.write_fmt(line);
+        self.0.push('\n');
+    }
+}
+
+/// Where everything goes: y positions computed up front, so the time grid can be drawn first
+/// and lie under the bars.
+struct Picture<'a> {
+    title: &'a str,
+    gpus: &'a [GpuRow],
+    record: &'a Record,
+    /// The time the plot's width stands for: the record's span, or one second if it has none.
+    span: f64,
+    colours: BTreeMap<u64, Colour>,
+    gpu_top: f64,
+    client_top: f64,
+    util_top: f64,
+    legend_top: f64,
+    height: f64,
+}
+
+impl<'a> Picture<'a> {
+    fn new(title: &'a str, gpus: &'a [GpuRow], record: &'a Record) -> Self {
+        let colours = record
+            .clients
+            .keys()
+            .enumerate()
+            .map(|(rank, &client)| (client, PALETTE.get(rank % PALETTE.len()).copied().unwrap_or(UNKNOWN)))
+            .collect();
+        let gpu_top = 96.0;
+        let client_top = gpu_top + GPU_PITCH * gpus.len().max(1) as f64 + SECTION_GAP;
+        let util_top = client_top + CLIENT_PITCH * record.clients.len().max(1) as f64 + SECTION_GAP;
+        let legend_top = util_top + UTIL_HEIGHT + 62.0;
+        let legend_rows = (record.clients.len() + usize::from(!record.lost.is_empty())).max(1).div_ceil(LEGEND_COLUMNS);
+        let height = legend_top + LEGEND_PITCH * legend_rows as f64 + 8.0;
+        let span = if record.span() > 0.0 { record.span() } else { 1.0 };
+        Picture { title, gpus, record, span, colours, gpu_top, client_top, util_top, legend_top, height }
+    }
+
+    fn x(&self, t: f64) -> f64 {
+        PLOT_LEFT + (t - self.record.start) / self.span * (PLOT_RIGHT - PLOT_LEFT)
+    }
+
+    fn colour(&self, client: u64) -> Colour {
+        self.colours.get(&client).copied().unwrap_or(UNKNOWN)
+    }
+
+    fn job(&self, client: u64) -> &str {
+        self.record.clients.get(&client).map_or("", String::as_str)
+    }
+
+    fn draw(&self, svg: &mut Svg) {
+        let height = self.height;
+        svg.put(format_args!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH:.0}" height="{height:.0}" viewBox="0 0 {WIDTH:.0} {height:.0}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="12">"#
+        ));
+        self.draw_defs(svg);
+        svg.put(format_args!(r##"<rect width="100%" height="100%" fill="#ffffff"/>"##));
+        self.draw_heading(svg);
+        self.draw_rows(svg);
+        self.draw_time_axis(svg);
+        self.draw_gpus(svg);
+        self.draw_clients(svg);
+        self.draw_utilisation(svg);
+        self.draw_legend(svg);
+        svg.0.push_str("</svg>");
+    }
+
+    fn draw_defs(&self, svg: &mut Svg) {
+        svg.put(format_args!("<defs>"));
+        for (rank, c) in PALETTE.iter().take(self.record.clients.len()).enumerate() {
+            let fill = c.fill;
+            svg.put(format_args!(
+                r##"<pattern id="wait{rank}" patternUnits="userSpaceOnUse" width="6" height="6" patternTransform="rotate(45)"><rect width="6" height="6" fill="#ffffff"/><rect width="3" height="6" fill="{fill}"/></pattern>"##
+            ));
+        }
+        svg.put(format_args!(
+            r##"<pattern id="lost" patternUnits="userSpaceOnUse" width="8" height="8"><rect width="8" height="8" fill="#f4d4d4"/><path d="M0 0L8 8M8 0L0 8" stroke="#b22222" stroke-width="1.2"/></pattern>"##
+        ));
+        svg.put(format_args!("</defs>"));
+    }
+
+    fn draw_heading(&self, svg: &mut Svg) {
+        let title = escape(&truncate(self.title, TITLE_CHARS));
+        svg.put(format_args!(
+            r##"<text x="{MARGIN}" y="32" font-size="20" font-weight="bold" fill="#1a1a1a">{title}</text>"##
+        ));
+        let record = self.record;
+        let percent = record.utilisation(self.gpus) * 100.0;
+        let gpus = plural(distinct_ids(self.gpus).len(), "GPU", "GPUs");
+        let jobs = plural(record.clients.len(), "job", "jobs");
+        let summary = if record.events == 0 {
+            "empty record: no events".to_owned()
+        } else {
+            format!(
+                "GPU utilisation {percent:.1}% of {gpus} over {} (from {} to {}), {jobs}, {}",
+                duration(record.span()),
+                duration(record.start),
+                duration(record.end),
+                plural(record.events, "event", "events"),
+            )
+        };
+        let summary = escape(&summary);
+        svg.put(format_args!(r##"<text x="{MARGIN}" y="56" font-size="14" fill="#444444">{summary}</text>"##));
+    }
+
+    /// Section titles, row labels and row backgrounds.
+    fn draw_rows(&self, svg: &mut Svg) {
+        let plot_width = PLOT_RIGHT - PLOT_LEFT;
+        let label_x = PLOT_LEFT - 8.0;
+        let section = |svg: &mut Svg, y: f64, text: &str| {
+            let y = y - 10.0;
+            svg.put(format_args!(
+                r##"<text x="{MARGIN}" y="{y:.1}" font-size="13" font-weight="bold" fill="#333333">{text}</text>"##
+            ));
+        };
+
+        section(svg, self.gpu_top, "GPUs: which job holds each GPU");
+        for (i, gpu) in self.gpus.iter().enumerate() {
+            let y = self.gpu_top + GPU_PITCH * i as f64;
+            let text_y = y + GPU_BAR / 2.0 + 4.0;
+            let label = escape(&truncate(&gpu.label, LABEL_CHARS));
+            let full = escape(&gpu.label);
+            svg.put(format_args!(
+                r##"<rect x="{PLOT_LEFT}" y="{y:.1}" width="{plot_width:.1}" height="{GPU_BAR}" fill="#f2f2f2"/>"##
+            ));
+            svg.put(format_args!(
+                r##"<text x="{label_x:.1}" y="{text_y:.1}" text-anchor="end" fill="#1a1a1a"><title>{full}</title>{label}</text>"##
+            ));
+        }
+        if self.gpus.is_empty() {
+            let y = self.gpu_top + GPU_BAR / 2.0 + 4.0;
+            svg.put(format_args!(r##"<text x="{PLOT_LEFT}" y="{y:.1}" fill="#888888">(no GPUs)</text>"##));
+        }
+
+        section(svg, self.client_top, "Clients: solid = holds a GPU, hatched = waits for one");
+        for (i, (&client, job)) in self.record.clients.iter().enumerate() {
+            let y = self.client_top + CLIENT_PITCH * i as f64;
+            let text_y = y + CLIENT_BAR / 2.0 + 4.0;
+            let label = escape(&truncate(&format!("{job} #{client}"), LABEL_CHARS));
+            let full = escape(&format!("{job} (client #{client})"));
+            svg.put(format_args!(
+                r##"<rect x="{PLOT_LEFT}" y="{y:.1}" width="{plot_width:.1}" height="{CLIENT_BAR}" fill="#f6f6f6"/>"##
+            ));
+            svg.put(format_args!(
+                r##"<text x="{label_x:.1}" y="{text_y:.1}" text-anchor="end" fill="#1a1a1a"><title>{full}</title>{label}</text>"##
+            ));
+        }
+        if self.record.clients.is_empty() {
+            let y = self.client_top + CLIENT_BAR / 2.0 + 4.0;
+            svg.put(format_args!(r##"<text x="{PLOT_LEFT}" y="{y:.1}" fill="#888888">(no clients)</text>"##));
+        }
+
+        let gpus = distinct_ids(self.gpus).len();
+        section(svg, self.util_top, &format!("Utilisation: GPUs held / {}", plural(gpus, "GPU", "GPUs")));
+        let top = self.util_top;
+        svg.put(format_args!(
+            r##"<rect x="{PLOT_LEFT}" y="{top:.1}" width="{plot_width:.1}" height="{UTIL_HEIGHT}" fill="#f2f2f2"/>"##
+        ));
+        for (fraction, text) in [(1.0, "100%"), (0.5, "50%"), (0.0, "0%")] {
+            let y = top + UTIL_HEIGHT * (1.0 - fraction);
+            let text_y = y + 4.0;
+            svg.put(format_args!(
+                r##"<line x1="{PLOT_LEFT}" y1="{y:.1}" x2="{PLOT_RIGHT}" y2="{y:.1}" stroke="#cccccc" stroke-width="1"/>"##
+            ));
+            svg.put(format_args!(
+                r##"<text x="{label_x:.1}" y="{text_y:.1}" text-anchor="end" fill="#444444">{text}</text>"##
+            ));
+        }
+    }
+
+    /// Grid lines through all rows, tick labels under the utilisation row.
+    fn draw_time_axis(&self, svg: &mut Svg) {
+        let (unit, ticks) = time_ticks(self.record.start, self.span);
+        let top = self.gpu_top;
+        let bottom = self.util_top + UTIL_HEIGHT;
+        let tick_end = bottom + 5.0;
+        let text_y = bottom + 19.0;
+        for (at, text) in ticks {
+            let x = self.x(at);
+            svg.put(format_args!(
+                r##"<line x1="{x:.1}" y1="{top:.1}" x2="{x:.1}" y2="{tick_end:.1}" stroke="#d0d0d0" stroke-width="1"/>"##
+            ));
+            svg.put(format_args!(
+                r##"<text x="{x:.1}" y="{text_y:.1}" text-anchor="middle" fill="#333333">{text}</text>"##
+            ));
+        }
+        let label_x = PLOT_LEFT - 8.0;
+        svg.put(format_args!(
+            r##"<text x="{label_x:.1}" y="{text_y:.1}" text-anchor="end" fill="#444444">time ({unit})</text>"##
+        ));
+    }
+
+    fn draw_gpus(&self, svg: &mut Svg) {
+        for (i, gpu) in self.gpus.iter().enumerate() {
+            let row_top = self.gpu_top + GPU_PITCH * i as f64;
+            for lost in self.record.lost.iter().filter(|l| l.gpu == gpu.id && l.to > l.from) {
+                let (x, width) = (self.x(lost.from), self.x(lost.to) - self.x(lost.from));
+                let tip = format!("{} lost (unhealthy) {}", gpu.label, interval(lost.from, lost.to));
+                let tip = escape(&tip);
+                svg.put(format_args!(
+                    r#"<rect x="{x:.1}" y="{row_top:.1}" width="{width:.1}" height="{GPU_BAR}" fill="url(#lost)"><title>{tip}</title></rect>"#
+                ));
+            }
+
+            // Leases that overlap on one GPU (shared under memory fences) get a lane each.
+            let mut lane_ends: Vec<f64> = Vec::new();
+            let mut placed: Vec<(usize, &Hold)> = Vec::new();
+            for hold in self.record.holds.iter().filter(|h| h.to > h.from && h.gpus.contains(&gpu.id)) {
+                let lane = match lane_ends.iter().position(|&end| end <= hold.from) {
+                    Some(lane) => lane,
+                    None => {
+                        lane_ends.push(hold.from);
+                        lane_ends.len() - 1
+                    }
+                };
+                if let Some(end) = lane_ends.get_mut(lane) {
+                    *end = hold.to;
+                }
+                placed.push((lane, hold));
+            }
+            let lane_height = GPU_BAR / lane_ends.len().max(1) as f64;
+            for (lane, hold) in placed {
+                let y = row_top + lane_height * lane as f64;
+                self.draw_hold_bar(svg, hold, y, lane_height, true);
+            }
+        }
+    }
+
+    fn draw_hold_bar(&self, svg: &mut Svg, hold: &Hold, y: f64, height: f64, named: bool) {
+        let Colour { fill, ink } = self.colour(hold.client);
+        let x = self.x(hold.from);
+        // A sliver stays visible, however short the hold.
+        let width = (self.x(hold.to) - x).max(1.0);
+        let job = self.job(hold.client);
+        let tip = format!(
+            "{job} (client #{}), lease #{} on GPU {:?}: {}",
+            hold.client,
+            hold.lease,
+            hold.gpus,
+            interval(hold.from, hold.to)
+        );
+        let tip = escape(&tip);
+        svg.put(format_args!(
+            r##"<rect x="{x:.1}" y="{y:.1}" width="{width:.1}" height="{height:.1}" fill="{fill}" stroke="#ffffff" stroke-width="1"><title>{tip}</title></rect>"##
+        ));
+        // The job's name where it fits, else its client number, else only the colour.
+        let fits = |text: &str| !text.is_empty() && text.chars().count() as f64 * CHAR_WIDTH_11PX + 6.0 <= width;
+        let short = format!("#{}", hold.client);
+        let label = if fits(job) {
+            Some(job)
+        } else if fits(&short) {
+            Some(short.as_str())
+        } else {
+            None
+        };
+        if let (true, true, Some(label)) = (named, height >= 12.0, label) {
+            let (text_x, text_y) = (x + width / 2.0, y + height / 2.0 + 4.0);
+            let job = escape(label);
+            svg.put(format_args!(
+                r#"<text x="{text_x:.1}" y="{text_y:.1}" text-anchor="middle" font-size="11" fill="{ink}" pointer-events="none">{job}</text>"#
+            ));
+        }
+    }
+
+    fn draw_clients(&self, svg: &mut Svg) {
+        for (rank, &client) in self.record.clients.keys().enumerate() {
+            let y = self.client_top + CLIENT_PITCH * rank as f64;
+            // One pattern per palette colour; ranks wrap the palette as `colours` does.
+            let pattern = rank % PALETTE.len();
+            let stroke = self.colour(client).fill;
+            for wait in self.record.waits.iter().filter(|w| w.client == client && w.to > w.from) {
+                let x = self.x(wait.from);
+                let width = (self.x(wait.to) - x).max(1.0);
+                let tip = format!(
+                    "{} (client #{client}) waits, request #{}: {}",
+                    self.job(client),
+                    wait.request,
+                    interval(wait.from, wait.to)
+                );
+                let tip = escape(&tip);
+                svg.put(format_args!(
+                    r#"<rect x="{x:.1}" y="{y:.1}" width="{width:.1}" height="{CLIENT_BAR}" fill="url(#wait{pattern})" stroke="{stroke}" stroke-width="0.8"><title>{tip}</title></rect>"#
+                ));
+            }
+            for hold in self.record.holds.iter().filter(|h| h.client == client && h.to > h.from) {
+                self.draw_hold_bar(svg, hold, y, CLIENT_BAR, false);
+            }
+        }
+    }
+
+    fn draw_utilisation(&self, svg: &mut Svg) {
+        let ids = distinct_ids(self.gpus);
+        let bottom = self.util_top + UTIL_HEIGHT;
+        let count = ids.len().max(1) as f64;
+        let y = |level: i64| bottom - UTIL_HEIGHT * (level as f64 / count).clamp(0.0, 1.0);
+        let mut path = format!("M{:.1} {bottom:.1}", self.x(self.record.start));
+        let mut level = 0;
+        for (at, next) in self.record.steps(&ids) {
+            let x = self.x(at);
+            let _ = write!(path, " L{x:.1} {:.1} L{x:.1} {:.1}", y(level), y(next));
+            level = next;
+        }
+        let end = self.x(self.record.end);
+        let _ = write!(path, " L{end:.1} {:.1} L{end:.1} {bottom:.1} Z", y(level));
+        svg.put(format_args!(
+            r##"<path d="{path}" fill="#4e79a7" fill-opacity="0.35" stroke="#2f5d8a" stroke-width="1.5" stroke-linejoin="miter"/>"##
+        ));
+    }
+
+    fn draw_legend(&self, svg: &mut Svg) {
+        let top = self.legend_top;
+        let heading_y = top - 10.0;
+        svg.put(format_args!(
+            r##"<text x="{MARGIN}" y="{heading_y:.1}" font-size="13" font-weight="bold" fill="#333333">Jobs</text>"##
+        ));
+        let column_width = (WIDTH - 2.0 * MARGIN) / LEGEND_COLUMNS as f64;
+        let place = |i: usize| {
+            let (row, column) = (i / LEGEND_COLUMNS, i % LEGEND_COLUMNS);
+            (MARGIN + column_width * column as f64, top + LEGEND_PITCH * row as f64)
+        };
+        for (i, (&client, job)) in self.record.clients.iter().enumerate() {
+            let (x, y) = place(i);
+            let fill = self.colour(client).fill;
+            let (text_x, text_y) = (x + 20.0, y + 11.0);
+            let text = escape(&truncate(&format!("{job} (client #{client})"), LEGEND_CHARS));
+            svg.put(format_args!(
+                r##"<g class="legend-job"><rect x="{x:.1}" y="{y:.1}" width="14" height="14" fill="{fill}"/><text x="{text_x:.1}" y="{text_y:.1}" fill="#1a1a1a">{text}</text></g>"##
+            ));
+        }
+        let mut next = self.record.clients.len();
+        if !self.record.lost.is_empty() {
+            let (x, y) = place(next);
+            let (text_x, text_y) = (x + 20.0, y + 11.0);
+            svg.put(format_args!(
+                r##"<g class="legend-lost"><rect x="{x:.1}" y="{y:.1}" width="14" height="14" fill="url(#lost)"/><text x="{text_x:.1}" y="{text_y:.1}" fill="#1a1a1a">GPU lost (unhealthy)</text></g>"##
+            ));
+            next += 1;
+        }
+        if next == 0 {
+            svg.put(format_args!(
+                r##"<text x="{MARGIN}" y="{:.1}" fill="#888888">(no jobs in the record)</text>"##,
+                top + 11.0
+            ));
+        }
+    }
+}
+
+/// Tick positions (seconds) and labels for a time axis over `start..start + span`, with the
+/// unit the labels are in: seconds up to five minutes, minutes up to three hours, then hours.
+fn time_ticks(start: f64, span: f64) -> (&'static str, Vec<(f64, String)>) {
+    let (unit, name) = if span <= 300.0 {
+        (1.0, "s")
+    } else if span <= 3.0 * 3600.0 {
+        (60.0, "min")
+    } else {
+        (3600.0, "h")
+    };
+    let (from, to) = (start / unit, (start + span) / unit);
+    let width = to - from;
+    if !width.is_finite() || width <= 0.0 {
+        return (name, Vec::new());
+    }
+    // Steps of 1, 2 or 5 times a power of ten, at most ten of them.
+    let exponent = (width / 8.0).log10().floor();
+    let magnitude = 10f64.powf(exponent);
+    let (mantissa, step) = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| (m, m * magnitude))
+        .find(|&(_, step)| width / step <= 10.0)
+        .unwrap_or((10.0, 10.0 * magnitude));
+    let exponent = exponent as i64 + i64::from(mantissa >= 10.0);
+    let decimals = usize::try_from(-exponent).unwrap_or(0);
+    let first = (from / step - 1e-9).ceil();
+    let last = (to / step + 1e-9).floor();
+    // A float count, bounded before the cast: precision trouble gives few ticks, never many.
+    let count = (last - first + 1.0).clamp(0.0, 50.0) as usize;
+    let ticks = (0..count)
+        .map(|i| {
+            let value = (first + i as f64) * step;
+            (value * unit, format!("{value:.decimals$}"))
+        })
+        .collect();
+    (name, ticks)
+}
+
+/// A time or duration for people, one decimal, in the units [`time_ticks`] picks.
+fn duration(secs: f64) -> String {
+    if secs <= 300.0 {
+        format!("{secs:.1} s")
+    } else if secs <= 3.0 * 3600.0 {
+        format!("{:.1} min", secs / 60.0)
+    } else {
+        format!("{:.1} h", secs / 3600.0)
+    }
+}
+
+fn interval(from: f64, to: f64) -> String {
+    format!("{from:.3} s to {to:.3} s ({:.3} s)", to - from)
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// At most `max` characters, an ellipsis marking a cut.
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// Text safe inside an XML element or attribute: markup characters become entities, and
+/// characters XML 1.0 forbids (controls, U+FFFE, U+FFFF) become U+FFFD; labels are one line.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' => out.push(' '),
+            c if c < ' ' || c == '\u{7f}' || c == '\u{fffe}' || c == '\u{ffff}' => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::YieldReason;
+
+    /// Builds a record as a story: `at(seconds, kind)` in order, numbered as the assigner does.
+    struct Story(Vec<Event>);
+
+    impl Story {
+        fn new() -> Self {
+            Story(Vec::new())
+        }
+
+        fn at(mut self, secs: f64, kind: EventKind) -> Self {
+            let seq = self.0.len() as u64 + 1;
+            self.0.push(Event { seq, at: Duration::from_secs_f64(secs), kind });
+            self
+        }
+    }
+
+    fn connected(client: u64, job: &str) -> EventKind {
+        EventKind::Connected { client, job: job.to_owned() }
+    }
+
+    fn requested(client: u64, job: &str, request: u64) -> EventKind {
+        EventKind::Requested { client, job: job.to_owned(), request, gpus: 1, memory_per_gpu: None, priority: 0 }
+    }
+
+    fn granted(client: u64, job: &str, request: u64, lease: u64, gpus: &[u32]) -> EventKind {
+        EventKind::Granted {
+            client,
+            job: job.to_owned(),
+            request,
+            lease,
+            gpus: gpus.to_vec(),
+            memory_per_gpu: 80 << 30,
+            waited: Duration::ZERO,
+        }
+    }
+
+    fn released(client: u64, lease: u64) -> EventKind {
+        EventKind::Released { client, lease, by_disconnect: false }
+    }
+
+    fn one_gpu() -> Vec<GpuRow> {
+        vec![GpuRow { id: 0, label: "gpu0 (simulated, 80 GiB)".to_owned() }]
+    }
+
+    /// Two jobs, one GPU: A holds it 0..4 s; B asks at 1 s, waits, holds it 6..8 s; the record
+    /// ends at 10 s. Held 6 of 10 seconds.
+    fn two_jobs_one_gpu() -> Vec<Event> {
+        Story::new()
+            .at(0.0, connected(1, "train-a"))
+            .at(0.0, requested(1, "train-a", 1))
+            .at(0.0, granted(1, "train-a", 1, 1, &[0]))
+            .at(1.0, connected(2, "infer-b"))
+            .at(1.0, requested(2, "infer-b", 2))
+            .at(3.0, EventKind::YieldAsked { client: 1, lease: 1, reason: YieldReason::Contended })
+            .at(4.0, released(1, 1))
+            .at(6.0, granted(2, "infer-b", 2, 2, &[0]))
+            .at(8.0, released(2, 2))
+            .0
+    }
+
+    /// A minimal well-formedness check: tags nest and close, and no text holds a raw `<`.
+    fn assert_well_formed(svg: &str) {
+        let mut open: Vec<String> = Vec::new();
+        let mut rest = svg;
+        while let Some(start) = rest.find('<') {
+            let len = rest[start..].find('>');
+            assert!(len.is_some(), "unclosed tag in {svg}");
+            let len = len.unwrap_or_default();
+            let tag = &rest[start + 1..start + len];
+            assert!(!tag.contains('<'), "raw '<' inside markup: {tag}");
+            if let Some(name) = tag.strip_prefix('/') {
+                assert_eq!(open.pop().as_deref(), Some(name), "mismatched close tag");
+            } else if !tag.ends_with('/') {
+                open.push(tag.split_whitespace().next().unwrap_or_default().to_owned());
+            }
+            rest = &rest[start + len + 1..];
+        }
+        assert!(open.is_empty(), "unclosed elements: {open:?}");
+    }
+
+    #[test]
+    fn two_jobs_on_one_gpu_held_six_of_ten_seconds() {
+        let events = two_jobs_one_gpu();
+        let u = utilisation(&one_gpu(), &events, Duration::from_secs(10));
+        assert!((u - 0.6).abs() < 1e-9, "utilisation {u}");
+
+        let svg = render_svg("two jobs (simulated)", &one_gpu(), &events, Some(Duration::from_secs(10)));
+        assert!(svg.contains("GPU utilisation 60.0% of 1 GPU over 10.0 s"), "{svg}");
+        assert!(svg.contains("two jobs (simulated)"));
+        // B's wait, 1..6 s, is drawn hatched in its row.
+        assert!(svg.contains("infer-b (client #2) waits, request #2: 1.000 s to 6.000 s"));
+        assert_well_formed(&svg);
+    }
+
+    #[test]
+    fn a_lease_never_released_holds_to_the_end() {
+        let events = Story::new().at(0.0, granted(1, "a", 1, 1, &[0])).at(5.0, connected(2, "b")).0;
+        assert!((utilisation(&one_gpu(), &events, Duration::from_secs(5)) - 1.0).abs() < 1e-9);
+        // Without an end, the record ends at its last event.
+        let svg = render_svg("t", &one_gpu(), &events, None);
+        assert!(svg.contains("GPU utilisation 100.0%"));
+    }
+
+    #[test]
+    fn a_gpu_shared_by_two_leases_counts_once() {
+        let two = vec![GpuRow { id: 0, label: "gpu0".to_owned() }, GpuRow { id: 1, label: "gpu1".to_owned() }];
+        let events = Story::new()
+            .at(0.0, granted(1, "a", 1, 1, &[0]))
+            .at(2.0, granted(2, "b", 2, 2, &[0]))
+            .at(6.0, released(1, 1))
+            .at(8.0, released(2, 2))
+            .0;
+        // GPU 0 held 0..8 s, GPU 1 never: 8 of 20 GPU-seconds.
+        assert!((utilisation(&two, &events, Duration::from_secs(10)) - 0.4).abs() < 1e-9);
+        assert_well_formed(&render_svg("shared", &two, &events, Some(Duration::from_secs(10))));
+    }
+
+    #[test]
+    fn job_names_are_escaped() {
+        let evil = r#"<script>&"it's"</script>"#;
+        let events = Story::new().at(0.0, connected(1, evil)).at(1.0, granted(1, evil, 1, 1, &[0])).0;
+        let gpus = vec![GpuRow { id: 0, label: "gpu <0> & \"1\"".to_owned() }];
+        let svg = render_svg("a <b> & c", &gpus, &events, Some(Duration::from_secs(60)));
+        assert!(!svg.contains("<script>"));
+        assert!(svg.contains("&lt;script&gt;&amp;&quot;it&apos;s&quot;&lt;/script&gt;"));
+        assert!(svg.contains("a &lt;b&gt; &amp; c"));
+        assert!(svg.contains("gpu &lt;0&gt; &amp; &quot;1&quot;"));
+        assert_well_formed(&svg);
+        assert_eq!(escape("bell\u{7}\ttab\u{fffe}"), "bell\u{fffd} tab\u{fffd}");
+    }
+
+    #[test]
+    fn empty_input_is_a_valid_svg() {
+        for gpus in [Vec::new(), one_gpu()] {
+            for end in [None, Some(Duration::ZERO), Some(Duration::from_secs(3))] {
+                let svg = render_svg("", &gpus, &[], end);
+                assert!(svg.starts_with("<svg"), "{svg}");
+                assert!(svg.ends_with("</svg>"), "{svg}");
+                assert_well_formed(&svg);
+                assert_eq!(utilisation(&gpus, &[], end.unwrap_or_default()), 0.0);
+            }
+        }
+    }
+
+    #[test]
+    fn one_legend_entry_per_job() {
+        let svg = render_svg("t", &one_gpu(), &two_jobs_one_gpu(), None);
+        assert_eq!(svg.matches(r#"class="legend-job""#).count(), 2);
+        assert!(svg.contains("train-a (client #1)"));
+        assert!(svg.contains("infer-b (client #2)"));
+        // Each job has its own colour.
+        assert!(svg.contains(PALETTE[0].fill) && svg.contains(PALETTE[1].fill));
+    }
+
+    #[test]
+    fn odd_records_draw_without_panicking() {
+        let events = Story::new()
+            .at(5.0, released(9, 99)) // released without a grant
+            .at(4.0, granted(1, "", 1, 1, &[7, 0, 0])) // out of order, unknown and repeated ids
+            .at(4.0, granted(1, "", 1, 1, &[0])) // the same lease granted twice
+            .at(6.0, EventKind::Cancelled { client: 3, request: 3 })
+            .at(6.0, requested(3, "c", 3))
+            .at(6.5, EventKind::ClientGone { client: 3 })
+            .at(7.0, EventKind::GpuHealth { gpu: 0, healthy: false })
+            .at(7.5, EventKind::Rejected { client: 4, request: 1, reason: "no".to_owned() })
+            .at(1e6, requested(5, "late", 1))
+            .0;
+        let gpus = one_gpu();
+        for end in [None, Some(Duration::ZERO), Some(Duration::from_secs(2)), Some(Duration::MAX)] {
+            let svg = render_svg("odd", &gpus, &events, end);
+            assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+            assert_well_formed(&svg);
+            let u = utilisation(&gpus, &events, end.unwrap_or_default());
+            assert!((0.0..=1.0).contains(&u), "utilisation {u}");
+        }
+        // Many clients wrap the palette.
+        let mut story = Story::new();
+        for client in 0..40 {
+            story = story.at(client as f64, granted(client, "j", client, client, &[0]));
+        }
+        assert_well_formed(&render_svg("many", &gpus, &story.0, None));
+    }
+
+    #[test]
+    fn ticks_are_round_and_in_a_readable_unit() {
+        let (unit, ticks) = time_ticks(0.0, 10.0);
+        assert_eq!(unit, "s");
+        let labels: Vec<&str> = ticks.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(labels, ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]);
+        let (unit, ticks) = time_ticks(0.0, 1800.0);
+        assert_eq!(unit, "min");
+        assert_eq!(ticks.first().map(|(_, l)| l.as_str()), Some("0"));
+        assert!(ticks.len() <= 11);
+        let (_, ticks) = time_ticks(0.0, 0.25);
+        assert_eq!(ticks.get(1).map(|(_, l)| l.as_str()), Some("0.05"));
+        assert!(time_ticks(1e18, 1e-9).1.len() <= 50);
+    }
+}

@@ -1,0 +1,303 @@
+//! End-to-end: the real daemon on a temp socket, real client processes, real signals.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+
+use acb_assigner::client::{self, Session};
+use acb_assigner::config::Address;
+use acb_assigner::proto;
+use common::{BIN, Daemon, TempDir, wait_exit};
+use tonic::Code;
+
+const T: Duration = Duration::from_secs(20);
+
+#[test]
+fn a_sigkilled_holder_loses_its_gpu_and_the_next_waiter_is_granted() {
+    let d = Daemon::start(&["--gpus", "fake:1x80GiB"]);
+    let (mut holder, holder_out) = d.alloc(&["--job", "holder"]);
+    holder_out.wait_for("granted lease", T);
+    let (mut waiter, waiter_out) = d.alloc(&["--job", "waiter", "--hold", "100ms"]);
+    // The waiter is queued behind the holder.
+    let deadline = std::time::Instant::now() + T;
+    while d.status_json()["queue"].as_array().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the waiter never queued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = d.status_json();
+    assert_eq!(status["gpus"][0]["holders"][0]["job"], "holder");
+    assert_eq!(status["gpus"][0]["simulated"], true);
+
+    // SIGKILL: no goodbye. The session's end releases the GPU at once.
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    waiter_out.wait_for("granted lease", T);
+    waiter_out.wait_for("released lease", T);
+    assert!(wait_exit(&mut waiter, T).success());
+    let status = d.status_json();
+    assert!(status["gpus"][0]["holders"].as_array().unwrap().is_empty());
+    assert!(status["clients"].as_array().unwrap().is_empty(), "{status}");
+}
+
+#[test]
+fn the_socket_is_group_only_and_status_says_gpus_are_simulated() {
+    let d = Daemon::start(&["--gpus", "fake:2x80GiB,1x40GiB", "--scheduler", "gpu-affinity"]);
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    let out = d.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("scheduler gpu-affinity"), "{text}");
+    assert!(text.contains("SIMULATED"), "{text}");
+    assert_eq!(text.matches("(fake)").count(), 3, "{text}");
+}
+
+#[test]
+fn sigterm_tells_clients_drains_and_exits_zero() {
+    let mut d = Daemon::start(&["--gpus", "fake:1x80GiB"]);
+    let (mut holder, out) = d.alloc(&["--job", "holder"]);
+    out.wait_for("granted lease", T);
+    d.signal(libc::SIGTERM);
+    // The holder is told, and its `alloc` ends with status 3 (lease ended by the assigner).
+    assert_eq!(wait_exit(&mut holder, T).code(), Some(3));
+    let status = wait_exit(&mut d.child, T);
+    assert!(status.success(), "{status:?}");
+    assert!(!d.socket.exists(), "the socket file is removed");
+}
+
+#[test]
+fn bad_flags_and_addresses_are_one_line_errors_with_status_2() {
+    for args in [
+        vec!["serve", "--listen", "/no/scheme.sock"],
+        vec!["serve", "--gpus", "fake:two"],
+        vec!["serve", "--scheduler", "fifo"],
+        vec!["serve", "--quantum", "soon"],
+        vec!["status", "--assigner", "tcp:localhost"],
+        vec!["no-such-command"],
+    ] {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.lines().next().is_some_and(|l| l.starts_with("error:")), "{args:?}: {err}");
+    }
+    let dir = TempDir::new("bad-config");
+    let cfg = dir.0.join("c.toml");
+    std::fs::write(&cfg, "scheduler = \"fifo\"\n").unwrap();
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config scheduler"));
+}
+
+#[test]
+fn no_driver_and_no_fake_gpus_is_a_clear_refusal() {
+    if nvml_present() {
+        eprintln!("skipped: this machine has an NVIDIA driver");
+        return;
+    }
+    let dir = TempDir::new("auto");
+    let out = Command::new(BIN)
+        .args(["serve", "--gpus", "auto", "--listen"])
+        .arg(format!("unix:{}", dir.0.join("s.sock").display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no NVIDIA driver") && err.contains("--gpus fake:"), "{err}");
+}
+
+fn nvml_present() -> bool {
+    ["/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1", "/usr/lib64/libnvidia-ml.so.1", "/usr/lib/libnvidia-ml.so.1"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists())
+}
+
+#[test]
+fn a_non_loopback_listener_needs_a_token_and_then_every_call_carries_it() {
+    let out = Command::new(BIN).args(["serve", "--gpus", "none", "--listen", "tcp:0.0.0.0:0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--auth-token-file"));
+
+    let dir = TempDir::new("auth");
+    let token = dir.0.join("token");
+    std::fs::write(&token, "s3cret-token-0123456789\n").unwrap();
+    let port = common::free_port();
+    let d = Daemon::start(&[
+        "--gpus",
+        "fake:1x8GiB",
+        "--listen",
+        &format!("tcp:127.0.0.1:{port}"),
+        "--auth-token-file",
+        token.to_str().unwrap(),
+    ]);
+    let tcp = format!("tcp:127.0.0.1:{port}");
+    let without = Command::new(BIN).args(["status", "--assigner", &tcp]).output().unwrap();
+    assert!(!without.status.success());
+    assert!(String::from_utf8_lossy(&without.stderr).contains("auth token"));
+    let with = Command::new(BIN)
+        .args(["status", "--assigner", &tcp, "--auth-token-file", token.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(with.status.success(), "{}", String::from_utf8_lossy(&with.stderr));
+    // The Unix socket demands it too.
+    assert!(!d.cli(&["status"]).status.success());
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn wrong_inputs_get_the_right_grpc_codes() {
+    let d = Daemon::start(&["--gpus", "fake:1x80GiB"]);
+    let addr: Address = d.addr().parse().unwrap();
+    rt().block_on(async {
+        let rpc = client::connect(&addr, None, T).await.unwrap();
+        let mut a = Session::open(rpc.clone(), "a").await.unwrap();
+        let mut b = Session::open(rpc.clone(), "b").await.unwrap();
+        let zero = a.allocate(proto::AllocateRequest { gpus: 0, ..Default::default() }).await.unwrap_err();
+        assert_eq!(zero.code(), Code::InvalidArgument);
+        assert!(zero.message().contains("at least one GPU"), "{}", zero.message());
+        let big = a
+            .allocate(proto::AllocateRequest { gpus: 1, memory_per_gpu: Some(u64::MAX), ..Default::default() })
+            .await
+            .unwrap_err();
+        assert_eq!(big.code(), Code::InvalidArgument);
+        let grant = a.allocate(proto::AllocateRequest { gpus: 1, ..Default::default() }).await.unwrap();
+        assert_eq!(grant.gpus[0].uuid, "fake-0");
+        // b cannot release a's lease; an unknown lease is not found; a bogus token is refused.
+        assert_eq!(b.release(grant.lease_id).await.unwrap_err().code(), Code::PermissionDenied);
+        assert_eq!(b.release(9999).await.unwrap_err().code(), Code::NotFound);
+        let mut raw = rpc.clone();
+        let bogus = raw
+            .release(proto::ReleaseRequest { client_token: "nope".into(), lease_id: grant.lease_id })
+            .await
+            .unwrap_err();
+        assert_eq!(bogus.code(), Code::PermissionDenied);
+        a.release(grant.lease_id).await.unwrap();
+        assert_eq!(a.release(grant.lease_id).await.unwrap_err().code(), Code::FailedPrecondition);
+        // A session that does not start with Hello is refused.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(proto::SessionRequest { msg: None }).await.unwrap();
+        let r = raw.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+        assert_eq!(r.unwrap_err().code(), Code::InvalidArgument);
+    });
+}
+
+#[test]
+fn an_idle_holder_is_asked_to_yield_over_its_session_and_a_cancelled_call_leaves_the_queue() {
+    let d = Daemon::start(&["--gpus", "fake:1x80GiB"]);
+    let addr: Address = d.addr().parse().unwrap();
+    rt().block_on(async {
+        let rpc = client::connect(&addr, None, T).await.unwrap();
+        let mut a = Session::open(rpc.clone(), "a").await.unwrap();
+        let grant = a.allocate(proto::AllocateRequest { gpus: 1, ..Default::default() }).await.unwrap();
+        // b waits with a short deadline: the call is cancelled and the request withdrawn.
+        let mut b = Session::open(rpc.clone(), "b").await.unwrap();
+        let short = tokio::time::timeout(
+            Duration::from_millis(300),
+            b.allocate(proto::AllocateRequest { gpus: 1, ..Default::default() }),
+        )
+        .await;
+        assert!(short.is_err(), "b cannot be granted while a holds the only GPU");
+        let mut status_rpc = rpc.clone();
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let s = status_rpc.status(proto::StatusRequest {}).await.unwrap().into_inner();
+            if s.queue.is_empty() {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the abandoned request stayed queued");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Now b waits for real; a reports idle (lazy release) and is asked to yield.
+        let waiter =
+            tokio::spawn(async move { b.allocate(proto::AllocateRequest { gpus: 1, ..Default::default() }).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a.report_phase(grant.lease_id, true).await.unwrap();
+        let ev = tokio::time::timeout(T, a.events.message()).await.unwrap().unwrap().unwrap();
+        match ev.event {
+            Some(proto::session_event::Event::YieldRequest(y)) => {
+                assert_eq!(y.lease_id, grant.lease_id);
+                assert_eq!(y.reason(), proto::YieldReason::Contended);
+            }
+            other => panic!("expected a yield request, got {other:?}"),
+        }
+        a.release(grant.lease_id).await.unwrap();
+        let granted = tokio::time::timeout(T, waiter).await.unwrap().unwrap().unwrap();
+        assert_eq!(granted.gpus.len(), 1);
+    });
+}
+
+#[test]
+fn watch_timeline_and_metrics_show_what_happened() {
+    let port = common::free_port();
+    let d = Daemon::start(&["--gpus", "fake:1x80GiB", "--metrics", &format!("127.0.0.1:{port}")]);
+    for job in ["first", "second"] {
+        let (mut c, out) = d.alloc(&["--job", job, "--hold", "200ms"]);
+        out.wait_for("released lease", T);
+        assert!(wait_exit(&mut c, T).success());
+    }
+    // watch --replay prints the record, one line per event.
+    let mut watch = Command::new(BIN)
+        .args(["watch", "--replay", "--json", "--assigner", &d.addr()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = common::Lines::new(watch.stdout.take().unwrap());
+    let granted = lines.wait_for("\"granted\"", T);
+    assert!(granted.contains("\"job\":\"first\""), "{granted}");
+    lines.wait_for("\"released\"", T);
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    let svg = d.dir.0.join("t.svg");
+    let out = d.cli(&["timeline", "--out", svg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
+    assert!(text.contains("first") && text.contains("second") && text.contains("SIMULATED"));
+
+    let body = http_get(port, "/metrics");
+    assert!(body.contains("acb_grants_total 2"), "{body}");
+    assert!(body.contains("acb_releases_total 2"), "{body}");
+    assert!(body.contains("acb_gpus_free 1"), "{body}");
+    assert!(body.contains("acb_grant_wait_seconds_bucket"), "{body}");
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[test]
+fn a_settings_file_configures_serve() {
+    let dir = TempDir::new("settings");
+    let sock = dir.0.join("s.sock");
+    let cfg = dir.0.join("acb.toml");
+    std::fs::write(
+        &cfg,
+        format!("listen = [\"unix:{}\"]\ngpus = \"fake:3x16GiB\"\nscheduler = \"gpu-sharing\"\n", sock.display()),
+    )
+    .unwrap();
+    let mut child =
+        Command::new(BIN).args(["serve", "--config"]).arg(&cfg).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let lines = common::Lines::new(child.stdout.take().unwrap());
+    lines.wait_for("ready", T);
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--assigner"])
+        .arg(format!("unix:{}", sock.display()))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["scheduler"], "gpu-sharing");
+    assert_eq!(v["gpus"].as_array().unwrap().len(), 3);
+    let _ = child.kill();
+    let _ = child.wait();
+}
