@@ -1,0 +1,76 @@
+"""A client acb did not write: Python grpcio with stubs generated from the proto by grpcio-tools.
+
+Usage: grpc_client.py SOCKET_PATH PROTO_ROOT
+Generates the stubs into a temporary folder, then against the running assigner:
+AllocRequest as a one-off client, Status, Release, a second Release (refused), and bad input.
+Prints 'N passed, 0 failed' and exits 0 when every check holds.
+"""
+import importlib
+import os
+import sys
+import tempfile
+
+import grpc
+from grpc_tools import protoc
+
+
+def generate(proto_root: str, out: str) -> None:
+    proto = os.path.join(proto_root, "acb", "v1", "assigner.proto")
+    args = ["protoc", f"-I{proto_root}", f"--python_out={out}", f"--grpc_python_out={out}", proto]
+    if protoc.main(args) != 0:
+        raise SystemExit("grpcio-tools could not compile the proto")
+
+
+def main() -> int:
+    socket_path, proto_root = sys.argv[1], sys.argv[2]
+    out = tempfile.mkdtemp(prefix="acb-grpc-stubs-")
+    generate(proto_root, out)
+    sys.path.insert(0, out)
+    pb = importlib.import_module("acb.v1.assigner_pb2")
+    rpc = importlib.import_module("acb.v1.assigner_pb2_grpc")
+
+    passed = 0
+    # grpcio puts the socket path in :authority, which is not a valid HTTP/2 authority and which
+    # the assigner's HTTP/2 stack refuses; name a plain authority instead (any name works).
+    channel = grpc.insecure_channel(f"unix:{socket_path}", options=[("grpc.default_authority", "localhost")])
+    stub = rpc.AssignerStub(channel)
+
+    grant = stub.AllocRequest(pb.AllocateRequest(job="python-grpcio", gpus=1), timeout=10)
+    assert grant.lease_id > 0, grant
+    assert len(grant.gpus) == 1 and grant.gpus[0].uuid.startswith("fake-"), grant
+    assert grant.client_token, "a one-off client gets a token to release with"
+    passed += 1
+
+    status = stub.Status(pb.StatusRequest(), timeout=10)
+    holders = [h.job for g in status.gpus for h in g.holders]
+    assert holders == ["python-grpcio"], holders
+    assert all(g.fake for g in status.gpus)
+    passed += 1
+
+    stub.Release(pb.ReleaseRequest(client_token=grant.client_token, lease_id=grant.lease_id), timeout=10)
+    status = stub.Status(pb.StatusRequest(), timeout=10)
+    assert not any(g.holders for g in status.gpus), status
+    passed += 1
+
+    try:
+        stub.Release(pb.ReleaseRequest(client_token=grant.client_token, lease_id=grant.lease_id), timeout=10)
+        raise AssertionError("a second release must fail")
+    except grpc.RpcError as e:
+        # The one-off client ended with its lease, so its token is no longer recognised.
+        assert e.code() == grpc.StatusCode.PERMISSION_DENIED, e
+    passed += 1
+
+    try:
+        stub.AllocRequest(pb.AllocateRequest(job="bad", gpus=0), timeout=10)
+        raise AssertionError("zero GPUs must be refused")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+        assert "at least one GPU" in e.details(), e.details()
+    passed += 1
+
+    print(f"{passed} passed, 0 failed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
