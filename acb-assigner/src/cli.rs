@@ -71,8 +71,18 @@ enum Cmd {
         #[arg(long, value_parser = config::parse_duration)]
         hold: Option<Duration>,
     },
-    /// Benchmark grant+release round trips against a bare gRPC echo (not built yet).
-    Bench,
+    /// Benchmark grant+release round trips beside a bare tonic unary call, same run.
+    Bench {
+        /// Concurrent clients, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        clients: Vec<usize>,
+        /// Length of each measurement (e.g. 2s).
+        #[arg(long, value_parser = config::parse_duration, default_value = "2s")]
+        time: Duration,
+        /// Alternations of echo and broker runs per client count.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+    },
     /// Run the simulator on a job trace (not built yet).
     Simulate,
     /// Run the demo (not built yet).
@@ -320,7 +330,15 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 }
             }
         }
-        Cmd::Bench | Cmd::Simulate | Cmd::Demo => {
+        Cmd::Bench { clients, time, rounds } => {
+            if clients.is_empty() || clients.iter().any(|c| *c == 0 || *c > 1024) || rounds == 0 {
+                eprintln!("acb-assigner: --clients takes counts from 1 to 1024, --rounds at least 1");
+                return Ok(ExitCode::from(2));
+            }
+            print!("{}", crate::bench::run(&clients, time, rounds).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Simulate | Cmd::Demo => {
             eprintln!("acb-assigner: this subcommand is not built yet");
             Ok(ExitCode::from(2))
         }

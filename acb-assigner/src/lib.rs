@@ -5,6 +5,7 @@
 //! that drives the core, [`server`] owns listeners, auth and shutdown, [`client`] is the async
 //! client libacb uses, [`cli`] is the command line.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -301,3 +301,19 @@ fn a_settings_file_configures_serve() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn the_benchmark_runs_and_prints_both_sides() {
+    let out = Command::new(BIN)
+        .args(["bench", "--clients", "1,2", "--time", "100ms", "--rounds", "1"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("echo p50 us") && text.contains("cycles /s"), "{text}");
+    let rows: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with(['1', '2'])).collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    let bad = Command::new(BIN).args(["bench", "--clients", "0"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
