@@ -317,3 +317,47 @@ fn the_benchmark_runs_and_prints_both_sides() {
     let bad = Command::new(BIN).args(["bench", "--clients", "0"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn grpc_reflection_and_health_are_served_for_generic_clients() {
+    use tokio_stream::StreamExt;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let d = Daemon::start(&["--gpus", "fake:1x8GiB"]);
+    let path = d.socket.clone();
+    rt().block_on(async {
+        let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+                }
+            }))
+            .await
+            .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let h = health
+            .check(tonic_health::pb::HealthCheckRequest { service: "acb.v1.Assigner".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(h.status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+
+        let mut reflection = ServerReflectionClient::new(channel);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = reflection.server_reflection_info(tokio_stream::iter([req])).await.unwrap().into_inner();
+        let resp = stream.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+            panic!("no service list: {resp:?}");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.contains(&"acb.v1.Assigner".to_string()), "{names:?}");
+    });
+}
