@@ -1,0 +1,467 @@
+//! `acb_client` and the white paper's manual mode: `acb_on_device_begin` / `acb_on_device_end`.
+//!
+//! Inside, a background tokio runtime runs one task, the client driver: it owns
+//! [`acb_core::ClientMachine`] and the session with the assigner, takes commands from the
+//! C-facing functions over a channel, and performs the machine's actions (requests, releases,
+//! phase reports). The C threads only send commands and wait for replies: no lock is held
+//! across a blocking wait, and no Rust or tokio type crosses the ABI.
+
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use acb_assigner::client::{self, Session};
+use acb_assigner::proto;
+use acb_core::{
+    Action, ClientConfig, ClientError, ClientMachine, GpuDemand, GpuId, Instant as CoreInstant, LeaseId, State,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::acb_config;
+use crate::error::fail;
+use crate::lease::{Device, acb_lease};
+use crate::panic::{check_out, ffi_panic_boundary, try_ref};
+use crate::request::acb_request;
+use crate::status::acb_status;
+
+type Failure = (acb_status, String);
+
+enum Cmd {
+    Begin { demand: GpuDemand, reply: std_mpsc::Sender<Result<acb_lease, Failure>> },
+    Cancel,
+    End { reply: std_mpsc::Sender<Result<(), Failure>> },
+    Close { reply: std_mpsc::Sender<()> },
+}
+
+enum Internal {
+    Granted(proto::AllocateResponse),
+    AllocFailed(tonic::Status),
+    ReleaseDone(u64),
+}
+
+/// A client of the assigner: one job (or one rank of a job). Any thread may call its
+/// functions; GPU phases are one at a time per client. Free it with `acb_client_free`, after
+/// every other call on it has returned.
+#[allow(non_camel_case_types)]
+pub struct acb_client {
+    tx: mpsc::UnboundedSender<Cmd>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for acb_client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("acb_client").finish_non_exhaustive()
+    }
+}
+
+struct Driver {
+    cfg: acb_config,
+    machine: ClientMachine,
+    session: Option<Session>,
+    start: tokio::time::Instant,
+    begin_reply: Option<std_mpsc::Sender<Result<acb_lease, Failure>>>,
+    alloc_task: Option<JoinHandle<()>>,
+    granted: Option<proto::AllocateResponse>,
+    /// The status the next `Action::Failed` reports (what the assigner said, precisely).
+    fail_status: Option<acb_status>,
+    internal: mpsc::UnboundedSender<Internal>,
+}
+
+impl Driver {
+    fn now(&self) -> CoreInstant {
+        CoreInstant::from_nanos(u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut internal: mpsc::UnboundedReceiver<Internal>) {
+        loop {
+            let deadline = self.machine.poll_timeout().map(|t| self.start + Duration::from_nanos(t.as_nanos()));
+            let timer = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    Some(Cmd::Close { reply }) => {
+                        self.close().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(cmd) => self.command(cmd),
+                    None => {
+                        self.close().await;
+                        return;
+                    }
+                },
+                msg = internal.recv() => {
+                    if let Some(msg) = msg {
+                        self.internal(msg);
+                    }
+                }
+                ev = next_event(&mut self.session) => self.session_event(ev),
+                () = timer => {
+                    let now = self.now();
+                    self.machine.handle_timeout(now);
+                }
+            }
+            self.connect_if_needed().await;
+            self.perform().await;
+        }
+    }
+
+    fn command(&mut self, cmd: Cmd) {
+        let now = self.now();
+        match cmd {
+            Cmd::Begin { demand, reply } => match self.machine.begin(demand, now) {
+                Ok(()) => self.begin_reply = Some(reply),
+                Err(e) => {
+                    let _ = reply.send(Err(failure(&e, None)));
+                }
+            },
+            Cmd::Cancel => {
+                self.begin_reply = None;
+                if self.machine.cancel(now).is_err() && self.machine.state() == State::Active {
+                    // The grant raced the timeout: the caller never saw it, so the phase ends.
+                    let _ = self.machine.end(now);
+                }
+            }
+            Cmd::End { reply } => {
+                let _ = reply.send(self.machine.end(now).map_err(|e| failure(&e, None)));
+            }
+            Cmd::Close { .. } => {}
+        }
+    }
+
+    fn internal(&mut self, msg: Internal) {
+        let now = self.now();
+        match msg {
+            Internal::Granted(g) => {
+                let gpus = g.gpus.iter().map(|d| GpuId(d.id)).collect();
+                let (lease, mem) = (LeaseId(g.lease_id), g.memory_per_gpu);
+                self.granted = Some(g);
+                self.machine.handle_granted(lease, gpus, mem, now);
+            }
+            Internal::AllocFailed(status) => match status.code() {
+                // The session ended (the assigner restarted): the disconnect path handles it.
+                tonic::Code::Aborted | tonic::Code::Unavailable | tonic::Code::Cancelled => {}
+                code => {
+                    self.fail_status = Some(match code {
+                        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => acb_status::PermissionDenied,
+                        tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted => acb_status::Rejected,
+                        _ => acb_status::Internal,
+                    });
+                    self.machine.handle_rejected(status.message().to_string(), now);
+                }
+            },
+            Internal::ReleaseDone(lease) => self.machine.handle_release_acked(LeaseId(lease), now),
+        }
+    }
+
+    fn session_event(&mut self, ev: Option<proto::SessionEvent>) {
+        use proto::session_event::Event as E;
+        let now = self.now();
+        match ev.and_then(|e| e.event) {
+            Some(E::YieldRequest(y)) => self.machine.handle_yield(LeaseId(y.lease_id), now),
+            Some(E::Revoked(r)) => self.machine.handle_revoked(LeaseId(r.lease_id), now),
+            Some(E::Welcome(_)) => {}
+            Some(E::ShuttingDown(_)) | None => {
+                self.session = None;
+                self.abort_alloc();
+                self.machine.handle_disconnect(now);
+            }
+        }
+    }
+
+    /// A phase waits for a connection: connect (with the configured retries), or fail it.
+    async fn connect_if_needed(&mut self) {
+        if self.session.is_some() || self.machine.state() != State::Disconnected || self.begin_reply.is_none() {
+            return;
+        }
+        match self.connect().await {
+            Ok(s) => {
+                self.session = Some(s);
+                let now = self.now();
+                self.machine.handle_reconnected(now);
+            }
+            Err(msg) => {
+                let now = self.now();
+                let _ = self.machine.cancel(now);
+                if let Some(r) = self.begin_reply.take() {
+                    let _ = r.send(Err((acb_status::Unavailable, msg)));
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Session, String> {
+        let mut last = String::new();
+        for attempt in 0..=self.cfg.connect_retries {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let rpc =
+                match client::connect(&self.cfg.assigner, self.cfg.auth_token.as_deref(), self.cfg.connect_timeout)
+                    .await
+                {
+                    Ok(rpc) => rpc,
+                    Err(e) => {
+                        last = e;
+                        continue;
+                    }
+                };
+            match tokio::time::timeout(self.cfg.connect_timeout, Session::open(rpc, &self.cfg.job)).await {
+                Ok(Ok(s)) => return Ok(s),
+                Ok(Err(status)) => {
+                    last = format!("the assigner at {} refused the session: {}", self.cfg.assigner, status.message())
+                }
+                Err(_) => last = format!("the assigner at {} did not answer in time", self.cfg.assigner),
+            }
+        }
+        Err(format!("{last} (after {} attempts)", self.cfg.connect_retries + 1))
+    }
+
+    /// Performs the machine's actions, in order.
+    async fn perform(&mut self) {
+        while let Some(action) = self.machine.poll_action() {
+            match action {
+                Action::SendRequest(d) => self.send_request(d),
+                Action::SendCancel => self.abort_alloc(),
+                // The memory layer (CUDA VMM, host backend) swaps here; it comes with the CUDA
+                // issue. Without it, a job's device memory is the job's own business.
+                Action::SwapIn { .. } | Action::SwapOut { .. } => {}
+                Action::Ready { lease } => {
+                    let l = self.lease_for(lease);
+                    if let Some(r) = self.begin_reply.take()
+                        && r.send(Ok(l)).is_err()
+                    {
+                        // The caller timed out as the grant came: end the phase it never saw.
+                        let now = self.now();
+                        let _ = self.machine.end(now);
+                    }
+                }
+                Action::ReportIdle { lease } | Action::ReportBusy { lease } => {
+                    let idle = matches!(action, Action::ReportIdle { .. });
+                    if let Some(s) = &self.session {
+                        let _ = s.report_phase(lease.0, idle).await;
+                    }
+                }
+                Action::SendRelease { lease } => self.send_release(lease.0),
+                Action::Failed(e) => {
+                    let status = self.fail_status.take();
+                    if let Some(r) = self.begin_reply.take() {
+                        let _ = r.send(Err(failure(&e, status)));
+                    }
+                }
+                Action::Lost { .. } => {}
+            }
+        }
+    }
+
+    fn send_request(&mut self, d: GpuDemand) {
+        let Some(s) = &self.session else { return };
+        let (mut rpc, token, tx) = (s.rpc(), s.token.clone(), self.internal.clone());
+        let req = proto::AllocateRequest {
+            client_token: token,
+            gpus: d.gpus,
+            memory_per_gpu: d.memory_per_gpu,
+            priority: d.priority,
+            ..Default::default()
+        };
+        self.abort_alloc();
+        self.alloc_task = Some(tokio::spawn(async move {
+            let msg = match rpc.alloc_request(req).await {
+                Ok(r) => Internal::Granted(r.into_inner()),
+                Err(status) => Internal::AllocFailed(status),
+            };
+            let _ = tx.send(msg);
+        }));
+    }
+
+    fn send_release(&mut self, lease: u64) {
+        let tx = self.internal.clone();
+        let Some(s) = &self.session else {
+            // No connection: the assigner already dropped everything this session held.
+            let _ = tx.send(Internal::ReleaseDone(lease));
+            return;
+        };
+        let (mut rpc, token) = (s.rpc(), s.token.clone());
+        tokio::spawn(async move {
+            // Whatever the answer, the lease is no longer this client's to use.
+            let _ = rpc.release(proto::ReleaseRequest { client_token: token, lease_id: lease }).await;
+            let _ = tx.send(Internal::ReleaseDone(lease));
+        });
+    }
+
+    fn abort_alloc(&mut self) {
+        if let Some(t) = self.alloc_task.take() {
+            // Dropping the call cancels it; the assigner withdraws the request.
+            t.abort();
+        }
+    }
+
+    fn lease_for(&self, lease: LeaseId) -> acb_lease {
+        let g = self.granted.as_ref().filter(|g| g.lease_id == lease.0);
+        acb_lease {
+            id: lease.0,
+            devices: g
+                .map(|g| g.gpus.iter().map(|d| Device { index: d.index, uuid: d.uuid.clone() }).collect())
+                .unwrap_or_default(),
+            memory_per_gpu: g.map_or(0, |g| g.memory_per_gpu),
+        }
+    }
+
+    async fn close(&mut self) {
+        self.abort_alloc();
+        if let (Some(s), Some(lease)) = (&self.session, self.machine.lease()) {
+            let mut rpc = s.rpc();
+            let req = proto::ReleaseRequest { client_token: s.token.clone(), lease_id: lease.0 };
+            let _ = tokio::time::timeout(Duration::from_secs(2), rpc.release(req)).await;
+        }
+        // Dropping the session ends it: the assigner releases anything left.
+        self.session = None;
+    }
+}
+
+async fn next_event(session: &mut Option<Session>) -> Option<proto::SessionEvent> {
+    match session {
+        Some(s) => s.events.message().await.ok().flatten(),
+        None => std::future::pending().await,
+    }
+}
+
+fn failure(e: &ClientError, status: Option<acb_status>) -> Failure {
+    let st = match e {
+        ClientError::AlreadyActive | ClientError::AlreadyRequesting => acb_status::AlreadyActive,
+        ClientError::NotActive | ClientError::NotRequesting => acb_status::NotActive,
+        ClientError::Rejected(_) => status.unwrap_or(acb_status::Rejected),
+        ClientError::Revoked(_) => acb_status::LeaseRevoked,
+    };
+    (st, e.to_string())
+}
+
+/// Makes a client from `config` (copied; free the config whenever you like) into
+/// `*client_out`. It connects to the assigner at its first GPU phase, not here, so it works
+/// when the assigner starts later. Free it with `acb_client_free`.
+#[unsafe(no_mangle)]
+pub extern "C" fn acb_client_new(config: *const acb_config, client_out: *mut *mut acb_client) -> acb_status {
+    ffi_panic_boundary! {
+        let cfg = try_ref!(config).clone();
+        check_out!(client_out);
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("acb-client")
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => return fail(acb_status::Internal, format!("cannot start libacb's runtime: {e}")),
+        };
+        let (tx, cmds) = mpsc::unbounded_channel();
+        let (itx, irx) = mpsc::unbounded_channel();
+        let mut machine = ClientMachine::new(ClientConfig { release: cfg.release, idle_timeout: cfg.idle_timeout });
+        // Not connected yet: the first phase connects.
+        machine.handle_disconnect(CoreInstant::ZERO);
+        let _ = machine.poll_action();
+        let start = runtime.block_on(async { tokio::time::Instant::now() });
+        let driver = Driver {
+            cfg,
+            machine,
+            session: None,
+            start,
+            begin_reply: None,
+            alloc_task: None,
+            granted: None,
+            fail_status: None,
+            internal: itx,
+        };
+        runtime.spawn(driver.run(cmds, irx));
+        let client = acb_client { tx, runtime: Some(runtime) };
+        // SAFETY: checked non-NULL.
+        unsafe { *client_out = Box::into_raw(Box::new(client)) };
+        acb_status::Ok
+    }
+}
+
+/// Ends the client: a lease it holds is released, its session closed, its thread stopped.
+/// `acb_client_free(NULL)` does nothing.
+#[unsafe(no_mangle)]
+pub extern "C" fn acb_client_free(client: *mut acb_client) {
+    ffi_panic_boundary! {
+        if client.is_null() {
+            return;
+        }
+        // SAFETY: made by acb_client_new, freed once, no other call in flight (the contract).
+        let mut c = unsafe { Box::from_raw(client) };
+        let (tx, rx) = std_mpsc::channel();
+        if c.tx.send(Cmd::Close { reply: tx }).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(3));
+        }
+        if let Some(rt) = c.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Starts a GPU phase: blocks until the GPUs `request` asks for are granted (or its timeout
+/// passes) and writes the lease into `*lease_out` (free it with `acb_lease_free`). Under lazy
+/// release a GPU kept from the previous phase is reused at once.
+///
+/// Errors: `ACB_STATUS_ALREADY_ACTIVE` (a phase is active or being requested),
+/// `ACB_STATUS_UNAVAILABLE` (the assigner cannot be reached after the configured retries),
+/// `ACB_STATUS_TIMEOUT` (request withdrawn), `ACB_STATUS_REJECTED` (the assigner refused the
+/// request; `acb_error_message` says why).
+#[unsafe(no_mangle)]
+pub extern "C" fn acb_on_device_begin(
+    client: *const acb_client,
+    request: *const acb_request,
+    lease_out: *mut *mut acb_lease,
+) -> acb_status {
+    ffi_panic_boundary! {
+        let c = try_ref!(client);
+        let r = try_ref!(request);
+        check_out!(lease_out);
+        let demand = GpuDemand { gpus: r.gpus, memory_per_gpu: r.memory_per_gpu, priority: r.priority, affinity: Default::default() };
+        let (tx, rx) = std_mpsc::channel();
+        if c.tx.send(Cmd::Begin { demand, reply: tx }).is_err() {
+            return fail(acb_status::Internal, "libacb's client thread has stopped");
+        }
+        let result = match r.timeout {
+            Some(t) => match rx.recv_timeout(t) {
+                Ok(res) => res,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = c.tx.send(Cmd::Cancel);
+                    return fail(acb_status::Timeout, format!("no GPU granted within {} ms; request withdrawn", t.as_millis()));
+                }
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => Err((acb_status::Internal, "libacb's client thread has stopped".into())),
+            },
+            None => rx.recv().unwrap_or_else(|_| Err((acb_status::Internal, "libacb's client thread has stopped".into()))),
+        };
+        match result {
+            Ok(lease) => {
+                // SAFETY: checked non-NULL.
+                unsafe { *lease_out = Box::into_raw(Box::new(lease)) };
+                acb_status::Ok
+            }
+            Err((status, msg)) => fail(status, msg),
+        }
+    }
+}
+
+/// Ends the GPU phase. Under lazy release the GPU is kept until another job waits for it (or
+/// the idle timeout passes); under eager release it goes back now.
+#[unsafe(no_mangle)]
+pub extern "C" fn acb_on_device_end(client: *const acb_client) -> acb_status {
+    ffi_panic_boundary! {
+        let c = try_ref!(client);
+        let (tx, rx) = std_mpsc::channel();
+        if c.tx.send(Cmd::End { reply: tx }).is_err() {
+            return fail(acb_status::Internal, "libacb's client thread has stopped");
+        }
+        match rx.recv() {
+            Ok(Ok(())) => acb_status::Ok,
+            Ok(Err((status, msg))) => fail(status, msg),
+            Err(_) => fail(acb_status::Internal, "libacb's client thread has stopped"),
+        }
+    }
+}

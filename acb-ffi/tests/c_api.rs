@@ -1,0 +1,217 @@
+//! The C side, from the test suite: C programs are compiled against `include/acb.h` and the
+//! freshly built libacb with `-Wall -Wextra -Werror -Wpedantic` and AddressSanitizer + UBSan,
+//! then run as real processes against a real assigner on a temporary Unix socket.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use acb_assigner::config::{Address, GpuSpec, LogFormat, ServeConfig};
+use acb_assigner::events::EventKind;
+use acb_assigner::proto;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The directory holding libacb.so: the profile directory of this test executable.
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("acb-ffi-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+/// Compiles `src` (C, or C++ for .cpp) into `out` against libacb, strict and sanitized.
+fn compile(src: &Path, out: &Path) {
+    let cpp = src.extension().is_some_and(|e| e == "cpp");
+    let lib = lib_dir();
+    assert!(lib.join("libacb.so").exists(), "libacb.so not built in {}", lib.display());
+    let status = Command::new(if cpp { "g++" } else { "gcc" })
+        .args(if cpp { ["-std=c++17"] } else { ["-std=c11"] })
+        .args(["-Wall", "-Wextra", "-Werror", "-Wpedantic", "-g", "-fsanitize=address,undefined"])
+        .arg("-fno-sanitize-recover=all")
+        .arg(format!("-I{}", root().join("include").display()))
+        .arg(format!("-I{}", root().join("bindings/c/include").display()))
+        .arg(src)
+        .arg("-o")
+        .arg(out)
+        .arg(format!("-L{}", lib.display()))
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-lacb")
+        .status()
+        .unwrap();
+    assert!(status.success(), "compiling {} failed", src.display());
+}
+
+/// A real assigner, in a thread of this test process, on a temporary socket.
+struct Assigner {
+    socket: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Assigner {
+    fn start(tag: &str, gpus: &str) -> Assigner {
+        let socket = scratch(tag).join("assigner.sock");
+        let cfg = ServeConfig {
+            listen: vec![Address::Unix(socket.clone())],
+            gpus: gpus.parse::<GpuSpec>().unwrap(),
+            scheduler: acb_core::Policy::Simple,
+            quantum: None,
+            metrics: None,
+            auth_token: None,
+            log_format: LogFormat::Text,
+            node_name: "test".into(),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(acb_assigner::server::serve(cfg, async {
+                let _ = rx.await;
+            }))
+            .unwrap();
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "the assigner did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Assigner { socket, stop: Some(tx), thread: Some(thread) }
+    }
+
+    fn addr(&self) -> String {
+        format!("unix:{}", self.socket.display())
+    }
+
+    /// The assigner's event record so far.
+    fn events(&self) -> Vec<acb_assigner::events::Event> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let addr: Address = self.addr().parse().unwrap();
+            let mut rpc = acb_assigner::client::connect(&addr, None, Duration::from_secs(5)).await.unwrap();
+            let mut s = rpc.watch(proto::WatchRequest { replay: true }).await.unwrap().into_inner();
+            let mut out = Vec::new();
+            while let Some(e) = s.message().await.unwrap() {
+                if matches!(e.kind, Some(proto::event::Kind::HistoryEnd(_))) {
+                    break;
+                }
+                out.extend(acb_assigner::convert::event_from_proto(e));
+            }
+            out
+        })
+    }
+}
+
+impl Drop for Assigner {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(dir) = self.socket.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn run(bin: &Path, args: &[&str], assigner: Option<&str>) -> Output {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1").env_remove("ACB_ASSIGNER");
+    if let Some(a) = assigner {
+        cmd.env("ACB_ASSIGNER", a);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn the_c_api_contract_holds_under_sanitizers() {
+    let dir = scratch("api");
+    let bin = dir.join("api_test");
+    compile(&root().join("bindings/c/tests/api_test.c"), &bin);
+    let a = Assigner::start("api", "fake:1x80GiB");
+    let out = run(&bin, &[], Some(&a.addr()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    let passed: u32 = stdout.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(passed >= 50, "{stdout}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_cpp_wrapper_works_under_sanitizers() {
+    let dir = scratch("cpp");
+    let bin = dir.join("cpp_test");
+    compile(&root().join("bindings/c/tests/cpp_test.cpp"), &bin);
+    let a = Assigner::start("cpp", "fake:1x80GiB");
+    let out = run(&bin, &[], Some(&a.addr()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Eight real processes, one simulated GPU: the GPU never has two holders, every process
+/// finishes, and the run takes about the sum of the GPU phases, not of the whole jobs.
+#[test]
+fn eight_pipeline_processes_share_one_gpu() {
+    let dir = scratch("eight");
+    let bin = dir.join("pipeline");
+    compile(&root().join("bindings/c/examples/pipeline.c"), &bin);
+    let a = Assigner::start("eight", "fake:1x80GiB");
+    let (phases, cpu_ms, gpu_ms) = (4u64, 300u64, 100u64);
+    let start = Instant::now();
+    let mut children: Vec<std::process::Child> = (0..8)
+        .map(|i| {
+            Command::new(&bin)
+                .args([phases.to_string(), cpu_ms.to_string(), gpu_ms.to_string()])
+                .env("ACB_ASSIGNER", a.addr())
+                .env("ACB_JOB_ID", format!("pipeline-{i}"))
+                .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children.drain(..) {
+        let out = c.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && stdout.contains(&format!("done: {phases} phases")), "{stdout}");
+    }
+    let wall = start.elapsed();
+    let events = a.events();
+    check_one_holder_at_a_time(&events);
+    let grants = events.iter().filter(|e| matches!(e.kind, EventKind::Granted { .. })).count();
+    assert!(grants >= 8, "every process was granted at least once ({grants} grants)");
+    let gpu_sum = Duration::from_millis(8 * phases * gpu_ms);
+    let whole_sum = Duration::from_millis(8 * phases * (gpu_ms + cpu_ms));
+    eprintln!("8 processes: wall {wall:?}, sum of GPU phases {gpu_sum:?}, sum of whole jobs {whole_sum:?}");
+    // Brokered, the jobs overlap their CPU phases: the run lasts about the GPU phases' sum (plus
+    // one job's CPU time), far below running the jobs one after another. The bound is generous
+    // so that a loaded machine does not fail it; the figures are printed above.
+    assert!(wall < whole_sum.mul_f64(0.75), "wall {wall:?} vs whole jobs {whole_sum:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// From the record: on GPU 0, each grant starts after the previous lease was released.
+fn check_one_holder_at_a_time(events: &[acb_assigner::events::Event]) {
+    let mut holder: Option<u64> = None;
+    for e in events {
+        match &e.kind {
+            EventKind::Granted { lease, gpus, .. } if gpus.contains(&0) => {
+                assert!(holder.is_none(), "lease {lease} granted while lease {holder:?} held the GPU");
+                holder = Some(*lease);
+            }
+            EventKind::Released { lease, .. } if holder == Some(*lease) => holder = None,
+            _ => {}
+        }
+    }
+}
