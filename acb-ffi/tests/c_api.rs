@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use acb_assigner::config::{Address, GpuSpec, LogFormat, ServeConfig};
 use acb_assigner::events::EventKind;
-use acb_assigner::proto;
+use common::{Assigner, scratch};
+
+mod common;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -19,12 +20,6 @@ fn root() -> PathBuf {
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent().and_then(Path::parent).unwrap().to_path_buf()
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("acb-ffi-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&p).unwrap();
-    p
 }
 
 /// Compiles `src` (C, or C++ for .cpp) into `out` against libacb, strict and sanitized.
@@ -47,79 +42,6 @@ fn compile(src: &Path, out: &Path) {
         .status()
         .unwrap();
     assert!(status.success(), "compiling {} failed", src.display());
-}
-
-/// A real assigner, in a thread of this test process, on a temporary socket.
-struct Assigner {
-    socket: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Assigner {
-    fn start(tag: &str, gpus: &str) -> Assigner {
-        let socket = scratch(tag).join("assigner.sock");
-        let cfg = ServeConfig {
-            listen: vec![Address::Unix(socket.clone())],
-            gpus: gpus.parse::<GpuSpec>().unwrap(),
-            scheduler: acb_core::Policy::Simple,
-            quantum: None,
-            metrics: None,
-            auth_token: None,
-            log_format: LogFormat::Text,
-            node_name: "test".into(),
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(acb_assigner::server::serve(cfg, async {
-                let _ = rx.await;
-            }))
-            .unwrap();
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "the assigner did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Assigner { socket, stop: Some(tx), thread: Some(thread) }
-    }
-
-    fn addr(&self) -> String {
-        format!("unix:{}", self.socket.display())
-    }
-
-    /// The assigner's event record so far.
-    fn events(&self) -> Vec<acb_assigner::events::Event> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let addr: Address = self.addr().parse().unwrap();
-            let mut rpc = acb_assigner::client::connect(&addr, None, Duration::from_secs(5)).await.unwrap();
-            let mut s = rpc.watch(proto::WatchRequest { replay: true }).await.unwrap().into_inner();
-            let mut out = Vec::new();
-            while let Some(e) = s.message().await.unwrap() {
-                if matches!(e.kind, Some(proto::event::Kind::HistoryEnd(_))) {
-                    break;
-                }
-                out.extend(acb_assigner::convert::event_from_proto(e));
-            }
-            out
-        })
-    }
-}
-
-impl Drop for Assigner {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        if let Some(dir) = self.socket.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
 }
 
 fn run(bin: &Path, args: &[&str], assigner: Option<&str>) -> Output {
