@@ -173,6 +173,14 @@ acb_status acb_on_device_begin(const acb_client *client,
 acb_status acb_on_device_end(const acb_client *client);
 
 /*
+ Asks the assigner what it offers (its `status --json`: scheduler, GPUs with holders, queue,
+ clients) and copies the JSON into `buf` (room for `len` bytes, NUL included); `*written`
+ gets its length. Makes one connection attempt within the connect timeout:
+ `ACB_STATUS_UNAVAILABLE` if the assigner cannot be reached.
+ */
+acb_status acb_client_status_json(const acb_client *client, char *buf, size_t len, size_t *written);
+
+/*
  Makes a config from the environment (`ACB_ASSIGNER`, `ACB_JOB_ID`, `ACB_AUTH_TOKEN_FILE`)
  into `*config_out`. Free it with `acb_config_free`. A malformed `ACB_ASSIGNER` gives
  `ACB_STATUS_INVALID_ARGUMENT`.

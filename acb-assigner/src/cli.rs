@@ -371,7 +371,8 @@ async fn session_ended(events: &mut tonic::Streaming<proto::SessionEvent>, lease
     }
 }
 
-fn status_json(s: &proto::StatusResponse) -> String {
+/// The status as JSON (what `status --json` prints; libacb's `acb_client_status_json` too).
+pub fn status_json(s: &proto::StatusResponse) -> String {
     let gpus: Vec<serde_json::Value> = s
         .gpus
         .iter()

@@ -46,6 +46,7 @@ enum Internal {
 pub struct acb_client {
     tx: mpsc::UnboundedSender<Cmd>,
     runtime: Option<tokio::runtime::Runtime>,
+    config: acb_config,
 }
 
 impl std::fmt::Debug for acb_client {
@@ -365,7 +366,7 @@ pub extern "C" fn acb_client_new(config: *const acb_config, client_out: *mut *mu
         let _ = machine.poll_action();
         let start = runtime.block_on(async { tokio::time::Instant::now() });
         let driver = Driver {
-            cfg,
+            cfg: cfg.clone(),
             machine,
             session: None,
             start,
@@ -376,7 +377,7 @@ pub extern "C" fn acb_client_new(config: *const acb_config, client_out: *mut *mu
             internal: itx,
         };
         runtime.spawn(driver.run(cmds, irx));
-        let client = acb_client { tx, runtime: Some(runtime) };
+        let client = acb_client { tx, runtime: Some(runtime), config: cfg };
         // SAFETY: checked non-NULL.
         unsafe { *client_out = Box::into_raw(Box::new(client)) };
         acb_status::Ok
@@ -462,6 +463,35 @@ pub extern "C" fn acb_on_device_end(client: *const acb_client) -> acb_status {
             Ok(Ok(())) => acb_status::Ok,
             Ok(Err((status, msg))) => fail(status, msg),
             Err(_) => fail(acb_status::Internal, "libacb's client thread has stopped"),
+        }
+    }
+}
+
+/// Asks the assigner what it offers (its `status --json`: scheduler, GPUs with holders, queue,
+/// clients) and copies the JSON into `buf` (room for `len` bytes, NUL included); `*written`
+/// gets its length. Makes one connection attempt within the connect timeout:
+/// `ACB_STATUS_UNAVAILABLE` if the assigner cannot be reached.
+#[unsafe(no_mangle)]
+pub extern "C" fn acb_client_status_json(
+    client: *const acb_client,
+    buf: *mut std::ffi::c_char,
+    len: usize,
+    written: *mut usize,
+) -> acb_status {
+    ffi_panic_boundary! {
+        let c = try_ref!(client);
+        check_out!(buf);
+        check_out!(written);
+        let Some(rt) = &c.runtime else { return fail(acb_status::Internal, "the client is closed") };
+        let cfg = &c.config;
+        let result = rt.block_on(async {
+            let mut rpc = client::connect(&cfg.assigner, cfg.auth_token.as_deref(), cfg.connect_timeout).await?;
+            let status = rpc.status(proto::StatusRequest {}).await.map_err(|e| e.message().to_string())?;
+            Ok::<_, String>(acb_assigner::cli::status_json(&status.into_inner()))
+        });
+        match result {
+            Ok(json) => crate::error::copy_out(&json, buf, len, written),
+            Err(msg) => fail(acb_status::Unavailable, msg),
         }
     }
 }

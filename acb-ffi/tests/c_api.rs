@@ -81,7 +81,7 @@ fn the_cpp_wrapper_works_under_sanitizers() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Eight real processes, one simulated GPU: the GPU never has two holders, every process
+/// Eight real processes (four C, four Python), one simulated GPU: the GPU never has two holders, every process
 /// finishes, and the run takes about the sum of the GPU phases, not of the whole jobs.
 #[test]
 fn eight_pipeline_processes_share_one_gpu() {
@@ -91,13 +91,24 @@ fn eight_pipeline_processes_share_one_gpu() {
     let a = Assigner::start("eight", "fake:1x80GiB");
     let (phases, cpu_ms, gpu_ms) = (4u64, 300u64, 100u64);
     let start = Instant::now();
+    let args = [phases.to_string(), cpu_ms.to_string(), gpu_ms.to_string()];
+    // Four C processes and four Python processes (the same pipeline, through the `acb` package).
     let mut children: Vec<std::process::Child> = (0..8)
         .map(|i| {
-            Command::new(&bin)
-                .args([phases.to_string(), cpu_ms.to_string(), gpu_ms.to_string()])
+            let mut cmd = if i < 4 {
+                let mut c = Command::new(&bin);
+                c.env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1");
+                c
+            } else {
+                let mut c = Command::new("python3");
+                c.arg(root().join("bindings/python/examples/pipeline.py"))
+                    .env("ACB_LIBRARY", lib_dir().join("libacb.so"))
+                    .env("PYTHONPATH", root().join("bindings/python"));
+                c
+            };
+            cmd.args(&args)
                 .env("ACB_ASSIGNER", a.addr())
                 .env("ACB_JOB_ID", format!("pipeline-{i}"))
-                .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")
                 .stdout(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()

@@ -1,0 +1,289 @@
+"""acb: the open GPU computing broker, from Python.
+
+Manual mode (the white paper's names)::
+
+    import acb
+    with acb.Client() as client:              # ACB_ASSIGNER / ACB_JOB_ID from the environment
+        with client.on_device(gpus=1) as lease:
+            run_on_gpu(lease.devices[0].index)
+
+    acb.on_device_begin()                     # on a default client made from the environment
+    ...
+    acb.on_device_end()
+
+Everything is done by libacb (the C library); this package only declares its functions (read
+from the generated acb.h) and turns statuses into exceptions.
+"""
+import atexit
+import contextlib
+import ctypes
+import os
+import re
+import threading
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Union
+
+from . import _ffi
+from ._error import (
+    AcbError,
+    AlreadyActive,
+    AssignerUnavailable,
+    InvalidRequest,
+    LeaseRevoked,
+    NotActive,
+    PermissionDenied,
+    Rejected,
+    Timeout,
+    check,
+)
+
+__all__ = [
+    "AcbError",
+    "AlreadyActive",
+    "AssignerUnavailable",
+    "Client",
+    "Device",
+    "InvalidRequest",
+    "Lease",
+    "LeaseRevoked",
+    "NotActive",
+    "PermissionDenied",
+    "Rejected",
+    "Timeout",
+    "on_device",
+    "on_device_begin",
+    "on_device_end",
+    "parse_size",
+]
+
+ABI_VERSION = _ffi.CONSTANTS["ACB_ABI_VERSION"]
+_lib = _ffi.lib
+
+_UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
+          "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+
+
+def parse_size(size: Union[int, str]) -> int:
+    """Bytes from an int or a string like '20GiB', '512MiB', '40GB'."""
+    if isinstance(size, bool) or not isinstance(size, (int, str)):
+        raise TypeError(f"a size is an int of bytes or a string like '20GiB', not {type(size).__name__}")
+    if isinstance(size, int):
+        if size < 0:
+            raise ValueError("a size cannot be negative")
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", size)
+    if not m or m.group(2) not in _UNITS:
+        raise ValueError(f"{size!r} is not a size (e.g. 20GiB, 512MiB, 40GB, 1024)")
+    return int(round(float(m.group(1)) * _UNITS[m.group(2)]))
+
+
+def _seconds_to_ms(timeout: Optional[float]) -> int:
+    if timeout is None:
+        return 0
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout is a number of seconds, not {type(timeout).__name__}")
+    if timeout <= 0:
+        raise ValueError("timeout must be positive (None waits as long as it takes)")
+    return max(1, min(int(timeout * 1000), 2**32 - 1))
+
+
+def _check_int(name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}, not {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Device:
+    """A granted GPU: its node-local index (CUDA_VISIBLE_DEVICES) and uuid."""
+
+    index: int
+    uuid: str
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The GPUs of a granted phase."""
+
+    id: int
+    devices: List[Device]
+    memory_per_gpu: int
+
+
+def _lease_from(ptr: ctypes.c_void_p) -> Lease:
+    try:
+        devices = []
+        for i in range(_lib.acb_lease_device_count(ptr)):
+            index = ctypes.c_uint32(0)
+            check(_lib.acb_lease_device_index(ptr, i, ctypes.byref(index)))
+            buf = ctypes.create_string_buffer(256)
+            n = ctypes.c_size_t(0)
+            check(_lib.acb_lease_device_uuid(ptr, i, buf, len(buf), ctypes.byref(n)))
+            devices.append(Device(index.value, buf.raw[: n.value].decode()))
+        return Lease(_lib.acb_lease_id(ptr), devices, _lib.acb_lease_memory_per_gpu(ptr))
+    finally:
+        _lib.acb_lease_free(ptr)
+
+
+class Client:
+    """A client of the assigner: one job. `assigner` ('unix:/path' or 'tcp:IP:PORT') and `job`
+    default to ACB_ASSIGNER and ACB_JOB_ID. Close it (or use `with`) to release what it holds."""
+
+    def __init__(
+        self,
+        assigner: Optional[str] = None,
+        job: Optional[str] = None,
+        *,
+        eager: bool = False,
+        idle_timeout: Optional[float] = None,
+        connect_timeout: Optional[float] = None,
+        connect_retries: Optional[int] = None,
+        auth_token: Optional[str] = None,
+    ):
+        for name, v in (("assigner", assigner), ("job", job), ("auth_token", auth_token)):
+            if v is not None and not isinstance(v, str):
+                raise TypeError(f"{name} must be a str, not {type(v).__name__}")
+        if not isinstance(eager, bool):
+            raise TypeError("eager must be a bool")
+        self._ptr = None
+        cfg = ctypes.c_void_p()
+        check(_lib.acb_config_new(ctypes.byref(cfg)))
+        try:
+            if assigner is not None:
+                b = assigner.encode()
+                check(_lib.acb_config_set_assigner(cfg, b, len(b)))
+            if job is not None:
+                b = job.encode()
+                check(_lib.acb_config_set_job(cfg, b, len(b)))
+            if auth_token is not None:
+                b = auth_token.encode()
+                check(_lib.acb_config_set_auth_token(cfg, b, len(b)))
+            check(_lib.acb_config_set_eager_release(cfg, eager))
+            if idle_timeout is not None:
+                check(_lib.acb_config_set_idle_timeout_ms(cfg, _seconds_to_ms(idle_timeout)))
+            if connect_timeout is not None:
+                check(_lib.acb_config_set_connect_timeout_ms(cfg, _seconds_to_ms(connect_timeout)))
+            if connect_retries is not None:
+                check(_lib.acb_config_set_connect_retries(cfg, _check_int("connect_retries", connect_retries, 0, 1000)))
+            ptr = ctypes.c_void_p()
+            check(_lib.acb_client_new(cfg, ctypes.byref(ptr)))
+            self._ptr = ptr
+        finally:
+            _lib.acb_config_free(cfg)
+
+    def _handle(self) -> ctypes.c_void_p:
+        if self._ptr is None:
+            raise ValueError("the client is closed")
+        return self._ptr
+
+    def on_device_begin(
+        self,
+        gpus: int = 1,
+        memory: Union[int, str, None] = None,
+        timeout: Optional[float] = None,
+        priority: int = 0,
+    ) -> Lease:
+        """Blocks until `gpus` GPUs (with `memory` each, if given) are granted; returns the lease.
+        Raises Timeout after `timeout` seconds (the request is withdrawn)."""
+        gpus = _check_int("gpus", gpus, 1, 2**32 - 1)
+        priority = _check_int("priority", priority, -(2**31), 2**31 - 1)
+        mem = 0 if memory is None else parse_size(memory)
+        if memory is not None and mem == 0:
+            raise ValueError("memory must be more than 0 bytes (None asks for whole GPUs)")
+        ms = _seconds_to_ms(timeout)
+        client = self._handle()
+        req = ctypes.c_void_p()
+        check(_lib.acb_request_new(ctypes.byref(req)))
+        try:
+            check(_lib.acb_request_set_gpus(req, gpus))
+            check(_lib.acb_request_set_memory_per_gpu(req, mem))
+            check(_lib.acb_request_set_priority(req, priority))
+            check(_lib.acb_request_set_timeout_ms(req, ms))
+            lease = ctypes.c_void_p()
+            check(_lib.acb_on_device_begin(client, req, ctypes.byref(lease)))
+        finally:
+            _lib.acb_request_free(req)
+        return _lease_from(lease)
+
+    def on_device_end(self) -> None:
+        """Ends the GPU phase (the GPU is kept until someone waits, under lazy release)."""
+        check(_lib.acb_on_device_end(self._handle()))
+
+    @contextlib.contextmanager
+    def on_device(self, gpus: int = 1, memory=None, timeout: Optional[float] = None, priority: int = 0) -> Iterator[Lease]:
+        """A GPU phase as a `with` block: yields the lease, ends the phase on exit."""
+        lease = self.on_device_begin(gpus=gpus, memory=memory, timeout=timeout, priority=priority)
+        try:
+            yield lease
+        finally:
+            self.on_device_end()
+
+    def status(self) -> dict:
+        """What the assigner offers: its status (scheduler, GPUs, queue, clients)."""
+        import json
+
+        buf = ctypes.create_string_buffer(1 << 20)
+        n = ctypes.c_size_t(0)
+        check(_lib.acb_client_status_json(self._handle(), buf, len(buf), ctypes.byref(n)))
+        return json.loads(buf.raw[: n.value].decode())
+
+    def close(self) -> None:
+        """Releases what the client holds and ends its session. Idempotent."""
+        ptr, self._ptr = self._ptr, None
+        if ptr is not None:
+            _lib.acb_client_free(ptr)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+_default: Optional[Client] = None
+_default_lock = threading.Lock()
+
+
+def _default_client() -> Client:
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Client()
+            atexit.register(_default.close)
+        return _default
+
+
+def _env_defaults(gpus, memory):
+    if gpus is None:
+        gpus = int(os.environ.get("ACB_GPUS", "1"))
+    if memory is None and os.environ.get("ACB_MEMORY"):
+        memory = os.environ["ACB_MEMORY"]
+    return gpus, memory
+
+
+def on_device_begin(gpus: Optional[int] = None, memory=None, timeout: Optional[float] = None, priority: int = 0) -> Lease:
+    """The white paper's on_device_begin, on a default client made from the environment
+    (ACB_ASSIGNER, ACB_JOB_ID; ACB_GPUS and ACB_MEMORY, as agarun sets them, are the defaults)."""
+    gpus, memory = _env_defaults(gpus, memory)
+    return _default_client().on_device_begin(gpus=gpus, memory=memory, timeout=timeout, priority=priority)
+
+
+def on_device_end() -> None:
+    """The white paper's on_device_end, on the default client."""
+    _default_client().on_device_end()
+
+
+@contextlib.contextmanager
+def on_device(gpus: Optional[int] = None, memory=None, timeout: Optional[float] = None, priority: int = 0) -> Iterator[Lease]:
+    """A GPU phase on the default client, as a `with` block."""
+    gpus, memory = _env_defaults(gpus, memory)
+    with _default_client().on_device(gpus=gpus, memory=memory, timeout=timeout, priority=priority) as lease:
+        yield lease

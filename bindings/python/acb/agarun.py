@@ -1,0 +1,131 @@
+"""agarun: runs any command with the acb client configured for it.
+
+    agarun [--assigner ADDR] [--job NAME] [--mode manual|auto] [--gpus N] [--memory SIZE]
+           [--auth-token-file FILE] -- COMMAND [ARGS...]
+    agarun --check [--assigner ADDR]
+
+It sets ACB_ASSIGNER, ACB_JOB_ID, ACB_GPUS, ACB_MEMORY, ACB_MODE (and ACB_AUTH_TOKEN_FILE) for
+the command, forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to it, and exits
+with its status (128 + N when a signal N ended it). `--check` says whether the assigner is
+reachable and what it offers.
+"""
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from typing import List, Optional
+
+FORWARDED = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="agarun",
+        description="Run a command with the acb client configured for it.",
+        usage="agarun [options] -- COMMAND [ARGS...]\n       agarun --check [--assigner ADDR]",
+    )
+    p.add_argument("--assigner", help="the assigner: unix:/path.sock or tcp:IP:PORT (default: $ACB_ASSIGNER, else the default socket)")
+    p.add_argument("--job", help="the job's name (default: $ACB_JOB_ID, else a generated id)")
+    p.add_argument("--mode", choices=["manual", "auto"], default="manual",
+                   help="manual: the program calls on_device_begin/end; auto: not available yet")
+    p.add_argument("--gpus", type=int, help="GPUs per GPU phase (the default for acb.on_device_begin)")
+    p.add_argument("--memory", help="memory per GPU, e.g. 20GiB (the default for acb.on_device_begin)")
+    p.add_argument("--auth-token-file", help="a file whose first line is the assigner's auth token")
+    p.add_argument("--check", action="store_true", help="say whether the assigner is reachable and what it offers")
+    return p
+
+
+def _check(assigner: Optional[str]) -> int:
+    import acb
+
+    where = assigner or os.environ.get("ACB_ASSIGNER") or "the default socket"
+    try:
+        with acb.Client(assigner=assigner, connect_retries=0) as client:
+            status = client.status()
+    except acb.AssignerUnavailable as e:
+        print(f"agarun: the assigner at {where} is not reachable: {e}", file=sys.stderr)
+        return 1
+    except acb.AcbError as e:
+        print(f"agarun: {e}", file=sys.stderr)
+        return 1
+    gpus = status.get("gpus", [])
+    simulated = any(g.get("simulated") for g in gpus)
+    free = sum(1 for g in gpus if g.get("healthy") and not g.get("holders"))
+    print(f"assigner at {where}: acb-assigner {status.get('version')}, scheduler {status.get('scheduler')}")
+    print(f"{len(gpus)} GPU(s){' (SIMULATED)' if simulated else ''}, {free} free, "
+          f"{len(status.get('queue', []))} request(s) queued, {len(status.get('clients', []))} client(s)")
+    for g in gpus:
+        holders = ", ".join(h["job"] for h in g.get("holders", [])) or "free"
+        print(f"  gpu{g['id']} {g['node']}:{g['index']} {g['name']} {g['memory'] / 2**30:.0f} GiB: {holders}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" in argv:
+        i = argv.index("--")
+        opts, command = argv[:i], argv[i + 1:]
+    else:
+        opts, command = argv, []
+    p = _parser()
+    args = p.parse_args(opts)
+    if args.check:
+        return _check(args.assigner)
+    if args.mode == "auto":
+        print("agarun: --mode auto is not available yet (it comes with the CUDA/PyTorch layer); "
+              "use --mode manual and call acb.on_device_begin()/on_device_end()", file=sys.stderr)
+        return 2
+    if not command:
+        p.print_usage(sys.stderr)
+        print("agarun: no command given (put it after --)", file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    if args.assigner:
+        if not args.assigner.startswith(("unix:", "tcp:")):
+            print(f"agarun: --assigner {args.assigner!r}: expected unix:/path.sock or tcp:IP:PORT", file=sys.stderr)
+            return 2
+        env["ACB_ASSIGNER"] = args.assigner
+    if args.job:
+        env["ACB_JOB_ID"] = args.job
+    if args.gpus is not None:
+        if args.gpus < 1:
+            print("agarun: --gpus must be at least 1", file=sys.stderr)
+            return 2
+        env["ACB_GPUS"] = str(args.gpus)
+    if args.memory is not None:
+        from acb import parse_size
+
+        try:
+            if parse_size(args.memory) == 0:
+                raise ValueError("--memory must be more than 0 bytes")
+        except ValueError as e:
+            print(f"agarun: --memory: {e}", file=sys.stderr)
+            return 2
+        env["ACB_MEMORY"] = args.memory
+    if args.auth_token_file:
+        env["ACB_AUTH_TOKEN_FILE"] = os.path.abspath(args.auth_token_file)
+    env["ACB_MODE"] = args.mode
+    try:
+        child = subprocess.Popen(command, env=env)
+    except FileNotFoundError:
+        print(f"agarun: {command[0]}: command not found", file=sys.stderr)
+        return 127
+    except PermissionError:
+        print(f"agarun: {command[0]}: permission denied", file=sys.stderr)
+        return 126
+
+    def forward(signum, _frame):
+        try:
+            child.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    for s in FORWARDED:
+        signal.signal(s, forward)
+    code = child.wait()
+    return 128 - code if code < 0 else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The Python package against a real assigner (ACB_TEST_ASSIGNER, two simulated GPUs), as the
+Rust test suite runs it (acb-ffi/tests/python.rs)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import acb
+from acb import _ffi
+
+ASSIGNER = os.environ.get("ACB_TEST_ASSIGNER")
+needs_assigner = pytest.mark.skipif(ASSIGNER is None, reason="ACB_TEST_ASSIGNER not set")
+HERE = os.path.dirname(os.path.abspath(__file__))
+PKG_ROOT = os.path.dirname(HERE)
+
+
+def test_every_function_of_the_header_is_declared():
+    with open(os.path.join(PKG_ROOT, "..", "..", "include", "acb.h")) as f:
+        text = f.read()
+    names = set(_ffi.parse_header(text))
+    assert {"acb_on_device_begin", "acb_on_device_end", "acb_client_new", "acb_status_message"} <= names
+    assert names == set(_ffi.SIGNATURES)
+    assert acb.ABI_VERSION == _ffi.lib.acb_abi_version()
+
+
+def test_bad_python_arguments_raise_before_reaching_c():
+    with pytest.raises(TypeError):
+        acb.Client(assigner=5)
+    c = acb.Client(assigner="unix:/nonexistent/acb.sock", connect_retries=0)
+    with pytest.raises(TypeError):
+        c.on_device_begin(gpus="1")
+    with pytest.raises(ValueError):
+        c.on_device_begin(gpus=0)
+    with pytest.raises(ValueError):
+        c.on_device_begin(memory="lots")
+    with pytest.raises(ValueError):
+        c.on_device_begin(memory=0)
+    with pytest.raises(ValueError):
+        c.on_device_begin(timeout=-1)
+    with pytest.raises(TypeError):
+        c.on_device_begin(timeout="soon")
+    c.close()
+    c.close()  # idempotent
+    with pytest.raises(ValueError, match="closed"):
+        c.on_device_end()
+    with pytest.raises(acb.InvalidRequest, match="unix:/path"):
+        acb.Client(assigner="nonsense")
+    assert acb.parse_size("1.5GiB") == 3 << 29 and acb.parse_size(1024) == 1024
+
+
+def test_an_unreachable_assigner_is_reported_after_bounded_retries():
+    t0 = time.monotonic()
+    with acb.Client(assigner="unix:/nonexistent/acb.sock", connect_retries=2, connect_timeout=0.1) as c:
+        with pytest.raises(acb.AssignerUnavailable, match="3 attempts"):
+            c.on_device_begin()
+        with pytest.raises(acb.NotActive):
+            c.on_device_end()
+    assert time.monotonic() - t0 < 10
+
+
+@needs_assigner
+def test_a_gpu_phase_as_a_with_block():
+    with acb.Client(assigner=ASSIGNER, job="pytest") as c:
+        with c.on_device(gpus=1) as lease:
+            assert lease.id > 0
+            assert len(lease.devices) == 1 and lease.devices[0].uuid.startswith("fake-")
+            with pytest.raises(acb.AlreadyActive):
+                c.on_device_begin()
+        with pytest.raises(acb.NotActive):
+            c.on_device_end()
+        # Lazy release: the next phase reuses the kept lease.
+        with c.on_device() as again:
+            assert again.id == lease.id
+
+
+@needs_assigner
+def test_timeouts_and_refusals_are_typed():
+    a, b = acb.Client(assigner=ASSIGNER, job="holder-a"), acb.Client(assigner=ASSIGNER, job="holder-b")
+    with acb.Client(assigner=ASSIGNER, job="waiter") as waiter:
+        with a.on_device(), b.on_device():  # both GPUs held, both busy
+            with pytest.raises(acb.Timeout):
+                waiter.on_device_begin(timeout=0.3)
+        a.close()
+        b.close()
+        with pytest.raises(acb.Rejected, match="at most 1 GPU"):
+            waiter.on_device_begin(gpus=2)  # the simple scheduler grants one GPU per request
+        with waiter.on_device(timeout=10):
+            pass
+
+
+@needs_assigner
+def test_the_module_level_functions_use_the_environment(monkeypatch):
+    monkeypatch.setenv("ACB_ASSIGNER", ASSIGNER)
+    monkeypatch.setenv("ACB_JOB_ID", "module-level")
+    lease = acb.on_device_begin()
+    assert lease.devices
+    acb.on_device_end()
+    with acb.on_device(gpus=1) as lease:
+        assert lease.id > 0
+
+
+@needs_assigner
+def test_status_says_what_the_assigner_offers():
+    with acb.Client(assigner=ASSIGNER) as c:
+        s = c.status()
+    assert s["scheduler"] == "simple"
+    assert len(s["gpus"]) == 2 and all(g["simulated"] for g in s["gpus"])
+
+
+def agarun(*args, **kw):
+    env = dict(os.environ)
+    return subprocess.run([sys.executable, "-m", "acb.agarun", *args], capture_output=True, text=True, env=env, **kw)
+
+
+@needs_assigner
+def test_agarun_configures_the_command_and_returns_its_status():
+    r = agarun("--assigner", ASSIGNER, "--job", "j1", "--gpus", "2", "--memory", "1GiB", "--",
+               sys.executable, "-c",
+               "import os,sys; print(os.environ['ACB_ASSIGNER'], os.environ['ACB_JOB_ID'], "
+               "os.environ['ACB_GPUS'], os.environ['ACB_MEMORY'], os.environ['ACB_MODE']); sys.exit(7)")
+    assert r.returncode == 7, r.stderr
+    assert r.stdout.split() == [ASSIGNER, "j1", "2", "1GiB", "manual"]
+
+
+@needs_assigner
+def test_agarun_runs_a_python_job_in_manual_mode():
+    r = agarun("--assigner", ASSIGNER, "--job", "pipeline", "--", sys.executable,
+               os.path.join(PKG_ROOT, "examples", "pipeline.py"), "2", "10", "10")
+    assert r.returncode == 0, r.stderr
+    assert "done: 2 phases" in r.stdout
+
+
+@needs_assigner
+def test_agarun_check_says_what_the_assigner_offers():
+    r = agarun("--check", "--assigner", ASSIGNER)
+    assert r.returncode == 0, r.stderr
+    assert "scheduler simple" in r.stdout and "SIMULATED" in r.stdout
+
+
+def test_agarun_refuses_what_it_cannot_do():
+    r = agarun("--check", "--assigner", "unix:/nonexistent/acb.sock")
+    assert r.returncode == 1 and "not reachable" in r.stderr
+    r = agarun("--mode", "auto", "--", "true")
+    assert r.returncode == 2 and "not available yet" in r.stderr
+    r = agarun("--gpus", "1")
+    assert r.returncode == 2 and "no command" in r.stderr
+    r = agarun("--", "/nonexistent/program")
+    assert r.returncode == 127
+    r = agarun("--memory", "lots", "--", "true")
+    assert r.returncode == 2
+    r = agarun("--assigner", "localhost:7878", "--", "true")
+    assert r.returncode == 2
+
+
+def test_agarun_forwards_signals_and_exits_with_the_childs_status():
+    child = ("import signal, sys, time\n"
+             "signal.signal(signal.SIGTERM, lambda *a: sys.exit(42))\n"
+             "print('ready', flush=True)\n"
+             "time.sleep(30)\n")
+    p = subprocess.Popen([sys.executable, "-m", "acb.agarun", "--", sys.executable, "-c", child],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=20) == 42
+    p2 = subprocess.Popen([sys.executable, "-m", "acb.agarun", "--", sys.executable, "-c",
+                           "import time; print('ready', flush=True); time.sleep(30)"],
+                          stdout=subprocess.PIPE, text=True)
+    assert p2.stdout.readline().strip() == "ready"
+    p2.send_signal(signal.SIGINT)
+    assert p2.wait(timeout=20) == 128 + signal.SIGINT
