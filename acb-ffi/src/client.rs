@@ -29,7 +29,7 @@ type Failure = (acb_status, String);
 enum Cmd {
     Begin { demand: GpuDemand, reply: std_mpsc::Sender<Result<acb_lease, Failure>> },
     Cancel,
-    End { reply: std_mpsc::Sender<Result<(), Failure>> },
+    End,
     Close { reply: std_mpsc::Sender<()> },
 }
 
@@ -47,7 +47,16 @@ pub struct acb_client {
     tx: mpsc::UnboundedSender<Cmd>,
     runtime: Option<tokio::runtime::Runtime>,
     config: acb_config,
+    /// Where the caller's GPU phase is (IDLE, BEGINNING, ACTIVE). `acb_on_device_end` checks it here
+    /// and posts the end without waiting for the client thread: one thread round trip less per
+    /// phase. Commands are handled in order, so a begin after it still sees the end first.
+    phase: std::sync::atomic::AtomicU8,
 }
+
+/// `acb_client::phase` values.
+const IDLE: u8 = 0;
+const BEGINNING: u8 = 1;
+const ACTIVE: u8 = 2;
 
 impl std::fmt::Debug for acb_client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -127,8 +136,11 @@ impl Driver {
                     let _ = self.machine.end(now);
                 }
             }
-            Cmd::End { reply } => {
-                let _ = reply.send(self.machine.end(now).map_err(|e| failure(&e, None)));
+            Cmd::End => {
+                if let Err(e) = self.machine.end(now) {
+                    // The lease went away under the phase (revoked, or the assigner vanished).
+                    tracing_free_log(&e);
+                }
             }
             Cmd::Close { .. } => {}
         }
@@ -331,6 +343,10 @@ async fn next_event(session: &mut Option<Session>) -> Option<proto::SessionEvent
     }
 }
 
+/// libacb has no logger of its own; an end that found no phase (its lease was revoked or
+/// dropped under it) needs no report: the next begin starts afresh.
+fn tracing_free_log(_e: &ClientError) {}
+
 fn failure(e: &ClientError, status: Option<acb_status>) -> Failure {
     let st = match e {
         ClientError::AlreadyActive | ClientError::AlreadyRequesting => acb_status::AlreadyActive,
@@ -377,7 +393,7 @@ pub extern "C" fn acb_client_new(config: *const acb_config, client_out: *mut *mu
             internal: itx,
         };
         runtime.spawn(driver.run(cmds, irx));
-        let client = acb_client { tx, runtime: Some(runtime), config: cfg };
+        let client = acb_client { tx, runtime: Some(runtime), config: cfg, phase: std::sync::atomic::AtomicU8::new(IDLE) };
         // SAFETY: checked non-NULL.
         unsafe { *client_out = Box::into_raw(Box::new(client)) };
         acb_status::Ok
@@ -422,9 +438,14 @@ pub extern "C" fn acb_on_device_begin(
         let c = try_ref!(client);
         let r = try_ref!(request);
         check_out!(lease_out);
+        use std::sync::atomic::Ordering::AcqRel;
+        if c.phase.compare_exchange(IDLE, BEGINNING, AcqRel, std::sync::atomic::Ordering::Acquire).is_err() {
+            return fail(acb_status::AlreadyActive, "on_device_begin called twice without on_device_end");
+        }
         let demand = GpuDemand { gpus: r.gpus, memory_per_gpu: r.memory_per_gpu, priority: r.priority, affinity: Default::default() };
         let (tx, rx) = std_mpsc::channel();
         if c.tx.send(Cmd::Begin { demand, reply: tx }).is_err() {
+            c.phase.store(IDLE, std::sync::atomic::Ordering::Release);
             return fail(acb_status::Internal, "libacb's client thread has stopped");
         }
         let result = match r.timeout {
@@ -432,6 +453,7 @@ pub extern "C" fn acb_on_device_begin(
                 Ok(res) => res,
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {
                     let _ = c.tx.send(Cmd::Cancel);
+                    c.phase.store(IDLE, std::sync::atomic::Ordering::Release);
                     return fail(acb_status::Timeout, format!("no GPU granted within {} ms; request withdrawn", t.as_millis()));
                 }
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => Err((acb_status::Internal, "libacb's client thread has stopped".into())),
@@ -440,11 +462,15 @@ pub extern "C" fn acb_on_device_begin(
         };
         match result {
             Ok(lease) => {
+                c.phase.store(ACTIVE, std::sync::atomic::Ordering::Release);
                 // SAFETY: checked non-NULL.
                 unsafe { *lease_out = Box::into_raw(Box::new(lease)) };
                 acb_status::Ok
             }
-            Err((status, msg)) => fail(status, msg),
+            Err((status, msg)) => {
+                c.phase.store(IDLE, std::sync::atomic::Ordering::Release);
+                fail(status, msg)
+            }
         }
     }
 }
@@ -455,15 +481,14 @@ pub extern "C" fn acb_on_device_begin(
 pub extern "C" fn acb_on_device_end(client: *const acb_client) -> acb_status {
     ffi_panic_boundary! {
         let c = try_ref!(client);
-        let (tx, rx) = std_mpsc::channel();
-        if c.tx.send(Cmd::End { reply: tx }).is_err() {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        if c.phase.compare_exchange(ACTIVE, IDLE, AcqRel, Acquire).is_err() {
+            return fail(acb_status::NotActive, "on_device_end called without on_device_begin");
+        }
+        if c.tx.send(Cmd::End).is_err() {
             return fail(acb_status::Internal, "libacb's client thread has stopped");
         }
-        match rx.recv() {
-            Ok(Ok(())) => acb_status::Ok,
-            Ok(Err((status, msg))) => fail(status, msg),
-            Err(_) => fail(acb_status::Internal, "libacb's client thread has stopped"),
-        }
+        acb_status::Ok
     }
 }
 

@@ -148,6 +148,8 @@ class Client:
         if not isinstance(eager, bool):
             raise TypeError("eager must be a bool")
         self._ptr = None
+        self._req = None
+        self._req_key = None
         cfg = ctypes.c_void_p()
         check(_lib.acb_config_new(ctypes.byref(cfg)))
         try:
@@ -194,6 +196,17 @@ class Client:
             raise ValueError("memory must be more than 0 bytes (None asks for whole GPUs)")
         ms = _seconds_to_ms(timeout)
         client = self._handle()
+        req = self._request(gpus, mem, priority, ms)
+        lease = ctypes.c_void_p()
+        check(_lib.acb_on_device_begin(client, req, ctypes.byref(lease)))
+        return _lease_from(lease)
+
+    def _request(self, gpus: int, mem: int, priority: int, ms: int) -> ctypes.c_void_p:
+        # A job asks for the same thing phase after phase: keep the last request object rather
+        # than build one with six calls into C per phase.
+        key = (gpus, mem, priority, ms)
+        if self._req is not None and self._req_key == key:
+            return self._req
         req = ctypes.c_void_p()
         check(_lib.acb_request_new(ctypes.byref(req)))
         try:
@@ -201,11 +214,13 @@ class Client:
             check(_lib.acb_request_set_memory_per_gpu(req, mem))
             check(_lib.acb_request_set_priority(req, priority))
             check(_lib.acb_request_set_timeout_ms(req, ms))
-            lease = ctypes.c_void_p()
-            check(_lib.acb_on_device_begin(client, req, ctypes.byref(lease)))
-        finally:
+        except BaseException:
             _lib.acb_request_free(req)
-        return _lease_from(lease)
+            raise
+        if self._req is not None:
+            _lib.acb_request_free(self._req)
+        self._req, self._req_key = req, key
+        return req
 
     def on_device_end(self) -> None:
         """Ends the GPU phase (the GPU is kept until someone waits, under lazy release)."""
@@ -232,6 +247,9 @@ class Client:
     def close(self) -> None:
         """Releases what the client holds and ends its session. Idempotent."""
         ptr, self._ptr = self._ptr, None
+        req, self._req = getattr(self, "_req", None), None
+        if req is not None:
+            _lib.acb_request_free(req)
         if ptr is not None:
             _lib.acb_client_free(ptr)
 
