@@ -5,14 +5,13 @@
 //! One broker cycle is two calls (AllocRequest, then Release). One echo cycle is two health
 //! Checks. The ratio compares like with like: two unary round trips each.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::client::{self, Session};
-use crate::config::{Address, GpuSpec, LogFormat, ServeConfig};
+use crate::config::{Address, ServeConfig};
 use crate::proto;
 
 /// What one measurement gave.
@@ -53,7 +52,9 @@ async fn echo_run(addr: &Address, clients: usize, time: Duration) -> Result<Samp
     let start = Instant::now();
     for _ in 0..clients {
         let channel = match addr {
-            Address::Unix(p) => unix_channel(p.clone()).await?,
+            Address::Unix(p) => {
+                client::unix_channel(p.clone(), Duration::from_secs(5)).await.map_err(|e| e.to_string())?
+            }
             Address::Tcp(_) => return Err("bench runs over a Unix socket".into()),
         };
         tasks.push(tokio::spawn(async move {
@@ -106,19 +107,6 @@ async fn collect(
     Ok(Sample { latencies, wall: start.elapsed() })
 }
 
-async fn unix_channel(path: PathBuf) -> Result<tonic::transport::Channel, String> {
-    tonic::transport::Endpoint::try_from("http://[::]:50051")
-        .map_err(|e| e.to_string())?
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .map_err(|e| e.to_string())
-}
-
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
@@ -130,17 +118,8 @@ pub async fn run(client_counts: &[usize], time: Duration, rounds: usize) -> Resu
     let max = client_counts.iter().copied().max().unwrap_or(1).max(1);
     let dir = std::env::temp_dir().join(format!("acb-bench-{}", std::process::id()));
     let socket = dir.join("assigner.sock");
-    let cfg = ServeConfig {
-        listen: vec![Address::Unix(socket.clone())],
-        // One simulated GPU per client: the benchmark measures the broker, not queueing.
-        gpus: GpuSpec::Fake(vec![(max as u32, 80 << 30)]),
-        scheduler: acb_core::Policy::Simple,
-        quantum: None,
-        metrics: None,
-        auth_token: None,
-        log_format: LogFormat::Text,
-        node_name: "bench".into(),
-    };
+    // One simulated GPU per client: the benchmark measures the broker, not queueing.
+    let cfg = ServeConfig::simulated(socket.clone(), max as u32, acb_core::Policy::Simple);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::server::serve(cfg, async {
         let _ = stop_rx.await;

@@ -40,18 +40,7 @@ pub async fn connect(addr: &Address, token: Option<&str>, timeout: Duration) -> 
         None => AuthHeader(None),
     };
     let channel = match addr {
-        Address::Unix(path) => {
-            let path = path.clone();
-            // The URI is not used for Unix sockets; the connector ignores it.
-            Endpoint::try_from("http://[::]:50051")
-                .map_err(|e| e.to_string())?
-                .connect_timeout(timeout)
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-                }))
-                .await
-        }
+        Address::Unix(path) => unix_channel(path.clone(), timeout).await,
         Address::Tcp(sa) => {
             Endpoint::from_shared(format!("http://{sa}"))
                 .map_err(|e| e.to_string())?
@@ -62,6 +51,18 @@ pub async fn connect(addr: &Address, token: Option<&str>, timeout: Duration) -> 
     }
     .map_err(|e| format!("cannot reach the assigner at {addr}: {}", source_chain(&e)))?;
     Ok(proto::assigner_client::AssignerClient::with_interceptor(channel, auth))
+}
+
+/// A gRPC channel over the Unix socket at `path`.
+pub async fn unix_channel(path: std::path::PathBuf, timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+    // The URI is not used for Unix sockets; the connector ignores it.
+    Endpoint::from_static("http://[::]:50051")
+        .connect_timeout(timeout)
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }))
+        .await
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

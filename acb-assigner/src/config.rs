@@ -213,6 +213,23 @@ pub struct ServeConfig {
     pub node_name: String,
 }
 
+impl ServeConfig {
+    /// An assigner on one Unix socket with simulated GPUs (`fake:COUNTx80GiB`) under `policy`,
+    /// no metrics, no token: what benchmarks and tests start.
+    pub fn simulated(socket: PathBuf, count: u32, policy: Policy) -> ServeConfig {
+        ServeConfig {
+            listen: vec![Address::Unix(socket)],
+            gpus: GpuSpec::Fake(vec![(count, 80 << 30)]),
+            scheduler: policy,
+            quantum: None,
+            metrics: None,
+            auth_token: None,
+            log_format: LogFormat::Text,
+            node_name: "simulated".into(),
+        }
+    }
+}
+
 /// Reads the auth token file: its first line, trimmed, at least 16 characters.
 pub fn read_token(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("--auth-token-file {}: {e}", path.display()))?;

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use acb_assigner::client::{self, Session};
-use acb_assigner::config::{Address, GpuSpec, LogFormat, ServeConfig};
+use acb_assigner::config::{Address, ServeConfig};
 use acb_assigner::proto;
 
 fn root() -> PathBuf {
@@ -31,16 +31,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn serve(socket: PathBuf) {
-    let cfg = ServeConfig {
-        listen: vec![Address::Unix(socket)],
-        gpus: GpuSpec::Fake(vec![(1, 80 << 30)]),
-        scheduler: acb_core::Policy::Simple,
-        quantum: None,
-        metrics: None,
-        auth_token: None,
-        log_format: LogFormat::Text,
-        node_name: "bench".into(),
-    };
+    let cfg = ServeConfig::simulated(socket, 1, acb_core::Policy::Simple);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(acb_assigner::server::serve(cfg, acb_assigner::server::termination())).unwrap();
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use acb_assigner::config::{Address, GpuSpec, LogFormat, ServeConfig};
+use acb_assigner::config::{Address, GpuSpec, ServeConfig};
 use acb_assigner::proto;
 
 pub fn scratch(tag: &str) -> PathBuf {
@@ -27,16 +27,8 @@ impl Assigner {
 
     /// An assigner on a given socket path (to restart one where clients look for it).
     pub fn start_at(socket: PathBuf, gpus: &str) -> Assigner {
-        let cfg = ServeConfig {
-            listen: vec![Address::Unix(socket.clone())],
-            gpus: gpus.parse::<GpuSpec>().unwrap(),
-            scheduler: acb_core::Policy::Simple,
-            quantum: None,
-            metrics: None,
-            auth_token: None,
-            log_format: LogFormat::Text,
-            node_name: "test".into(),
-        };
+        let mut cfg = ServeConfig::simulated(socket.clone(), 1, acb_core::Policy::Simple);
+        cfg.gpus = gpus.parse::<GpuSpec>().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Runtime::new().unwrap();
