@@ -83,8 +83,31 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         rounds: usize,
     },
-    /// Run the simulator on a job trace (not built yet).
-    Simulate,
+    /// Predict, before deploying, what acb does to a workload: the simulator on a job trace,
+    /// static baseline beside each scheduler (SIMULATED: no GPU is used).
+    Simulate {
+        /// The trace (JSON; see the README for the format).
+        #[arg(long)]
+        trace: PathBuf,
+        /// Schedulers to compare with the static baseline, comma-separated, or `all`.
+        #[arg(long, default_value = "simple")]
+        scheduler: String,
+        /// The GPUs (fake:COUNTxSIZE[,...]); overrides the trace's.
+        #[arg(long, value_parser = str::parse::<GpuSpec>)]
+        gpus: Option<GpuSpec>,
+        /// Eager release (give the GPU back after every phase) instead of lazy.
+        #[arg(long)]
+        eager: bool,
+        /// Time slice for the schedulers.
+        #[arg(long, value_parser = config::parse_duration)]
+        quantum: Option<Duration>,
+        /// Host<->device bandwidth for swaps (e.g. 20GB, per second); overrides the trace's.
+        #[arg(long, value_parser = config::parse_size)]
+        swap_bandwidth: Option<u64>,
+        /// Write one timeline SVG per run into this directory (static.svg, simple.svg, ...).
+        #[arg(long)]
+        svg_dir: Option<PathBuf>,
+    },
     /// Run the demo (not built yet).
     Demo,
 }
@@ -338,11 +361,97 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             print!("{}", crate::bench::run(&clients, time, rounds).await?);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Simulate | Cmd::Demo => {
+        Cmd::Simulate { trace, scheduler, gpus, eager, quantum, swap_bandwidth, svg_dir } => {
+            match simulate(&trace, &scheduler, gpus, eager, quantum, swap_bandwidth, svg_dir.as_deref()) {
+                Ok(out) => {
+                    print!("{out}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("acb-assigner: {e}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Cmd::Demo => {
             eprintln!("acb-assigner: this subcommand is not built yet");
             Ok(ExitCode::from(2))
         }
     }
+}
+
+fn simulate(
+    trace: &std::path::Path,
+    schedulers: &str,
+    gpus: Option<GpuSpec>,
+    eager: bool,
+    quantum: Option<Duration>,
+    swap_bandwidth: Option<u64>,
+    svg_dir: Option<&std::path::Path>,
+) -> Result<String, String> {
+    use acb_core::sim::{self, Comparison, Mode, SimConfig};
+    use acb_core::{ClientConfig, ReleaseMode, SchedulerConfig};
+    let t = crate::trace::load(trace)?;
+    let policies: Vec<Policy> = if schedulers == "all" {
+        Policy::ALL.to_vec()
+    } else {
+        schedulers.split(',').map(|s| parse_policy(s.trim())).collect::<Result<_, _>>()?
+    };
+    let spec = gpus.or(t.gpus.clone()).ok_or("no GPUs: give --gpus fake:COUNTxSIZE or \"gpus\" in the trace")?;
+    let GpuSpec::Fake(_) = &spec else {
+        return Err("simulate takes simulated GPUs: --gpus fake:COUNTxSIZE[,COUNTxSIZE]".into());
+    };
+    let found = crate::discovery::discover(&spec)?;
+    let pool = crate::discovery::pool_of("simulated", &found);
+    let client =
+        ClientConfig { release: if eager { ReleaseMode::Eager } else { ReleaseMode::Lazy }, idle_timeout: None };
+    let bandwidth = swap_bandwidth.or(t.swap_bandwidth).unwrap_or(20_000_000_000);
+    let mut reports = Vec::new();
+    let modes = std::iter::once(Mode::Static).chain(policies.iter().map(|p| {
+        let mut c = SchedulerConfig::new(*p);
+        c.quantum = quantum;
+        Mode::Brokered(c)
+    }));
+    for mode in modes {
+        let mut cfg = SimConfig::new(pool.clone(), mode);
+        cfg.client = client.clone();
+        cfg.swap_bandwidth = bandwidth;
+        let report = sim::run(&cfg, &t.jobs).map_err(|e| e.to_string())?;
+        if let Some(dir) = svg_dir {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let rows: Vec<crate::timeline::GpuRow> = found
+                .iter()
+                .map(|g| crate::timeline::GpuRow {
+                    id: g.index,
+                    label: format!("gpu{} (simulated, {})", g.index, Bytes(g.memory)),
+                })
+                .collect();
+            let events = crate::trace::events_of(&report, &t.jobs);
+            let title = format!("{}: {} (SIMULATED)", trace.display(), report.label);
+            let svg = crate::timeline::render_svg(&title, &rows, &events, Some(report.makespan));
+            let path = dir.join(format!("{}.svg", report.label));
+            std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        reports.push(report);
+    }
+    let mut out = format!(
+        "SIMULATED with the acb-core simulator (no GPU used): {} jobs on {} GPU(s), swaps at {:.1} GB/s, {} release\n\n",
+        t.jobs.len(),
+        found.len(),
+        bandwidth as f64 / 1e9,
+        if eager { "eager" } else { "lazy" }
+    );
+    out.push_str(&Comparison { reports }.to_string());
+    if policies.contains(&Policy::GpuSharing) {
+        out.push_str(
+            "\nnote: the simulator does not model compute contention: under gpu-sharing, jobs on one GPU are \
+             assumed not to slow each other, so treat that column as an upper bound\n",
+        );
+    }
+    if let Some(dir) = svg_dir {
+        out.push_str(&format!("\ntimelines written to {}\n", dir.display()));
+    }
+    Ok(out)
 }
 
 enum SessionEnd {

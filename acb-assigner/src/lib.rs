@@ -18,3 +18,4 @@ pub mod proto;
 pub mod server;
 pub mod service;
 pub mod timeline;
+pub mod trace;

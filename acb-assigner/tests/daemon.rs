@@ -361,3 +361,32 @@ fn grpc_reflection_and_health_are_served_for_generic_clients() {
         assert!(names.contains(&"acb.v1.Assigner".to_string()), "{names:?}");
     });
 }
+
+#[test]
+fn simulate_predicts_static_vs_brokered_on_the_alphafold2_trace() {
+    let dir = TempDir::new("simulate");
+    let trace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/alphafold2-sim/trace.json");
+    let out = Command::new(BIN)
+        .args(["simulate", "--scheduler", "simple,gpu-sharing", "--svg-dir"])
+        .arg(&dir.0)
+        .arg("--trace")
+        .arg(&trace)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("SIMULATED") && text.contains("static") && text.contains("simple"), "{text}");
+    assert!(text.contains("upper bound"), "the gpu-sharing caveat is printed: {text}");
+    let items: Vec<&str> = text.lines().find(|l| l.starts_with("items per hour")).unwrap().split_whitespace().collect();
+    let (stat, simple): (f64, f64) = (items[3].parse().unwrap(), items[4].parse().unwrap());
+    assert!(simple > 4.0 * stat, "8 CPU-heavy jobs on 1 GPU: brokered beats static by far: {text}");
+    for run in ["static", "simple", "gpu-sharing"] {
+        let svg = std::fs::read_to_string(dir.0.join(format!("{run}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("SIMULATED"));
+    }
+    let bad = dir.0.join("bad.json");
+    std::fs::write(&bad, r#"{"jobs": [{"name": "x", "memory": "1GiB", "phases": [{"gpu": "soon"}]}]}"#).unwrap();
+    let out = Command::new(BIN).args(["simulate", "--gpus", "fake:1x8GiB", "--trace"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("phase 1"));
+}

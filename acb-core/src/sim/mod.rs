@@ -23,7 +23,7 @@ use core::cmp::Reverse;
 use core::fmt;
 use core::time::Duration;
 
-pub use self::report::{Comparison, Human, Report, Span, SpanKind};
+pub use self::report::{Comparison, Human, Report, Span, SpanKind, Wait};
 use crate::time::duration_nanos;
 use crate::{
     Action, ClientConfig, ClientId, ClientMachine, Error, GpuDemand, GpuId, GpuPool, Instant, LeaseId, Output, Policy,
@@ -462,6 +462,8 @@ impl<'a> Sim<'a> {
                     return;
                 };
                 self.report.record_wait(g.waited);
+                let asked = Instant::from_nanos(now.as_nanos().saturating_sub(duration_nanos(g.waited)));
+                self.report.waits.push(Wait { job: j, start: asked, end: now });
                 self.jobs[j].lease = Some((g.lease, g.gpus.clone(), now));
                 if self.stat {
                     self.start_phase(j, now);

@@ -36,6 +36,17 @@ pub struct Span {
     pub kind: SpanKind,
 }
 
+/// A job waiting for a grant, from its request to its grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wait {
+    /// The job (its index in the trace).
+    pub job: usize,
+    /// When it asked.
+    pub start: Instant,
+    /// When it was granted.
+    pub end: Instant,
+}
+
 /// The outcome of one simulation run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
@@ -65,6 +76,8 @@ pub struct Report {
     pub yields: u64,
     /// The timeline: holds, computing and swaps per GPU.
     pub spans: Vec<Span>,
+    /// Every wait for a grant.
+    pub waits: Vec<Wait>,
 }
 
 impl Report {
@@ -83,6 +96,7 @@ impl Report {
             bytes_swapped: 0,
             yields: 0,
             spans: Vec::new(),
+            waits: Vec::new(),
         }
     }
 
