@@ -42,8 +42,7 @@ pub async fn connect(addr: &Address, token: Option<&str>, timeout: Duration) -> 
     let channel = match addr {
         Address::Unix(path) => unix_channel(path.clone(), timeout).await,
         Address::Tcp(sa) => {
-            Endpoint::from_shared(format!("http://{sa}"))
-                .map_err(|e| e.to_string())?
+            keepalive(Endpoint::from_shared(format!("http://{sa}")).map_err(|e| e.to_string())?)
                 .connect_timeout(timeout)
                 .connect()
                 .await
@@ -53,10 +52,18 @@ pub async fn connect(addr: &Address, token: Option<&str>, timeout: Duration) -> 
     Ok(proto::assigner_client::AssignerClient::with_interceptor(channel, auth))
 }
 
+/// HTTP/2 keepalive: a dead assigner host (a half-open TCP connection) ends the session within
+/// about 30 s instead of leaving calls waiting forever.
+fn keepalive(e: Endpoint) -> Endpoint {
+    e.http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+}
+
 /// A gRPC channel over the Unix socket at `path`.
 pub async fn unix_channel(path: std::path::PathBuf, timeout: Duration) -> Result<Channel, tonic::transport::Error> {
     // The URI is not used for Unix sockets; the connector ignores it.
-    Endpoint::from_static("http://[::]:50051")
+    keepalive(Endpoint::from_static("http://[::]:50051"))
         .connect_timeout(timeout)
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();

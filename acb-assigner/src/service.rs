@@ -46,17 +46,26 @@ fn flatten<T>(r: Result<Result<T, DomainError>, DomainError>) -> Result<T, Statu
     r.and_then(|x| x).map_err(to_status)
 }
 
-/// Withdraws an allocation request if its caller goes away before the grant.
+type GrantReply = tokio::sync::oneshot::Receiver<Result<crate::driver::GrantInfo, DomainError>>;
+
+/// Withdraws an allocation request if its caller goes away before the grant; and if the grant
+/// was made in that very moment (it sits in the reply channel, undelivered), gives it back.
 struct AbandonGuard {
     handle: Handle,
     key: u64,
-    armed: bool,
+    reply: Option<GrantReply>,
 }
 
 impl Drop for AbandonGuard {
     fn drop(&mut self) {
-        if self.armed {
-            self.handle.try_send(Command::Abandon { key: self.key });
+        let Some(mut rx) = self.reply.take() else { return };
+        match rx.try_recv() {
+            Ok(Ok(grant)) => {
+                let (tx, _) = tokio::sync::oneshot::channel();
+                self.handle.try_send(Command::Release { token: grant.token, lease: grant.lease, reply: tx });
+            }
+            Ok(Err(_)) => {}
+            Err(_) => self.handle.try_send(Command::Abandon { key: self.key }),
         }
     }
 }
@@ -136,9 +145,14 @@ impl proto::assigner_server::Assigner for AssignerService {
             required: r.required_gpus,
             preferred: r.preferred_gpus,
         };
-        let mut guard = AbandonGuard { handle: self.handle.clone(), key, armed: true };
-        let result = self.handle.ask(|reply| Command::Allocate { key, spec, reply }).await;
-        guard.armed = false;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.handle.send(Command::Allocate { key, spec, reply: tx }).await.map_err(to_status)?;
+        let mut guard = AbandonGuard { handle: self.handle.clone(), key, reply: Some(rx) };
+        let result = match guard.reply.as_mut() {
+            Some(rx) => rx.await.map_err(|_| DomainError::ShuttingDown),
+            None => Err(DomainError::ShuttingDown),
+        };
+        guard.reply = None; // delivered (or failed): nothing to withdraw
         Ok(Response::new(grant_to_proto(flatten(result)?)))
     }
 

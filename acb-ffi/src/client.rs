@@ -33,10 +33,12 @@ enum Cmd {
     Close { reply: std_mpsc::Sender<()> },
 }
 
+/// Results of spawned RPCs, tagged with the generations they belong to: a result from a
+/// withdrawn request or from a session that has since ended must not be taken for a current one.
 enum Internal {
-    Granted(proto::AllocateResponse),
-    AllocFailed(tonic::Status),
-    ReleaseDone(u64),
+    Granted { alloc: u64, session: u64, grant: proto::AllocateResponse },
+    AllocFailed { alloc: u64, status: tonic::Status },
+    ReleaseDone { session: u64, lease: u64 },
 }
 
 /// A client of the assigner: one job (or one rank of a job). Any thread may call its
@@ -74,6 +76,10 @@ struct Driver {
     granted: Option<proto::AllocateResponse>,
     /// The status the next `Action::Failed` reports (what the assigner said, precisely).
     fail_status: Option<acb_status>,
+    /// Bumped by every request sent and every request withdrawn.
+    alloc_gen: u64,
+    /// Bumped by every session opened or lost.
+    session_gen: u64,
     internal: mpsc::UnboundedSender<Internal>,
 }
 
@@ -149,15 +155,27 @@ impl Driver {
     fn internal(&mut self, msg: Internal) {
         let now = self.now();
         match msg {
-            Internal::Granted(g) => {
-                let gpus = g.gpus.iter().map(|d| GpuId(d.id)).collect();
-                let (lease, mem) = (LeaseId(g.lease_id), g.memory_per_gpu);
-                self.granted = Some(g);
+            Internal::Granted { alloc, session, grant } if alloc != self.alloc_gen => {
+                // A grant for a withdrawn request. If its session is still ours, the assigner
+                // thinks we hold it: give it back rather than leak it.
+                if session == self.session_gen && self.session.is_some() {
+                    self.send_release(grant.lease_id);
+                }
+            }
+            Internal::Granted { grant, .. } => {
+                let gpus = grant.gpus.iter().map(|d| GpuId(d.id)).collect();
+                let (lease, mem) = (LeaseId(grant.lease_id), grant.memory_per_gpu);
+                self.granted = Some(grant);
                 self.machine.handle_granted(lease, gpus, mem, now);
             }
-            Internal::AllocFailed(status) => match status.code() {
+            Internal::AllocFailed { alloc, .. } if alloc != self.alloc_gen => {}
+            Internal::AllocFailed { status, .. } => match status.code() {
                 // The session ended (the assigner restarted): the disconnect path handles it.
                 tonic::Code::Aborted | tonic::Code::Unavailable | tonic::Code::Cancelled => {}
+                // A restarted assigner does not know this session's token: open a new one.
+                tonic::Code::PermissionDenied if status.message() == acb_assigner::driver::UNKNOWN_TOKEN => {
+                    self.lose_session();
+                }
                 code => {
                     self.fail_status = Some(match code {
                         tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => acb_status::PermissionDenied,
@@ -167,22 +185,34 @@ impl Driver {
                     self.machine.handle_rejected(status.message().to_string(), now);
                 }
             },
-            Internal::ReleaseDone(lease) => self.machine.handle_release_acked(LeaseId(lease), now),
+            Internal::ReleaseDone { session, .. } if session != self.session_gen => {}
+            Internal::ReleaseDone { lease, .. } => self.machine.handle_release_acked(LeaseId(lease), now),
         }
+    }
+
+    /// The session is gone: drop it and let the machine save what it holds; a waiting phase
+    /// reconnects.
+    fn lose_session(&mut self) {
+        let now = self.now();
+        self.session = None;
+        self.session_gen += 1;
+        self.abort_alloc();
+        self.machine.handle_disconnect(now);
     }
 
     fn session_event(&mut self, ev: Option<proto::SessionEvent>) {
         use proto::session_event::Event as E;
         let now = self.now();
         match ev.and_then(|e| e.event) {
+            // A yield for a lease this client does not hold (one granted as its request was
+            // withdrawn): give it back.
+            Some(E::YieldRequest(y)) if self.machine.lease() != Some(LeaseId(y.lease_id)) => {
+                self.send_release(y.lease_id)
+            }
             Some(E::YieldRequest(y)) => self.machine.handle_yield(LeaseId(y.lease_id), now),
             Some(E::Revoked(r)) => self.machine.handle_revoked(LeaseId(r.lease_id), now),
             Some(E::Welcome(_)) => {}
-            Some(E::ShuttingDown(_)) | None => {
-                self.session = None;
-                self.abort_alloc();
-                self.machine.handle_disconnect(now);
-            }
+            Some(E::ShuttingDown(_)) | None => self.lose_session(),
         }
     }
 
@@ -194,6 +224,7 @@ impl Driver {
         match self.connect().await {
             Ok(s) => {
                 self.session = Some(s);
+                self.session_gen += 1;
                 let now = self.now();
                 self.machine.handle_reconnected(now);
             }
@@ -274,6 +305,8 @@ impl Driver {
     fn send_request(&mut self, d: GpuDemand) {
         let Some(s) = &self.session else { return };
         let (mut rpc, token, tx) = (s.rpc(), s.token.clone(), self.internal.clone());
+        self.abort_alloc();
+        let (alloc, session) = (self.alloc_gen, self.session_gen);
         let req = proto::AllocateRequest {
             client_token: token,
             gpus: d.gpus,
@@ -281,11 +314,10 @@ impl Driver {
             priority: d.priority,
             ..Default::default()
         };
-        self.abort_alloc();
         self.alloc_task = Some(tokio::spawn(async move {
             let msg = match rpc.alloc_request(req).await {
-                Ok(r) => Internal::Granted(r.into_inner()),
-                Err(status) => Internal::AllocFailed(status),
+                Ok(r) => Internal::Granted { alloc, session, grant: r.into_inner() },
+                Err(status) => Internal::AllocFailed { alloc, status },
             };
             let _ = tx.send(msg);
         }));
@@ -293,20 +325,23 @@ impl Driver {
 
     fn send_release(&mut self, lease: u64) {
         let tx = self.internal.clone();
+        let session = self.session_gen;
         let Some(s) = &self.session else {
             // No connection: the assigner already dropped everything this session held.
-            let _ = tx.send(Internal::ReleaseDone(lease));
+            let _ = tx.send(Internal::ReleaseDone { session, lease });
             return;
         };
         let (mut rpc, token) = (s.rpc(), s.token.clone());
         tokio::spawn(async move {
             // Whatever the answer, the lease is no longer this client's to use.
             let _ = rpc.release(proto::ReleaseRequest { client_token: token, lease_id: lease }).await;
-            let _ = tx.send(Internal::ReleaseDone(lease));
+            let _ = tx.send(Internal::ReleaseDone { session, lease });
         });
     }
 
     fn abort_alloc(&mut self) {
+        // Whatever that request's task still reports is stale from now on.
+        self.alloc_gen += 1;
         if let Some(t) = self.alloc_task.take() {
             // Dropping the call cancels it; the assigner withdraws the request.
             t.abort();
@@ -390,6 +425,8 @@ pub extern "C" fn acb_client_new(config: *const acb_config, client_out: *mut *mu
             alloc_task: None,
             granted: None,
             fail_status: None,
+            alloc_gen: 0,
+            session_gen: 0,
             internal: itx,
         };
         runtime.spawn(driver.run(cmds, irx));
