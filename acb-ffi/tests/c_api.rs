@@ -8,18 +8,12 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use acb_assigner::events::EventKind;
-use common::{Assigner, scratch};
+use common::{Assigner, lib_dir, scratch};
 
 mod common;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The directory holding libacb.so: the profile directory of this test executable.
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 
 /// Compiles `src` (C, or C++ for .cpp) into `out` against libacb, strict and sanitized.

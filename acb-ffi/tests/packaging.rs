@@ -30,7 +30,7 @@ fn an_installed_libacb_works_with_cmake_and_pkg_config() {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let lib_dir: PathBuf = std::env::current_exe().unwrap().parent().and_then(Path::parent).unwrap().to_path_buf();
+    let lib_dir: PathBuf = common::lib_dir();
     let dir = scratch("packaging");
     let prefix = dir.join("prefix");
     run(Command::new("cmake")

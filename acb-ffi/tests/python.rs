@@ -19,8 +19,7 @@ fn the_python_package_passes_its_tests() {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let lib = std::env::current_exe().unwrap().parent().and_then(Path::parent).unwrap().join("libacb.so");
-    assert!(lib.exists(), "{} not built", lib.display());
+    let lib = common::lib_dir().join("libacb.so");
     let a = Assigner::start("python", "fake:2x80GiB");
     let out = Command::new("python3")
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])

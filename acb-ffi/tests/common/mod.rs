@@ -7,6 +7,19 @@ use std::time::{Duration, Instant};
 use acb_assigner::config::{Address, GpuSpec, ServeConfig};
 use acb_assigner::proto;
 
+/// The directory holding the libacb.so this test run built. `cargo test` leaves it beside the
+/// test executables (target/<profile>/deps); only `cargo build` copies it one level up, where
+/// an older one may linger, so deps comes first.
+pub fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap().to_path_buf();
+    let profile = deps.parent().unwrap().to_path_buf();
+    [deps, profile]
+        .into_iter()
+        .find(|d| d.join("libacb.so").exists() && d.join("libacb.a").exists())
+        .unwrap_or_else(|| panic!("libacb.so and libacb.a not built next to {}", exe.display()))
+}
+
 pub fn scratch(tag: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("acb-ffi-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&p).unwrap();
