@@ -170,16 +170,21 @@ pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn termination() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called (inside a
+/// runtime), not when the future is first polled: a signal that comes right after the daemon
+/// says it is ready must already be caught.
+pub fn termination() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        match handlers {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
+            _ => std::future::pending().await,
         }
-        _ => std::future::pending().await,
     }
 }

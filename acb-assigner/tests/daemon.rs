@@ -390,3 +390,31 @@ fn simulate_predicts_static_vs_brokered_on_the_alphafold2_trace() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("phase 1"));
 }
+
+#[test]
+fn logs_can_be_json_lines_filtered_by_rust_log() {
+    let dir = TempDir::new("jsonlog");
+    let sock = dir.0.join("s.sock");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--gpus", "fake:1x8GiB", "--log-format", "json", "--listen"])
+        .arg(format!("unix:{}", sock.display()))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = common::Lines::new(child.stdout.take().unwrap());
+    lines.wait_for("ready", T);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let records: Vec<serde_json::Value> = stderr.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["level"] == "INFO" && r["fields"]["message"].as_str().is_some_and(|m| m.contains("listening"))),
+        "{stderr}"
+    );
+}

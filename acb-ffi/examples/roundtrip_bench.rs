@@ -33,7 +33,8 @@ fn median(v: &mut [f64]) -> f64 {
 fn serve(socket: PathBuf) {
     let cfg = ServeConfig::simulated(socket, 1, acb_core::Policy::Simple);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(acb_assigner::server::serve(cfg, acb_assigner::server::termination())).unwrap();
+    // termination() installs signal handlers, so it must be called inside the runtime.
+    rt.block_on(async { acb_assigner::server::serve(cfg, acb_assigner::server::termination()).await }).unwrap();
 }
 
 fn main() {
