@@ -27,10 +27,16 @@ use crate::status::acb_status;
 type Failure = (acb_status, String);
 
 enum Cmd {
-    Begin { demand: GpuDemand, reply: std_mpsc::Sender<Result<acb_lease, Failure>> },
+    Begin {
+        demand: GpuDemand,
+        reply: std_mpsc::Sender<Result<acb_lease, Failure>>,
+    },
     Cancel,
-    End,
-    Close { reply: std_mpsc::Sender<()> },
+    /// An end with a yield pending: apply it now (see [`Kept`]).
+    Wake,
+    Close {
+        reply: std_mpsc::Sender<()>,
+    },
 }
 
 /// Results of spawned RPCs, tagged with the generations they belong to: a result from a
@@ -41,6 +47,36 @@ enum Internal {
     ReleaseDone { session: u64, lease: u64 },
 }
 
+/// Lets GPU phases on a kept GPU start and end on the caller's thread, without waking the
+/// client thread: a wake-up costs tens of µs on a small or virtual machine, more than the rest
+/// of a phase boundary. Protocol, all under the one mutex:
+/// - the driver publishes `lease` only between events, while the machine is IdleHeld and not
+///   asked to yield;
+/// - `acb_on_device_begin` takes a published lease that fits and records its demand in
+///   `claimed`; `acb_on_device_end` sets `end_pending`; neither wakes the driver, except an end
+///   while a yield is pending (`yield_pending`, mirrored by the driver), so that the GPU goes
+///   back at once;
+/// - before handling any event the driver applies a claim (the phase begins) and then an end,
+///   and withdraws the publication: nothing can move the machine between a caller's claim and
+///   the driver seeing it. While it holds a lease the driver ticks every [`TICK`], so claims and
+///   ends reach the machine (and the assigner hears busy or idle) within that time.
+#[derive(Default)]
+struct Kept {
+    lease: Option<(GpuDemand, acb_lease)>,
+    claimed: Option<GpuDemand>,
+    end_pending: bool,
+    yield_pending: bool,
+}
+
+type SharedKept = std::sync::Arc<std::sync::Mutex<Kept>>;
+
+fn lock(k: &SharedKept) -> std::sync::MutexGuard<'_, Kept> {
+    k.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How often the driver looks for claims and ends while it holds a lease.
+const TICK: Duration = Duration::from_millis(2);
+
 /// A client of the assigner: one job (or one rank of a job). Any thread may call its
 /// functions; GPU phases are one at a time per client. Free it with `acb_client_free`, after
 /// every other call on it has returned.
@@ -49,6 +85,7 @@ pub struct acb_client {
     tx: mpsc::UnboundedSender<Cmd>,
     runtime: Option<tokio::runtime::Runtime>,
     config: acb_config,
+    kept: SharedKept,
     /// Where the caller's GPU phase is (IDLE, BEGINNING, ACTIVE). `acb_on_device_end` checks it here
     /// and posts the end without waiting for the client thread: one thread round trip less per
     /// phase. Commands are handled in order, so a begin after it still sees the end first.
@@ -66,6 +103,13 @@ impl std::fmt::Debug for acb_client {
     }
 }
 
+enum Event {
+    Cmd(Option<Cmd>),
+    Internal(Option<Internal>),
+    Session(Option<proto::SessionEvent>),
+    Timer,
+}
+
 struct Driver {
     cfg: acb_config,
     machine: ClientMachine,
@@ -78,6 +122,10 @@ struct Driver {
     fail_status: Option<acb_status>,
     /// Bumped by every request sent and every request withdrawn.
     alloc_gen: u64,
+    /// Shared with callers for phases on a kept GPU.
+    kept: SharedKept,
+    /// The demand of the current (or last) phase.
+    last_demand: Option<GpuDemand>,
     /// Bumped by every session opened or lost.
     session_gen: u64,
     internal: mpsc::UnboundedSender<Internal>,
@@ -90,15 +138,26 @@ impl Driver {
 
     async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut internal: mpsc::UnboundedReceiver<Internal>) {
         loop {
-            let deadline = self.machine.poll_timeout().map(|t| self.start + Duration::from_nanos(t.as_nanos()));
+            let mut deadline = self.machine.poll_timeout().map(|t| self.start + Duration::from_nanos(t.as_nanos()));
+            if self.machine.lease().is_some() {
+                let tick = tokio::time::Instant::now() + TICK;
+                deadline = Some(deadline.map_or(tick, |d| d.min(tick)));
+            }
             let timer = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                cmd = cmds.recv() => match cmd {
+            let event = tokio::select! {
+                cmd = cmds.recv() => Event::Cmd(cmd),
+                msg = internal.recv() => Event::Internal(msg),
+                ev = next_event(&mut self.session) => Event::Session(ev),
+                () = timer => Event::Timer,
+            };
+            self.apply_callers();
+            match event {
+                Event::Cmd(cmd) => match cmd {
                     Some(Cmd::Close { reply }) => {
                         self.close().await;
                         let _ = reply.send(());
@@ -110,27 +169,62 @@ impl Driver {
                         return;
                     }
                 },
-                msg = internal.recv() => {
-                    if let Some(msg) = msg {
-                        self.internal(msg);
-                    }
-                }
-                ev = next_event(&mut self.session) => self.session_event(ev),
-                () = timer => {
+                Event::Internal(Some(msg)) => self.internal(msg),
+                Event::Internal(None) => {}
+                Event::Session(ev) => self.session_event(ev),
+                Event::Timer => {
                     let now = self.now();
                     self.machine.handle_timeout(now);
                 }
             }
             self.connect_if_needed().await;
             self.perform().await;
+            self.publish_kept();
         }
+    }
+
+    /// Applies what callers did on their own threads (see [`Kept`]): a claim, then an end; and
+    /// withdraws the published lease, before anything else may move the machine.
+    fn apply_callers(&mut self) {
+        let mut k = lock(&self.kept);
+        k.lease = None;
+        let claimed = k.claimed.take();
+        let ended = std::mem::take(&mut k.end_pending);
+        drop(k);
+        let now = self.now();
+        if let Some(demand) = claimed {
+            // Published only while it fits; the caller already has the lease, so the machine's
+            // Ready needs no reply.
+            let _ = self.machine.begin(demand, now);
+        }
+        if ended && let Err(e) = self.machine.end(now) {
+            // The lease went away under the phase (revoked, or the assigner vanished).
+            tracing_free_log(&e);
+        }
+    }
+
+    /// Publishes the kept lease while the machine keeps one, idle and unasked; mirrors whether
+    /// a yield waits for the end of the active phase.
+    fn publish_kept(&mut self) {
+        let yield_pending = self.machine.state() == State::Active && self.machine.yield_asked();
+        let publish = self.machine.state() == State::IdleHeld && !self.machine.yield_asked();
+        let lease = match (publish, self.machine.lease(), self.last_demand.clone()) {
+            (true, Some(l), Some(d)) => Some((d, self.lease_for(l))),
+            _ => None,
+        };
+        let mut k = lock(&self.kept);
+        k.yield_pending = yield_pending;
+        k.lease = lease;
     }
 
     fn command(&mut self, cmd: Cmd) {
         let now = self.now();
         match cmd {
-            Cmd::Begin { demand, reply } => match self.machine.begin(demand, now) {
-                Ok(()) => self.begin_reply = Some(reply),
+            Cmd::Begin { demand, reply } => match self.machine.begin(demand.clone(), now) {
+                Ok(()) => {
+                    self.begin_reply = Some(reply);
+                    self.last_demand = Some(demand);
+                }
                 Err(e) => {
                     let _ = reply.send(Err(failure(&e, None)));
                 }
@@ -142,12 +236,8 @@ impl Driver {
                     let _ = self.machine.end(now);
                 }
             }
-            Cmd::End => {
-                if let Err(e) = self.machine.end(now) {
-                    // The lease went away under the phase (revoked, or the assigner vanished).
-                    tracing_free_log(&e);
-                }
-            }
+            // The end itself was applied by apply_callers; this only woke the driver.
+            Cmd::Wake => {}
             Cmd::Close { .. } => {}
         }
     }
@@ -411,6 +501,7 @@ pub extern "C" fn acb_client_new(config: *const acb_config, client_out: *mut *mu
         };
         let (tx, cmds) = mpsc::unbounded_channel();
         let (itx, irx) = mpsc::unbounded_channel();
+        let kept = SharedKept::default();
         let mut machine = ClientMachine::new(ClientConfig { release: cfg.release, idle_timeout: cfg.idle_timeout });
         // Not connected yet: the first phase connects.
         machine.handle_disconnect(CoreInstant::ZERO);
@@ -427,10 +518,12 @@ pub extern "C" fn acb_client_new(config: *const acb_config, client_out: *mut *mu
             fail_status: None,
             alloc_gen: 0,
             session_gen: 0,
+            kept: kept.clone(),
+            last_demand: None,
             internal: itx,
         };
         runtime.spawn(driver.run(cmds, irx));
-        let client = acb_client { tx, runtime: Some(runtime), config: cfg, phase: std::sync::atomic::AtomicU8::new(IDLE) };
+        let client = acb_client { tx, runtime: Some(runtime), config: cfg, kept, phase: std::sync::atomic::AtomicU8::new(IDLE) };
         // SAFETY: checked non-NULL.
         unsafe { *client_out = Box::into_raw(Box::new(client)) };
         acb_status::Ok
@@ -480,6 +573,20 @@ pub extern "C" fn acb_on_device_begin(
             return fail(acb_status::AlreadyActive, "on_device_begin called twice without on_device_end");
         }
         let demand = GpuDemand { gpus: r.gpus, memory_per_gpu: r.memory_per_gpu, priority: r.priority, affinity: Default::default() };
+        // Fast path: the GPU kept from the last phase fits; take it here (see `Kept`).
+        {
+            let mut k = lock(&c.kept);
+            if k.lease.as_ref().is_some_and(|(d, _)| *d == demand)
+                && let Some((d, lease)) = k.lease.take()
+            {
+                k.claimed = Some(d);
+                drop(k);
+                c.phase.store(ACTIVE, std::sync::atomic::Ordering::Release);
+                // SAFETY: checked non-NULL.
+                unsafe { *lease_out = Box::into_raw(Box::new(lease)) };
+                return acb_status::Ok;
+            }
+        }
         let (tx, rx) = std_mpsc::channel();
         if c.tx.send(Cmd::Begin { demand, reply: tx }).is_err() {
             c.phase.store(IDLE, std::sync::atomic::Ordering::Release);
@@ -522,7 +629,12 @@ pub extern "C" fn acb_on_device_end(client: *const acb_client) -> acb_status {
         if c.phase.compare_exchange(ACTIVE, IDLE, AcqRel, Acquire).is_err() {
             return fail(acb_status::NotActive, "on_device_end called without on_device_begin");
         }
-        if c.tx.send(Cmd::End).is_err() {
+        let wake = {
+            let mut k = lock(&c.kept);
+            k.end_pending = true;
+            k.yield_pending
+        };
+        if wake && c.tx.send(Cmd::Wake).is_err() {
             return fail(acb_status::Internal, "libacb's client thread has stopped");
         }
         acb_status::Ok

@@ -126,3 +126,49 @@ fn a_client_reconnects_after_the_assigner_restarts_while_it_is_idle() {
     drop(b);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Phases on a kept GPU start on the caller's thread (the fast path). When another job waits,
+/// the kept GPU goes to it, and the first job never gets a lease that was given away: the
+/// assigner's record never shows two holders.
+#[test]
+fn the_fast_path_never_hands_out_a_lease_that_was_given_away() {
+    use acb_assigner::events::EventKind;
+    let a = Assigner::start("fastpath", "fake:1x80GiB");
+    let first = Client::new(&a.addr(), "first", false);
+    let lease = first.begin(0).unwrap();
+    assert_eq!(first.end(), acb_status::Ok);
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(5)); // a CPU phase: the end is applied
+        assert_eq!(first.begin(0).unwrap(), lease, "the kept GPU is reused");
+        assert_eq!(first.end(), acb_status::Ok);
+    }
+    // A second job waits: the first's kept GPU is asked back and given to it.
+    let addr = a.addr();
+    let second = std::thread::spawn(move || {
+        let c = Client::new(&addr, "second", false);
+        let l = c.begin(10_000).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(c.end(), acb_status::Ok);
+        l // the client is freed here: its kept GPU goes back
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    // While the second holds the GPU, the first cannot have it, on any path.
+    assert_eq!(first.begin(100), Err(acb_status::Timeout));
+    let second_lease = second.join().unwrap();
+    assert_ne!(second_lease, lease);
+    let again = first.begin(10_000).unwrap();
+    assert_ne!(again, lease, "the old lease was given back");
+    assert_eq!(first.end(), acb_status::Ok);
+    // The record: on GPU 0, each grant follows the release of the previous holder.
+    let mut holder: Option<u64> = None;
+    for e in a.events() {
+        match e.kind {
+            EventKind::Granted { lease, .. } => {
+                assert!(holder.is_none(), "lease {lease} granted while {holder:?} held the GPU");
+                holder = Some(lease);
+            }
+            EventKind::Released { lease, .. } if holder == Some(lease) => holder = None,
+            _ => {}
+        }
+    }
+}
