@@ -16,7 +16,10 @@
 //! - a GPU held by two leases at once (memory fences let jobs share one) counts once towards
 //!   utilisation, and the two leases are drawn in two lanes of the GPU's row;
 //! - colours go by the rank of the client id in the record, so they are distinct for up to
-//!   twelve clients and the same for one client everywhere in the picture.
+//!   twelve clients and the same for one client everywhere in the picture;
+//! - when the caller also knows when each GPU computed ([`Busy`], e.g. from the jobs' own
+//!   phase reports), holds are drawn pale and the computing inside them solid, and the
+//!   utilisation is the time computing: a GPU held through a CPU phase shows as held but idle.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
@@ -33,12 +36,39 @@ pub struct GpuRow {
     pub label: String,
 }
 
+/// A time GPU `gpu` computed, in the record's time (since the assigner started).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Busy {
+    /// The GPU id that `Granted` events name.
+    pub gpu: u32,
+    /// When it started computing.
+    pub from: Duration,
+    /// When it stopped.
+    pub to: Duration,
+}
+
 /// Renders `events` over GPUs `gpus` as a standalone SVG document (~1200 px wide).
 ///
 /// `title` goes on top as given (it is where a caller says "simulated"). `end` is the time the
 /// record ends; the last event's time if `None`.
 pub fn render_svg(title: &str, gpus: &[GpuRow], events: &[Event], end: Option<Duration>) -> String {
-    let record = Record::read(events, end);
+    let record = Record::read(events, None, end);
+    let mut svg = Svg(String::new());
+    Picture::new(title, gpus, &record).draw(&mut svg);
+    svg.0
+}
+
+/// [`render_svg`] over the times `from..to`, with the times the GPUs computed drawn solid
+/// inside the holds (which are drawn pale), and utilisation counted as time computing.
+pub fn render_svg_with_busy(
+    title: &str,
+    gpus: &[GpuRow],
+    events: &[Event],
+    (from, to): (Duration, Duration),
+    busy: &[Busy],
+) -> String {
+    let mut record = Record::read(events, Some(from), Some(to));
+    record.set_busy(busy);
     let mut svg = Svg(String::new());
     Picture::new(title, gpus, &record).draw(&mut svg);
     svg.0
@@ -47,7 +77,7 @@ pub fn render_svg(title: &str, gpus: &[GpuRow], events: &[Event], end: Option<Du
 /// Aggregate utilisation: the fraction of GPU-time held over all GPUs in `gpus` from the first
 /// event to `end`, in `0.0..=1.0`. Zero for no GPUs or a zero-length record.
 pub fn utilisation(gpus: &[GpuRow], events: &[Event], end: Duration) -> f64 {
-    Record::read(events, Some(end)).utilisation(gpus)
+    Record::read(events, None, Some(end)).utilisation(gpus)
 }
 
 /// A lease's hold on its GPUs; times are seconds since the assigner started, clipped to the
@@ -89,11 +119,14 @@ struct Record {
     holds: Vec<Hold>,
     waits: Vec<Wait>,
     lost: Vec<Lost>,
+    /// (GPU, from, to) computing, clipped and sorted by start; empty when not known.
+    busy: Vec<(u32, f64, f64)>,
 }
 
 impl Record {
-    fn read(events: &[Event], end: Option<Duration>) -> Self {
-        let start = events.iter().map(|e| e.at).min().unwrap_or_default();
+    /// The record from `start` (its first event when `None`) to `end` (its last event).
+    fn read(events: &[Event], start: Option<Duration>, end: Option<Duration>) -> Self {
+        let start = start.or_else(|| events.iter().map(|e| e.at).min()).unwrap_or_default();
         let end = end.or_else(|| events.iter().map(|e| e.at).max()).unwrap_or(start).max(start);
         let (start, end) = (start.as_secs_f64(), end.as_secs_f64());
 
@@ -172,21 +205,39 @@ impl Record {
         }
         holds.sort_by(|a, b| a.from.total_cmp(&b.from).then(a.to.total_cmp(&b.to)).then(a.lease.cmp(&b.lease)));
         waits.sort_by(|a, b| a.from.total_cmp(&b.from).then(a.client.cmp(&b.client)));
-        Record { events: events.len(), start, end, clients, holds, waits, lost }
+        Record { events: events.len(), start, end, clients, holds, waits, lost, busy: Vec::new() }
+    }
+
+    fn set_busy(&mut self, busy: &[Busy]) {
+        let (start, end) = (self.start, self.end);
+        let clip = |t: Duration| t.as_secs_f64().max(start).min(end);
+        self.busy = busy.iter().map(|b| (b.gpu, clip(b.from), clip(b.to))).filter(|b| b.2 > b.1).collect();
+        self.busy.sort_by(|a, b| a.1.total_cmp(&b.1));
+    }
+
+    /// The hold on `gpu` that covers time `at`, if any.
+    fn holder(&self, gpu: u32, at: f64) -> Option<&Hold> {
+        self.holds.iter().find(|h| h.gpus.contains(&gpu) && h.from <= at && at <= h.to)
     }
 
     fn span(&self) -> f64 {
         self.end - self.start
     }
 
-    /// The times GPU `gpu` was held by some lease, merged, in order.
-    fn held(&self, gpu: u32) -> Vec<(f64, f64)> {
+    /// The times GPU `gpu` was in use, merged, in order: computing when that is known, else
+    /// held by some lease.
+    fn in_use(&self, gpu: u32) -> Vec<(f64, f64)> {
+        // Both lists are sorted by start, so one pass merges.
+        let intervals: Vec<(f64, f64)> = if self.busy.is_empty() {
+            self.holds.iter().filter(|h| h.to > h.from && h.gpus.contains(&gpu)).map(|h| (h.from, h.to)).collect()
+        } else {
+            self.busy.iter().filter(|b| b.0 == gpu).map(|b| (b.1, b.2)).collect()
+        };
         let mut merged: Vec<(f64, f64)> = Vec::new();
-        // `holds` is sorted by start, so one pass merges.
-        for h in self.holds.iter().filter(|h| h.to > h.from && h.gpus.contains(&gpu)) {
+        for (from, to) in intervals {
             match merged.last_mut() {
-                Some(last) if h.from <= last.1 => last.1 = last.1.max(h.to),
-                _ => merged.push((h.from, h.to)),
+                Some(last) if from <= last.1 => last.1 = last.1.max(to),
+                _ => merged.push((from, to)),
             }
         }
         merged
@@ -197,14 +248,14 @@ impl Record {
         if ids.is_empty() || self.span() <= 0.0 {
             return 0.0;
         }
-        let held: f64 = ids.iter().flat_map(|&id| self.held(id)).map(|(from, to)| to - from).sum();
-        (held / (ids.len() as f64 * self.span())).clamp(0.0, 1.0)
+        let used: f64 = ids.iter().flat_map(|&id| self.in_use(id)).map(|(from, to)| to - from).sum();
+        (used / (ids.len() as f64 * self.span())).clamp(0.0, 1.0)
     }
 
-    /// How many of `ids` are held from each time on: a step function starting at `start`.
+    /// How many of `ids` are in use from each time on: a step function starting at `start`.
     fn steps(&self, ids: &BTreeSet<u32>) -> Vec<(f64, i64)> {
         let mut changes: Vec<(f64, i64)> =
-            ids.iter().flat_map(|&id| self.held(id)).flat_map(|(from, to)| [(from, 1), (to, -1)]).collect();
+            ids.iter().flat_map(|&id| self.in_use(id)).flat_map(|(from, to)| [(from, 1), (to, -1)]).collect();
         changes.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut steps = vec![(self.start, 0)];
         let mut level = 0;
@@ -393,7 +444,16 @@ impl<'a> Picture<'a> {
             ));
         };
 
-        section(svg, self.gpu_top, "GPUs: which job holds each GPU");
+        let computing = !self.record.busy.is_empty();
+        section(
+            svg,
+            self.gpu_top,
+            if computing {
+                "GPUs: which job holds each GPU (solid: computing, pale: held but idle)"
+            } else {
+                "GPUs: which job holds each GPU"
+            },
+        );
         for (i, gpu) in self.gpus.iter().enumerate() {
             let y = self.gpu_top + GPU_PITCH * i as f64;
             let text_y = y + GPU_BAR / 2.0 + 4.0;
@@ -430,7 +490,8 @@ impl<'a> Picture<'a> {
         }
 
         let gpus = distinct_ids(self.gpus).len();
-        section(svg, self.util_top, &format!("Utilisation: GPUs held / {}", plural(gpus, "GPU", "GPUs")));
+        let what = if computing { "computing" } else { "held" };
+        section(svg, self.util_top, &format!("Utilisation: GPUs {what} / {}", plural(gpus, "GPU", "GPUs")));
         let top = self.util_top;
         svg.put(format_args!(
             r##"<rect x="{PLOT_LEFT}" y="{top:.1}" width="{plot_width:.1}" height="{UTIL_HEIGHT}" fill="#f2f2f2"/>"##
@@ -463,9 +524,10 @@ impl<'a> Picture<'a> {
                 r##"<text x="{x:.1}" y="{text_y:.1}" text-anchor="middle" fill="#333333">{text}</text>"##
             ));
         }
-        let label_x = PLOT_LEFT - 8.0;
+        // Under the tick labels: a tick at the plot's left edge would overlap it otherwise.
+        let (label_x, label_y) = (PLOT_LEFT - 8.0, text_y + 14.0);
         svg.put(format_args!(
-            r##"<text x="{label_x:.1}" y="{text_y:.1}" text-anchor="end" fill="#444444">time ({unit})</text>"##
+            r##"<text x="{label_x:.1}" y="{label_y:.1}" text-anchor="end" fill="#444444">time ({unit})</text>"##
         ));
     }
 
@@ -500,13 +562,32 @@ impl<'a> Picture<'a> {
             let lane_height = GPU_BAR / lane_ends.len().max(1) as f64;
             for (lane, hold) in placed {
                 let y = row_top + lane_height * lane as f64;
-                self.draw_hold_bar(svg, hold, y, lane_height, true);
+                self.draw_hold_bar(svg, hold, Some(gpu.id), y, lane_height, true);
             }
         }
     }
 
-    fn draw_hold_bar(&self, svg: &mut Svg, hold: &Hold, y: f64, height: f64, named: bool) {
-        let Colour { fill, ink } = self.colour(hold.client);
+    /// Solid bars where `hold`'s GPU (`gpu`, or any of its GPUs) computed.
+    fn draw_busy(&self, svg: &mut Svg, hold: &Hold, gpu: Option<u32>, y: f64, height: f64) {
+        let Colour { fill, .. } = self.colour(hold.client);
+        for &(id, from, to) in &self.record.busy {
+            let mine = gpu.is_none_or(|g| g == id) && hold.gpus.contains(&id);
+            let midpoint = (from + to) / 2.0;
+            if !mine || self.record.holder(id, midpoint).is_none_or(|h| h.lease != hold.lease) {
+                continue;
+            }
+            let x = self.x(from);
+            let width = (self.x(to) - x).max(1.0);
+            let tip = escape(&format!("{} computing on GPU {id}: {}", self.job(hold.client), interval(from, to)));
+            svg.put(format_args!(
+                r#"<rect class="busy" x="{x:.1}" y="{y:.1}" width="{width:.1}" height="{height:.1}" fill="{fill}" pointer-events="visiblePainted"><title>{tip}</title></rect>"#
+            ));
+        }
+    }
+
+    /// A hold's bar, with its computing inside when known (on GPU `gpu`, or on any of its GPUs).
+    fn draw_hold_bar(&self, svg: &mut Svg, hold: &Hold, gpu: Option<u32>, y: f64, height: f64, named: bool) {
+        let Colour { fill, mut ink } = self.colour(hold.client);
         let x = self.x(hold.from);
         // A sliver stays visible, however short the hold.
         let width = (self.x(hold.to) - x).max(1.0);
@@ -519,9 +600,15 @@ impl<'a> Picture<'a> {
             interval(hold.from, hold.to)
         );
         let tip = escape(&tip);
+        let opacity = if self.record.busy.is_empty() { 1.0 } else { 0.3 };
         svg.put(format_args!(
-            r##"<rect x="{x:.1}" y="{y:.1}" width="{width:.1}" height="{height:.1}" fill="{fill}" stroke="#ffffff" stroke-width="1"><title>{tip}</title></rect>"##
+            r##"<rect x="{x:.1}" y="{y:.1}" width="{width:.1}" height="{height:.1}" fill="{fill}" fill-opacity="{opacity}" stroke="#ffffff" stroke-width="1"><title>{tip}</title></rect>"##
         ));
+        if !self.record.busy.is_empty() {
+            self.draw_busy(svg, hold, gpu, y, height);
+            // The label goes over pale and solid stretches alike: dark on a white halo.
+            ink = "#1a1a1a";
+        }
         // The job's name where it fits, else its client number, else only the colour.
         let fits = |text: &str| !text.is_empty() && text.chars().count() as f64 * CHAR_WIDTH_11PX + 6.0 <= width;
         let short = format!("#{}", hold.client);
@@ -532,11 +619,16 @@ impl<'a> Picture<'a> {
         } else {
             None
         };
+        let halo = if self.record.busy.is_empty() {
+            ""
+        } else {
+            r##" stroke="#ffffff" stroke-width="3" paint-order="stroke""##
+        };
         if let (true, true, Some(label)) = (named, height >= 12.0, label) {
             let (text_x, text_y) = (x + width / 2.0, y + height / 2.0 + 4.0);
             let job = escape(label);
             svg.put(format_args!(
-                r#"<text x="{text_x:.1}" y="{text_y:.1}" text-anchor="middle" font-size="11" fill="{ink}" pointer-events="none">{job}</text>"#
+                r##"<text x="{text_x:.1}" y="{text_y:.1}" text-anchor="middle" font-size="11" fill="{ink}"{halo} pointer-events="none">{job}</text>"##
             ));
         }
     }
@@ -562,7 +654,7 @@ impl<'a> Picture<'a> {
                 ));
             }
             for hold in self.record.holds.iter().filter(|h| h.client == client && h.to > h.from) {
-                self.draw_hold_bar(svg, hold, y, CLIENT_BAR, false);
+                self.draw_hold_bar(svg, hold, None, y, CLIENT_BAR, false);
             }
         }
     }
@@ -805,6 +897,43 @@ mod tests {
         assert!(svg.contains("two jobs (simulated)"));
         // B's wait, 1..6 s, is drawn hatched in its row.
         assert!(svg.contains("infer-b (client #2) waits, request #2: 1.000 s to 6.000 s"));
+        assert_well_formed(&svg);
+    }
+
+    #[test]
+    fn computing_inside_holds_is_the_utilisation_when_known() {
+        // A computes 1..2 s of its 0..4 s hold, B 6..7 s of its 6..8 s; a busy report outside
+        // every hold (9..9.5 s) counts towards utilisation but is drawn for no lease.
+        let busy =
+            |from: f64, to: f64| Busy { gpu: 0, from: Duration::from_secs_f64(from), to: Duration::from_secs_f64(to) };
+        let computing = [busy(1.0, 2.0), busy(6.0, 7.0), busy(9.0, 9.5)];
+        let span = (Duration::ZERO, Duration::from_secs(10));
+        let svg = render_svg_with_busy("two jobs (simulated)", &one_gpu(), &two_jobs_one_gpu(), span, &computing);
+        assert!(svg.contains("GPU utilisation 25.0% of 1 GPU over 10.0 s"), "{svg}");
+        assert!(svg.contains("solid: computing, pale: held but idle"));
+        assert!(svg.contains("Utilisation: GPUs computing / 1 GPU"));
+        // Each computing stretch inside a hold is drawn in the GPU's row and in its client's.
+        assert_eq!(svg.matches(r#"class="busy""#).count(), 4, "{svg}");
+        assert!(svg.contains("train-a computing on GPU 0: 1.000 s to 2.000 s"));
+        assert!(svg.contains("infer-b computing on GPU 0: 6.000 s to 7.000 s"));
+        assert!(!svg.contains("9.500 s"));
+        assert!(svg.contains(r#"fill-opacity="0.3""#));
+        assert_well_formed(&svg);
+    }
+
+    #[test]
+    fn a_span_given_starts_the_picture_before_the_first_event() {
+        let events = Story::new().at(5.0, connected(1, "late")).at(5.0, granted(1, "late", 1, 1, &[0])).0;
+        let svg = render_svg_with_busy(
+            "late (simulated)",
+            &one_gpu(),
+            &events,
+            (Duration::ZERO, Duration::from_secs(10)),
+            &[],
+        );
+        // Held 5 of 10 seconds, not all of the 5 seconds after the first event.
+        assert!(svg.contains("GPU utilisation 50.0% of 1 GPU over 10.0 s (from 0.0 s to 10.0 s)"), "{svg}");
+        assert!(!svg.contains("class=\"busy\""));
         assert_well_formed(&svg);
     }
 
