@@ -108,8 +108,53 @@ enum Cmd {
         #[arg(long)]
         svg_dir: Option<PathBuf>,
     },
-    /// Run the demo (not built yet).
-    Demo,
+    /// The demo: the same pipeline jobs run statically, then brokered by acb, on SIMULATED
+    /// GPUs, with real job processes through libacb; a table side by side and a timeline of each.
+    Demo(DemoArgs),
+    /// One job of the demo (started by `demo`).
+    #[command(hide = true)]
+    DemoJob {
+        /// Work items.
+        #[arg(long)]
+        items: u32,
+        /// Each item's CPU phase.
+        #[arg(long, value_parser = config::parse_duration)]
+        cpu: Duration,
+        /// Each item's GPU phase.
+        #[arg(long, value_parser = config::parse_duration)]
+        gpu: Duration,
+        /// Hold one GPU for the whole job (static allocation).
+        #[arg(long = "static")]
+        whole_life: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// About 15 seconds instead of about a minute (fewer, shorter work items).
+    #[arg(long)]
+    quick: bool,
+    /// Jobs (default 8).
+    #[arg(long)]
+    jobs: Option<u32>,
+    /// Simulated GPUs (default 2).
+    #[arg(long)]
+    gpus: Option<u32>,
+    /// Work items per job (default 6; 3 with --quick).
+    #[arg(long)]
+    items: Option<u32>,
+    /// Each item's CPU phase (default 1200ms; 450ms with --quick).
+    #[arg(long, value_parser = config::parse_duration)]
+    cpu: Option<Duration>,
+    /// Each item's GPU phase (default 400ms; 150ms with --quick).
+    #[arg(long, value_parser = config::parse_duration)]
+    gpu: Option<Duration>,
+    /// The scheduler of the brokered run.
+    #[arg(long, value_parser = parse_policy, default_value = "simple")]
+    scheduler: Policy,
+    /// Where to write the timelines (static.svg, brokered.svg).
+    #[arg(long, default_value = "acb-demo")]
+    out_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -373,9 +418,46 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 }
             }
         }
-        Cmd::Demo => {
-            eprintln!("acb-assigner: this subcommand is not built yet");
-            Ok(ExitCode::from(2))
+        Cmd::Demo(args) => {
+            let (jobs, gpus, items, cpu, gpu) = crate::demo::DemoConfig::workload(args.quick);
+            let exe = std::env::current_exe().map_err(|e| format!("cannot find the running executable: {e}"))?;
+            let mut cfg = crate::demo::DemoConfig {
+                jobs: args.jobs.unwrap_or(jobs),
+                gpus: args.gpus.unwrap_or(gpus),
+                items: args.items.unwrap_or(items),
+                cpu: args.cpu.unwrap_or(cpu),
+                gpu: args.gpu.unwrap_or(gpu),
+                scheduler: args.scheduler,
+                out_dir: args.out_dir,
+                library: PathBuf::new(),
+                exe,
+            };
+            // Bad settings first (status 2), then what is missing from the machine (status 1).
+            if let Err(e) = cfg.validate() {
+                eprintln!("acb-assigner: {e}");
+                return Ok(ExitCode::from(2));
+            }
+            cfg.library = crate::demo::libacb::locate()?;
+            crate::demo::run(&cfg).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::DemoJob { items, cpu, gpu, whole_life } => {
+            let plan = crate::demo::job::JobPlan {
+                items,
+                cpu,
+                gpu,
+                holding: if whole_life {
+                    crate::demo::job::Holding::Static
+                } else {
+                    crate::demo::job::Holding::Brokered
+                },
+            };
+            let library = crate::demo::libacb::locate()?;
+            // libacb blocks its caller: run the job on a thread of its own, off the runtime.
+            tokio::task::spawn_blocking(move || crate::demo::job::run(&library, plan))
+                .await
+                .map_err(|e| format!("the job's thread: {e}"))??;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

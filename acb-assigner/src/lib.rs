@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod convert;
+pub mod demo;
 pub mod discovery;
 pub mod driver;
 pub mod events;

@@ -1,0 +1,140 @@
+//! One demo job, a process of its own (`acb-assigner demo-job`, hidden): a pipeline of work
+//! items, each a CPU phase then a GPU phase, asking libacb for a GPU as the white paper's manual
+//! mode does. CPU and GPU phases are sleeps standing in for data preparation and kernels on a
+//! simulated GPU.
+//!
+//! It tells the demo what it does in lines on stdout, flushed at once, which the demo stamps
+//! as they arrive: see [`Line`].
+
+use std::io::Write;
+use std::time::Duration;
+
+use super::libacb::Libacb;
+
+/// How a job holds its GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holding {
+    /// The job asks for a GPU once and keeps it for its whole life (static allocation).
+    Static,
+    /// The job asks for a GPU at each GPU phase and ends the phase after it (acb).
+    Brokered,
+}
+
+/// What a job does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobPlan {
+    /// Work items.
+    pub items: u32,
+    /// Each item's CPU phase.
+    pub cpu: Duration,
+    /// Each item's GPU phase.
+    pub gpu: Duration,
+    /// Static or brokered.
+    pub holding: Holding,
+}
+
+/// A line a job prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Line {
+    /// About to call `acb_on_device_begin`.
+    Want,
+    /// `acb_on_device_begin` returned GPU `index`.
+    Got(u32),
+    /// A GPU phase starts (kernels would run now).
+    GpuStart,
+    /// The GPU phase is over.
+    GpuEnd,
+    /// A work item is done.
+    Item,
+    /// `acb_on_device_end` returned: the job no longer computes on the GPU.
+    Ended,
+}
+
+impl Line {
+    /// Parses a line; `None` for anything else (a job may print more).
+    pub fn parse(text: &str) -> Option<Line> {
+        let mut words = text.split_whitespace();
+        let line = match (words.next()?, words.next()) {
+            ("want", None) => Line::Want,
+            ("got", Some(index)) => Line::Got(index.parse().ok()?),
+            ("gpu-start", None) => Line::GpuStart,
+            ("gpu-end", None) => Line::GpuEnd,
+            ("item", None) => Line::Item,
+            ("ended", None) => Line::Ended,
+            _ => return None,
+        };
+        words.next().is_none().then_some(line)
+    }
+}
+
+impl std::fmt::Display for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Line::Want => f.write_str("want"),
+            Line::Got(index) => write!(f, "got {index}"),
+            Line::GpuStart => f.write_str("gpu-start"),
+            Line::GpuEnd => f.write_str("gpu-end"),
+            Line::Item => f.write_str("item"),
+            Line::Ended => f.write_str("ended"),
+        }
+    }
+}
+
+fn say(line: Line) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|()| out.flush()).map_err(|e| format!("stdout: {e}"))
+}
+
+/// Runs the job with libacb from `library`, against the assigner in `ACB_ASSIGNER`.
+pub fn run(library: &std::path::Path, plan: JobPlan) -> Result<(), String> {
+    let acb = Libacb::load(library)?;
+    let client = acb.client()?;
+    let begin = || -> Result<(), String> {
+        say(Line::Want)?;
+        let index = client.begin()?;
+        say(Line::Got(index))
+    };
+    let end = || -> Result<(), String> {
+        client.end()?;
+        say(Line::Ended)
+    };
+    if plan.holding == Holding::Static {
+        begin()?;
+    }
+    for _ in 0..plan.items {
+        std::thread::sleep(plan.cpu);
+        if plan.holding == Holding::Brokered {
+            begin()?;
+        }
+        say(Line::GpuStart)?;
+        std::thread::sleep(plan.gpu);
+        say(Line::GpuEnd)?;
+        if plan.holding == Holding::Brokered {
+            end()?;
+        }
+        say(Line::Item)?;
+    }
+    if plan.holding == Holding::Static {
+        end()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_read_back_as_printed() {
+        for line in [Line::Want, Line::Got(3), Line::GpuStart, Line::GpuEnd, Line::Item, Line::Ended] {
+            assert_eq!(Line::parse(&line.to_string()), Some(line));
+        }
+    }
+
+    #[test]
+    fn other_lines_are_not_taken_for_the_protocol() {
+        for text in ["", "got", "got x", "got 1 2", "item 1", "wanted", "acb: warning"] {
+            assert_eq!(Line::parse(text), None, "{text:?}");
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! What a demo run measured, from its jobs' stamped lines: pure, so it is tested on its own.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use acb_core::Bytes;
+
+use super::job::Line;
+use crate::timeline::Busy;
+
+/// A line from job `job`, stamped when the demo read it (time since the run started).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamped {
+    /// The job's number.
+    pub job: usize,
+    /// When the line arrived.
+    pub at: Duration,
+    /// What it said.
+    pub line: Line,
+}
+
+/// One run's figures.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunStats {
+    /// The column's heading.
+    pub label: String,
+    /// GPUs in the pool.
+    pub gpus: u32,
+    /// Jobs run.
+    pub jobs: usize,
+    /// From the start of the run to the last job's exit.
+    pub makespan: Duration,
+    /// Work items done.
+    pub items: u64,
+    /// Each job's waits for a GPU: from asking (`acb_on_device_begin`) to having one.
+    pub waits: Vec<Duration>,
+    /// Grants the assigner made.
+    pub grants: u64,
+    /// Bytes the jobs reported swapped; `None` when nothing swaps (no memory layer).
+    pub swapped: Option<u64>,
+    /// When each GPU computed (by GPU index), in the run's time.
+    pub busy: Vec<Busy>,
+}
+
+impl RunStats {
+    /// Reads the lines of a run of `jobs` jobs on `gpus` GPUs that took `makespan`.
+    pub fn read(label: &str, gpus: u32, jobs: usize, makespan: Duration, lines: &[Stamped]) -> RunStats {
+        #[derive(Clone, Copy, Default)]
+        struct Job {
+            asked: Option<Duration>,
+            gpu: Option<u32>,
+            computing: Option<Duration>,
+        }
+        let mut state = vec![Job::default(); jobs];
+        let (mut items, mut waits, mut busy) = (0, Vec::new(), Vec::new());
+        for s in lines {
+            let Some(job) = state.get_mut(s.job) else { continue };
+            match s.line {
+                Line::Want => job.asked = Some(s.at),
+                Line::Got(gpu) => {
+                    waits.extend(job.asked.take().map(|asked| s.at.saturating_sub(asked)));
+                    job.gpu = Some(gpu);
+                }
+                Line::GpuStart => job.computing = Some(s.at),
+                Line::GpuEnd => {
+                    if let (Some(from), Some(gpu)) = (job.computing.take(), job.gpu) {
+                        busy.push(Busy { gpu, from, to: s.at.max(from) });
+                    }
+                }
+                Line::Item => items += 1,
+                Line::Ended => job.gpu = None,
+            }
+        }
+        RunStats { label: label.to_owned(), gpus, jobs, makespan, items, waits, grants: 0, swapped: None, busy }
+    }
+
+    /// Work items per hour.
+    pub fn items_per_hour(&self) -> f64 {
+        let s = self.makespan.as_secs_f64();
+        if s > 0.0 { self.items as f64 * 3600.0 / s } else { 0.0 }
+    }
+
+    /// The fraction of GPU-time spent computing, over all GPUs and the whole run.
+    pub fn busy_fraction(&self) -> f64 {
+        let capacity = f64::from(self.gpus) * self.makespan.as_secs_f64();
+        if capacity <= 0.0 {
+            return 0.0;
+        }
+        let mut computing = 0.0;
+        for gpu in 0..self.gpus {
+            let mut spans: Vec<(f64, f64)> =
+                self.busy.iter().filter(|b| b.gpu == gpu).map(|b| (b.from.as_secs_f64(), b.to.as_secs_f64())).collect();
+            spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+            // Union: two jobs computing at once on one GPU count once.
+            let mut reach = f64::NEG_INFINITY;
+            for (from, to) in spans {
+                let from = from.max(reach);
+                if to > from {
+                    computing += to - from;
+                }
+                reach = reach.max(to);
+            }
+        }
+        (computing / capacity).clamp(0.0, 1.0)
+    }
+
+    /// Mean wait for a GPU per acquisition (zero when there were none).
+    pub fn mean_wait(&self) -> Duration {
+        match u32::try_from(self.waits.len()) {
+            Ok(n) if n > 0 => self.waits.iter().sum::<Duration>() / n,
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The longest wait for a GPU.
+    pub fn max_wait(&self) -> Duration {
+        self.waits.iter().max().copied().unwrap_or_default()
+    }
+}
+
+fn seconds(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 1.0 { format!("{s:.1} s") } else { format!("{:.0} ms", s * 1000.0) }
+}
+
+/// The side-by-side table, the first column the baseline the others are compared with.
+pub fn table(runs: &[RunStats]) -> String {
+    let Some(base) = runs.first() else { return String::new() };
+    let rows: Vec<(&str, Vec<String>)> = vec![
+        ("", runs.iter().map(|r| r.label.clone()).collect()),
+        ("GPUs / jobs", runs.iter().map(|r| format!("{} / {}", r.gpus, r.jobs)).collect()),
+        ("work items done", runs.iter().map(|r| r.items.to_string()).collect()),
+        ("wall time", runs.iter().map(|r| seconds(r.makespan)).collect()),
+        ("work items per hour", runs.iter().map(|r| format!("{:.0}", r.items_per_hour())).collect()),
+        (
+            "  vs first column",
+            runs.iter()
+                .map(|r| {
+                    let b = base.items_per_hour();
+                    if b > 0.0 { format!("{:.2}x", r.items_per_hour() / b) } else { "-".into() }
+                })
+                .collect(),
+        ),
+        ("GPU busy", runs.iter().map(|r| format!("{:.1} %", r.busy_fraction() * 100.0)).collect()),
+        ("GPU acquisitions", runs.iter().map(|r| r.waits.len().to_string()).collect()),
+        ("mean wait for a GPU", runs.iter().map(|r| seconds(r.mean_wait())).collect()),
+        ("max wait for a GPU", runs.iter().map(|r| seconds(r.max_wait())).collect()),
+        ("grants by the assigner", runs.iter().map(|r| r.grants.to_string()).collect()),
+        (
+            "bytes swapped",
+            runs.iter().map(|r| r.swapped.map_or_else(|| "- (note 2)".to_owned(), |b| Bytes(b).to_string())).collect(),
+        ),
+    ];
+    let label_width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+    let column_width = rows.iter().flat_map(|(_, cells)| cells.iter().map(String::len)).max().unwrap_or(0) + 2;
+    let mut out = String::new();
+    for (label, cells) in rows {
+        let _ = write!(out, "{label:<label_width$}");
+        for cell in cells {
+            let _ = write!(out, "{cell:>column_width$}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(job: usize, ms: u64, line: Line) -> Stamped {
+        Stamped { job, at: Duration::from_millis(ms), line }
+    }
+
+    /// Two jobs on one GPU, brokered: job 0 computes 100..300 ms, job 1 waits from 200 ms and
+    /// computes 300..500 ms; the run ends at 1 s.
+    fn two_jobs() -> Vec<Stamped> {
+        vec![
+            at(0, 100, Line::Want),
+            at(0, 100, Line::Got(0)),
+            at(0, 100, Line::GpuStart),
+            at(1, 200, Line::Want),
+            at(0, 300, Line::GpuEnd),
+            at(0, 300, Line::Ended),
+            at(0, 300, Line::Item),
+            at(1, 300, Line::Got(0)),
+            at(1, 300, Line::GpuStart),
+            at(1, 500, Line::GpuEnd),
+            at(1, 500, Line::Ended),
+            at(1, 500, Line::Item),
+        ]
+    }
+
+    #[test]
+    fn two_jobs_on_one_gpu_compute_four_tenths_of_the_run() {
+        let r = RunStats::read("brokered", 1, 2, Duration::from_secs(1), &two_jobs());
+        assert_eq!(r.items, 2);
+        assert!((r.busy_fraction() - 0.4).abs() < 1e-9, "{}", r.busy_fraction());
+        assert_eq!(r.waits, vec![Duration::ZERO, Duration::from_millis(100)]);
+        assert_eq!(r.mean_wait(), Duration::from_millis(50));
+        assert_eq!(r.max_wait(), Duration::from_millis(100));
+        assert!((r.items_per_hour() - 7200.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn overlapping_computing_on_one_gpu_counts_once() {
+        let lines = vec![
+            at(0, 0, Line::Got(0)),
+            at(1, 0, Line::Got(0)),
+            at(0, 0, Line::GpuStart),
+            at(1, 100, Line::GpuStart),
+            at(0, 300, Line::GpuEnd),
+            at(1, 400, Line::GpuEnd),
+        ];
+        let r = RunStats::read("sharing", 2, 2, Duration::from_secs(1), &lines);
+        // 0..400 ms on GPU 0, nothing on GPU 1: 0.4 of 2 GPU-seconds.
+        assert!((r.busy_fraction() - 0.2).abs() < 1e-9, "{}", r.busy_fraction());
+    }
+
+    #[test]
+    fn lines_from_unknown_jobs_or_out_of_order_are_ignored() {
+        let lines =
+            vec![at(7, 0, Line::Item), at(0, 0, Line::GpuEnd), at(0, 10, Line::Got(0)), at(0, 20, Line::GpuEnd)];
+        let r = RunStats::read("odd", 1, 1, Duration::ZERO, &lines);
+        assert_eq!((r.items, r.busy.len(), r.waits.len()), (0, 0, 0));
+        assert_eq!(r.busy_fraction(), 0.0);
+        assert_eq!(r.items_per_hour(), 0.0);
+    }
+
+    #[test]
+    fn the_table_compares_with_the_first_column() {
+        let base = RunStats::read("static", 1, 2, Duration::from_secs(2), &two_jobs());
+        let fast = RunStats::read("brokered", 1, 2, Duration::from_secs(1), &two_jobs());
+        let t = table(&[base, fast]);
+        assert!(t.contains("1.00x") && t.contains("2.00x"), "{t}");
+        assert!(t.contains("- (note 2)"), "{t}");
+    }
+}
