@@ -142,7 +142,8 @@ uint32_t acb_abi_version(void);
 /*
  Makes a client from `config` (copied; free the config whenever you like) into
  `*client_out`. It connects to the assigner at its first GPU phase, not here, so it works
- when the assigner starts later. Free it with `acb_client_free`.
+ when the assigner starts later. Free it with `acb_client_free`. When `ACB_PROFILE` names a
+ file, the client appends a JSON line to it at each phase boundary (`agarun --profile`).
  */
 acb_status acb_client_new(const acb_config *config, acb_client **client_out);
 

@@ -21,6 +21,7 @@ use crate::config::acb_config;
 use crate::error::fail;
 use crate::lease::{Device, acb_lease};
 use crate::panic::{check_out, ffi_panic_boundary, try_ref};
+use crate::profile::{Mark, Profile};
 use crate::request::acb_request;
 use crate::status::acb_status;
 
@@ -90,6 +91,25 @@ pub struct acb_client {
     /// and posts the end without waiting for the client thread: one thread round trip less per
     /// phase. Commands are handled in order, so a begin after it still sees the end first.
     phase: std::sync::atomic::AtomicU8,
+    /// Phase boundaries are recorded here when `ACB_PROFILE` is set (`agarun --profile`).
+    profile: Option<Profile>,
+}
+
+impl acb_client {
+    fn mark(&self, mark: Mark) {
+        if let Some(p) = &self.profile {
+            p.mark(mark);
+        }
+    }
+
+    /// A granted lease goes out to the caller: the phase is active.
+    fn hand_out(&self, lease: acb_lease, lease_out: *mut *mut acb_lease) -> acb_status {
+        self.mark(Mark::Got { gpus: lease.devices.len(), memory: lease.memory_per_gpu });
+        self.phase.store(ACTIVE, std::sync::atomic::Ordering::Release);
+        // SAFETY: the caller checked `lease_out` non-NULL.
+        unsafe { *lease_out = Box::into_raw(Box::new(lease)) };
+        acb_status::Ok
+    }
 }
 
 /// `acb_client::phase` values.
@@ -484,7 +504,8 @@ fn failure(e: &ClientError, status: Option<acb_status>) -> Failure {
 
 /// Makes a client from `config` (copied; free the config whenever you like) into
 /// `*client_out`. It connects to the assigner at its first GPU phase, not here, so it works
-/// when the assigner starts later. Free it with `acb_client_free`.
+/// when the assigner starts later. Free it with `acb_client_free`. When `ACB_PROFILE` names a
+/// file, the client appends a JSON line to it at each phase boundary (`agarun --profile`).
 #[unsafe(no_mangle)]
 pub extern "C" fn acb_client_new(config: *const acb_config, client_out: *mut *mut acb_client) -> acb_status {
     ffi_panic_boundary! {
@@ -523,7 +544,9 @@ pub extern "C" fn acb_client_new(config: *const acb_config, client_out: *mut *mu
             internal: itx,
         };
         runtime.spawn(driver.run(cmds, irx));
-        let client = acb_client { tx, runtime: Some(runtime), config: cfg, kept, phase: std::sync::atomic::AtomicU8::new(IDLE) };
+        let profile = Profile::from_env(&cfg.job);
+        let client = acb_client { tx, runtime: Some(runtime), config: cfg, kept, phase: std::sync::atomic::AtomicU8::new(IDLE), profile };
+        client.mark(Mark::Start);
         // SAFETY: checked non-NULL.
         unsafe { *client_out = Box::into_raw(Box::new(client)) };
         acb_status::Ok
@@ -540,6 +563,7 @@ pub extern "C" fn acb_client_free(client: *mut acb_client) {
         }
         // SAFETY: made by acb_client_new, freed once, no other call in flight (the contract).
         let mut c = unsafe { Box::from_raw(client) };
+        c.mark(Mark::Stop);
         let (tx, rx) = std_mpsc::channel();
         if c.tx.send(Cmd::Close { reply: tx }).is_ok() {
             let _ = rx.recv_timeout(Duration::from_secs(3));
@@ -572,6 +596,7 @@ pub extern "C" fn acb_on_device_begin(
         if c.phase.compare_exchange(IDLE, BEGINNING, AcqRel, std::sync::atomic::Ordering::Acquire).is_err() {
             return fail(acb_status::AlreadyActive, "on_device_begin called twice without on_device_end");
         }
+        c.mark(Mark::Ask);
         let demand = GpuDemand { gpus: r.gpus, memory_per_gpu: r.memory_per_gpu, priority: r.priority, affinity: Default::default() };
         // Fast path: the GPU kept from the last phase fits; take it here (see `Kept`).
         {
@@ -581,10 +606,7 @@ pub extern "C" fn acb_on_device_begin(
             {
                 k.claimed = Some(d);
                 drop(k);
-                c.phase.store(ACTIVE, std::sync::atomic::Ordering::Release);
-                // SAFETY: checked non-NULL.
-                unsafe { *lease_out = Box::into_raw(Box::new(lease)) };
-                return acb_status::Ok;
+                return c.hand_out(lease, lease_out);
             }
         }
         let (tx, rx) = std_mpsc::channel();
@@ -605,12 +627,7 @@ pub extern "C" fn acb_on_device_begin(
             None => rx.recv().unwrap_or_else(|_| Err((acb_status::Internal, "libacb's client thread has stopped".into()))),
         };
         match result {
-            Ok(lease) => {
-                c.phase.store(ACTIVE, std::sync::atomic::Ordering::Release);
-                // SAFETY: checked non-NULL.
-                unsafe { *lease_out = Box::into_raw(Box::new(lease)) };
-                acb_status::Ok
-            }
+            Ok(lease) => c.hand_out(lease, lease_out),
             Err((status, msg)) => {
                 c.phase.store(IDLE, std::sync::atomic::Ordering::Release);
                 fail(status, msg)
@@ -629,6 +646,7 @@ pub extern "C" fn acb_on_device_end(client: *const acb_client) -> acb_status {
         if c.phase.compare_exchange(ACTIVE, IDLE, AcqRel, Acquire).is_err() {
             return fail(acb_status::NotActive, "on_device_end called without on_device_begin");
         }
+        c.mark(Mark::End);
         let wake = {
             let mut k = lock(&c.kept);
             k.end_pending = true;

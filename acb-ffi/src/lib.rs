@@ -15,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod lease;
+mod profile;
 pub mod request;
 pub mod status;
 

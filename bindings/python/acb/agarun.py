@@ -1,19 +1,24 @@
 """agarun: runs any command with the acb client configured for it.
 
     agarun [--assigner ADDR] [--job NAME] [--mode manual|auto] [--gpus N] [--memory SIZE]
-           [--auth-token-file FILE] -- COMMAND [ARGS...]
+           [--auth-token-file FILE] [--profile OUT] -- COMMAND [ARGS...]
     agarun --check [--assigner ADDR]
 
 It sets ACB_ASSIGNER, ACB_JOB_ID, ACB_GPUS, ACB_MEMORY, ACB_MODE (and ACB_AUTH_TOKEN_FILE) for
 the command, forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to it, and exits
 with its status (128 + N when a signal N ended it). `--check` says whether the assigner is
-reachable and what it offers.
+reachable and what it offers. `--profile OUT` records the command's GPU and CPU phases (from
+libacb's begin/end) into OUT, a trace for `acb-assigner simulate`, and says whether acb will
+help it.
 """
 import argparse
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from typing import List, Optional
 
 FORWARDED = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2]
@@ -33,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", help="memory per GPU, e.g. 20GiB (the default for acb.on_device_begin)")
     p.add_argument("--auth-token-file", help="a file whose first line is the assigner's auth token")
     p.add_argument("--check", action="store_true", help="say whether the assigner is reachable and what it offers")
+    p.add_argument("--profile", metavar="OUT",
+                   help="record the command's GPU and CPU phases into OUT (a trace for acb-assigner simulate) "
+                        "and say whether acb will help it")
     return p
 
 
@@ -106,6 +114,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.auth_token_file:
         env["ACB_AUTH_TOKEN_FILE"] = os.path.abspath(args.auth_token_file)
     env["ACB_MODE"] = args.mode
+    marks = None
+    if args.profile:
+        out_dir = os.path.dirname(os.path.abspath(args.profile))
+        if not os.path.isdir(out_dir):
+            print(f"agarun: --profile {args.profile}: no directory {out_dir}", file=sys.stderr)
+            return 2
+        fd, marks = tempfile.mkstemp(prefix="acb-profile-", suffix=".jsonl")
+        os.close(fd)
+        env["ACB_PROFILE"] = marks
+    launched = time.time_ns()
     try:
         child = subprocess.Popen(command, env=env)
     except FileNotFoundError:
@@ -124,7 +142,36 @@ def main(argv: Optional[List[str]] = None) -> int:
     for s in FORWARDED:
         signal.signal(s, forward)
     code = child.wait()
-    return 128 - code if code < 0 else code
+    code = 128 - code if code < 0 else code
+    if marks is not None:
+        try:
+            _write_profile(marks, launched, time.time_ns(), args)
+        finally:
+            os.unlink(marks)
+    return code
+
+
+def _write_profile(marks: str, launched: int, exited: int, args: argparse.Namespace) -> None:
+    """Turns libacb's marks into the trace file and prints what they say (on stderr, so the
+    command's own output stays as it was)."""
+    from acb import parse_size
+    from acb import profile
+
+    jobs = profile.profiles(profile.read_marks(marks), launched, exited)
+    if not jobs:
+        print("agarun: profile: the command had no GPU phase through libacb (manual mode needs "
+              "on_device_begin/on_device_end; auto mode is not built yet); no trace written", file=sys.stderr)
+        return
+    memory = parse_size(args.memory) if args.memory else None
+    tmp = args.profile + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(profile.trace(jobs, memory), f, indent=2)
+        f.write("\n")
+    os.replace(tmp, args.profile)
+    print(f"agarun: profile of {len(jobs)} job(s), written to {args.profile}", file=sys.stderr)
+    print(profile.summary(jobs), file=sys.stderr)
+    print(f"agarun: predict what acb does with several such jobs (raise \"count\" in the trace): "
+          f"acb-assigner simulate --trace {args.profile} --gpus fake:1x80GiB --scheduler all", file=sys.stderr)
 
 
 if __name__ == "__main__":

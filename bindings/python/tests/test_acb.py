@@ -1,5 +1,6 @@
 """The Python package against a real assigner (ACB_TEST_ASSIGNER, two simulated GPUs), as the
 Rust test suite runs it (acb-ffi/tests/python.rs)."""
+import json
 import os
 import signal
 import subprocess
@@ -171,3 +172,59 @@ def test_agarun_forwards_signals_and_exits_with_the_childs_status():
     assert p2.stdout.readline().strip() == "ready"
     p2.send_signal(signal.SIGINT)
     assert p2.wait(timeout=20) == 128 + signal.SIGINT
+
+
+def test_a_profile_splits_cpu_gpu_and_waits_and_skips_torn_lines(tmp_path):
+    from acb import profile
+    ms = 1_000_000
+    marks = tmp_path / "marks.jsonl"
+    lines = [
+        {"t": 0 * ms, "pid": 9, "job": "j", "event": "start"},
+        {"t": 500 * ms, "pid": 9, "job": "j", "event": "ask"},
+        {"t": 600 * ms, "pid": 9, "job": "j", "event": "got", "gpus": 1, "memory": 8 << 30},
+        {"t": 800 * ms, "pid": 9, "job": "j", "event": "end"},
+        {"t": 1300 * ms, "pid": 9, "job": "j", "event": "ask"},
+        {"t": 1300 * ms, "pid": 9, "job": "j", "event": "got", "gpus": 1, "memory": 8 << 30},
+    ]
+    marks.write_text("".join(json.dumps(m) + "\n" for m in lines) + '{"t": 14, "pid"\nnot json\n')
+    [p] = profile.profiles(profile.read_marks(str(marks)), launched_ns=0, exited_ns=1500 * ms)
+    # CPU 0..500, wait 500..600, GPU 600..800, CPU 800..1300, GPU 1300..exit (ended mid-phase).
+    assert p.phases == [("cpu", 500 * ms), ("gpu", 200 * ms), ("cpu", 500 * ms), ("gpu", 200 * ms)]
+    assert p.waits == [100 * ms, 0] and p.memory == 8 << 30
+    assert abs(p.cpu_share() - 1000 / 1500) < 1e-9
+    helps, why = profile.verdict(p)
+    assert helps and "67%" in why
+    t = profile.trace([p])
+    assert t["jobs"][0]["phases"] == [{"cpu": "500ms"}, {"gpu": "200ms"}, {"cpu": "500ms"}, {"gpu": "200ms"}]
+    assert t["jobs"][0]["memory"] == f"{8 << 30}B"
+    # Short CPU phases, or a small CPU share, get a no with the reason.
+    short = profile.JobProfile("s", 1, [("cpu", 50 * ms), ("gpu", 50 * ms)] * 4, [0] * 4)
+    assert profile.verdict(short) == (False, profile.verdict(short)[1]) and "short" in profile.verdict(short)[1]
+    busy = profile.JobProfile("b", 1, [("cpu", 400 * ms), ("gpu", 2000 * ms)], [0])
+    assert not profile.verdict(busy)[0] and "only 17%" in profile.verdict(busy)[1]
+
+
+@needs_assigner
+def test_agarun_profile_writes_a_trace_and_says_whether_acb_helps(tmp_path):
+    out = tmp_path / "trace.json"
+    r = agarun("--assigner", ASSIGNER, "--job", "prof", "--memory", "2GiB", "--profile", str(out), "--",
+               sys.executable, os.path.join(PKG_ROOT, "examples", "pipeline.py"), "3", "400", "100")
+    assert r.returncode == 0, r.stderr
+    assert "done: 3 phases" in r.stdout
+    [job] = json.loads(out.read_text())["jobs"]
+    assert job["name"] == "prof" and job["memory"] == f"{2 << 30}B"
+    kinds = [next(iter(p)) for p in job["phases"]]
+    assert kinds[:6] == ["cpu", "gpu"] * 3 and set(kinds[6:]) <= {"cpu"}, kinds
+    lengths = [int(next(iter(p.values()))[:-2]) for p in job["phases"]]
+    # Sleeps last at least as long as asked.
+    assert all(n >= 100 for n in lengths[1:6:2]) and all(n >= 400 for n in lengths[0:6:2]), lengths
+    assert "acb will likely help" in r.stderr, r.stderr
+
+
+def test_agarun_profile_without_gpu_phases_writes_nothing(tmp_path):
+    out = tmp_path / "trace.json"
+    r = agarun("--assigner", "unix:/nonexistent/acb.sock", "--profile", str(out), "--", sys.executable, "-c", "pass")
+    assert r.returncode == 0, r.stderr
+    assert "no GPU phase" in r.stderr and not out.exists()
+    r = agarun("--profile", str(tmp_path / "no" / "dir" / "t.json"), "--", "true")
+    assert r.returncode == 2 and "no directory" in r.stderr
