@@ -142,3 +142,59 @@ fn check_one_holder_at_a_time(events: &[acb_assigner::events::Event]) {
         }
     }
 }
+
+/// The AlphaFold-like example in C and in Python (examples/alphafold-pipeline), side by side on
+/// one simulated GPU: both fold every protein, and the GPU never has two holders.
+#[test]
+fn the_alphafold_like_examples_fold_in_c_and_python() {
+    let dir = scratch("fold");
+    let bin = dir.join("fold");
+    compile(&root().join("examples/alphafold-pipeline/fold.c"), &bin);
+    let a = Assigner::start("fold", "fake:1x80GiB");
+    let c = Command::new(&bin)
+        .args(["2", "60", "30"])
+        .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")
+        .env("ACB_ASSIGNER", a.addr())
+        .env("ACB_JOB_ID", "fold-c")
+        .spawn_output();
+    let py = Command::new("python3")
+        .arg(root().join("examples/alphafold-pipeline/fold.py"))
+        .args(["--proteins", "2", "--msa", "0.06", "--fold", "0.03"])
+        .env("ACB_ASSIGNER", a.addr())
+        .env("ACB_JOB_ID", "fold-py")
+        .env("ACB_LIBRARY", lib_dir().join("libacb.so"))
+        .env("PYTHONPATH", root().join("bindings/python"))
+        .spawn_output();
+    for (name, out) in [("C", c.join().unwrap()), ("Python", py.join().unwrap())] {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(stdout.matches("folded on GPU 0").count(), 2, "{name}: {stdout}");
+        assert!(stdout.contains("done: 2 proteins"), "{name}: {stdout}");
+    }
+    let events = a.events();
+    check_one_holder_at_a_time(&events);
+    for job in ["fold-c", "fold-py"] {
+        assert!(
+            events.iter().any(|e| matches!(&e.kind, EventKind::Granted { job: j, .. } if j == job)),
+            "{job} was never granted"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Runs a command on a thread of its own, so that two can run at once.
+trait SpawnOutput {
+    fn spawn_output(&mut self) -> std::thread::JoinHandle<Output>;
+}
+
+impl SpawnOutput for Command {
+    fn spawn_output(&mut self) -> std::thread::JoinHandle<Output> {
+        let child = self
+            .env_remove("ACB_PROFILE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::spawn(move || child.wait_with_output().unwrap())
+    }
+}
