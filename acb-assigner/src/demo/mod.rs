@@ -113,7 +113,7 @@ pub async fn run(cfg: &DemoConfig) -> Result<(), String> {
             Holding::Static => format!("static, {} at a time", cfg.gpus.min(cfg.jobs)),
             Holding::Brokered => format!("acb {}, all at once", policy.name()),
         };
-        let outcome = run_once(cfg, &label, holding, policy).await?;
+        let outcome = run_once(cfg, name, &label, holding, policy).await?;
         let title = format!("acb demo, {label}: {} jobs on {} SIMULATED GPUs", cfg.jobs, cfg.gpus);
         let svg = timeline::render_svg_with_busy(&title, &outcome.rows, &outcome.events, outcome.span, &outcome.busy);
         let path = cfg.out_dir.join(format!("{name}.svg"));
@@ -155,18 +155,24 @@ enum Report {
 }
 
 /// One run: an assigner, `jobs` job processes, their lines, the assigner's record.
-async fn run_once(cfg: &DemoConfig, label: &str, holding: Holding, policy: Policy) -> Result<Outcome, String> {
-    let dir = std::env::temp_dir().join(format!("acb-demo-{}-{}", std::process::id(), policy.name()));
+async fn run_once(
+    cfg: &DemoConfig,
+    name: &str,
+    label: &str,
+    holding: Holding,
+    policy: Policy,
+) -> Result<Outcome, String> {
+    let dir = std::env::temp_dir().join(format!("acb-demo-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let socket = dir.join("assigner.sock");
-    let mut assigner = start_assigner(cfg, &socket, policy).await;
-    let outcome = match &mut assigner {
-        Ok(_) => run_jobs(cfg, label, holding, &socket).await,
-        Err(e) => Err(e.clone()),
+    let outcome = match start_assigner(cfg, &socket, policy).await {
+        Ok(mut assigner) => {
+            let outcome = run_jobs(cfg, label, holding, &socket).await;
+            stop(&mut assigner).await;
+            outcome
+        }
+        Err(e) => Err(e),
     };
-    if let Ok(assigner) = &mut assigner {
-        stop(assigner).await;
-    }
     let _ = std::fs::remove_dir_all(&dir);
     outcome
 }
