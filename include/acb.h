@@ -93,6 +93,10 @@ enum acb_status
    A panic inside libacb was caught (a bug).
    */
   ACB_STATUS_PANIC = 13,
+  /*
+   A device allocation would pass the lease's memory, or memory ran out.
+   */
+  ACB_STATUS_OUT_OF_MEMORY = 14,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -126,9 +130,39 @@ typedef struct acb_lease acb_lease;
 typedef struct acb_request acb_request;
 
 /*
+ A client's memory figures, in bytes unless said otherwise.
+ */
+typedef struct {
+  /*
+   Live allocations (a count).
+   */
+  uint64_t allocations;
+  /*
+   Mapped on the device now.
+   */
+  uint64_t resident_bytes;
+  /*
+   In host memory only now.
+   */
+  uint64_t swapped_bytes;
+  /*
+   Copied device -> host since the client was made.
+   */
+  uint64_t swapped_out_total;
+  /*
+   Copied host -> device since the client was made.
+   */
+  uint64_t swapped_in_total;
+  /*
+   Host memory the client holds for swapped-out bytes (kept for reuse).
+   */
+  uint64_t host_pool_bytes;
+} acb_memory_stats;
+
+/*
  Every status, for tests and bindings.
  */
-#define acb_status_ALL { acb_status_Ok, acb_status_NullParameter, acb_status_InvalidArgument, acb_status_Unavailable, acb_status_Timeout, acb_status_AlreadyActive, acb_status_NotActive, acb_status_Rejected, acb_status_PermissionDenied, acb_status_LeaseRevoked, acb_status_BufferTooSmall, acb_status_OutOfRange, acb_status_Internal, acb_status_Panic, }
+#define acb_status_ALL { acb_status_Ok, acb_status_NullParameter, acb_status_InvalidArgument, acb_status_Unavailable, acb_status_Timeout, acb_status_AlreadyActive, acb_status_NotActive, acb_status_Rejected, acb_status_PermissionDenied, acb_status_LeaseRevoked, acb_status_BufferTooSmall, acb_status_OutOfRange, acb_status_Internal, acb_status_Panic, acb_status_OutOfMemory, }
 
 #ifdef __cplusplus
 extern "C" {
@@ -230,6 +264,33 @@ acb_status acb_config_set_eager_release(acb_config *config, bool eager);
  nobody waits (0: never; the default).
  */
 acb_status acb_config_set_idle_timeout_ms(acb_config *config, uint32_t ms);
+
+/*
+ Allocates `size` bytes of swappable device memory on the GPU of the active phase into
+ `*ptr_out`. The address stays valid until `acb_client_dealloc`, across swaps.
+
+ Errors: `ACB_STATUS_NOT_ACTIVE` outside a GPU phase, `ACB_STATUS_OUT_OF_MEMORY` past the
+ lease's memory per GPU (the fence), `ACB_STATUS_INVALID_ARGUMENT` for 0 bytes.
+ */
+acb_status acb_client_alloc(const acb_client *client, size_t size, void **ptr_out);
+
+/*
+ Frees memory from `acb_client_alloc`, resident or swapped out. `ptr` NULL does nothing; a
+ pointer libacb did not hand out (or a second free) gives `ACB_STATUS_INVALID_ARGUMENT`.
+ */
+acb_status acb_client_dealloc(const acb_client *client, void *ptr);
+
+/*
+ Marks an allocation read-only (weights): once copied to host memory its copy is kept, and
+ later swap-outs skip it. Writing it afterwards is the caller's error: mark it writable
+ first (`read_only` false).
+ */
+acb_status acb_client_set_read_only(const acb_client *client, void *ptr, bool read_only);
+
+/*
+ Copies the client's memory figures into `*stats_out`.
+ */
+acb_status acb_client_memory_stats(const acb_client *client, acb_memory_stats *stats_out);
 
 /*
  Copies the fixed description of `status` (an `acb_status` value) into `buf`, which has room

@@ -132,6 +132,14 @@ impl Session {
         self.tx.send(msg).await.map_err(|_| Status::unavailable("the session is closed"))
     }
 
+    /// Reports bytes swapped in and out since the last report (for the assigner's metrics).
+    pub async fn report_swap(&self, bytes_in: u64, bytes_out: u64) -> Result<(), Status> {
+        let msg = proto::SessionRequest {
+            msg: Some(proto::session_request::Msg::Swap(proto::SwapReport { bytes_in, bytes_out })),
+        };
+        self.tx.send(msg).await.map_err(|_| Status::unavailable("the session is closed"))
+    }
+
     /// The RPC client the session uses.
     pub fn rpc(&self) -> Rpc {
         self.rpc.clone()

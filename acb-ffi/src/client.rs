@@ -20,6 +20,8 @@ use tokio::task::JoinHandle;
 use crate::config::acb_config;
 use crate::error::fail;
 use crate::lease::{Device, acb_lease};
+use crate::memory::Memory;
+use crate::memory::host::HostBackend;
 use crate::panic::{check_out, ffi_panic_boundary, try_ref};
 use crate::profile::{Mark, Profile};
 use crate::request::acb_request;
@@ -90,9 +92,17 @@ pub struct acb_client {
     /// Where the caller's GPU phase is (IDLE, BEGINNING, ACTIVE). `acb_on_device_end` checks it here
     /// and posts the end without waiting for the client thread: one thread round trip less per
     /// phase. Commands are handled in order, so a begin after it still sees the end first.
-    phase: std::sync::atomic::AtomicU8,
+    pub(crate) phase: std::sync::atomic::AtomicU8,
     /// Phase boundaries are recorded here when `ACB_PROFILE` is set (`agarun --profile`).
     profile: Option<Profile>,
+    /// The job's swappable device memory (shared with the client thread, which swaps it).
+    pub(crate) memory: SharedMemory,
+}
+
+pub(crate) type SharedMemory = std::sync::Arc<std::sync::Mutex<Memory>>;
+
+pub(crate) fn lock_memory(m: &SharedMemory) -> std::sync::MutexGuard<'_, Memory> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl acb_client {
@@ -115,7 +125,7 @@ impl acb_client {
 /// `acb_client::phase` values.
 const IDLE: u8 = 0;
 const BEGINNING: u8 = 1;
-const ACTIVE: u8 = 2;
+pub(crate) const ACTIVE: u8 = 2;
 
 impl std::fmt::Debug for acb_client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,6 +159,9 @@ struct Driver {
     /// Bumped by every session opened or lost.
     session_gen: u64,
     internal: mpsc::UnboundedSender<Internal>,
+    memory: SharedMemory,
+    /// Why the last swap-in failed; the begin waiting for it gets the error.
+    swap_failure: Option<String>,
 }
 
 impl Driver {
@@ -381,9 +394,35 @@ impl Driver {
             match action {
                 Action::SendRequest(d) => self.send_request(d),
                 Action::SendCancel => self.abort_alloc(),
-                // The memory layer (CUDA VMM, host backend) swaps here; it comes with the CUDA
-                // issue. Without it, a job's device memory is the job's own business.
-                Action::SwapIn { .. } | Action::SwapOut { .. } => {}
+                // Each swap completes before the next action: Ready after SwapIn, SendRelease
+                // after SwapOut (the machine's contract).
+                Action::SwapIn { lease, gpus, memory_per_gpu } => {
+                    let device = self.lease_for(lease).devices.first().map_or(0, |d| d.index);
+                    let gpu = gpus.first().copied().unwrap_or(GpuId(0));
+                    if let Err(e) = lock_memory(&self.memory).swap_in(gpu, device, memory_per_gpu) {
+                        self.swap_failure = Some(e.to_string());
+                    }
+                    self.report_swap().await;
+                }
+                Action::SwapOut { .. } => {
+                    if let Err(e) = lock_memory(&self.memory).swap_out() {
+                        eprintln!("libacb: swapping this job's memory out failed: {e}");
+                    }
+                    self.report_swap().await;
+                }
+                Action::Ready { lease } if self.swap_failure.is_some() => {
+                    // The memory could not come back: fail the begin, give the GPU back.
+                    let why = self.swap_failure.take().unwrap_or_default();
+                    if let Some(r) = self.begin_reply.take() {
+                        let _ = r.send(Err((
+                            acb_status::OutOfMemory,
+                            format!("cannot bring this job's memory back: {why}"),
+                        )));
+                    }
+                    let now = self.now();
+                    let _ = self.machine.end(now);
+                    self.machine.handle_yield(lease, now);
+                }
                 Action::Ready { lease } => {
                     let l = self.lease_for(lease);
                     if let Some(r) = self.begin_reply.take()
@@ -458,6 +497,16 @@ impl Driver {
         }
     }
 
+    /// Tells the assigner what was swapped since the last report (its metrics count it).
+    async fn report_swap(&self) {
+        let (bytes_in, bytes_out) = lock_memory(&self.memory).take_unreported();
+        if (bytes_in, bytes_out) != (0, 0)
+            && let Some(s) = &self.session
+        {
+            let _ = s.report_swap(bytes_in, bytes_out).await;
+        }
+    }
+
     fn lease_for(&self, lease: LeaseId) -> acb_lease {
         let g = self.granted.as_ref().filter(|g| g.lease_id == lease.0);
         acb_lease {
@@ -528,6 +577,8 @@ pub extern "C" fn acb_client_new(config: *const acb_config, client_out: *mut *mu
         machine.handle_disconnect(CoreInstant::ZERO);
         let _ = machine.poll_action();
         let start = runtime.block_on(async { tokio::time::Instant::now() });
+        // The CUDA backend is not built yet: device memory is the host backend's.
+        let memory: SharedMemory = std::sync::Arc::new(std::sync::Mutex::new(Memory::new(Box::new(HostBackend::new()))));
         let driver = Driver {
             cfg: cfg.clone(),
             machine,
@@ -542,10 +593,12 @@ pub extern "C" fn acb_client_new(config: *const acb_config, client_out: *mut *mu
             kept: kept.clone(),
             last_demand: None,
             internal: itx,
+            memory: memory.clone(),
+            swap_failure: None,
         };
         runtime.spawn(driver.run(cmds, irx));
         let profile = Profile::from_env(&cfg.job);
-        let client = acb_client { tx, runtime: Some(runtime), config: cfg, kept, phase: std::sync::atomic::AtomicU8::new(IDLE), profile };
+        let client = acb_client { tx, runtime: Some(runtime), config: cfg, kept, phase: std::sync::atomic::AtomicU8::new(IDLE), profile, memory };
         client.mark(Mark::Start);
         // SAFETY: checked non-NULL.
         unsafe { *client_out = Box::into_raw(Box::new(client)) };

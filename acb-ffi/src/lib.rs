@@ -13,14 +13,17 @@ mod panic;
 
 pub mod client;
 pub mod config;
+pub mod device_memory;
 pub mod error;
 pub mod lease;
+mod memory;
 mod profile;
 pub mod request;
 pub mod status;
 
 pub use client::acb_client;
 pub use config::acb_config;
+pub use device_memory::acb_memory_stats;
 pub use lease::acb_lease;
 pub use request::acb_request;
 pub use status::acb_status;

@@ -35,11 +35,13 @@ pub enum acb_status {
     Internal = 12,
     /// A panic inside libacb was caught (a bug).
     Panic = 13,
+    /// A device allocation would pass the lease's memory, or memory ran out.
+    OutOfMemory = 14,
 }
 
 impl acb_status {
     /// Every status, for tests and bindings.
-    pub const ALL: [acb_status; 14] = [
+    pub const ALL: [acb_status; 15] = [
         acb_status::Ok,
         acb_status::NullParameter,
         acb_status::InvalidArgument,
@@ -54,6 +56,7 @@ impl acb_status {
         acb_status::OutOfRange,
         acb_status::Internal,
         acb_status::Panic,
+        acb_status::OutOfMemory,
     ];
 
     /// The status with this number, if any.
@@ -78,6 +81,7 @@ impl acb_status {
             acb_status::OutOfRange => "an index is out of range",
             acb_status::Internal => "an internal error in libacb or the assigner",
             acb_status::Panic => "a panic inside libacb (a bug)",
+            acb_status::OutOfMemory => "out of device memory: the allocation would pass the lease's memory",
         }
     }
 }

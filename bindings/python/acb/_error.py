@@ -44,6 +44,10 @@ class LeaseRevoked(AcbError):
     """A GPU of the lease was lost while in use."""
 
 
+class OutOfMemory(AcbError, MemoryError):
+    """A device allocation would pass the lease's memory."""
+
+
 _BY_NAME = {
     "ACB_STATUS_INVALID_ARGUMENT": InvalidRequest,
     "ACB_STATUS_UNAVAILABLE": AssignerUnavailable,
@@ -53,6 +57,7 @@ _BY_NAME = {
     "ACB_STATUS_REJECTED": Rejected,
     "ACB_STATUS_PERMISSION_DENIED": PermissionDenied,
     "ACB_STATUS_LEASE_REVOKED": LeaseRevoked,
+    "ACB_STATUS_OUT_OF_MEMORY": OutOfMemory,
 }
 _BY_STATUS = {_ffi.CONSTANTS[name]: cls for name, cls in _BY_NAME.items()}
 OK = _ffi.CONSTANTS["ACB_STATUS_OK"]

@@ -31,7 +31,9 @@ def _find_library() -> str:
 
 
 def _find_header() -> str:
-    for c in (os.path.join(_HERE, "acb.h"), os.path.join(_ROOT, "include", "acb.h")):
+    # In a source tree, include/acb.h is the truth: the copy beside the package is what the
+    # last `pip install` left there, and may be older.
+    for c in (os.path.join(_ROOT, "include", "acb.h"), os.path.join(_HERE, "acb.h")):
         if os.path.exists(c):
             return c
     raise ImportError("acb.h not found beside the package or in include/")
@@ -60,6 +62,10 @@ def _ctype(decl: str):
         return _SCALARS[base]
     if base == "char" and stars == 1:
         return ctypes.c_char_p
+    if base == "void" and stars == 1:
+        return ctypes.c_void_p  # device memory
+    if base == "void" and stars == 2:
+        return ctypes.POINTER(ctypes.c_void_p)  # an output pointer
     if base.startswith("acb_") and stars == 1:
         return ctypes.c_void_p  # an opaque handle
     if base.startswith("acb_") and stars == 2:

@@ -1,0 +1,89 @@
+//! The host-memory backend: device memory stood in for by anonymous mappings, for tests and
+//! for machines without a GPU. A swapped-out range keeps its addresses but has no memory and no
+//! access (`PROT_NONE`): touching it faults, as touching unmapped device memory does.
+
+use super::{Backend, MemError};
+
+/// Anonymous mappings as device memory.
+#[derive(Debug)]
+pub(crate) struct HostBackend {
+    page: usize,
+}
+
+impl HostBackend {
+    pub(crate) fn new() -> HostBackend {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        HostBackend { page: usize::try_from(page).ok().filter(|p| p.is_power_of_two()).unwrap_or(4096) }
+    }
+}
+
+fn os_error(what: &str) -> MemError {
+    MemError::Backend(format!("{what}: {}", std::io::Error::last_os_error()))
+}
+
+impl Backend for HostBackend {
+    fn granularity(&self) -> usize {
+        self.page
+    }
+
+    fn reserve(&mut self, size: usize) -> Result<usize, MemError> {
+        // SAFETY: a fresh private anonymous mapping, aliasing nothing.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(MemError::OutOfMemory(format!(
+                "cannot reserve {size} bytes of address space: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(p as usize)
+    }
+
+    fn free(&mut self, addr: usize, size: usize) {
+        // SAFETY: a range this backend reserved, unmapped once (the caller forgets it).
+        unsafe { libc::munmap(addr as *mut libc::c_void, size) };
+    }
+
+    fn map(&mut self, addr: usize, size: usize, _device: u32) -> Result<(), MemError> {
+        // SAFETY: a range this backend reserved.
+        if unsafe { libc::mprotect(addr as *mut libc::c_void, size, libc::PROT_READ | libc::PROT_WRITE) } != 0 {
+            return Err(os_error("mprotect"));
+        }
+        Ok(())
+    }
+
+    fn unmap(&mut self, addr: usize, size: usize) -> Result<(), MemError> {
+        // SAFETY: a range this backend reserved; its contents were copied out when needed.
+        unsafe {
+            if libc::mprotect(addr as *mut libc::c_void, size, libc::PROT_NONE) != 0 {
+                return Err(os_error("mprotect"));
+            }
+            // Give the pages back: the range keeps its addresses, not its memory.
+            if libc::madvise(addr as *mut libc::c_void, size, libc::MADV_DONTNEED) != 0 {
+                return Err(os_error("madvise"));
+            }
+        }
+        Ok(())
+    }
+
+    fn copy_to_host(&mut self, addr: usize, host: &mut [u8]) -> Result<(), MemError> {
+        // SAFETY: the range is mapped readable and at least `host.len()` long (the caller's plan).
+        unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, host.as_mut_ptr(), host.len()) };
+        Ok(())
+    }
+
+    fn copy_from_host(&mut self, host: &[u8], addr: usize) -> Result<(), MemError> {
+        // SAFETY: the range is mapped writable and at least `host.len()` long.
+        unsafe { std::ptr::copy_nonoverlapping(host.as_ptr(), addr as *mut u8, host.len()) };
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! Swappable device memory through the C ABI (host backend), against a real assigner: a job's
+//! allocations leave for host memory when another job takes its GPU, come back byte-exact at
+//! the same addresses when it gets one again, and the assigner hears how much was swapped.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::ffi::c_void;
+use std::ptr;
+use std::time::{Duration, Instant};
+
+use acb::client::{acb_client_free, acb_client_new, acb_on_device_begin, acb_on_device_end};
+use acb::config::{
+    acb_config_free, acb_config_new, acb_config_set_assigner, acb_config_set_eager_release, acb_config_set_job,
+};
+use acb::device_memory::{acb_client_alloc, acb_client_dealloc, acb_client_memory_stats, acb_client_set_read_only};
+use acb::lease::acb_lease_free;
+use acb::request::{acb_request_free, acb_request_new};
+use acb::{acb_client, acb_memory_stats, acb_status};
+use common::Assigner;
+
+struct Client(*mut acb_client);
+
+impl Client {
+    fn new(addr: &str, job: &str) -> Client {
+        let mut cfg = ptr::null_mut();
+        assert_eq!(acb_config_new(&mut cfg), acb_status::Ok);
+        assert_eq!(acb_config_set_assigner(cfg, addr.as_ptr().cast(), addr.len()), acb_status::Ok);
+        assert_eq!(acb_config_set_job(cfg, job.as_ptr().cast(), job.len()), acb_status::Ok);
+        // Eager: the GPU, and so the memory, goes back at every end.
+        assert_eq!(acb_config_set_eager_release(cfg, true), acb_status::Ok);
+        let mut c = ptr::null_mut();
+        assert_eq!(acb_client_new(cfg, &mut c), acb_status::Ok);
+        acb_config_free(cfg);
+        Client(c)
+    }
+
+    fn begin(&self) {
+        let mut req = ptr::null_mut();
+        assert_eq!(acb_request_new(&mut req), acb_status::Ok);
+        let mut lease = ptr::null_mut();
+        assert_eq!(acb_on_device_begin(self.0, req, &mut lease), acb_status::Ok);
+        acb_lease_free(lease);
+        acb_request_free(req);
+    }
+
+    fn end(&self) {
+        assert_eq!(acb_on_device_end(self.0), acb_status::Ok);
+    }
+
+    fn alloc(&self, size: usize) -> Result<*mut u8, acb_status> {
+        let mut p: *mut c_void = ptr::null_mut();
+        match acb_client_alloc(self.0, size, &mut p) {
+            acb_status::Ok => Ok(p.cast()),
+            st => {
+                assert!(p.is_null(), "outputs are written only on success");
+                Err(st)
+            }
+        }
+    }
+
+    fn stats(&self) -> acb_memory_stats {
+        let mut s = acb_memory_stats::default();
+        assert_eq!(acb_client_memory_stats(self.0, &mut s), acb_status::Ok);
+        s
+    }
+
+    /// Waits (bounded) until the client thread has swapped everything out.
+    fn wait_swapped_out(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.stats().resident_bytes != 0 {
+            assert!(Instant::now() < deadline, "memory not swapped out: {:?}", self.stats());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        acb_client_free(self.0);
+    }
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+#[test]
+fn memory_leaves_with_the_gpu_and_comes_back_exact_at_the_same_addresses() {
+    let a = Assigner::start("memory", "fake:1x80GiB");
+    let job_a = Client::new(&a.addr(), "mem-a");
+    let job_b = Client::new(&a.addr(), "mem-b");
+
+    assert_eq!(job_a.alloc(4096), Err(acb_status::NotActive), "memory is allocated in a GPU phase");
+    job_a.begin();
+    let (big, weights) = (3 << 20, 1 << 20);
+    let p = job_a.alloc(big).unwrap();
+    let w = job_a.alloc(weights).unwrap();
+    // SAFETY: resident allocations of these sizes.
+    unsafe {
+        ptr::copy_nonoverlapping(pattern(1, big).as_ptr(), p, big);
+        ptr::copy_nonoverlapping(pattern(2, weights).as_ptr(), w, weights);
+    }
+    assert_eq!(acb_client_set_read_only(job_a.0, w.cast(), true), acb_status::Ok);
+    // Past the lease's memory (the whole simulated GPU, 80 GiB): refused, in this process only.
+    assert_eq!(job_a.alloc(81 << 30), Err(acb_status::OutOfMemory));
+    job_a.end();
+    job_a.wait_swapped_out();
+    let s = job_a.stats();
+    assert_eq!((s.allocations, s.swapped_bytes), (2, (big + weights) as u64));
+    assert_eq!(s.swapped_out_total, (big + weights) as u64);
+
+    // B takes the GPU while A's memory is in host memory.
+    job_b.begin();
+    let q = job_b.alloc(1 << 20).unwrap();
+    job_b.end();
+
+    // A again: its bytes are back where they were before begin returns.
+    job_a.begin();
+    // SAFETY: resident again, same sizes.
+    unsafe {
+        assert!(std::slice::from_raw_parts(p, big) == pattern(1, big).as_slice(), "writable allocation changed");
+        assert!(std::slice::from_raw_parts(w, weights) == pattern(2, weights).as_slice(), "weights changed");
+    }
+    job_a.end();
+    job_a.wait_swapped_out();
+    // The weights' host copy was kept: the second swap-out copied only the writable bytes.
+    assert_eq!(job_a.stats().swapped_out_total, (2 * big + weights) as u64);
+    assert_eq!(job_a.stats().swapped_in_total, (big + weights) as u64);
+
+    // The assigner heard what A swapped (its metrics and status count it).
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert_eq!(
+            acb::client::acb_client_status_json(job_a.0, buf.as_mut_ptr().cast(), buf.len(), &mut n),
+            acb_status::Ok
+        );
+        let status: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap();
+        let clients = status["clients"].as_array().cloned().unwrap_or_default();
+        let a_out = clients.iter().find(|c| c["job"] == "mem-a").and_then(|c| c["swap_bytes_out"].as_u64());
+        if a_out == Some((2 * big + weights) as u64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the assigner did not hear of A's swaps: {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Frees: resident or swapped out; NULL does nothing; twice is refused.
+    assert_eq!(acb_client_dealloc(job_a.0, p.cast()), acb_status::Ok);
+    assert_eq!(acb_client_dealloc(job_a.0, p.cast()), acb_status::InvalidArgument);
+    assert_eq!(acb_client_dealloc(job_a.0, ptr::null_mut()), acb_status::Ok);
+    assert_eq!(acb_client_dealloc(job_b.0, q.cast()), acb_status::Ok);
+    assert_eq!(job_a.stats().allocations, 1);
+}
