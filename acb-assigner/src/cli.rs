@@ -126,6 +126,9 @@ enum Cmd {
         /// Hold one GPU for the whole job (static allocation).
         #[arg(long = "static")]
         whole_life: bool,
+        /// Bytes of device memory the job keeps (0: none).
+        #[arg(long, value_parser = config::parse_size, default_value = "0")]
+        memory: u64,
     },
 }
 
@@ -149,6 +152,9 @@ struct DemoArgs {
     /// Each item's GPU phase (default 400ms; 150ms with --quick).
     #[arg(long, value_parser = config::parse_duration)]
     gpu: Option<Duration>,
+    /// Device memory each job keeps in libacb, swapped with its GPU (0 for none).
+    #[arg(long, value_parser = config::parse_size, default_value = "32MiB")]
+    memory: u64,
     /// The scheduler of the brokered run.
     #[arg(long, value_parser = parse_policy, default_value = "simple")]
     scheduler: Policy,
@@ -427,6 +433,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 items: args.items.unwrap_or(items),
                 cpu: args.cpu.unwrap_or(cpu),
                 gpu: args.gpu.unwrap_or(gpu),
+                memory: args.memory,
                 scheduler: args.scheduler,
                 out_dir: args.out_dir,
                 library: PathBuf::new(),
@@ -441,11 +448,13 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             crate::demo::run(&cfg).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::DemoJob { items, cpu, gpu, whole_life } => {
+        Cmd::DemoJob { items, cpu, gpu, whole_life, memory } => {
+            let memory = usize::try_from(memory).map_err(|_| format!("--memory {memory}: too large"))?;
             let plan = crate::demo::job::JobPlan {
                 items,
                 cpu,
                 gpu,
+                memory,
                 holding: if whole_life {
                     crate::demo::job::Holding::Static
                 } else {

@@ -40,7 +40,10 @@ fn demo_runs_the_same_jobs_static_then_brokered_and_draws_both() {
     let Some(lib) = libacb() else { return };
     let dir = TempDir::new("demo");
     let out = Command::new(BIN)
-        .args(["demo", "--jobs", "3", "--gpus", "1", "--items", "2", "--cpu", "60ms", "--gpu", "30ms", "--out-dir"])
+        .args([
+            "demo", "--jobs", "3", "--gpus", "1", "--items", "2", "--cpu", "60ms", "--gpu", "30ms", "--memory", "1MiB",
+        ])
+        .arg("--out-dir")
         .arg(&dir.0)
         .env("ACB_LIBRARY", &lib)
         .output()
@@ -59,6 +62,11 @@ fn demo_runs_the_same_jobs_static_then_brokered_and_draws_both() {
     let brokered: u32 = grants[1].parse().unwrap();
     assert!((2..=6).contains(&brokered), "brokered grants {brokered}: {stdout}");
     assert_eq!(row(&stdout, "  vs first column")[0], "1.00x");
+    // Static jobs never give their GPU up, so their memory never moves. Brokered, the GPU changes
+    // hands, and each job's 1 MiB goes out and comes back (checked by the job) at least once.
+    let swapped = row(&stdout, "bytes swapped (out + in)");
+    assert_eq!(swapped[0], "0 B");
+    assert_ne!(swapped[1], "0 B", "{stdout}");
 
     for name in ["static.svg", "brokered.svg"] {
         let svg = std::fs::read_to_string(dir.0.join(name)).unwrap();
@@ -76,7 +84,15 @@ fn demo_runs_the_same_jobs_static_then_brokered_and_draws_both() {
 #[test]
 fn bad_demo_settings_get_a_one_line_error_and_status_2() {
     let Some(lib) = libacb() else { return };
-    for args in [&["--jobs", "0"][..], &["--gpus", "17"], &["--items", "0"], &["--gpu", "0ms"], &["--cpu", "2m"]] {
+    for args in [
+        &["--jobs", "0"][..],
+        &["--gpus", "17"],
+        &["--items", "0"],
+        &["--gpu", "0ms"],
+        &["--cpu", "2m"],
+        &["--memory", "100"],
+        &["--memory", "2GiB"],
+    ] {
         let out = Command::new(BIN).arg("demo").args(args).env("ACB_LIBRARY", &lib).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");

@@ -13,6 +13,24 @@ const STATUS_OK: u32 = 0;
 
 type Handle = *mut c_void;
 
+/// `acb_memory_stats`, as `include/acb.h` lays it out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemoryStats {
+    /// Live allocations.
+    pub allocations: u64,
+    /// Bytes mapped on the device now.
+    pub resident_bytes: u64,
+    /// Bytes in host memory only now.
+    pub swapped_bytes: u64,
+    /// Bytes copied device -> host so far.
+    pub swapped_out_total: u64,
+    /// Bytes copied host -> device so far.
+    pub swapped_in_total: u64,
+    /// Host memory held for swapped-out bytes.
+    pub host_pool_bytes: u64,
+}
+
 /// The functions of libacb the demo's jobs call.
 #[derive(Debug)]
 pub struct Libacb {
@@ -27,6 +45,8 @@ pub struct Libacb {
     on_device_end: unsafe extern "C" fn(Handle) -> u32,
     lease_free: unsafe extern "C" fn(Handle),
     lease_device_index: unsafe extern "C" fn(Handle, usize, *mut u32) -> u32,
+    client_alloc: unsafe extern "C" fn(Handle, usize, *mut *mut c_void) -> u32,
+    client_memory_stats: unsafe extern "C" fn(Handle, *mut MemoryStats) -> u32,
     error_message: unsafe extern "C" fn(*mut c_char, usize, *mut usize) -> u32,
     status_message: unsafe extern "C" fn(u32, *mut c_char, usize, *mut usize) -> u32,
     // Last: the function pointers above are valid only while the library stays loaded.
@@ -76,6 +96,8 @@ impl Libacb {
             on_device_end: symbol!(lib, b"acb_on_device_end\0"),
             lease_free: symbol!(lib, b"acb_lease_free\0"),
             lease_device_index: symbol!(lib, b"acb_lease_device_index\0"),
+            client_alloc: symbol!(lib, b"acb_client_alloc\0"),
+            client_memory_stats: symbol!(lib, b"acb_client_memory_stats\0"),
             error_message: symbol!(lib, b"acb_error_message\0"),
             status_message: symbol!(lib, b"acb_status_message\0"),
             _library: lib,
@@ -160,6 +182,22 @@ impl Client<'_> {
             return Err(self.acb.failure("acb_lease_device_index", st));
         }
         Ok(index)
+    }
+
+    /// `acb_client_alloc`: swappable device memory, in a GPU phase. Freed with the client.
+    pub fn alloc(&self, size: usize) -> Result<*mut u8, String> {
+        let mut p: *mut c_void = std::ptr::null_mut();
+        // SAFETY: a live handle; a valid out-pointer.
+        let st = unsafe { (self.acb.client_alloc)(self.client, size, &mut p) };
+        if st == STATUS_OK { Ok(p.cast()) } else { Err(self.acb.failure("acb_client_alloc", st)) }
+    }
+
+    /// `acb_client_memory_stats`.
+    pub fn memory_stats(&self) -> Result<MemoryStats, String> {
+        let mut s = MemoryStats::default();
+        // SAFETY: a live handle; `s` has the header's layout.
+        let st = unsafe { (self.acb.client_memory_stats)(self.client, &mut s) };
+        if st == STATUS_OK { Ok(s) } else { Err(self.acb.failure("acb_client_memory_stats", st)) }
     }
 
     /// `acb_on_device_end`.

@@ -6,7 +6,9 @@
 //! Everything is real but the GPUs: each run starts a real assigner process (`serve` on a
 //! temporary Unix socket, with simulated GPUs) and real job processes (`demo-job`), which go
 //! through libacb's C ABI, loaded from the shared library. CPU and GPU phases are sleeps, so
-//! the demo runs anywhere; it says so wherever it shows a figure.
+//! the demo runs anywhere; it says so wherever it shows a figure. Each job keeps state in
+//! libacb's swappable device memory (the host backend: simulated GPUs have no memory of their
+//! own), which moves to host memory when its GPU goes to another job and comes back after.
 
 pub mod job;
 pub mod libacb;
@@ -42,6 +44,8 @@ pub struct DemoConfig {
     pub cpu: Duration,
     /// Each item's GPU phase.
     pub gpu: Duration,
+    /// Device memory each job keeps (0: none).
+    pub memory: u64,
     /// The scheduler of the brokered run.
     pub scheduler: Policy,
     /// Where the timeline pictures go.
@@ -74,6 +78,9 @@ impl DemoConfig {
         if !(1..=1000).contains(&self.items) {
             return Err(format!("--items {}: from 1 to 1000", self.items));
         }
+        if self.memory != 0 && !(4096..=1 << 30).contains(&self.memory) {
+            return Err(format!("--memory {}: 0 (none), or from 4KiB to 1GiB per job", self.memory));
+        }
         let minute = Duration::from_secs(60);
         if self.cpu > minute || self.gpu > minute || self.gpu.is_zero() {
             return Err("--cpu and --gpu: phases up to 60s, and a GPU phase longer than 0".into());
@@ -96,13 +103,14 @@ pub async fn run(cfg: &DemoConfig) -> Result<(), String> {
     let share = cfg.gpu.as_secs_f64() / (cfg.cpu + cfg.gpu).as_secs_f64() * 100.0;
     println!(
         "acb demo on {} SIMULATED GPUs (no GPU is used): {} pipeline jobs, each {} work items of a {} CPU phase \
-         then a {} GPU phase ({share:.0}% GPU).\nEach phase is a sleep; each job is a real process calling libacb \
-         ({}), each run a real assigner.\n",
+         then a {} GPU phase ({share:.0}% GPU), keeping {} of device memory.\nEach phase is a sleep; each job is a \
+         real process calling libacb ({}), each run a real assigner.\n",
         cfg.gpus,
         cfg.jobs,
         cfg.items,
         ms(cfg.cpu),
         ms(cfg.gpu),
+        acb_core::Bytes(cfg.memory),
         cfg.library.display(),
     );
     let runs = [("static", Holding::Static, Policy::Simple), ("brokered", Holding::Brokered, cfg.scheduler)];
@@ -124,8 +132,8 @@ pub async fn run(cfg: &DemoConfig) -> Result<(), String> {
     println!("\n{}", report::table(&stats));
     println!(
         "note 1: SIMULATED GPUs: phases are sleeps, so these figures show how acb schedules, not how fast a GPU \
-         computes.\nnote 2: the jobs allocate no device memory, so nothing swaps (the memory layer is not built yet).\n\
-         GPU busy: time some job computed on a GPU, over GPUs x wall time. Wait: from acb_on_device_begin to its \
+         computes.\nnote 2: the jobs' device memory is libacb's host backend (simulated GPUs have none): it is copied \
+         out when a job's GPU goes to another job, and back, checked, when it has one again.\nGPU busy: time some job computed on a GPU, over GPUs x wall time. Wait: from acb_on_device_begin to its \
          return.\n"
     );
     for p in pictures {
@@ -260,6 +268,8 @@ async fn drive_jobs(
             .arg(format!("{}ms", cfg.cpu.as_millis()))
             .arg("--gpu")
             .arg(format!("{}ms", cfg.gpu.as_millis()))
+            .arg("--memory")
+            .arg(cfg.memory.to_string())
             .args(if holding == Holding::Static { &["--static"][..] } else { &[] })
             .env("ACB_ASSIGNER", format!("unix:{}", socket.display()))
             .env("ACB_JOB_ID", format!("job-{j}"))
@@ -410,7 +420,7 @@ impl Progress {
                 self.computing.remove(&job);
             }
             Line::Item => self.done += 1,
-            Line::Ended => {}
+            Line::Ended | Line::Swapped(..) => {}
         }
     }
 

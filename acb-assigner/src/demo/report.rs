@@ -36,8 +36,8 @@ pub struct RunStats {
     pub waits: Vec<Duration>,
     /// Grants the assigner made.
     pub grants: u64,
-    /// Bytes the jobs reported swapped; `None` when nothing swaps (no memory layer).
-    pub swapped: Option<u64>,
+    /// Bytes the jobs' device memory moved, out and in, as they reported it at exit.
+    pub swapped: u64,
     /// When each GPU computed (by GPU index), in the run's time.
     pub busy: Vec<Busy>,
 }
@@ -52,7 +52,7 @@ impl RunStats {
             computing: Option<Duration>,
         }
         let mut state = vec![Job::default(); jobs];
-        let (mut items, mut waits, mut busy) = (0, Vec::new(), Vec::new());
+        let (mut items, mut waits, mut busy, mut swapped) = (0, Vec::new(), Vec::new(), 0u64);
         for s in lines {
             let Some(job) = state.get_mut(s.job) else { continue };
             match s.line {
@@ -69,9 +69,10 @@ impl RunStats {
                 }
                 Line::Item => items += 1,
                 Line::Ended => job.gpu = None,
+                Line::Swapped(out, into) => swapped = swapped.saturating_add(out).saturating_add(into),
             }
         }
-        RunStats { label: label.to_owned(), gpus, jobs, makespan, items, waits, grants: 0, swapped: None, busy }
+        RunStats { label: label.to_owned(), gpus, jobs, makespan, items, waits, grants: 0, swapped, busy }
     }
 
     /// Work items per hour.
@@ -146,10 +147,7 @@ pub fn table(runs: &[RunStats]) -> String {
         ("mean wait for a GPU", runs.iter().map(|r| seconds(r.mean_wait())).collect()),
         ("max wait for a GPU", runs.iter().map(|r| seconds(r.max_wait())).collect()),
         ("grants by the assigner", runs.iter().map(|r| r.grants.to_string()).collect()),
-        (
-            "bytes swapped",
-            runs.iter().map(|r| r.swapped.map_or_else(|| "- (note 2)".to_owned(), |b| Bytes(b).to_string())).collect(),
-        ),
+        ("bytes swapped (out + in)", runs.iter().map(|r| Bytes(r.swapped).to_string()).collect()),
     ];
     let label_width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
     let column_width = rows.iter().flat_map(|(_, cells)| cells.iter().map(String::len)).max().unwrap_or(0) + 2;
@@ -233,6 +231,12 @@ mod tests {
         let fast = RunStats::read("brokered", 1, 2, Duration::from_secs(1), &two_jobs());
         let t = table(&[base, fast]);
         assert!(t.contains("1.00x") && t.contains("2.00x"), "{t}");
-        assert!(t.contains("- (note 2)"), "{t}");
+        assert!(t.contains("bytes swapped (out + in)"), "{t}");
+    }
+
+    #[test]
+    fn swaps_the_jobs_report_are_added_up() {
+        let lines = vec![at(0, 10, Line::Swapped(100, 50)), at(1, 20, Line::Swapped(1, 2))];
+        assert_eq!(RunStats::read("b", 1, 2, Duration::from_secs(1), &lines).swapped, 153);
     }
 }
