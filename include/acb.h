@@ -97,6 +97,10 @@ enum acb_status
    A device allocation would pass the lease's memory, or memory ran out.
    */
   ACB_STATUS_OUT_OF_MEMORY = 14,
+  /*
+   The CUDA memory backend was asked for, but there is no CUDA driver or GPU.
+   */
+  ACB_STATUS_NO_CUDA = 15,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -162,7 +166,7 @@ typedef struct {
 /*
  Every status, for tests and bindings.
  */
-#define acb_status_ALL { acb_status_Ok, acb_status_NullParameter, acb_status_InvalidArgument, acb_status_Unavailable, acb_status_Timeout, acb_status_AlreadyActive, acb_status_NotActive, acb_status_Rejected, acb_status_PermissionDenied, acb_status_LeaseRevoked, acb_status_BufferTooSmall, acb_status_OutOfRange, acb_status_Internal, acb_status_Panic, acb_status_OutOfMemory, }
+#define acb_status_ALL { acb_status_Ok, acb_status_NullParameter, acb_status_InvalidArgument, acb_status_Unavailable, acb_status_Timeout, acb_status_AlreadyActive, acb_status_NotActive, acb_status_Rejected, acb_status_PermissionDenied, acb_status_LeaseRevoked, acb_status_BufferTooSmall, acb_status_OutOfRange, acb_status_Internal, acb_status_Panic, acb_status_OutOfMemory, acb_status_NoCuda, }
 
 #ifdef __cplusplus
 extern "C" {
@@ -258,6 +262,14 @@ acb_status acb_config_set_connect_retries(acb_config *config, uint32_t retries);
  it is kept, with its memory, until another job waits for it or the idle timeout passes.
  */
 acb_status acb_config_set_eager_release(acb_config *config, bool eager);
+
+/*
+ Where `acb_client_alloc` memory lives: `host` (the default: host memory standing in for
+ device memory, for simulated GPUs and tests) or `cuda` (CUDA VMM on the granted GPU; then
+ `acb_client_new` fails with `ACB_STATUS_NO_CUDA` where no CUDA driver or GPU is found).
+ Anything else gives `ACB_STATUS_INVALID_ARGUMENT`.
+ */
+acb_status acb_config_set_memory_backend(acb_config *config, const char *name, size_t len);
 
 /*
  Under lazy release, give a kept GPU back after it was idle this many milliseconds even if

@@ -17,11 +17,13 @@ use acb_core::{
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::config::MemoryBackend;
 use crate::config::acb_config;
 use crate::error::fail;
 use crate::lease::{Device, acb_lease};
-use crate::memory::Memory;
+use crate::memory::cuda::CudaBackend;
 use crate::memory::host::HostBackend;
+use crate::memory::{Backend, Memory};
 use crate::panic::{check_out, ffi_panic_boundary, try_ref};
 use crate::profile::{Mark, Profile};
 use crate::request::acb_request;
@@ -560,6 +562,13 @@ pub extern "C" fn acb_client_new(config: *const acb_config, client_out: *mut *mu
     ffi_panic_boundary! {
         let cfg = try_ref!(config).clone();
         check_out!(client_out);
+        let backend: Box<dyn Backend> = match cfg.memory_backend {
+            MemoryBackend::Host => Box::new(HostBackend::new()),
+            MemoryBackend::Cuda => match CudaBackend::new() {
+                Ok(b) => Box::new(b),
+                Err(e) => return fail(acb_status::NoCuda, e),
+            },
+        };
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("acb-client")
@@ -577,8 +586,7 @@ pub extern "C" fn acb_client_new(config: *const acb_config, client_out: *mut *mu
         machine.handle_disconnect(CoreInstant::ZERO);
         let _ = machine.poll_action();
         let start = runtime.block_on(async { tokio::time::Instant::now() });
-        // The CUDA backend is not built yet: device memory is the host backend's.
-        let memory: SharedMemory = std::sync::Arc::new(std::sync::Mutex::new(Memory::new(Box::new(HostBackend::new()))));
+        let memory: SharedMemory = std::sync::Arc::new(std::sync::Mutex::new(Memory::new(backend)));
         let driver = Driver {
             cfg: cfg.clone(),
             machine,

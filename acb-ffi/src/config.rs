@@ -22,11 +22,32 @@ pub struct acb_config {
     pub(crate) release: ReleaseMode,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) auth_token: Option<String>,
+    pub(crate) memory_backend: MemoryBackend,
+}
+
+/// Where `acb_client_alloc` memory lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MemoryBackend {
+    /// Host memory standing in for device memory (simulated GPUs, tests). The default.
+    Host,
+    /// CUDA VMM on the granted GPU.
+    Cuda,
+}
+
+impl MemoryBackend {
+    fn parse(s: &str) -> Result<MemoryBackend, String> {
+        match s {
+            "host" => Ok(MemoryBackend::Host),
+            "cuda" => Ok(MemoryBackend::Cuda),
+            other => Err(format!("memory backend {other:?}: expected host or cuda")),
+        }
+    }
 }
 
 impl acb_config {
     /// The settings the environment gives: `ACB_ASSIGNER` (else the default socket),
-    /// `ACB_JOB_ID` (else a generated id), `ACB_AUTH_TOKEN_FILE`.
+    /// `ACB_JOB_ID` (else a generated id), `ACB_AUTH_TOKEN_FILE`, `ACB_MEMORY_BACKEND` (`host`,
+    /// the default, or `cuda`).
     pub(crate) fn from_env() -> Result<acb_config, String> {
         let assigner = Address::from_env()?;
         let job = match std::env::var("ACB_JOB_ID") {
@@ -37,6 +58,10 @@ impl acb_config {
             Some(p) => Some(acb_assigner::config::read_token(std::path::Path::new(&p))?),
             None => None,
         };
+        let memory_backend = match std::env::var("ACB_MEMORY_BACKEND") {
+            Ok(b) if !b.is_empty() => MemoryBackend::parse(&b).map_err(|e| format!("ACB_MEMORY_BACKEND: {e}"))?,
+            _ => MemoryBackend::Host,
+        };
         Ok(acb_config {
             assigner,
             job,
@@ -45,6 +70,7 @@ impl acb_config {
             release: ReleaseMode::Lazy,
             idle_timeout: None,
             auth_token,
+            memory_backend,
         })
     }
 }
@@ -164,6 +190,29 @@ pub extern "C" fn acb_config_set_eager_release(config: *mut acb_config, eager: b
         let cfg = try_mut!(config);
         cfg.release = if eager { ReleaseMode::Eager } else { ReleaseMode::Lazy };
         acb_status::Ok
+    }
+}
+
+/// Where `acb_client_alloc` memory lives: `host` (the default: host memory standing in for
+/// device memory, for simulated GPUs and tests) or `cuda` (CUDA VMM on the granted GPU; then
+/// `acb_client_new` fails with `ACB_STATUS_NO_CUDA` where no CUDA driver or GPU is found).
+/// Anything else gives `ACB_STATUS_INVALID_ARGUMENT`.
+#[unsafe(no_mangle)]
+pub extern "C" fn acb_config_set_memory_backend(
+    config: *mut acb_config,
+    name: *const c_char,
+    len: usize,
+) -> acb_status {
+    ffi_panic_boundary! {
+        let cfg = try_mut!(config);
+        let s = match str_arg(name, len, "name") { Ok(s) => s, Err(st) => return st };
+        match MemoryBackend::parse(s) {
+            Ok(b) => {
+                cfg.memory_backend = b;
+                acb_status::Ok
+            }
+            Err(e) => fail(acb_status::InvalidArgument, e),
+        }
     }
 }
 

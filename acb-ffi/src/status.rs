@@ -37,11 +37,13 @@ pub enum acb_status {
     Panic = 13,
     /// A device allocation would pass the lease's memory, or memory ran out.
     OutOfMemory = 14,
+    /// The CUDA memory backend was asked for, but there is no CUDA driver or GPU.
+    NoCuda = 15,
 }
 
 impl acb_status {
     /// Every status, for tests and bindings.
-    pub const ALL: [acb_status; 15] = [
+    pub const ALL: [acb_status; 16] = [
         acb_status::Ok,
         acb_status::NullParameter,
         acb_status::InvalidArgument,
@@ -57,6 +59,7 @@ impl acb_status {
         acb_status::Internal,
         acb_status::Panic,
         acb_status::OutOfMemory,
+        acb_status::NoCuda,
     ];
 
     /// The status with this number, if any.
@@ -82,6 +85,7 @@ impl acb_status {
             acb_status::Internal => "an internal error in libacb or the assigner",
             acb_status::Panic => "a panic inside libacb (a bug)",
             acb_status::OutOfMemory => "out of device memory: the allocation would pass the lease's memory",
+            acb_status::NoCuda => "no CUDA driver or GPU for the CUDA memory backend",
         }
     }
 }

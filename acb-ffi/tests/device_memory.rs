@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 use acb::client::{acb_client_free, acb_client_new, acb_on_device_begin, acb_on_device_end};
 use acb::config::{
     acb_config_free, acb_config_new, acb_config_set_assigner, acb_config_set_eager_release, acb_config_set_job,
+    acb_config_set_memory_backend,
 };
 use acb::device_memory::{acb_client_alloc, acb_client_dealloc, acb_client_memory_stats, acb_client_set_read_only};
+use acb::error::acb_error_message;
 use acb::lease::acb_lease_free;
 use acb::request::{acb_request_free, acb_request_new};
 use acb::{acb_client, acb_memory_stats, acb_status};
@@ -153,4 +155,28 @@ fn memory_leaves_with_the_gpu_and_comes_back_exact_at_the_same_addresses() {
     assert_eq!(acb_client_dealloc(job_a.0, ptr::null_mut()), acb_status::Ok);
     assert_eq!(acb_client_dealloc(job_b.0, q.cast()), acb_status::Ok);
     assert_eq!(job_a.stats().allocations, 1);
+}
+
+#[test]
+fn the_cuda_backend_without_a_driver_is_a_clear_error() {
+    let mut cfg = ptr::null_mut();
+    assert_eq!(acb_config_new(&mut cfg), acb_status::Ok);
+    assert_eq!(acb_config_set_memory_backend(cfg, "gpu".as_ptr().cast(), 3), acb_status::InvalidArgument);
+    assert_eq!(acb_config_set_memory_backend(cfg, "cuda".as_ptr().cast(), 4), acb_status::Ok);
+    let mut c = ptr::null_mut();
+    let st = acb_client_new(cfg, &mut c);
+    // The details of a failure are there until the thread's next call.
+    let mut buf = [0u8; 512];
+    let mut n = 0usize;
+    assert_eq!(acb_error_message(buf.as_mut_ptr().cast(), buf.len(), &mut n), acb_status::Ok);
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    acb_config_free(cfg);
+    if st == acb_status::Ok {
+        eprintln!("a CUDA driver and GPU are present here: the CUDA backend was made");
+        acb_client_free(c);
+        return;
+    }
+    assert_eq!(st, acb_status::NoCuda);
+    assert!(c.is_null(), "outputs are written only on success");
+    assert!(msg.contains("no CUDA driver") || msg.contains("no GPU"), "{msg}");
 }

@@ -2,7 +2,7 @@
 //! for machines without a GPU. A swapped-out range keeps its addresses but has no memory and no
 //! access (`PROT_NONE`): touching it faults, as touching unmapped device memory does.
 
-use super::{Backend, MemError};
+use super::{Backend, HostBuf, MemError};
 
 /// Anonymous mappings as device memory.
 #[derive(Debug)]
@@ -75,15 +75,30 @@ impl Backend for HostBackend {
         Ok(())
     }
 
-    fn copy_to_host(&mut self, addr: usize, host: &mut [u8]) -> Result<(), MemError> {
-        // SAFETY: the range is mapped readable and at least `host.len()` long (the caller's plan).
-        unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, host.as_mut_ptr(), host.len()) };
+    fn alloc_host(&mut self, size: usize) -> Result<HostBuf, MemError> {
+        let buf: Box<[u8]> = vec![0u8; size].into_boxed_slice();
+        Ok(HostBuf { ptr: Box::into_raw(buf).cast(), len: size })
+    }
+
+    fn free_host(&mut self, buf: HostBuf) {
+        // SAFETY: made by alloc_host from a boxed slice of exactly `len` bytes, freed once.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(buf.ptr, buf.len)) });
+    }
+
+    fn copy_to_host(&mut self, addr: usize, host: &HostBuf, len: usize) -> Result<(), MemError> {
+        // SAFETY: the range is mapped readable and at least `len` long; `host` has `len` bytes
+        // (it is the range's span); they do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, host.ptr, len.min(host.len)) };
         Ok(())
     }
 
-    fn copy_from_host(&mut self, host: &[u8], addr: usize) -> Result<(), MemError> {
-        // SAFETY: the range is mapped writable and at least `host.len()` long.
-        unsafe { std::ptr::copy_nonoverlapping(host.as_ptr(), addr as *mut u8, host.len()) };
+    fn copy_from_host(&mut self, host: &HostBuf, len: usize, addr: usize) -> Result<(), MemError> {
+        // SAFETY: as above, the other way.
+        unsafe { std::ptr::copy_nonoverlapping(host.ptr, addr as *mut u8, len.min(host.len)) };
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), MemError> {
         Ok(())
     }
 }

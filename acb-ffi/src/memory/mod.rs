@@ -9,11 +9,14 @@
 //! allocations over and over allocates host memory once.
 //!
 //! Backends: [`host::HostBackend`] (anonymous mappings, `PROT_NONE` while swapped out) for
-//! tests and machines without a GPU. The CUDA VMM backend is not built yet.
+//! tests and machines without a GPU; [`cuda::CudaBackend`] (CUDA VMM: reserved virtual ranges,
+//! physical memory created and mapped into them, pinned host buffers, asynchronous copies on a
+//! stream of its own, one synchronisation per swap).
 //!
 //! The fence: while a lease is held, the resident bytes may not pass its memory per GPU; an
 //! allocation past it fails as out of memory, in this process only.
 
+pub(crate) mod cuda;
 pub(crate) mod host;
 
 use std::collections::BTreeMap;
@@ -48,7 +51,18 @@ impl std::fmt::Display for MemError {
     }
 }
 
-/// Moves a range of "device" memory between the device and host memory.
+/// A host buffer a backend made (pinned where it can), owned by the [`HostPool`].
+#[derive(Debug)]
+pub(crate) struct HostBuf {
+    pub(crate) ptr: *mut u8,
+    pub(crate) len: usize,
+}
+
+// SAFETY: a HostBuf is owned by one Memory at a time and only used under its lock.
+unsafe impl Send for HostBuf {}
+
+/// Moves a range of "device" memory between the device and host memory. Copies may be
+/// asynchronous: they are complete when [`Backend::sync`] returns.
 pub(crate) trait Backend: Send + std::fmt::Debug {
     /// Ranges are multiples of this.
     fn granularity(&self) -> usize;
@@ -60,16 +74,23 @@ pub(crate) trait Backend: Send + std::fmt::Debug {
     fn map(&mut self, addr: usize, size: usize, device: u32) -> Result<(), MemError>;
     /// Takes the memory from behind a range, keeping its addresses; touching it then faults.
     fn unmap(&mut self, addr: usize, size: usize) -> Result<(), MemError>;
-    /// Copies the start of a mapped range into `host`.
-    fn copy_to_host(&mut self, addr: usize, host: &mut [u8]) -> Result<(), MemError>;
-    /// Copies `host` into the start of a mapped range.
-    fn copy_from_host(&mut self, host: &[u8], addr: usize) -> Result<(), MemError>;
+    /// Host memory for swapped-out bytes.
+    fn alloc_host(&mut self, size: usize) -> Result<HostBuf, MemError>;
+    /// Gives a host buffer back.
+    fn free_host(&mut self, buf: HostBuf);
+    /// Starts copying the first `len` bytes of the mapped range at `addr` into `host`.
+    fn copy_to_host(&mut self, addr: usize, host: &HostBuf, len: usize) -> Result<(), MemError>;
+    /// Starts copying the first `len` bytes of `host` into the mapped range at `addr`.
+    fn copy_from_host(&mut self, host: &HostBuf, len: usize, addr: usize) -> Result<(), MemError>;
+    /// Waits for every copy started.
+    fn sync(&mut self) -> Result<(), MemError>;
 }
 
-/// Host buffers for swapped-out bytes, kept for reuse by size, up to a bound on what lies idle.
+/// Host buffers for swapped-out bytes, kept for reuse by size, up to a bound on what lies idle:
+/// a job that swaps the same allocations again and again allocates (and pins) host memory once.
 #[derive(Debug, Default)]
 pub(crate) struct HostPool {
-    idle: BTreeMap<usize, Vec<Box<[u8]>>>,
+    idle: BTreeMap<usize, Vec<HostBuf>>,
     idle_bytes: usize,
     /// Bytes of every buffer this pool made that still exists (idle or in use).
     pub(crate) total_bytes: usize,
@@ -79,25 +100,35 @@ pub(crate) struct HostPool {
 const POOL_IDLE_LIMIT: usize = 1 << 30;
 
 impl HostPool {
-    fn take(&mut self, size: usize) -> Box<[u8]> {
+    fn take(&mut self, backend: &mut dyn Backend, size: usize) -> Result<HostBuf, MemError> {
         if let Some(list) = self.idle.get_mut(&size)
             && let Some(buf) = list.pop()
         {
             self.idle_bytes -= size;
-            return buf;
+            return Ok(buf);
         }
+        let buf = backend.alloc_host(size)?;
         self.total_bytes += size;
-        vec![0u8; size].into_boxed_slice()
+        Ok(buf)
     }
 
-    fn give(&mut self, buf: Box<[u8]>) {
-        let size = buf.len();
+    fn give(&mut self, backend: &mut dyn Backend, buf: HostBuf) {
+        let size = buf.len;
         if self.idle_bytes + size > POOL_IDLE_LIMIT {
             self.total_bytes -= size;
+            backend.free_host(buf);
             return;
         }
         self.idle_bytes += size;
         self.idle.entry(size).or_default().push(buf);
+    }
+
+    fn drain(&mut self, backend: &mut dyn Backend) {
+        for buf in std::mem::take(&mut self.idle).into_values().flatten() {
+            self.total_bytes -= buf.len;
+            backend.free_host(buf);
+        }
+        self.idle_bytes = 0;
     }
 }
 
@@ -109,7 +140,7 @@ struct Region {
     /// Bytes reserved and mapped (rounded up to the backend's granularity).
     span: usize,
     /// The host copy, while there is one.
-    host: Option<Box<[u8]>>,
+    host: Option<HostBuf>,
 }
 
 /// Cumulative figures.
@@ -190,7 +221,7 @@ impl Memory {
         self.by_id.remove(&region.id);
         let _ = self.registry.remove(region.id);
         if let Some(buf) = region.host {
-            self.pool.give(buf);
+            self.pool.give(&mut *self.backend, buf);
         }
         self.backend.free(addr, region.span);
         Ok(())
@@ -206,7 +237,7 @@ impl Memory {
             && resident
             && let Some(buf) = region.host.take()
         {
-            self.pool.give(buf);
+            self.pool.give(&mut *self.backend, buf);
         }
         Ok(())
     }
@@ -215,22 +246,27 @@ impl Memory {
     /// current) and unmaps it. Returns the bytes copied.
     pub(crate) fn swap_out(&mut self) -> Result<u64, MemError> {
         let plan = self.registry.plan_swap_out(OWNER);
+        let addrs: Vec<(usize, bool)> =
+            plan.items.iter().filter_map(|item| Some((*self.by_id.get(&item.id)?, item.copy))).collect();
+        // Start every copy, wait once, then unmap: the copies run back to back.
         let mut copied = 0u64;
-        for item in &plan.items {
-            let Some(&addr) = self.by_id.get(&item.id) else { continue };
+        for &(addr, copy) in &addrs {
             let Some(region) = self.regions.get_mut(&addr) else { continue };
-            if item.copy {
-                let mut buf = match region.host.take() {
+            if copy {
+                let buf = match region.host.take() {
                     Some(b) => b,
-                    None => self.pool.take(region.span),
+                    None => self.pool.take(&mut *self.backend, region.span)?,
                 };
-                let size = region.size;
-                let result = self.backend.copy_to_host(addr, &mut buf[..size]);
+                let result = self.backend.copy_to_host(addr, &buf, region.size);
                 region.host = Some(buf);
                 result?;
-                copied += size as u64;
+                copied += region.size as u64;
             }
-            self.backend.unmap(addr, region.span)?;
+        }
+        self.backend.sync()?;
+        for &(addr, _) in &addrs {
+            let span = self.regions.get(&addr).map_or(0, |r| r.span);
+            self.backend.unmap(addr, span)?;
         }
         self.registry.complete_swap_out(&plan);
         self.held = None;
@@ -262,16 +298,23 @@ impl Memory {
             mapped.push((addr, span));
         }
         let mut copied = 0u64;
-        for item in &plan.items {
-            let Some(&addr) = self.by_id.get(&item.id) else { continue };
-            let Some(region) = self.regions.get_mut(&addr) else { continue };
-            let read_only = self.registry.get(item.id).is_some_and(|a| a.read_only);
-            if let Some(buf) = &region.host {
-                self.backend.copy_from_host(&buf[..region.size], addr)?;
+        for &(addr, _) in &mapped {
+            if let Some(region) = self.regions.get(&addr)
+                && let Some(buf) = &region.host
+            {
+                self.backend.copy_from_host(buf, region.size, addr)?;
                 copied += region.size as u64;
             }
-            if !read_only && let Some(buf) = region.host.take() {
-                self.pool.give(buf);
+        }
+        self.backend.sync()?;
+        // Writable allocations' host copies are stale from now on: back to the pool.
+        for item in &plan.items {
+            let read_only = self.registry.get(item.id).is_some_and(|a| a.read_only);
+            if let Some(&addr) = self.by_id.get(&item.id)
+                && !read_only
+                && let Some(buf) = self.regions.get_mut(&addr).and_then(|r| r.host.take())
+            {
+                self.pool.give(&mut *self.backend, buf);
             }
         }
         self.registry.complete_swap_in(&plan);
@@ -304,12 +347,13 @@ impl Memory {
         }
     }
 
-    /// Frees everything (the client is going away).
+    /// Frees everything, host buffers included (the client is going away).
     pub(crate) fn clear(&mut self) {
         let addrs: Vec<usize> = self.regions.keys().copied().collect();
         for addr in addrs {
             let _ = self.free(addr);
         }
+        self.pool.drain(&mut *self.backend);
     }
 }
 

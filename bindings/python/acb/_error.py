@@ -48,6 +48,10 @@ class OutOfMemory(AcbError, MemoryError):
     """A device allocation would pass the lease's memory."""
 
 
+class NoCuda(AcbError):
+    """The CUDA memory backend was asked for, but there is no CUDA driver or GPU."""
+
+
 _BY_NAME = {
     "ACB_STATUS_INVALID_ARGUMENT": InvalidRequest,
     "ACB_STATUS_UNAVAILABLE": AssignerUnavailable,
@@ -58,6 +62,7 @@ _BY_NAME = {
     "ACB_STATUS_PERMISSION_DENIED": PermissionDenied,
     "ACB_STATUS_LEASE_REVOKED": LeaseRevoked,
     "ACB_STATUS_OUT_OF_MEMORY": OutOfMemory,
+    "ACB_STATUS_NO_CUDA": NoCuda,
 }
 _BY_STATUS = {_ffi.CONSTANTS[name]: cls for name, cls in _BY_NAME.items()}
 OK = _ffi.CONSTANTS["ACB_STATUS_OK"]
