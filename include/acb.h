@@ -178,6 +178,24 @@ extern "C" {
 uint32_t acb_abi_version(void);
 
 /*
+ Makes `client` the one `acb_allocator_malloc`/`_free` use (NULL: none). The client must stay
+ alive while it is set; `acb_client_free` unsets it.
+ */
+acb_status acb_allocator_set_client(acb_client *client);
+
+/*
+ PyTorch's `alloc_fn`: `size` bytes on the GPU of the set client's active phase, or NULL
+ (the framework then reports out of memory; `acb_error_message` says why). `device` and
+ `stream` are the framework's; the memory is on the lease's GPU.
+ */
+void *acb_allocator_malloc(ptrdiff_t size, int32_t device, void *stream);
+
+/*
+ PyTorch's `free_fn`: frees memory from `acb_allocator_malloc` (NULL does nothing).
+ */
+void acb_allocator_free(void *ptr, ptrdiff_t size, int32_t device, void *stream);
+
+/*
  Makes a client from `config` (copied; free the config whenever you like) into
  `*client_out`. It connects to the assigner at its first GPU phase, not here, so it works
  when the assigner starts later. Free it with `acb_client_free`. When `ACB_PROFILE` names a

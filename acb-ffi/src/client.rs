@@ -623,6 +623,7 @@ pub extern "C" fn acb_client_free(client: *mut acb_client) {
             return;
         }
         // SAFETY: made by acb_client_new, freed once, no other call in flight (the contract).
+        crate::allocator::forget(client);
         let mut c = unsafe { Box::from_raw(client) };
         c.mark(Mark::Stop);
         let (tx, rx) = std_mpsc::channel();

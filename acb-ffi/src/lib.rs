@@ -11,6 +11,8 @@
 
 mod panic;
 
+pub mod allocator;
+
 pub mod client;
 pub mod config;
 pub mod device_memory;

@@ -33,6 +33,15 @@ macro_rules! impl_zero_default {
 }
 impl_zero_default!(u32, u64, usize);
 
+impl<T> FfiDefault for *mut T {
+    fn panicked() -> Self {
+        std::ptr::null_mut()
+    }
+    fn null_parameter() -> Self {
+        std::ptr::null_mut()
+    }
+}
+
 /// Runs the body of an export; a panic becomes [`FfiDefault::panicked`].
 macro_rules! ffi_panic_boundary {
     ($($body:tt)*) => {

@@ -9,6 +9,7 @@ use std::ffi::c_void;
 use std::ptr;
 use std::time::{Duration, Instant};
 
+use acb::allocator::{acb_allocator_free, acb_allocator_malloc, acb_allocator_set_client};
 use acb::client::{acb_client_free, acb_client_new, acb_on_device_begin, acb_on_device_end};
 use acb::config::{
     acb_config_free, acb_config_new, acb_config_set_assigner, acb_config_set_eager_release, acb_config_set_job,
@@ -179,4 +180,27 @@ fn the_cuda_backend_without_a_driver_is_a_clear_error() {
     assert_eq!(st, acb_status::NoCuda);
     assert!(c.is_null(), "outputs are written only on success");
     assert!(msg.contains("no CUDA driver") || msg.contains("no GPU"), "{msg}");
+}
+
+/// PyTorch's pluggable-allocator entry points go to the client set for them, in its GPU phases.
+#[test]
+fn the_pluggable_allocator_entry_points_use_the_set_client() {
+    let a = Assigner::start("allocator", "fake:1x80GiB");
+    let job = Client::new(&a.addr(), "torch-like");
+    assert!(acb_allocator_malloc(4096, 0, ptr::null_mut()).is_null(), "no client set yet");
+    assert_eq!(acb_allocator_set_client(job.0), acb_status::Ok);
+    assert!(acb_allocator_malloc(4096, 0, ptr::null_mut()).is_null(), "outside a GPU phase");
+    job.begin();
+    assert!(acb_allocator_malloc(-1, 0, ptr::null_mut()).is_null(), "a negative size");
+    let p = acb_allocator_malloc(1 << 20, 0, ptr::null_mut());
+    assert!(!p.is_null());
+    // SAFETY: 1 MiB, resident in the phase.
+    unsafe { ptr::write_bytes(p.cast::<u8>(), 0xab, 1 << 20) };
+    assert_eq!(job.stats().allocations, 1);
+    acb_allocator_free(p, 1 << 20, 0, ptr::null_mut());
+    acb_allocator_free(ptr::null_mut(), 0, 0, ptr::null_mut());
+    assert_eq!(job.stats().allocations, 0);
+    job.end();
+    drop(job); // acb_client_free unsets it
+    assert!(acb_allocator_malloc(4096, 0, ptr::null_mut()).is_null());
 }

@@ -46,6 +46,7 @@ _SCALARS = {
     "int32_t": ctypes.c_int32,
     "uint64_t": ctypes.c_uint64,
     "size_t": ctypes.c_size_t,
+    "ptrdiff_t": ctypes.c_ssize_t,
     "acb_status": ctypes.c_uint32,
     "char": ctypes.c_char,
 }
