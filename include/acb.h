@@ -184,6 +184,18 @@ uint32_t acb_abi_version(void);
 acb_status acb_allocator_set_client(acb_client *client);
 
 /*
+ Whether a client is set (the `cudaMalloc` interposer sends allocations to libacb then).
+ */
+bool acb_allocator_has_client(void);
+
+/*
+ Frees `ptr` if it is memory of the set client: `ACB_STATUS_OK`; `ACB_STATUS_INVALID_ARGUMENT`
+ if it is not (the interposer then hands it to the real `cudaFree`), `ACB_STATUS_NOT_ACTIVE`
+ if no client is set.
+ */
+acb_status acb_allocator_try_free(void *ptr);
+
+/*
  PyTorch's `alloc_fn`: `size` bytes on the GPU of the set client's active phase, or NULL
  (the framework then reports out of memory; `acb_error_message` says why). `device` and
  `stream` are the framework's; the memory is on the lease's GPU.

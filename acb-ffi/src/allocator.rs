@@ -24,6 +24,29 @@ pub extern "C" fn acb_allocator_set_client(client: *mut acb_client) -> acb_statu
     }
 }
 
+/// Whether a client is set (the `cudaMalloc` interposer sends allocations to libacb then).
+#[unsafe(no_mangle)]
+pub extern "C" fn acb_allocator_has_client() -> bool {
+    ffi_panic_boundary! { !CLIENT.load(Ordering::Acquire).is_null() }
+}
+
+/// Frees `ptr` if it is memory of the set client: `ACB_STATUS_OK`; `ACB_STATUS_INVALID_ARGUMENT`
+/// if it is not (the interposer then hands it to the real `cudaFree`), `ACB_STATUS_NOT_ACTIVE`
+/// if no client is set.
+#[unsafe(no_mangle)]
+pub extern "C" fn acb_allocator_try_free(ptr: *mut c_void) -> acb_status {
+    ffi_panic_boundary! {
+        let client = CLIENT.load(Ordering::Acquire);
+        if client.is_null() {
+            return fail(acb_status::NotActive, "no client is set");
+        }
+        if ptr.is_null() {
+            return acb_status::Ok;
+        }
+        acb_client_dealloc(client, ptr)
+    }
+}
+
 /// Unsets `client` if it is the allocator's (called by `acb_client_free`).
 pub(crate) fn forget(client: *mut acb_client) {
     let _ = CLIENT.compare_exchange(client, std::ptr::null_mut(), Ordering::AcqRel, Ordering::Acquire);

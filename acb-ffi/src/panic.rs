@@ -18,6 +18,15 @@ impl FfiDefault for acb_status {
     }
 }
 
+impl FfiDefault for bool {
+    fn panicked() -> Self {
+        false
+    }
+    fn null_parameter() -> Self {
+        false
+    }
+}
+
 impl FfiDefault for () {
     fn panicked() -> Self {}
     fn null_parameter() -> Self {}

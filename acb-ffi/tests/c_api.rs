@@ -198,3 +198,28 @@ impl SpawnOutput for Command {
         std::thread::spawn(move || child.wait_with_output().unwrap())
     }
 }
+
+/// The `cudaMalloc`/`cudaFree` interposer under `LD_PRELOAD`, with no CUDA runtime present:
+/// allocations go to libacb while a client is set, CUDA errors otherwise.
+#[test]
+fn the_cuda_malloc_interposer_sends_allocations_to_libacb() {
+    let dir = scratch("preload");
+    let bin = dir.join("preload_test");
+    compile(&root().join("bindings/c/tests/preload_test.c"), &bin);
+    let preload = lib_dir().join("libacb_preload.so");
+    assert!(preload.exists(), "{} not built (acb-ffi's dev-dependency builds it)", preload.display());
+    let a = Assigner::start("preload", "fake:1x80GiB");
+    let out = Command::new(&bin)
+        .env("ACB_ASSIGNER", a.addr())
+        .env("LD_PRELOAD", &preload)
+        // ASan wants to be first in the library list; the interposer comes first here.
+        .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1:verify_asan_link_order=0")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    let passed: u32 = stdout.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(passed >= 20, "{stdout}");
+    let _ = std::fs::remove_dir_all(dir);
+}
