@@ -12,17 +12,7 @@
 
 #include "acb.h"
 
-static int passed, failed;
-
-#define CHECK(cond)                                                        \
-  do {                                                                     \
-    if (cond) {                                                            \
-      passed++;                                                            \
-    } else {                                                               \
-      failed++;                                                            \
-      fprintf(stderr, "FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond);   \
-    }                                                                      \
-  } while (0)
+#include "check.h"
 
 static double now_s(void) {
   struct timespec ts;
