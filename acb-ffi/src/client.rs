@@ -622,8 +622,8 @@ pub extern "C" fn acb_client_free(client: *mut acb_client) {
         if client.is_null() {
             return;
         }
-        // SAFETY: made by acb_client_new, freed once, no other call in flight (the contract).
         crate::allocator::forget(client);
+        // SAFETY: made by acb_client_new, freed once, no other call in flight (the contract).
         let mut c = unsafe { Box::from_raw(client) };
         c.mark(Mark::Stop);
         let (tx, rx) = std_mpsc::channel();

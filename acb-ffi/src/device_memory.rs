@@ -102,17 +102,9 @@ pub extern "C" fn acb_client_memory_stats(client: *const acb_client, stats_out: 
     ffi_panic_boundary! {
         let c = try_ref!(client);
         check_out!(stats_out);
-        let s = lock_memory(&c.memory).stats();
-        let out = acb_memory_stats {
-            allocations: s.allocations,
-            resident_bytes: s.resident_bytes,
-            swapped_bytes: s.swapped_bytes,
-            swapped_out_total: s.swapped_out_total,
-            swapped_in_total: s.swapped_in_total,
-            host_pool_bytes: s.host_pool_bytes,
-        };
+        let stats = lock_memory(&c.memory).stats();
         // SAFETY: checked non-NULL.
-        unsafe { *stats_out = out };
+        unsafe { *stats_out = stats };
         acb_status::Ok
     }
 }

@@ -22,6 +22,8 @@ pub(crate) mod host;
 use std::collections::BTreeMap;
 
 use acb_core::swap::Residency;
+
+use crate::device_memory::acb_memory_stats;
 use acb_core::{AllocId, ClientId, GpuId, SwapRegistry};
 
 /// What a memory operation can fail with.
@@ -141,17 +143,6 @@ struct Region {
     span: usize,
     /// The host copy, while there is one.
     host: Option<HostBuf>,
-}
-
-/// Cumulative figures.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct MemStats {
-    pub(crate) allocations: u64,
-    pub(crate) resident_bytes: u64,
-    pub(crate) swapped_bytes: u64,
-    pub(crate) swapped_out_total: u64,
-    pub(crate) swapped_in_total: u64,
-    pub(crate) host_pool_bytes: u64,
 }
 
 /// One client's swappable memory.
@@ -335,9 +326,9 @@ impl Memory {
         std::mem::take(&mut self.unreported)
     }
 
-    pub(crate) fn stats(&self) -> MemStats {
+    pub(crate) fn stats(&self) -> acb_memory_stats {
         let t = self.registry.client_totals(OWNER);
-        MemStats {
+        acb_memory_stats {
             allocations: self.regions.len() as u64,
             resident_bytes: t.resident,
             swapped_bytes: t.swapped,
