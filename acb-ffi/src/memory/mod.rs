@@ -281,23 +281,28 @@ impl Memory {
             let Some(&addr) = self.by_id.get(&item.id) else { continue };
             let span = self.regions.get(&addr).map_or(0, |r| r.span);
             if let Err(e) = self.backend.map(addr, span, device) {
-                for (a, s) in mapped {
-                    let _ = self.backend.unmap(a, s);
-                }
+                self.unmap_all(&mapped);
                 return Err(e);
             }
             mapped.push((addr, span));
         }
         let mut copied = 0u64;
-        for &(addr, _) in &mapped {
-            if let Some(region) = self.regions.get(&addr)
-                && let Some(buf) = &region.host
-            {
-                self.backend.copy_from_host(buf, region.size, addr)?;
-                copied += region.size as u64;
+        let mut copy_back = || -> Result<(), MemError> {
+            for &(addr, _) in &mapped {
+                if let Some(region) = self.regions.get(&addr)
+                    && let Some(buf) = &region.host
+                {
+                    self.backend.copy_from_host(buf, region.size, addr)?;
+                    copied += region.size as u64;
+                }
             }
+            self.backend.sync()
+        };
+        if let Err(e) = copy_back() {
+            // Still swapped out, as the registry says: unmap again; the host copies are kept.
+            self.unmap_all(&mapped);
+            return Err(e);
         }
-        self.backend.sync()?;
         // Writable allocations' host copies are stale from now on: back to the pool.
         for item in &plan.items {
             let read_only = self.registry.get(item.id).is_some_and(|a| a.read_only);
@@ -313,6 +318,13 @@ impl Memory {
         self.swapped_in_total += copied;
         self.unreported.0 += copied;
         Ok(copied)
+    }
+
+    /// Undoes the mappings of a swap-in that failed.
+    fn unmap_all(&mut self, ranges: &[(usize, usize)]) {
+        for &(addr, span) in ranges {
+            let _ = self.backend.unmap(addr, span);
+        }
     }
 
     /// A lease is held and nothing is swapped out (what a swap-in of nothing does).
