@@ -250,8 +250,8 @@ acb_status acb_on_device_end(const acb_client *client);
 acb_status acb_client_status_json(const acb_client *client, char *buf, size_t len, size_t *written);
 
 /*
- Makes a config from the environment (`ACB_ASSIGNER`, `ACB_JOB_ID`, `ACB_AUTH_TOKEN_FILE`)
- into `*config_out`. Free it with `acb_config_free`. A malformed `ACB_ASSIGNER` gives
+ Makes a config from the environment (`ACB_ASSIGNER`, `ACB_JOB_ID`, `ACB_AUTH_TOKEN_FILE`,
+ `ACB_MEMORY_BACKEND`, `ACB_EAGER_RELEASE`) into `*config_out`. Free it with `acb_config_free`. A malformed `ACB_ASSIGNER` gives
  `ACB_STATUS_INVALID_ARGUMENT`.
  */
 acb_status acb_config_new(acb_config **config_out);

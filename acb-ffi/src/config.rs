@@ -47,7 +47,7 @@ impl MemoryBackend {
 impl acb_config {
     /// The settings the environment gives: `ACB_ASSIGNER` (else the default socket),
     /// `ACB_JOB_ID` (else a generated id), `ACB_AUTH_TOKEN_FILE`, `ACB_MEMORY_BACKEND` (`host`,
-    /// the default, or `cuda`).
+    /// the default, or `cuda`), `ACB_EAGER_RELEASE` (`1` for eager release; lazy by default).
     pub(crate) fn from_env() -> Result<acb_config, String> {
         let assigner = Address::from_env()?;
         let job = match std::env::var("ACB_JOB_ID") {
@@ -62,12 +62,17 @@ impl acb_config {
             Ok(b) if !b.is_empty() => MemoryBackend::parse(&b).map_err(|e| format!("ACB_MEMORY_BACKEND: {e}"))?,
             _ => MemoryBackend::Host,
         };
+        let release = match std::env::var("ACB_EAGER_RELEASE").as_deref() {
+            Ok("1" | "true" | "yes") => ReleaseMode::Eager,
+            Ok("0" | "false" | "no" | "") | Err(_) => ReleaseMode::Lazy,
+            Ok(other) => return Err(format!("ACB_EAGER_RELEASE: {other:?}: expected 1 or 0")),
+        };
         Ok(acb_config {
             assigner,
             job,
             connect_timeout: Duration::from_secs(2),
             connect_retries: 3,
-            release: ReleaseMode::Lazy,
+            release,
             idle_timeout: None,
             auth_token,
             memory_backend,
@@ -91,8 +96,8 @@ pub(crate) fn str_arg<'a>(s: *const c_char, len: usize, what: &str) -> Result<&'
     std::str::from_utf8(bytes).map_err(|_| fail(acb_status::InvalidArgument, format!("{what} is not UTF-8")))
 }
 
-/// Makes a config from the environment (`ACB_ASSIGNER`, `ACB_JOB_ID`, `ACB_AUTH_TOKEN_FILE`)
-/// into `*config_out`. Free it with `acb_config_free`. A malformed `ACB_ASSIGNER` gives
+/// Makes a config from the environment (`ACB_ASSIGNER`, `ACB_JOB_ID`, `ACB_AUTH_TOKEN_FILE`,
+/// `ACB_MEMORY_BACKEND`, `ACB_EAGER_RELEASE`) into `*config_out`. Free it with `acb_config_free`. A malformed `ACB_ASSIGNER` gives
 /// `ACB_STATUS_INVALID_ARGUMENT`.
 #[unsafe(no_mangle)]
 pub extern "C" fn acb_config_new(config_out: *mut *mut acb_config) -> acb_status {

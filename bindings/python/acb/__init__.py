@@ -133,23 +133,28 @@ def _lease_from(ptr: ctypes.c_void_p) -> Lease:
 
 class Client:
     """A client of the assigner: one job. `assigner` ('unix:/path' or 'tcp:IP:PORT') and `job`
-    default to ACB_ASSIGNER and ACB_JOB_ID. Close it (or use `with`) to release what it holds."""
+    default to ACB_ASSIGNER and ACB_JOB_ID, `eager` (release at every phase end rather than
+    when another job waits) to ACB_EAGER_RELEASE. `memory_backend` ('host' or 'cuda') is where the
+    client's swappable memory lives (default: ACB_MEMORY_BACKEND, else host); 'cuda' raises
+    NoCuda when there is no CUDA driver. Close it (or use `with`) to release what it holds."""
 
     def __init__(
         self,
         assigner: Optional[str] = None,
         job: Optional[str] = None,
         *,
-        eager: bool = False,
+        eager: Optional[bool] = None,
         idle_timeout: Optional[float] = None,
         connect_timeout: Optional[float] = None,
         connect_retries: Optional[int] = None,
         auth_token: Optional[str] = None,
+        memory_backend: Optional[str] = None,
     ):
-        for name, v in (("assigner", assigner), ("job", job), ("auth_token", auth_token)):
+        for name, v in (("assigner", assigner), ("job", job), ("auth_token", auth_token),
+                        ("memory_backend", memory_backend)):
             if v is not None and not isinstance(v, str):
                 raise TypeError(f"{name} must be a str, not {type(v).__name__}")
-        if not isinstance(eager, bool):
+        if eager is not None and not isinstance(eager, bool):
             raise TypeError("eager must be a bool")
         self._ptr = None
         self._req = None
@@ -166,7 +171,11 @@ class Client:
             if auth_token is not None:
                 b = auth_token.encode()
                 check(_lib.acb_config_set_auth_token(cfg, b, len(b)))
-            check(_lib.acb_config_set_eager_release(cfg, eager))
+            if eager is not None:
+                check(_lib.acb_config_set_eager_release(cfg, eager))
+            if memory_backend is not None:
+                b = memory_backend.encode()
+                check(_lib.acb_config_set_memory_backend(cfg, b, len(b)))
             if idle_timeout is not None:
                 check(_lib.acb_config_set_idle_timeout_ms(cfg, _seconds_to_ms(idle_timeout)))
             if connect_timeout is not None:

@@ -1,7 +1,7 @@
 """agarun: runs any command with the acb client configured for it.
 
-    agarun [--assigner ADDR] [--job NAME] [--mode manual|auto] [--gpus N] [--memory SIZE]
-           [--auth-token-file FILE] [--profile OUT] -- COMMAND [ARGS...]
+    agarun [--assigner ADDR] [--job NAME] [--mode manual|auto] [--idle-ms MS] [--eager]
+           [--gpus N] [--memory SIZE] [--auth-token-file FILE] [--profile OUT] -- COMMAND [ARGS...]
     agarun --check [--assigner ADDR]
 
 It sets ACB_ASSIGNER, ACB_JOB_ID, ACB_GPUS, ACB_MEMORY, ACB_MODE (and ACB_AUTH_TOKEN_FILE) for
@@ -10,6 +10,11 @@ with its status (128 + N when a signal N ended it). `--check` says whether the a
 reachable and what it offers. `--profile OUT` records the command's GPU and CPU phases (from
 libacb's begin/end) into OUT, a trace for `acb-assigner simulate`, and says whether acb will
 help it.
+
+`--mode auto` brokers a PyTorch program with no change to it: when the program imports torch,
+acb.torch.enable_auto() runs (through a sitecustomize agarun puts first on PYTHONPATH), so its
+CUDA memory is libacb's and its CUDA operations are gated; the GPU goes back after `--idle-ms`
+without a CUDA operation (lazily, or at once with `--eager`).
 """
 import argparse
 import json
@@ -33,7 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--assigner", help="the assigner: unix:/path.sock or tcp:IP:PORT (default: $ACB_ASSIGNER, else the default socket)")
     p.add_argument("--job", help="the job's name (default: $ACB_JOB_ID, else a generated id)")
     p.add_argument("--mode", choices=["manual", "auto"], default="manual",
-                   help="manual: the program calls on_device_begin/end; auto: not available yet")
+                   help="manual: the program calls on_device_begin/end; auto: a PyTorch program is brokered "
+                        "with no change to it")
+    p.add_argument("--idle-ms", type=int, help="auto mode: give the GPU back after this long without a CUDA "
+                                                "operation (default 200)")
+    p.add_argument("--eager", action="store_true", help="give the GPU back at once at each release, not when "
+                                                          "another job waits")
     p.add_argument("--gpus", type=int, help="GPUs per GPU phase (the default for acb.on_device_begin)")
     p.add_argument("--memory", help="memory per GPU, e.g. 20GiB (the default for acb.on_device_begin)")
     p.add_argument("--auth-token-file", help="a file whose first line is the assigner's auth token")
@@ -80,10 +90,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(opts)
     if args.check:
         return _check(args.assigner)
-    if args.mode == "auto":
-        print("agarun: --mode auto is not available yet (it comes with the CUDA/PyTorch layer); "
-              "use --mode manual and call acb.on_device_begin()/on_device_end()", file=sys.stderr)
-        return 2
     if not command:
         p.print_usage(sys.stderr)
         print("agarun: no command given (put it after --)", file=sys.stderr)
@@ -114,6 +120,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.auth_token_file:
         env["ACB_AUTH_TOKEN_FILE"] = os.path.abspath(args.auth_token_file)
     env["ACB_MODE"] = args.mode
+    if args.idle_ms is not None:
+        if args.idle_ms < 0:
+            print("agarun: --idle-ms cannot be negative", file=sys.stderr)
+            return 2
+        if args.mode != "auto":
+            print("agarun: --idle-ms is for --mode auto (manual mode ends phases itself)", file=sys.stderr)
+            return 2
+        env["ACB_IDLE_MS"] = str(args.idle_ms)
+    if args.eager:
+        env["ACB_EAGER_RELEASE"] = "1"
+    if args.mode == "auto":
+        here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_auto")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     marks = None
     if args.profile:
         out_dir = os.path.dirname(os.path.abspath(args.profile))
@@ -160,7 +179,7 @@ def _write_profile(marks: str, launched: int, exited: int, args: argparse.Namesp
     jobs = profile.profiles(profile.read_marks(marks), launched, exited)
     if not jobs:
         print("agarun: profile: the command had no GPU phase through libacb (manual mode needs "
-              "on_device_begin/on_device_end; auto mode is not built yet); no trace written", file=sys.stderr)
+              "on_device_begin/on_device_end; auto mode, a CUDA operation in PyTorch); no trace written", file=sys.stderr)
         return
     memory = parse_size(args.memory) if args.memory else None
     tmp = args.profile + ".tmp"

@@ -144,8 +144,10 @@ def test_agarun_check_says_what_the_assigner_offers():
 def test_agarun_refuses_what_it_cannot_do():
     r = agarun("--check", "--assigner", "unix:/nonexistent/acb.sock")
     assert r.returncode == 1 and "not reachable" in r.stderr
-    r = agarun("--mode", "auto", "--", "true")
-    assert r.returncode == 2 and "not available yet" in r.stderr
+    r = agarun("--idle-ms", "5", "--", "true")
+    assert r.returncode == 2 and "--mode auto" in r.stderr
+    r = agarun("--mode", "auto", "--idle-ms", "-1", "--", "true")
+    assert r.returncode == 2 and "negative" in r.stderr
     r = agarun("--gpus", "1")
     assert r.returncode == 2 and "no command" in r.stderr
     r = agarun("--", "/nonexistent/program")
@@ -228,3 +230,4 @@ def test_agarun_profile_without_gpu_phases_writes_nothing(tmp_path):
     assert "no GPU phase" in r.stderr and not out.exists()
     r = agarun("--profile", str(tmp_path / "no" / "dir" / "t.json"), "--", "true")
     assert r.returncode == 2 and "no directory" in r.stderr
+
