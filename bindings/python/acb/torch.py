@@ -312,15 +312,26 @@ def auto_enabled() -> bool:
 
 
 def enable_auto(idle_ms: Optional[int] = None, eager: Optional[bool] = None,
-                client: Optional[acb.Client] = None, *, _device_type: str = "cuda") -> bool:
+                client: Optional[acb.Client] = None, *, _device_type: Optional[str] = None) -> bool:
     """Turns auto mode on for this process; True if it is on. Must come before the first CUDA
     allocation (PyTorch's allocator cannot be changed after). `idle_ms` (default ACB_IDLE_MS,
     else 200) is how long without a CUDA operation before the GPU is given back; `eager`
     (default: ACB_EAGER_RELEASE) gives it back at once rather than when another job waits.
-    Without CUDA it prints one warning and returns False: the program runs unbrokered."""
+    Without CUDA it prints one warning and returns False: the program runs unbrokered.
+
+    ACB_AUTO_DEVICE=cpu is for tests and demos on machines without a GPU: the CPU stands in for
+    the granted GPU (operations on CPU tensors are gated; memory is PyTorch's own), and auto
+    mode says so: SIMULATED."""
     global _auto
     if _auto is not None:
         return True
+    if _device_type is None:
+        _device_type = os.environ.get("ACB_AUTO_DEVICE") or "cuda"
+        if _device_type not in ("cuda", "cpu"):
+            raise ValueError(f"ACB_AUTO_DEVICE={_device_type!r}: expected cuda, or cpu (simulated)")
+        if _device_type == "cpu":
+            print("acb auto mode: SIMULATED GPU: operations on CPU tensors are gated as if the CPU "
+                  "were the granted GPU (ACB_AUTO_DEVICE=cpu)", file=sys.stderr)
     if idle_ms is None:
         idle_ms = _env_int("ACB_IDLE_MS", 200)
     if isinstance(idle_ms, bool) or not isinstance(idle_ms, int) or idle_ms < 0:

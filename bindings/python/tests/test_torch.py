@@ -5,7 +5,7 @@ the CPU stands in for the granted GPU where a test says so. Skipped when torch i
 import os
 import subprocess
 import sys
-import textwrap
+import json
 import time
 
 import pytest
@@ -158,28 +158,45 @@ def test_idle_ms_must_be_a_number_of_milliseconds():
         del os.environ["ACB_IDLE_MS"]
 
 
-PROGRAM = textwrap.dedent("""
-    import torch
-    torch.manual_seed(3)
-    x = torch.randn(16, 16, dtype=torch.float64)
-    print(repr((x @ x).sum().item()))
-""")
+FOLD_AUTO = os.path.join(PKG_ROOT, "..", "..", "examples", "alphafold-pipeline", "fold_auto.py")
+SMALL = ["--proteins", "3", "--msa", "0.3", "--steps", "3", "--width", "64"]
+
+
+def _run(args, **env):
+    return subprocess.run(args, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=PKG_ROOT, **env))
+
+
+def _agarun(*args, **env):
+    return _run([sys.executable, "-m", "acb.agarun", "--assigner", ASSIGNER, *args], **env)
 
 
 @no_cuda
 @needs_assigner
-def test_agarun_auto_mode_without_cuda_warns_once_and_runs_the_program_unchanged(tmp_path):
-    prog = tmp_path / "prog.py"
-    prog.write_text(PROGRAM)
-    env = dict(os.environ, PYTHONPATH=PKG_ROOT)
-    plain = subprocess.run([sys.executable, str(prog)], capture_output=True, text=True, env=env, timeout=120)
+def test_agarun_auto_mode_without_cuda_warns_once_and_runs_the_program_unchanged():
+    plain = _run([sys.executable, FOLD_AUTO, *SMALL])
     assert plain.returncode == 0, plain.stderr
-    auto = subprocess.run(
-        [sys.executable, "-m", "acb.agarun", "--assigner", ASSIGNER, "--mode", "auto", "--idle-ms", "50",
-         "--", sys.executable, str(prog)],
-        capture_output=True, text=True, env=env, timeout=120)
+    auto = _agarun("--mode", "auto", "--idle-ms", "50", "--", sys.executable, FOLD_AUTO, *SMALL)
     assert auto.returncode == 0, auto.stderr
-    assert auto.stdout == plain.stdout
+    assert auto.stdout.splitlines()[-1] == plain.stdout.splitlines()[-1]  # the checksum
     warnings = [line for line in auto.stderr.splitlines() if line.startswith("acb auto mode:")]
     assert len(warnings) == 1 and "no CUDA" in warnings[0] and "without acb" in warnings[0], auto.stderr
 
+
+@needs_assigner
+def test_agarun_auto_mode_brokers_an_unmodified_program(tmp_path):
+    """The whole path of auto mode with the CPU standing in for the GPU: agarun's sitecustomize
+    turns it on at `import torch`, the gate acquires at the first operation of each GPU phase,
+    the idle release gives the GPU back during each MSA search, and the profile sees it all."""
+    plain = _run([sys.executable, FOLD_AUTO, *SMALL])
+    trace = tmp_path / "fold.json"
+    auto = _agarun("--mode", "auto", "--idle-ms", "100", "--eager", "--job", "fold-auto",
+                   "--profile", str(trace), "--", sys.executable, FOLD_AUTO, *SMALL, ACB_AUTO_DEVICE="cpu")
+    assert auto.returncode == 0, auto.stderr
+    assert "SIMULATED GPU" in auto.stderr
+    assert auto.stdout.splitlines()[-1] == plain.stdout.splitlines()[-1]  # bitwise the same results
+    jobs = json.loads(trace.read_text())["jobs"]
+    assert len(jobs) == 1
+    gpu_phases = [p for p in jobs[0]["phases"] if "gpu" in p]
+    # The model's set-up and then each protein is a GPU phase, separated by the MSA searches.
+    assert len(gpu_phases) == 4, jobs[0]["phases"]
