@@ -108,8 +108,9 @@ enum Cmd {
         #[arg(long)]
         svg_dir: Option<PathBuf>,
     },
-    /// The demo: the same pipeline jobs run statically, then brokered by acb, on SIMULATED
-    /// GPUs, with real job processes through libacb; a table side by side and a timeline of each.
+    /// The demo: the same pipeline jobs run statically, then brokered by acb, with real job
+    /// processes through libacb, on real GPUs with PyTorch when there are, on SIMULATED ones
+    /// otherwise; a table side by side and a timeline of each.
     Demo(DemoArgs),
     /// One job of the demo (started by `demo`).
     #[command(hide = true)]
@@ -140,9 +141,14 @@ struct DemoArgs {
     /// Jobs (default 8).
     #[arg(long)]
     jobs: Option<u32>,
-    /// Simulated GPUs (default 2).
+    /// Simulated GPUs (default 2). On real GPUs the demo uses every GPU the driver shows.
     #[arg(long)]
     gpus: Option<u32>,
+    /// auto: real GPUs when the driver shows some and Python has PyTorch with CUDA and the acb
+    /// package (its jobs then run real kernels), simulated ones otherwise; simulated; or real
+    /// (an error if they cannot be had).
+    #[arg(long, default_value = "auto", value_parser = str::parse::<crate::demo::real::DeviceChoice>)]
+    device: crate::demo::real::DeviceChoice,
     /// Work items per job (default 6; 3 with --quick).
     #[arg(long)]
     items: Option<u32>,
@@ -438,6 +444,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 out_dir: args.out_dir,
                 library: PathBuf::new(),
                 exe,
+                real: None,
+                simulated_because: None,
             };
             // Bad settings first (status 2), then what is missing from the machine (status 1).
             if let Err(e) = cfg.validate() {
@@ -445,6 +453,19 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 return Ok(ExitCode::from(2));
             }
             cfg.library = crate::demo::libacb::locate()?;
+            let (real, why) = crate::demo::real::detect(args.device, &cfg.exe, &cfg.library)?;
+            if let Some(r) = &real {
+                if args.gpus.is_some() {
+                    eprintln!(
+                        "acb-assigner: --gpus sets the number of simulated GPUs; on real GPUs the demo uses every GPU \
+                         the driver shows (use --device simulated to choose)"
+                    );
+                    return Ok(ExitCode::from(2));
+                }
+                cfg.gpus = r.count;
+            }
+            cfg.real = real;
+            cfg.simulated_because = why;
             crate::demo::run(&cfg).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -113,3 +113,66 @@ fn a_missing_libacb_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("ACB_LIBRARY") && stderr.contains("is not a file"), "{stderr}");
 }
+
+#[test]
+fn device_real_says_what_is_missing_and_exits_1() {
+    let Some(lib) = libacb() else { return };
+    let run = |python: &str| {
+        Command::new(BIN)
+            .args(["demo", "--device", "real", "--quick"])
+            .env("ACB_LIBRARY", &lib)
+            .env("ACB_DEMO_TEST_GPUS", "fake:1x80GiB") // GPUs found, whatever this machine has
+            .env("ACB_PYTHON", python)
+            .output()
+            .unwrap()
+    };
+    let out = run("/nonexistent/python3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--device real: cannot run /nonexistent/python3"), "{stderr}");
+    // python3 without torch (as on CI): the demo says what the GPU phases need.
+    let has_torch = Command::new("python3")
+        .args(["-c", "import torch"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_torch {
+        let out = run("python3");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("cannot import torch and acb") && stderr.contains("PyTorch with CUDA"), "{stderr}");
+    }
+}
+
+/// The real-GPU demo's path (PyTorch jobs, `python -m acb.demo_job`) with simulated GPUs and
+/// the CPU standing in for CUDA. It needs torch: `ACB_TEST_PYTHON` names an interpreter that
+/// has it; the test skips, saying so, without one (CI does not install torch).
+#[test]
+fn the_pytorch_jobs_of_the_real_gpu_demo_run_static_then_brokered() {
+    let Some(lib) = libacb() else { return };
+    let Some(python) = std::env::var_os("ACB_TEST_PYTHON") else {
+        eprintln!("skipped: ACB_TEST_PYTHON (an interpreter with torch) is not set");
+        return;
+    };
+    let dir = TempDir::new("demo-torch");
+    let out = Command::new(BIN)
+        .args(["demo", "--device", "real", "--jobs", "2", "--items", "2", "--cpu", "300ms", "--gpu", "100ms"])
+        .args(["--memory", "1MiB", "--out-dir"])
+        .arg(&dir.0)
+        .env("ACB_LIBRARY", &lib)
+        .env("ACB_DEMO_TEST_GPUS", "fake:1x80GiB")
+        .env("ACB_TORCH_DEVICE", "cpu")
+        .env("ACB_PYTHON", python)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("python -m acb.demo_job") && stdout.contains("computing on the CPU"), "{stdout}");
+    assert_eq!(row(&stdout, "work items done"), ["4", "4"]);
+    assert_eq!(row(&stdout, "GPU acquisitions"), ["2", "4"]);
+    for name in ["static.svg", "brokered.svg"] {
+        let svg = std::fs::read_to_string(dir.0.join(name)).unwrap();
+        assert_eq!(svg.matches(r#"class="busy""#).count(), 8, "{name}");
+        assert!(svg.contains("(simulated)"), "{name}");
+    }
+}

@@ -12,6 +12,7 @@
 
 pub mod job;
 pub mod libacb;
+pub mod real;
 pub mod report;
 
 use std::io::{IsTerminal, Write};
@@ -54,6 +55,10 @@ pub struct DemoConfig {
     pub library: PathBuf,
     /// The `acb-assigner` executable, which serves and runs the jobs.
     pub exe: PathBuf,
+    /// Real GPUs and PyTorch jobs (`gpus` is then their count), or None: simulated GPUs.
+    pub real: Option<real::RealJobs>,
+    /// Why the demo runs on simulated GPUs when real ones were looked for.
+    pub simulated_because: Option<String>,
 }
 
 impl DemoConfig {
@@ -101,18 +106,41 @@ pub async fn run(cfg: &DemoConfig) -> Result<(), String> {
     libacb::Libacb::load(&cfg.library)?;
     std::fs::create_dir_all(&cfg.out_dir).map_err(|e| format!("{}: {e}", cfg.out_dir.display()))?;
     let share = cfg.gpu.as_secs_f64() / (cfg.cpu + cfg.gpu).as_secs_f64() * 100.0;
-    println!(
-        "acb demo on {} SIMULATED GPUs (no GPU is used): {} pipeline jobs, each {} work items of a {} CPU phase \
-         then a {} GPU phase ({share:.0}% GPU), keeping {} of device memory.\nEach phase is a sleep; each job is a \
-         real process calling libacb ({}), each run a real assigner.\n",
-        cfg.gpus,
-        cfg.jobs,
-        cfg.items,
-        ms(cfg.cpu),
-        ms(cfg.gpu),
-        acb_core::Bytes(cfg.memory),
-        cfg.library.display(),
-    );
+    if let Some(why) = &cfg.simulated_because {
+        println!("acb demo: on SIMULATED GPUs, because {why}.");
+    }
+    match &cfg.real {
+        None => println!(
+            "acb demo on {} SIMULATED GPUs (no GPU is used): {} pipeline jobs, each {} work items of a {} CPU phase \
+             then a {} GPU phase ({share:.0}% GPU), keeping {} of device memory.\nEach phase is a sleep; each job is a \
+             real process calling libacb ({}), each run a real assigner.\n",
+            cfg.gpus,
+            cfg.jobs,
+            cfg.items,
+            ms(cfg.cpu),
+            ms(cfg.gpu),
+            acb_core::Bytes(cfg.memory),
+            cfg.library.display(),
+        ),
+        Some(r) => println!(
+            "acb demo on {} GPU(s): {}.\n{} pipeline jobs, each {} work items of a {} CPU phase (a sleep) then a {} \
+             GPU phase of real kernels (PyTorch, {}: python -m acb.demo_job), keeping {} of state plus 16 MiB of \
+             weights, in pinned host memory between phases.\n",
+            cfg.gpus,
+            r.names.join(", "),
+            cfg.jobs,
+            cfg.items,
+            ms(cfg.cpu),
+            ms(cfg.gpu),
+            r.python.display(),
+            acb_core::Bytes(cfg.memory),
+        ),
+    }
+    let where_ = match &cfg.real {
+        None => format!("{} SIMULATED GPUs", cfg.gpus),
+        Some(r) if r.gpus == "auto" => format!("{} GPU(s)", cfg.gpus),
+        Some(_) => format!("{} SIMULATED GPUs (PyTorch jobs)", cfg.gpus),
+    };
     let runs = [("static", Holding::Static, Policy::Simple), ("brokered", Holding::Brokered, cfg.scheduler)];
     let mut stats = Vec::new();
     let mut pictures = Vec::new();
@@ -122,7 +150,7 @@ pub async fn run(cfg: &DemoConfig) -> Result<(), String> {
             Holding::Brokered => format!("acb {}, all at once", policy.name()),
         };
         let outcome = run_once(cfg, name, &label, holding, policy).await?;
-        let title = format!("acb demo, {label}: {} jobs on {} SIMULATED GPUs", cfg.jobs, cfg.gpus);
+        let title = format!("acb demo, {label}: {} jobs on {where_}", cfg.jobs);
         let svg = timeline::render_svg_with_busy(&title, &outcome.rows, &outcome.events, outcome.span, &outcome.busy);
         let path = cfg.out_dir.join(format!("{name}.svg"));
         std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -130,10 +158,25 @@ pub async fn run(cfg: &DemoConfig) -> Result<(), String> {
         stats.push(outcome.stats);
     }
     println!("\n{}", report::table(&stats));
+    if cfg.real.is_none() {
+        println!(
+            "note 1: SIMULATED GPUs: phases are sleeps, so these figures show how acb schedules, not how fast a GPU \
+             computes.\nnote 2: the jobs' device memory is libacb's host backend (simulated GPUs have none): it is \
+             copied out when a job's GPU goes to another job, and back, checked, when it has one again."
+        );
+    } else if cfg.real.as_ref().is_some_and(|r| r.gpus != "auto") {
+        println!(
+            "note: SIMULATED GPUs (ACB_DEMO_TEST_GPUS), with PyTorch jobs computing on the CPU in their GPU phases \
+             (ACB_TORCH_DEVICE=cpu): a test of the real-GPU demo's jobs, not of a GPU."
+        );
+    } else {
+        println!(
+            "note: GPU phases ran real kernels for their set length; each job's weights and state went to pinned \
+             host memory after every brokered phase and came back, checked, before the next."
+        );
+    }
     println!(
-        "note 1: SIMULATED GPUs: phases are sleeps, so these figures show how acb schedules, not how fast a GPU \
-         computes.\nnote 2: the jobs' device memory is libacb's host backend (simulated GPUs have none): it is copied \
-         out when a job's GPU goes to another job, and back, checked, when it has one again.\nGPU busy: time some job computed on a GPU, over GPUs x wall time. Wait: from acb_on_device_begin to its \
+        "GPU busy: time some job computed on a GPU, over GPUs x wall time. Wait: from the job's begin to its \
          return.\n"
     );
     for p in pictures {
@@ -215,7 +258,10 @@ async fn start_assigner(cfg: &DemoConfig, socket: &std::path::Path, policy: Poli
         .arg("--listen")
         .arg(format!("unix:{}", socket.display()))
         .arg("--gpus")
-        .arg(format!("fake:{}x80GiB", cfg.gpus))
+        .arg(match &cfg.real {
+            Some(r) => r.gpus.clone(),
+            None => format!("fake:{}x80GiB", cfg.gpus),
+        })
         .arg("--scheduler")
         .arg(policy.name())
         .arg("--node-name")
@@ -260,8 +306,22 @@ async fn drive_jobs(
     let t0 = Instant::now();
     let mut children = Vec::new();
     for j in 0..cfg.jobs as usize {
-        let mut child = Command::new(&cfg.exe)
-            .arg("demo-job")
+        let mut command = match &cfg.real {
+            None => {
+                let mut c = Command::new(&cfg.exe);
+                c.arg("demo-job");
+                c
+            }
+            Some(r) => {
+                let mut c = Command::new(&r.python);
+                c.args(["-m", "acb.demo_job"]);
+                if let Some(p) = &r.pythonpath {
+                    c.env("PYTHONPATH", p);
+                }
+                c
+            }
+        };
+        let mut child = command
             .arg("--items")
             .arg(cfg.items.to_string())
             .arg("--cpu")
@@ -374,7 +434,14 @@ async fn read_record(socket: &std::path::Path) -> Result<Record, String> {
         }
         events.extend(crate::convert::event_from_proto(e));
     }
-    let rows = status.gpus.iter().map(|g| GpuRow { id: g.id, label: format!("gpu{} (simulated)", g.index) }).collect();
+    let rows = status
+        .gpus
+        .iter()
+        .map(|g| GpuRow {
+            id: g.id,
+            label: if g.fake { format!("gpu{} (simulated)", g.index) } else { format!("gpu{} {}", g.index, g.name) },
+        })
+        .collect();
     let index_to_id = status.gpus.iter().map(|g| (g.index, g.id)).collect();
     Ok(Record { events, rows, index_to_id, uptime: Duration::from_millis(status.uptime_ms), asked })
 }

@@ -34,7 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import acb
 from acb import _ffi
 
-__all__ = ["on_device", "enable_auto", "disable_auto", "auto_enabled", "torch_device"]
+__all__ = ["on_device", "lease", "enable_auto", "disable_auto", "auto_enabled", "torch_device"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,6 +162,7 @@ def on_device(
         lease = client.on_device_begin(gpus=1 if gpus is None else gpus, memory=memory,
                                        timeout=timeout, priority=priority)
         end = client.on_device_end
+    _phases.__dict__.setdefault("leases", []).append(lease)
     try:
         device = _device_of(lease)
         try:
@@ -176,11 +177,31 @@ def on_device(
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # the next holder gets the memory, not our cache
     finally:
+        _phases.leases.pop()
         end()
 
 
+_phases = threading.local()
+
+
+def lease() -> Optional[acb.Lease]:
+    """The lease of this thread's innermost `on_device` block (its GPUs' node indexes and
+    UUIDs), or None outside one."""
+    leases = getattr(_phases, "leases", None)
+    return leases[-1] if leases else None
+
+
+def _simulated() -> bool:
+    """ACB_TORCH_DEVICE=cpu: the CPU stands in for the granted GPU (tests and demos without one)."""
+    d = os.environ.get("ACB_TORCH_DEVICE") or "cuda"
+    if d not in ("cuda", "cpu"):
+        raise ValueError(f"ACB_TORCH_DEVICE={d!r}: expected cuda, or cpu (a SIMULATED GPU)")
+    return d == "cpu"
+
+
 def _device_of(lease: acb.Lease) -> torch.device:
-    # A seam for the tests without a GPU, which stand the CPU in for the granted GPU.
+    if _simulated():
+        return torch.device("cpu")
     return torch_device(lease.devices[0])
 
 
@@ -319,19 +340,17 @@ def enable_auto(idle_ms: Optional[int] = None, eager: Optional[bool] = None,
     (default: ACB_EAGER_RELEASE) gives it back at once rather than when another job waits.
     Without CUDA it prints one warning and returns False: the program runs unbrokered.
 
-    ACB_AUTO_DEVICE=cpu is for tests and demos on machines without a GPU: the CPU stands in for
+    ACB_TORCH_DEVICE=cpu is for tests and demos on machines without a GPU: the CPU stands in for
     the granted GPU (operations on CPU tensors are gated; memory is PyTorch's own), and auto
-    mode says so: SIMULATED."""
+    mode says so: SIMULATED. (Manual mode then yields the CPU device.)"""
     global _auto
     if _auto is not None:
         return True
     if _device_type is None:
-        _device_type = os.environ.get("ACB_AUTO_DEVICE") or "cuda"
-        if _device_type not in ("cuda", "cpu"):
-            raise ValueError(f"ACB_AUTO_DEVICE={_device_type!r}: expected cuda, or cpu (simulated)")
+        _device_type = "cpu" if _simulated() else "cuda"
         if _device_type == "cpu":
             print("acb auto mode: SIMULATED GPU: operations on CPU tensors are gated as if the CPU "
-                  "were the granted GPU (ACB_AUTO_DEVICE=cpu)", file=sys.stderr)
+                  "were the granted GPU (ACB_TORCH_DEVICE=cpu)", file=sys.stderr)
     if idle_ms is None:
         idle_ms = _env_int("ACB_IDLE_MS", 200)
     if isinstance(idle_ms, bool) or not isinstance(idle_ms, int) or idle_ms < 0:

@@ -91,13 +91,13 @@ def test_without_cuda_a_granted_gpu_cannot_be_used_and_says_why():
 
 @needs_assigner
 def test_manual_mode_holds_the_gpu_for_the_block_only(monkeypatch):
-    monkeypatch.setattr(acb_torch, "_device_of", lambda lease: torch.device("cpu"))  # CPU for the GPU
+    monkeypatch.setenv("ACB_TORCH_DEVICE", "cpu")  # the CPU stands in for the GPU
     model, opt = _model_and_optimizer()
     before = [p.detach().clone() for p in model.parameters()]
     with acb.Client(assigner=ASSIGNER, job="torch-manual", eager=True) as c:
         with acb_torch.on_device(model, opt, client=c) as device:
             assert device == torch.device("cpu")
-            assert len(_holders(c, "torch-manual")) == 1
+            assert _holders(c, "torch-manual") == [acb_torch.lease().devices[0].index]
             model(torch.randn(4, 8)).sum().backward()
             opt.step()
         assert _released(c, "torch-manual")
@@ -108,6 +108,7 @@ def test_manual_mode_holds_the_gpu_for_the_block_only(monkeypatch):
         assert _released(c, "torch-manual")
         with pytest.raises(acb.NotActive):
             c.on_device_end()
+        assert acb_torch.lease() is None
 
 
 def _series(n=20):
@@ -191,7 +192,7 @@ def test_agarun_auto_mode_brokers_an_unmodified_program(tmp_path):
     plain = _run([sys.executable, FOLD_AUTO, *SMALL])
     trace = tmp_path / "fold.json"
     auto = _agarun("--mode", "auto", "--idle-ms", "100", "--eager", "--job", "fold-auto",
-                   "--profile", str(trace), "--", sys.executable, FOLD_AUTO, *SMALL, ACB_AUTO_DEVICE="cpu")
+                   "--profile", str(trace), "--", sys.executable, FOLD_AUTO, *SMALL, ACB_TORCH_DEVICE="cpu")
     assert auto.returncode == 0, auto.stderr
     assert "SIMULATED GPU" in auto.stderr
     assert auto.stdout.splitlines()[-1] == plain.stdout.splitlines()[-1]  # bitwise the same results
@@ -200,3 +201,23 @@ def test_agarun_auto_mode_brokers_an_unmodified_program(tmp_path):
     gpu_phases = [p for p in jobs[0]["phases"] if "gpu" in p]
     # The model's set-up and then each protein is a GPU phase, separated by the MSA searches.
     assert len(gpu_phases) == 4, jobs[0]["phases"]
+
+
+@needs_assigner
+@pytest.mark.parametrize("static", [False, True])
+def test_the_demo_job_speaks_the_demo_protocol(static):
+    """acb-assigner demo starts `python -m acb.demo_job` on real GPUs; here the CPU stands in."""
+    r = _run([sys.executable, "-m", "acb.demo_job", "--items", "2", "--cpu", "50ms", "--gpu", "30ms",
+              "--memory", "4096", *(["--static"] if static else [])],
+             ACB_ASSIGNER=ASSIGNER, ACB_JOB_ID=f"demo-job-{static}", ACB_TORCH_DEVICE="cpu")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split("\n")[:-1]
+    phase = ["gpu-start", "gpu-end"]
+    got = [line for line in lines if line.startswith("got ")]
+    assert got and all(line in ("got 0", "got 1") for line in got)
+    if static:
+        assert lines == ["want", got[0], *phase, "item", *phase, "item", "ended", "swapped 0 0"]
+    else:
+        # With the CPU standing in for the GPU nothing moves, and the job says so.
+        assert lines == ["want", got[0], *phase, "ended", "item", "want", got[1], *phase, "ended", "item",
+                         "swapped 0 0"]
