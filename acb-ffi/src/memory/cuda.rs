@@ -3,7 +3,9 @@
 //! (`cuMemMap`) and made accessible (`cuMemSetAccess`). Swap-out copies it to a pinned host
 //! buffer and unmaps and releases the physical memory, keeping the range; swap-in creates
 //! physical memory on the newly granted device, maps it at the same address and copies back.
-//! Copies are asynchronous on a stream of the backend's own; a swap waits once, at the end.
+//! Ranges are mapped in chunks (64 MiB, each its own physical allocation), so that a swap-in
+//! creates and maps the next chunk while the last one's copy runs. Copies are asynchronous on
+//! a stream of the backend's own; a swap waits once, at the end.
 //!
 //! CUDA is loaded at run time (cudarc's `dynamic-loading`): [`CudaBackend::new`] checks that
 //! the driver library is there before any call, since cudarc panics when it is not, and says
@@ -16,6 +18,7 @@ use std::collections::BTreeMap;
 
 use cudarc::driver::sys;
 
+use super::host::host_part;
 use super::{Backend, HostBuf, MemError};
 
 fn check(what: &str, r: sys::CUresult) -> Result<(), MemError> {
@@ -50,8 +53,8 @@ struct Device {
 pub(crate) struct CudaBackend {
     granularity: usize,
     devices: BTreeMap<u32, Device>,
-    /// The physical memory behind each mapped range, and its device.
-    handles: BTreeMap<usize, (sys::CUmemGenericAllocationHandle, u32)>,
+    /// The physical memory behind each mapped chunk, by its address: handle, device, size.
+    handles: BTreeMap<usize, (sys::CUmemGenericAllocationHandle, u32, usize)>,
 }
 
 // SAFETY: CUDA contexts and streams may be used from any thread once made current there; the
@@ -129,9 +132,22 @@ impl CudaBackend {
         self.devices.keys().next().copied().unwrap_or(0)
     }
 
+    /// Unmaps and releases the chunk mapped at `addr` (nothing if none is).
+    fn unmap_chunk(&mut self, addr: usize) -> Result<(), MemError> {
+        let Some((handle, _, size)) = self.handles.remove(&addr) else { return Ok(()) };
+        // SAFETY: a chunk this backend mapped with `handle`; copies from it were synchronised.
+        unsafe {
+            check("cuMemUnmap", sys::cuMemUnmap(addr as sys::CUdeviceptr, size))?;
+            check("cuMemRelease", sys::cuMemRelease(handle))
+        }
+    }
+
     /// The device a mapped range's memory is on: its copies go on that device's stream.
     fn device_of(&self, addr: usize) -> Result<u32, MemError> {
-        self.handles.get(&addr).map(|h| h.1).ok_or_else(|| MemError::Backend(format!("{addr:#x} is not mapped")))
+        match self.handles.range(..=addr).next_back() {
+            Some((&start, &(_, device, size))) if addr < start + size => Ok(device),
+            _ => Err(MemError::Backend(format!("{addr:#x} is not mapped"))),
+        }
     }
 }
 
@@ -150,7 +166,11 @@ impl Backend for CudaBackend {
     }
 
     fn free(&mut self, addr: usize, size: usize) {
-        let _ = self.unmap(addr, size);
+        // Every chunk mapped in the range, then the range.
+        let chunks: Vec<usize> = self.handles.range(addr..addr.saturating_add(size)).map(|(&a, _)| a).collect();
+        for chunk in chunks {
+            let _ = self.unmap_chunk(chunk);
+        }
         // SAFETY: a range this backend reserved, freed once.
         let _ = unsafe { sys::cuMemAddressFree(addr as sys::CUdeviceptr, size) };
     }
@@ -177,17 +197,12 @@ impl Backend for CudaBackend {
                 return Err(e);
             }
         }
-        self.handles.insert(addr, (handle, device));
+        self.handles.insert(addr, (handle, device, size));
         Ok(())
     }
 
-    fn unmap(&mut self, addr: usize, size: usize) -> Result<(), MemError> {
-        let Some((handle, _)) = self.handles.remove(&addr) else { return Ok(()) };
-        // SAFETY: a range this backend mapped with `handle`; copies from it were synchronised.
-        unsafe {
-            check("cuMemUnmap", sys::cuMemUnmap(addr as sys::CUdeviceptr, size))?;
-            check("cuMemRelease", sys::cuMemRelease(handle))
-        }
+    fn unmap(&mut self, addr: usize, _size: usize) -> Result<(), MemError> {
+        self.unmap_chunk(addr)
     }
 
     fn alloc_host(&mut self, size: usize) -> Result<HostBuf, MemError> {
@@ -204,21 +219,24 @@ impl Backend for CudaBackend {
         let _ = unsafe { sys::cuMemFreeHost(buf.ptr.cast()) };
     }
 
-    fn copy_to_host(&mut self, addr: usize, host: &HostBuf, len: usize) -> Result<(), MemError> {
+    fn copy_to_host(&mut self, addr: usize, host: &HostBuf, offset: usize, len: usize) -> Result<(), MemError> {
+        let len = host_part(host, offset, len)?;
         let device = self.device_of(addr)?;
         let stream = self.enter(device)?.stream;
-        // SAFETY: a mapped range of at least `len` bytes into a pinned buffer of at least `len`.
+        // SAFETY: a mapped chunk of at least `len` bytes into a pinned buffer with `len` bytes
+        // past `offset` (checked).
         check("cuMemcpyDtoHAsync", unsafe {
-            sys::cuMemcpyDtoHAsync_v2(host.ptr.cast(), addr as sys::CUdeviceptr, len.min(host.len), stream)
+            sys::cuMemcpyDtoHAsync_v2(host.ptr.add(offset).cast(), addr as sys::CUdeviceptr, len, stream)
         })
     }
 
-    fn copy_from_host(&mut self, host: &HostBuf, len: usize, addr: usize) -> Result<(), MemError> {
+    fn copy_from_host(&mut self, host: &HostBuf, offset: usize, len: usize, addr: usize) -> Result<(), MemError> {
+        let len = host_part(host, offset, len)?;
         let device = self.device_of(addr)?;
         let stream = self.enter(device)?.stream;
         // SAFETY: as above, the other way.
         check("cuMemcpyHtoDAsync", unsafe {
-            sys::cuMemcpyHtoDAsync_v2(addr as sys::CUdeviceptr, host.ptr.cast(), len.min(host.len), stream)
+            sys::cuMemcpyHtoDAsync_v2(addr as sys::CUdeviceptr, host.ptr.add(offset).cast(), len, stream)
         })
     }
 
@@ -269,7 +287,8 @@ mod tests {
         };
         let mut m = Memory::new(Box::new(backend));
         m.hold(GpuId(0), 0, u64::MAX);
-        let sizes = [1usize, 1 << 20, 3 << 20, 64 << 20];
+        // A slab's block, ranges of one chunk, and one of two chunks (100 MiB).
+        let sizes = [1usize, 1 << 20, 3 << 20, 100 << 20];
         let addrs: Vec<usize> = sizes.iter().map(|&s| m.alloc(s).unwrap()).collect();
         // Device memory cannot be touched from here: fill and read it through the backend's copies.
         let mut host = CudaBackend::new().unwrap();
@@ -280,7 +299,7 @@ mod tests {
             for (i, b) in bytes.iter_mut().enumerate() {
                 *b = (i as u8).wrapping_mul(7) ^ (s as u8);
             }
-            m.backend.copy_from_host(&buf, s, a).unwrap();
+            m.backend.copy_from_host(&buf, 0, s, a).unwrap();
             m.backend.sync().unwrap();
             host.free_host(buf);
         }
@@ -290,7 +309,7 @@ mod tests {
         }
         for (&a, &s) in addrs.iter().zip(&sizes) {
             let buf = host.alloc_host(s).unwrap();
-            m.backend.copy_to_host(a, &buf, s).unwrap();
+            m.backend.copy_to_host(a, &buf, 0, s).unwrap();
             m.backend.sync().unwrap();
             // SAFETY: as above.
             let bytes = unsafe { std::slice::from_raw_parts(buf.ptr, s) };

@@ -22,6 +22,14 @@ fn os_error(what: &str) -> MemError {
     MemError::Backend(format!("{what}: {}", std::io::Error::last_os_error()))
 }
 
+/// `len`, if `host` has that many bytes past `offset`.
+pub(crate) fn host_part(host: &HostBuf, offset: usize, len: usize) -> Result<usize, MemError> {
+    match offset.checked_add(len) {
+        Some(end) if end <= host.len => Ok(len),
+        _ => Err(MemError::Backend(format!("{len} bytes at {offset} of a {}-byte host buffer", host.len))),
+    }
+}
+
 impl Backend for HostBackend {
     fn granularity(&self) -> usize {
         self.page
@@ -85,16 +93,18 @@ impl Backend for HostBackend {
         drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(buf.ptr, buf.len)) });
     }
 
-    fn copy_to_host(&mut self, addr: usize, host: &HostBuf, len: usize) -> Result<(), MemError> {
-        // SAFETY: the range is mapped readable and at least `len` long; `host` has `len` bytes
-        // (it is the range's span); they do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, host.ptr, len.min(host.len)) };
+    fn copy_to_host(&mut self, addr: usize, host: &HostBuf, offset: usize, len: usize) -> Result<(), MemError> {
+        let len = host_part(host, offset, len)?;
+        // SAFETY: the chunk is mapped readable and at least `len` long; `host` has `len` bytes
+        // past `offset` (checked); they do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, host.ptr.add(offset), len) };
         Ok(())
     }
 
-    fn copy_from_host(&mut self, host: &HostBuf, len: usize, addr: usize) -> Result<(), MemError> {
+    fn copy_from_host(&mut self, host: &HostBuf, offset: usize, len: usize, addr: usize) -> Result<(), MemError> {
+        let len = host_part(host, offset, len)?;
         // SAFETY: as above, the other way.
-        unsafe { std::ptr::copy_nonoverlapping(host.ptr, addr as *mut u8, len.min(host.len)) };
+        unsafe { std::ptr::copy_nonoverlapping(host.ptr.add(offset), addr as *mut u8, len) };
         Ok(())
     }
 

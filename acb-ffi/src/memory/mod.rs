@@ -72,18 +72,20 @@ pub(crate) trait Backend: Send + std::fmt::Debug {
     fn reserve(&mut self, size: usize) -> Result<usize, MemError>;
     /// Gives a reserved range back (its memory too, if mapped).
     fn free(&mut self, addr: usize, size: usize);
-    /// Puts memory of device `device` behind a reserved range.
+    /// Puts memory of device `device` behind a chunk of a reserved range (a range is mapped
+    /// chunk by chunk: see [`CHUNK`]).
     fn map(&mut self, addr: usize, size: usize, device: u32) -> Result<(), MemError>;
-    /// Takes the memory from behind a range, keeping its addresses; touching it then faults.
+    /// Takes the memory from behind a chunk mapped with [`Backend::map`], keeping its
+    /// addresses; touching it then faults.
     fn unmap(&mut self, addr: usize, size: usize) -> Result<(), MemError>;
     /// Host memory for swapped-out bytes.
     fn alloc_host(&mut self, size: usize) -> Result<HostBuf, MemError>;
     /// Gives a host buffer back.
     fn free_host(&mut self, buf: HostBuf);
-    /// Starts copying the first `len` bytes of the mapped range at `addr` into `host`.
-    fn copy_to_host(&mut self, addr: usize, host: &HostBuf, len: usize) -> Result<(), MemError>;
-    /// Starts copying the first `len` bytes of `host` into the mapped range at `addr`.
-    fn copy_from_host(&mut self, host: &HostBuf, len: usize, addr: usize) -> Result<(), MemError>;
+    /// Starts copying `len` bytes of the mapped chunk at `addr` into `host` at `offset`.
+    fn copy_to_host(&mut self, addr: usize, host: &HostBuf, offset: usize, len: usize) -> Result<(), MemError>;
+    /// Starts copying `len` bytes of `host` at `offset` into the mapped chunk at `addr`.
+    fn copy_from_host(&mut self, host: &HostBuf, offset: usize, len: usize, addr: usize) -> Result<(), MemError>;
     /// Waits for every copy started.
     fn sync(&mut self) -> Result<(), MemError>;
 }
@@ -140,6 +142,9 @@ const SMALL_MAX: usize = 1 << 20;
 const MIN_BLOCK: usize = 512;
 /// A slab's size (rounded up to the backend's granularity).
 const SLAB: usize = 2 << 20;
+/// Ranges are mapped, copied and unmapped in chunks of this (rounded up to the backend's
+/// granularity): a swap-in creates and maps chunk i+1 while chunk i is being copied.
+const CHUNK: usize = 64 << 20;
 /// Freed ranges kept mapped for reuse, at most (they are given back at every swap-out, and
 /// before an allocation would pass the fence).
 const CACHE_LIMIT: usize = 1 << 30;
@@ -288,9 +293,14 @@ impl Memory {
                     )));
                 }
                 let addr = self.backend.reserve(span)?;
-                if let Err(e) = self.backend.map(addr, span, device) {
-                    self.backend.free(addr, span);
-                    return Err(e);
+                let mut mapped = Vec::new();
+                for (offset, len) in self.chunks(span) {
+                    if let Err(e) = self.backend.map(addr + offset, len, device) {
+                        self.unmap_all(&mapped);
+                        self.backend.free(addr, span);
+                        return Err(e);
+                    }
+                    mapped.push((addr + offset, len));
                 }
                 addr
             }
@@ -409,7 +419,7 @@ impl Memory {
         let plan = self.registry.plan_swap_out(OWNER);
         let addrs: Vec<(usize, bool)> =
             plan.items.iter().filter_map(|item| Some((*self.by_id.get(&item.id)?, item.copy))).collect();
-        // Start every copy, wait once, then unmap: the copies run back to back.
+        // Start every copy, chunk by chunk, wait once, then unmap: the copies run back to back.
         let mut copied = 0u64;
         for &(addr, copy) in &addrs {
             let Some(region) = self.regions.get_mut(&addr) else { continue };
@@ -418,9 +428,17 @@ impl Memory {
                     Some(b) => b,
                     None => self.pool.take(&mut *self.backend, region.span)?,
                 };
-                let len = region.copy_len();
-                let result = self.backend.copy_to_host(addr, &buf, len);
-                region.host = Some(buf);
+                let (span, len) = (region.span, region.copy_len());
+                let mut result = Ok(());
+                for (offset, n) in chunk_copies(self.chunks(span), len) {
+                    result = self.backend.copy_to_host(addr + offset, &buf, offset, n);
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                if let Some(region) = self.regions.get_mut(&addr) {
+                    region.host = Some(buf);
+                }
                 result?;
                 copied += len as u64;
             }
@@ -428,7 +446,9 @@ impl Memory {
         self.backend.sync()?;
         for &(addr, _) in &addrs {
             let span = self.regions.get(&addr).map_or(0, |r| r.span);
-            self.backend.unmap(addr, span)?;
+            for (offset, len) in self.chunks(span) {
+                self.backend.unmap(addr + offset, len)?;
+            }
         }
         self.registry.complete_swap_out(&plan);
         self.held = None;
@@ -447,32 +467,37 @@ impl Memory {
                 "this job's {needed} bytes do not fit the lease's {fence} bytes"
             )));
         }
+        // Chunk by chunk: map, then start its copy, so that the next chunk's memory is created
+        // and mapped while this one's bytes are on their way. Wait once, at the end.
         let mut mapped = Vec::new();
-        for item in &plan.items {
-            let Some(&addr) = self.by_id.get(&item.id) else { continue };
-            let span = self.regions.get(&addr).map_or(0, |r| r.span);
-            if let Err(e) = self.backend.map(addr, span, device) {
-                self.unmap_all(&mapped);
-                return Err(e);
-            }
-            mapped.push((addr, span));
-        }
         let mut copied = 0u64;
-        let mut copy_back = || -> Result<(), MemError> {
-            for &(addr, _) in &mapped {
-                if let Some(region) = self.regions.get(&addr)
-                    && let Some(buf) = &region.host
-                {
-                    // Blocks freed while swapped out need not come back: up to the last live one.
-                    let len = region.copy_len();
-                    self.backend.copy_from_host(buf, len, addr)?;
-                    copied += len as u64;
+        let mut result = Ok(());
+        'regions: for item in &plan.items {
+            let Some(&addr) = self.by_id.get(&item.id) else { continue };
+            let Some(region) = self.regions.get(&addr) else { continue };
+            // Blocks freed while swapped out need not come back: up to the last live one.
+            let (span, len) = (region.span, region.copy_len());
+            for (offset, chunk) in self.chunks(span) {
+                if let Err(e) = self.backend.map(addr + offset, chunk, device) {
+                    result = Err(e);
+                    break 'regions;
                 }
+                mapped.push((addr + offset, chunk));
+                let n = len.saturating_sub(offset).min(chunk);
+                if n == 0 {
+                    continue;
+                }
+                let Some(buf) = self.regions.get(&addr).and_then(|r| r.host.as_ref()) else { continue };
+                if let Err(e) = self.backend.copy_from_host(buf, offset, n, addr + offset) {
+                    result = Err(e);
+                    break 'regions;
+                }
+                copied += n as u64;
             }
-            self.backend.sync()
-        };
-        if let Err(e) = copy_back() {
+        }
+        if let Err(e) = result.and_then(|()| self.backend.sync()) {
             // Still swapped out, as the registry says: unmap again; the host copies are kept.
+            let _ = self.backend.sync();
             self.unmap_all(&mapped);
             return Err(e);
         }
@@ -491,6 +516,12 @@ impl Memory {
         self.swapped_in_total += copied;
         self.unreported.0 += copied;
         Ok(copied)
+    }
+
+    /// A range of `span` bytes as (offset, length) chunks.
+    fn chunks(&self, span: usize) -> Vec<(usize, usize)> {
+        let chunk = CHUNK.next_multiple_of(self.backend.granularity());
+        (0..span).step_by(chunk).map(|offset| (offset, chunk.min(span - offset))).collect()
     }
 
     /// Undoes the mappings of a swap-in that failed.
@@ -534,6 +565,11 @@ impl Memory {
         self.live = 0;
         self.pool.drain(&mut *self.backend);
     }
+}
+
+/// The copies of the first `len` bytes of a range, chunk by chunk: (offset, bytes).
+fn chunk_copies(chunks: Vec<(usize, usize)>, len: usize) -> impl Iterator<Item = (usize, usize)> {
+    chunks.into_iter().map(move |(offset, chunk)| (offset, len.saturating_sub(offset).min(chunk))).filter(|c| c.1 > 0)
 }
 
 impl Drop for Memory {
@@ -697,11 +733,11 @@ mod tests {
         fn free_host(&mut self, buf: HostBuf) {
             self.inner.free_host(buf);
         }
-        fn copy_to_host(&mut self, addr: usize, host: &HostBuf, len: usize) -> Result<(), MemError> {
-            self.inner.copy_to_host(addr, host, len)
+        fn copy_to_host(&mut self, addr: usize, host: &HostBuf, offset: usize, len: usize) -> Result<(), MemError> {
+            self.inner.copy_to_host(addr, host, offset, len)
         }
-        fn copy_from_host(&mut self, host: &HostBuf, len: usize, addr: usize) -> Result<(), MemError> {
-            self.inner.copy_from_host(host, len, addr)
+        fn copy_from_host(&mut self, host: &HostBuf, offset: usize, len: usize, addr: usize) -> Result<(), MemError> {
+            self.inner.copy_from_host(host, offset, len, addr)
         }
         fn sync(&mut self) -> Result<(), MemError> {
             self.inner.sync()
@@ -713,6 +749,23 @@ mod tests {
         let mut m = Memory::new(Box::new(Counting { inner: host::HostBackend::new(), calls: calls.clone() }));
         m.hold(GPU, 0, u64::MAX);
         (m, calls)
+    }
+
+    #[test]
+    fn large_ranges_move_chunk_by_chunk_and_come_back_exact() {
+        let (mut m, calls) = counting();
+        let n = || calls.load(std::sync::atomic::Ordering::Relaxed);
+        let size = (130 << 20) + 123; // three chunks, the last one partly used
+        let a = m.alloc(size).unwrap();
+        assert_eq!(n(), 1 + 3, "one reserve, three chunks mapped");
+        fill(a, size, 42);
+        let sum = checksum(a, size);
+        assert_eq!(m.swap_out().unwrap(), size as u64, "the allocation's bytes, not the span's");
+        assert_eq!(n(), 4 + 3, "three chunks unmapped");
+        assert_eq!(m.swap_in(GPU, 0, u64::MAX).unwrap(), size as u64);
+        assert_eq!(n(), 7 + 3, "three chunks mapped again");
+        assert_eq!(checksum(a, size), sum);
+        m.free(a).unwrap();
     }
 
     #[test]
