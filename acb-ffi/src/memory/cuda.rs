@@ -166,9 +166,18 @@ impl Backend for CudaBackend {
     }
 
     fn free(&mut self, addr: usize, size: usize) {
-        // Every chunk mapped in the range, then the range.
-        let chunks: Vec<usize> = self.handles.range(addr..addr.saturating_add(size)).map(|(&a, _)| a).collect();
-        for chunk in chunks {
+        // Every chunk mapped in the range, then the range. A framework frees memory that
+        // kernels it queued may still use (stream-ordered, as its caching allocator does): so
+        // finish the device's work before its memory goes.
+        let chunks: Vec<(usize, u32)> =
+            self.handles.range(addr..addr.saturating_add(size)).map(|(&a, h)| (a, h.1)).collect();
+        if let Some(&(_, device)) = chunks.first()
+            && self.enter(device).is_ok()
+        {
+            // SAFETY: the device's context is current on this thread.
+            let _ = unsafe { sys::cuCtxSynchronize() };
+        }
+        for (chunk, _) in chunks {
             let _ = self.unmap_chunk(chunk);
         }
         // SAFETY: a range this backend reserved, freed once.
