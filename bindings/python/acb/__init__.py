@@ -248,6 +248,36 @@ class Client:
         finally:
             self.on_device_end()
 
+    def alloc(self, size: Union[int, str]) -> int:
+        """Swappable device memory: `size` bytes on the GPU of the active phase (the memory
+        backend's: ACB_MEMORY_BACKEND). Returns its address, valid until `free`, across swaps.
+        Raises NotActive outside a GPU phase, OutOfMemory past the lease's memory."""
+        n = parse_size(size)
+        if n == 0:
+            raise ValueError("an allocation needs at least one byte")
+        ptr = ctypes.c_void_p()
+        check(_lib.acb_client_alloc(self._handle(), n, ctypes.byref(ptr)))
+        return ptr.value
+
+    def free(self, address: int) -> None:
+        """Frees memory from `alloc`, resident or swapped out."""
+        if isinstance(address, bool) or not isinstance(address, int) or address < 0:
+            raise TypeError("an address is a non-negative int, from Client.alloc")
+        check(_lib.acb_client_dealloc(self._handle(), ctypes.c_void_p(address)))
+
+    def set_read_only(self, address: int, read_only: bool = True) -> None:
+        """Marks an allocation read-only (weights): its host copy is kept across swaps."""
+        if isinstance(address, bool) or not isinstance(address, int) or address < 0:
+            raise TypeError("an address is a non-negative int, from Client.alloc")
+        check(_lib.acb_client_set_read_only(self._handle(), ctypes.c_void_p(address), bool(read_only)))
+
+    def memory_stats(self) -> dict:
+        """The client's memory figures (acb_memory_stats): allocations, resident_bytes,
+        swapped_bytes, swapped_out_total, swapped_in_total, host_pool_bytes."""
+        stats = _ffi.STRUCTS["acb_memory_stats"]()
+        check(_lib.acb_client_memory_stats(self._handle(), ctypes.byref(stats)))
+        return {name: getattr(stats, name) for name, _ in stats._fields_}
+
     def status(self) -> dict:
         """What the assigner offers: its status (scheduler, GPUs, queue, clients)."""
         import json

@@ -100,6 +100,25 @@ def parse_header(text: str) -> dict:
     return out
 
 
+def parse_structs(text: str) -> dict:
+    """{struct name: ctypes.Structure subclass} for every `typedef struct { ... } name;` of
+    scalar fields in the header (acb_memory_stats), so that their layout is the header's."""
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    out = {}
+    for body, name in re.findall(r"typedef\s+struct\s*\{([^}]*)\}\s*(acb_\w+)\s*;", text, flags=re.S):
+        fields = []
+        for decl in body.split(";"):
+            decl = " ".join(decl.split())
+            if not decl:
+                continue
+            m = re.match(r"^(.*?)(\w+)$", decl)
+            if not m or m.group(1).strip() not in _SCALARS or _SCALARS[m.group(1).strip()] is None:
+                raise ImportError(f"acb.h: cannot read field {decl!r} of {name}")
+            fields.append((m.group(2), _SCALARS[m.group(1).strip()]))
+        out[name] = type(name, (ctypes.Structure,), {"_fields_": fields})
+    return out
+
+
 def _constants(text: str) -> dict:
     consts = {m.group(1): int(m.group(2)) for m in re.finditer(r"#define\s+(ACB_\w+)\s+(\d+)", text)}
     consts.update({m.group(1): int(m.group(2)) for m in re.finditer(r"\b(ACB_STATUS_\w+)\s*=\s*(\d+)", text)})
@@ -110,6 +129,7 @@ with open(_find_header(), encoding="utf-8") as _f:
     _HEADER_TEXT = _f.read()
 
 SIGNATURES = parse_header(_HEADER_TEXT)
+STRUCTS = parse_structs(_HEADER_TEXT)
 CONSTANTS = _constants(_HEADER_TEXT)
 LIBRARY_PATH = _find_library()
 lib = ctypes.CDLL(LIBRARY_PATH)

@@ -231,3 +231,37 @@ def test_agarun_profile_without_gpu_phases_writes_nothing(tmp_path):
     r = agarun("--profile", str(tmp_path / "no" / "dir" / "t.json"), "--", "true")
     assert r.returncode == 2 and "no directory" in r.stderr
 
+
+
+@needs_assigner
+def test_swappable_memory_from_python():
+    import ctypes
+
+    with acb.Client(assigner=ASSIGNER, job="py-mem", eager=True) as c:
+        with pytest.raises(acb.NotActive):
+            c.alloc(4096)
+        c.on_device_begin()
+        big = c.alloc("3MiB")
+        small = c.alloc(100)
+        with pytest.raises(ValueError):
+            c.alloc(0)
+        with pytest.raises(TypeError):
+            c.free("here")
+        ctypes.memset(big, 0x5A, 3 << 20)  # the host backend: plain memory while resident
+        c.set_read_only(big)
+        s = c.memory_stats()
+        assert s["allocations"] == 2 and s["resident_bytes"] >= (3 << 20) + 100
+        c.on_device_end()
+        deadline = time.monotonic() + 10
+        while c.memory_stats()["resident_bytes"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        s = c.memory_stats()
+        assert s["resident_bytes"] == 0 and s["swapped_out_total"] >= (3 << 20) + 100
+        c.on_device_begin()
+        assert ctypes.string_at(big, 3 << 20) == b"\x5a" * (3 << 20)  # back at the same address
+        c.free(small)
+        with pytest.raises(acb.InvalidRequest):
+            c.free(small)  # twice
+        c.free(big)
+        assert c.memory_stats()["allocations"] == 0
+        c.on_device_end()
