@@ -24,7 +24,6 @@ import os
 import sys
 import threading
 import time
-import warnings
 from contextlib import contextmanager
 from typing import Iterator, List, Optional
 
