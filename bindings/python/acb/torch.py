@@ -151,7 +151,7 @@ def on_device(
     grant, moves them onto the granted GPU in place, yields its torch.device, and on exit moves
     them back to pinned host memory, frees PyTorch's cached GPU memory and ends the phase. The
     client is the default one (ACB_ASSIGNER, ACB_JOB_ID) unless `client` is given. With
-    `gpus` > 1 the objects go to the first granted GPU; `acb.torch.lease()` names them all.
+    `gpus` > 1 the objects go to the first granted GPU; `acb.torch.lease()` names them all."""
     slots: List[tuple] = []
     for o in objs:
         _tensors_of(o, slots)  # TypeError before anything is asked of the assigner
