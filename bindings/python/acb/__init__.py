@@ -348,3 +348,12 @@ def on_device(gpus: Optional[int] = None, memory=None, timeout: Optional[float] 
     gpus, memory = _env_defaults(gpus, memory)
     with _default_client().on_device(gpus=gpus, memory=memory, timeout=timeout, priority=priority) as lease:
         yield lease
+
+
+def _begin(client: Optional[Client], gpus: Optional[int], memory, timeout: Optional[float], priority: int):
+    """Begins a GPU phase on `client`, else on the default client with the environment's
+    defaults: (the lease, the function that ends the phase). For the framework bindings."""
+    if client is None:
+        return on_device_begin(gpus=gpus, memory=memory, timeout=timeout, priority=priority), on_device_end
+    lease = client.on_device_begin(gpus=1 if gpus is None else gpus, memory=memory, timeout=timeout, priority=priority)
+    return lease, client.on_device_end

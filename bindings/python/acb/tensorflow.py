@@ -95,13 +95,7 @@ def on_device(
     list of names when more than one GPU is asked for), ends the phase on exit. Raises NoCuda,
     having ended the phase, when TensorFlow cannot see the granted GPU."""
     tf = _tf()
-    if client is None:
-        lease = acb.on_device_begin(gpus=gpus, memory=memory, timeout=timeout, priority=priority)
-        end = acb.on_device_end
-    else:
-        lease = client.on_device_begin(gpus=1 if gpus is None else gpus, memory=memory,
-                                       timeout=timeout, priority=priority)
-        end = client.on_device_end
+    lease, end = acb._begin(client, gpus, memory, timeout, priority)
     try:
         names = _device_names(tf, lease)
         yield names[0] if len(names) == 1 else names

@@ -155,13 +155,7 @@ def on_device(
     slots: List[tuple] = []
     for o in objs:
         _tensors_of(o, slots)  # TypeError before anything is asked of the assigner
-    if client is None:
-        lease = acb.on_device_begin(gpus=gpus, memory=memory, timeout=timeout, priority=priority)
-        end = acb.on_device_end
-    else:
-        lease = client.on_device_begin(gpus=1 if gpus is None else gpus, memory=memory,
-                                       timeout=timeout, priority=priority)
-        end = client.on_device_end
+    lease, end = acb._begin(client, gpus, memory, timeout, priority)
     _phases.__dict__.setdefault("leases", []).append(lease)
     try:
         device = _device_of(lease)
