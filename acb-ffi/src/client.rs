@@ -399,9 +399,16 @@ impl Driver {
                 // Each swap completes before the next action: Ready after SwapIn, SendRelease
                 // after SwapOut (the machine's contract).
                 Action::SwapIn { lease, gpus, memory_per_gpu } => {
-                    let device = self.lease_for(lease).devices.first().map_or(0, |d| d.index);
+                    let (index, uuid) =
+                        self.lease_for(lease).devices.first().map_or((0, String::new()), |d| (d.index, d.uuid.clone()));
                     let gpu = gpus.first().copied().unwrap_or(GpuId(0));
-                    if let Err(e) = lock_memory(&self.memory).swap_in(gpu, device, memory_per_gpu) {
+                    let swapped = {
+                        let mut memory = lock_memory(&self.memory);
+                        // The backend's own number for the granted GPU (CUDA's ordinal, by UUID).
+                        let device = memory.device_for(index, &uuid);
+                        memory.swap_in(gpu, device, memory_per_gpu)
+                    };
+                    if let Err(e) = swapped {
                         self.swap_failure = Some(e.to_string());
                     }
                     self.report_swap().await;

@@ -41,6 +41,14 @@ pub(crate) fn driver_present() -> Result<(), String> {
     }
 }
 
+/// A CUDA UUID as NVML writes it (what the assigner's leases carry): `gpu-xxxxxxxx-xxxx-...`,
+/// lowercase here.
+fn nvml_uuid(bytes: &[std::ffi::c_char; 16]) -> String {
+    let b: Vec<u8> = bytes.iter().map(|&c| c as u8).collect();
+    let hex = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!("gpu-{}-{}-{}-{}-{}", hex(0..4), hex(4..6), hex(6..8), hex(8..10), hex(10..16))
+}
+
 /// A device's context and copy stream.
 #[derive(Debug)]
 struct Device {
@@ -58,8 +66,8 @@ pub(crate) struct CudaBackend {
 }
 
 // SAFETY: CUDA contexts and streams may be used from any thread once made current there; the
-// backend is used under the Memory lock, one thread at a time, and makes its context current
-// before every call.
+// backend is used under the Memory lock, one thread at a time, and pushes its context before
+// every call (and pops it after).
 unsafe impl Send for CudaBackend {}
 
 fn prop(device: u32) -> sys::CUmemAllocationProp {
@@ -69,6 +77,18 @@ fn prop(device: u32) -> sys::CUmemAllocationProp {
     p.location.type_ = sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE;
     p.location.id = i32::try_from(device).unwrap_or(i32::MAX);
     p
+}
+
+/// A context pushed on the calling thread's stack by [`CudaBackend::enter`]; dropping it pops
+/// it, so the caller's own current context (a framework's, on its thread) is left as it was.
+struct Current;
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        let mut popped = std::ptr::null_mut();
+        // SAFETY: pops the context this guard's maker pushed on this thread.
+        let _ = unsafe { sys::cuCtxPopCurrent_v2(&mut popped) };
+    }
 }
 
 /// Retains `device`'s primary context and makes a copy stream on it.
@@ -81,7 +101,8 @@ fn open_device(device: u32) -> Result<Device, MemError> {
     unsafe {
         check("cuDeviceGet", sys::cuDeviceGet(&mut dev, ordinal))?;
         check("cuDevicePrimaryCtxRetain", sys::cuDevicePrimaryCtxRetain(&mut context, dev))?;
-        check("cuCtxSetCurrent", sys::cuCtxSetCurrent(context))?;
+        check("cuCtxPushCurrent", sys::cuCtxPushCurrent_v2(context))?;
+        let _current = Current;
         check("cuStreamCreate", sys::cuStreamCreate(&mut stream, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32))?;
     }
     Ok(Device { context, stream })
@@ -115,16 +136,16 @@ impl CudaBackend {
         }
     }
 
-    /// Makes `device`'s primary context current on this thread (retaining it and making its
-    /// stream the first time).
-    fn enter(&mut self, device: u32) -> Result<&Device, MemError> {
+    /// Makes `device`'s primary context current on this thread until the returned guard is
+    /// dropped (retaining it and making its stream the first time); gives its copy stream.
+    fn enter(&mut self, device: u32) -> Result<(sys::CUstream, Current), MemError> {
         let d = match self.devices.entry(device) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => e.insert(open_device(device)?),
         };
-        // SAFETY: a context this backend retained.
-        check("cuCtxSetCurrent", unsafe { sys::cuCtxSetCurrent(d.context) })?;
-        Ok(d)
+        // SAFETY: a context this backend retained; the guard pops it.
+        check("cuCtxPushCurrent", unsafe { sys::cuCtxPushCurrent_v2(d.context) })?;
+        Ok((d.stream, Current))
     }
 
     /// Any device with a context, to run driver calls that need one.
@@ -134,10 +155,13 @@ impl CudaBackend {
 
     /// Unmaps and releases the chunk mapped at `addr` (nothing if none is).
     fn unmap_chunk(&mut self, addr: usize) -> Result<(), MemError> {
-        let Some((handle, _, size)) = self.handles.remove(&addr) else { return Ok(()) };
+        let Some(&(handle, device, size)) = self.handles.get(&addr) else { return Ok(()) };
+        let _current = self.enter(device)?;
         // SAFETY: a chunk this backend mapped with `handle`; copies from it were synchronised.
+        // The handle is forgotten once the mapping is gone, not before.
         unsafe {
             check("cuMemUnmap", sys::cuMemUnmap(addr as sys::CUdeviceptr, size))?;
+            self.handles.remove(&addr);
             check("cuMemRelease", sys::cuMemRelease(handle))
         }
     }
@@ -158,7 +182,7 @@ impl Backend for CudaBackend {
 
     fn reserve(&mut self, size: usize) -> Result<usize, MemError> {
         let device = self.any_device();
-        self.enter(device)?;
+        let _current = self.enter(device)?;
         let mut ptr: sys::CUdeviceptr = 0;
         // SAFETY: an out-pointer to a local; size is a multiple of the granularity.
         check("cuMemAddressReserve", unsafe { sys::cuMemAddressReserve(&mut ptr, size, self.granularity, 0, 0) })?;
@@ -171,9 +195,9 @@ impl Backend for CudaBackend {
         // finish the device's work before its memory goes.
         let chunks: Vec<(usize, u32)> =
             self.handles.range(addr..addr.saturating_add(size)).map(|(&a, h)| (a, h.1)).collect();
-        if let Some(&(_, device)) = chunks.first()
-            && self.enter(device).is_ok()
-        {
+        let device = chunks.first().map_or_else(|| self.any_device(), |c| c.1);
+        let Ok(_current) = self.enter(device) else { return };
+        if !chunks.is_empty() {
             // SAFETY: the device's context is current on this thread.
             let _ = unsafe { sys::cuCtxSynchronize() };
         }
@@ -185,7 +209,7 @@ impl Backend for CudaBackend {
     }
 
     fn map(&mut self, addr: usize, size: usize, device: u32) -> Result<(), MemError> {
-        self.enter(device)?;
+        let _current = self.enter(device)?;
         let p = prop(device);
         let mut handle: sys::CUmemGenericAllocationHandle = 0;
         // SAFETY: out-pointer to a local, a valid property struct; the range is reserved and
@@ -216,7 +240,7 @@ impl Backend for CudaBackend {
 
     fn alloc_host(&mut self, size: usize) -> Result<HostBuf, MemError> {
         let device = self.any_device();
-        self.enter(device)?;
+        let _current = self.enter(device)?;
         let mut ptr = std::ptr::null_mut();
         // SAFETY: an out-pointer to a local. Portable: usable with every context.
         check("cuMemHostAlloc", unsafe { sys::cuMemHostAlloc(&mut ptr, size, sys::CU_MEMHOSTALLOC_PORTABLE) })?;
@@ -224,6 +248,8 @@ impl Backend for CudaBackend {
     }
 
     fn free_host(&mut self, buf: HostBuf) {
+        let device = self.any_device();
+        let Ok(_current) = self.enter(device) else { return };
         // SAFETY: made by cuMemHostAlloc, freed once.
         let _ = unsafe { sys::cuMemFreeHost(buf.ptr.cast()) };
     }
@@ -231,7 +257,7 @@ impl Backend for CudaBackend {
     fn copy_to_host(&mut self, addr: usize, host: &HostBuf, offset: usize, len: usize) -> Result<(), MemError> {
         let len = host_part(host, offset, len)?;
         let device = self.device_of(addr)?;
-        let stream = self.enter(device)?.stream;
+        let (stream, _current) = self.enter(device)?;
         // SAFETY: a mapped chunk of at least `len` bytes into a pinned buffer with `len` bytes
         // past `offset` (checked).
         check("cuMemcpyDtoHAsync", unsafe {
@@ -242,7 +268,7 @@ impl Backend for CudaBackend {
     fn copy_from_host(&mut self, host: &HostBuf, offset: usize, len: usize, addr: usize) -> Result<(), MemError> {
         let len = host_part(host, offset, len)?;
         let device = self.device_of(addr)?;
-        let stream = self.enter(device)?.stream;
+        let (stream, _current) = self.enter(device)?;
         // SAFETY: as above, the other way.
         check("cuMemcpyHtoDAsync", unsafe {
             sys::cuMemcpyHtoDAsync_v2(addr as sys::CUdeviceptr, host.ptr.add(offset).cast(), len, stream)
@@ -252,11 +278,44 @@ impl Backend for CudaBackend {
     fn sync(&mut self) -> Result<(), MemError> {
         let devices: Vec<u32> = self.devices.keys().copied().collect();
         for device in devices {
-            let stream = self.enter(device)?.stream;
+            let (stream, _current) = self.enter(device)?;
             // SAFETY: a stream this backend made.
             check("cuStreamSynchronize", unsafe { sys::cuStreamSynchronize(stream) })?;
         }
         Ok(())
+    }
+
+    fn quiesce(&mut self) -> Result<(), MemError> {
+        let devices: Vec<u32> = self.devices.keys().copied().collect();
+        for device in devices {
+            let _current = self.enter(device)?;
+            // SAFETY: the device's primary context is current: waits for all its streams.
+            check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })?;
+        }
+        Ok(())
+    }
+
+    fn device_for(&mut self, index: u32, uuid: &str) -> u32 {
+        let want = uuid.trim().to_ascii_lowercase();
+        let mut count = 0;
+        // SAFETY: out-pointers to locals; the driver is initialised.
+        if unsafe { sys::cuDeviceGetCount(&mut count) } != sys::CUresult::CUDA_SUCCESS {
+            return index;
+        }
+        for ordinal in 0..count {
+            let mut dev = 0;
+            // SAFETY: a plain C struct; zero is a valid value.
+            let mut id: sys::CUuuid = unsafe { std::mem::zeroed() };
+            // SAFETY: out-pointers to locals.
+            let ok = unsafe {
+                sys::cuDeviceGet(&mut dev, ordinal) == sys::CUresult::CUDA_SUCCESS
+                    && sys::cuDeviceGetUuid_v2(&mut id, dev) == sys::CUresult::CUDA_SUCCESS
+            };
+            if ok && nvml_uuid(&id.bytes) == want {
+                return u32::try_from(ordinal).unwrap_or(index);
+            }
+        }
+        index // no match (a simulated GPU's uuid): the assigner's index
     }
 }
 
@@ -265,8 +324,10 @@ impl Drop for CudaBackend {
         for (device, d) in std::mem::take(&mut self.devices) {
             // SAFETY: the stream and the retained context are this backend's, released once.
             unsafe {
-                let _ = sys::cuCtxSetCurrent(d.context);
-                let _ = sys::cuStreamDestroy_v2(d.stream);
+                if sys::cuCtxPushCurrent_v2(d.context) == sys::CUresult::CUDA_SUCCESS {
+                    let _current = Current;
+                    let _ = sys::cuStreamDestroy_v2(d.stream);
+                }
                 let mut dev = 0;
                 if sys::cuDeviceGet(&mut dev, i32::try_from(device).unwrap_or(0)) == sys::CUresult::CUDA_SUCCESS {
                     let _ = sys::cuDevicePrimaryCtxRelease_v2(dev);
@@ -325,6 +386,13 @@ mod tests {
             assert!(bytes.iter().enumerate().all(|(i, b)| *b == (i as u8).wrapping_mul(7) ^ (s as u8)), "{s} bytes");
             host.free_host(buf);
         }
+    }
+
+    #[test]
+    fn cuda_uuids_are_written_as_nvml_writes_them() {
+        let bytes: [u8; 16] = [0x5c, 0x2a, 0x4f, 0x3e, 0x01, 0x02, 0xab, 0xcd, 0xef, 0x00, 1, 2, 3, 4, 5, 0xff];
+        let c = bytes.map(|b| b as std::ffi::c_char);
+        assert_eq!(nvml_uuid(&c), "gpu-5c2a4f3e-0102-abcd-ef00-0102030405ff");
     }
 
     /// Without a driver the backend says so, and nothing panics (cudarc would, if asked).

@@ -88,6 +88,17 @@ pub(crate) trait Backend: Send + std::fmt::Debug {
     fn copy_from_host(&mut self, host: &HostBuf, offset: usize, len: usize, addr: usize) -> Result<(), MemError>;
     /// Waits for every copy started.
     fn sync(&mut self) -> Result<(), MemError>;
+    /// Waits for all work queued on the devices this backend uses, the program's own included
+    /// (a GPU phase's end means its kernels are done with its memory).
+    fn quiesce(&mut self) -> Result<(), MemError> {
+        Ok(())
+    }
+    /// This backend's number for the GPU the assigner calls `index` (`uuid`): CUDA's ordinal
+    /// need not be NVML's index.
+    fn device_for(&mut self, index: u32, uuid: &str) -> u32 {
+        let _ = uuid;
+        index
+    }
 }
 
 /// Host buffers for swapped-out bytes, kept for reuse by size, up to a bound on what lies idle:
@@ -239,6 +250,8 @@ impl Memory {
         if size == 0 {
             return Err(MemError::ZeroSize);
         }
+        // Checked here, under the lock, for slabs too: a swapped-out slab may have free blocks.
+        self.held.ok_or(MemError::NoLease)?;
         if size < SMALL_MAX {
             let block = size.next_power_of_two().max(MIN_BLOCK);
             let slab = match self.partial.get(&block).and_then(|s| s.first()) {
@@ -415,46 +428,67 @@ impl Memory {
     /// Copies every resident range to host memory (but read-only ones whose host copy is
     /// current) and unmaps it; cached ranges are given back. Returns the bytes copied.
     pub(crate) fn swap_out(&mut self) -> Result<u64, MemError> {
+        self.backend.quiesce()?;
         self.drop_cache();
         let plan = self.registry.plan_swap_out(OWNER);
         let addrs: Vec<(usize, bool)> =
             plan.items.iter().filter_map(|item| Some((*self.by_id.get(&item.id)?, item.copy))).collect();
         // Start every copy, chunk by chunk, wait once, then unmap: the copies run back to back.
         let mut copied = 0u64;
+        let mut started = Ok(());
         for &(addr, copy) in &addrs {
-            let Some(region) = self.regions.get_mut(&addr) else { continue };
-            if copy {
-                let buf = match region.host.take() {
-                    Some(b) => b,
-                    None => self.pool.take(&mut *self.backend, region.span)?,
-                };
-                let (span, len) = (region.span, region.copy_len());
-                let mut result = Ok(());
-                for (offset, n) in chunk_copies(self.chunks(span), len) {
-                    result = self.backend.copy_to_host(addr + offset, &buf, offset, n);
-                    if result.is_err() {
-                        break;
-                    }
-                }
-                if let Some(region) = self.regions.get_mut(&addr) {
-                    region.host = Some(buf);
-                }
-                result?;
-                copied += len as u64;
+            if !copy {
+                continue;
+            }
+            if let Err(e) = self.start_copy_out(addr).map(|n| copied += n as u64) {
+                started = Err(e);
+                break;
             }
         }
-        self.backend.sync()?;
+        // Wait for what was started even after a failure: no copy may outlive its buffer.
+        let synced = self.backend.sync();
+        started?;
+        synced?;
+        // Every range is unmapped, even after a failure, and the books say so; the bytes are
+        // safe in host memory.
+        let mut unmapped = Ok(());
         for &(addr, _) in &addrs {
             let span = self.regions.get(&addr).map_or(0, |r| r.span);
             for (offset, len) in self.chunks(span) {
-                self.backend.unmap(addr + offset, len)?;
+                if let Err(e) = self.backend.unmap(addr + offset, len)
+                    && unmapped.is_ok()
+                {
+                    unmapped = Err(e);
+                }
             }
         }
         self.registry.complete_swap_out(&plan);
         self.held = None;
         self.swapped_out_total += copied;
         self.unreported.1 += copied;
-        Ok(copied)
+        unmapped.map(|()| copied)
+    }
+
+    /// Starts copying a range out into its host buffer (the one it kept from its last swap,
+    /// or one from the pool): returns the bytes.
+    fn start_copy_out(&mut self, addr: usize) -> Result<usize, MemError> {
+        let Some(region) = self.regions.get_mut(&addr) else { return Ok(0) };
+        let (span, len) = (region.span, region.copy_len());
+        let buf = match region.host.take() {
+            Some(b) => b,
+            None => self.pool.take(&mut *self.backend, span)?,
+        };
+        let mut result = Ok(len);
+        for (offset, n) in chunk_copies(self.chunks(span), len) {
+            if let Err(e) = self.backend.copy_to_host(addr + offset, &buf, offset, n) {
+                result = Err(e);
+                break;
+            }
+        }
+        if let Some(region) = self.regions.get_mut(&addr) {
+            region.host = Some(buf);
+        }
+        result
     }
 
     /// Maps every swapped-out range back at its address on `device` and copies its bytes
@@ -501,16 +535,8 @@ impl Memory {
             self.unmap_all(&mapped);
             return Err(e);
         }
-        // Writable ranges' host copies are stale from now on: back to the pool.
-        for item in &plan.items {
-            let read_only = self.registry.get(item.id).is_some_and(|a| a.read_only);
-            if let Some(&addr) = self.by_id.get(&item.id)
-                && !read_only
-                && let Some(buf) = self.regions.get_mut(&addr).and_then(|r| r.host.take())
-            {
-                self.pool.give(&mut *self.backend, buf);
-            }
-        }
+        // Each range keeps its host buffer (stale, for a writable one) for its next swap-out:
+        // a job swaps with no allocation or pinning of host memory after its first swap.
         self.registry.complete_swap_in(&plan);
         self.held = Some((gpu, device, fence));
         self.swapped_in_total += copied;
@@ -535,6 +561,11 @@ impl Memory {
     #[cfg(test)]
     pub(crate) fn hold(&mut self, gpu: GpuId, device: u32, fence: u64) {
         self.held = Some((gpu, device, fence));
+    }
+
+    /// The backend's number for the GPU the assigner calls `index` (`uuid`).
+    pub(crate) fn device_for(&mut self, index: u32, uuid: &str) -> u32 {
+        self.backend.device_for(index, uuid)
     }
 
     /// Bytes swapped (in, out) since the last call.
@@ -705,6 +736,7 @@ mod tests {
     struct Counting {
         inner: host::HostBackend,
         calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        host_allocs: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     }
 
     impl Backend for Counting {
@@ -728,6 +760,7 @@ mod tests {
             self.inner.unmap(addr, size)
         }
         fn alloc_host(&mut self, size: usize) -> Result<HostBuf, MemError> {
+            self.host_allocs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.inner.alloc_host(size)
         }
         fn free_host(&mut self, buf: HostBuf) {
@@ -745,10 +778,48 @@ mod tests {
     }
 
     fn counting() -> (Memory, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut m = Memory::new(Box::new(Counting { inner: host::HostBackend::new(), calls: calls.clone() }));
-        m.hold(GPU, 0, u64::MAX);
+        let (m, calls, _) = counting_host();
         (m, calls)
+    }
+
+    /// A memory over a counting backend: (it, backend calls, host buffers allocated).
+    fn counting_host() -> (Memory, Counter, Counter) {
+        let calls = Counter::default();
+        let host_allocs = Counter::default();
+        let backend =
+            Counting { inner: host::HostBackend::new(), calls: calls.clone(), host_allocs: host_allocs.clone() };
+        let mut m = Memory::new(Box::new(backend));
+        m.hold(GPU, 0, u64::MAX);
+        (m, calls, host_allocs)
+    }
+
+    type Counter = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+
+    #[test]
+    fn host_buffers_are_allocated_once_even_past_the_pool_limit() {
+        // 1.2 GiB: more than the pool keeps idle. Each range keeps its buffer across swaps.
+        let (mut m, _, host_allocs) = counting_host();
+        let addrs: Vec<usize> = (0..3).map(|_| m.alloc(400 << 20).unwrap()).collect();
+        for round in 0..3 {
+            m.swap_out().unwrap();
+            m.swap_in(GPU, 0, u64::MAX).unwrap();
+            assert_eq!(host_allocs.load(std::sync::atomic::Ordering::Relaxed), 3, "round {round}");
+        }
+        assert_eq!(m.stats().host_pool_bytes, 3 * (400 << 20));
+        for a in addrs {
+            m.free(a).unwrap();
+        }
+    }
+
+    #[test]
+    fn nothing_is_allocated_in_a_swapped_out_slab() {
+        let mut m = memory(u64::MAX);
+        let a = m.alloc(100).unwrap();
+        m.swap_out().unwrap();
+        assert_eq!(m.alloc(100), Err(MemError::NoLease), "the slab has free blocks, but no GPU is held");
+        m.swap_in(GPU, 0, u64::MAX).unwrap();
+        assert!(m.alloc(100).is_ok());
+        m.free(a).unwrap();
     }
 
     #[test]
