@@ -166,6 +166,11 @@ def on_device(
                 yield device
         finally:
             _sync(device)
+            # Collected again: the block may have made tensors (an optimizer's first step makes
+            # its state), and they leave the GPU too.
+            slots = []
+            for o in objs:
+                _tensors_of(o, slots)
             _move(slots, torch.device("cpu"), pin=device.type == "cuda")
             _sync(device)
             if device.type == "cuda":
@@ -253,7 +258,8 @@ class _Gate:
     def enter(self) -> None:
         with self.lock:
             if not self.held:
-                self.client.on_device_begin(gpus=1)
+                # agarun's --gpus and --memory (ACB_GPUS, ACB_MEMORY) say what a phase asks for.
+                self.client.on_device_begin(*acb._env_defaults(None, None))
                 self.held = True
                 self.acquisitions += 1
             self.inflight += 1
@@ -277,20 +283,25 @@ class _Gate:
 
     def _idle_loop(self) -> None:
         tick = max(self.idle_s / 4, 0.001)
-        while not self._stop.wait(tick):
+        failures = 0
+        while not self._stop.wait(tick * (1 << min(failures, 10))):
             if self.held and not self.inflight and time.monotonic() - self.last >= self.idle_s:
                 try:
                     self.release()
-                except acb.AcbError as e:
-                    print(f"acb auto mode: releasing the GPU failed: {e}", file=sys.stderr)
+                    failures = 0
+                except Exception as e:  # a CUDA error too: this thread must not die holding the GPU
+                    if failures == 0:
+                        print(f"acb auto mode: releasing the GPU failed ({type(e).__name__}: {e}); "
+                              "retrying, less and less often", file=sys.stderr)
+                    failures += 1
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
         try:
             self.release()
-        except acb.AcbError:
-            pass
+        except Exception as e:
+            print(f"acb auto mode: releasing the GPU failed: {e}", file=sys.stderr)
 
 
 class _GateMode(TorchDispatchMode):
@@ -311,7 +322,7 @@ class _GateMode(TorchDispatchMode):
             gate.leave()
 
 
-_auto = None  # (gate, mode, client) while auto mode is on
+_auto = None  # (gate, mode, client, the enabling thread) while auto mode is on
 _warned = False
 
 
@@ -374,17 +385,20 @@ def enable_auto(idle_ms: Optional[int] = None, eager: Optional[bool] = None,
     gate = _Gate(client, idle_ms, _device_type)
     mode = _GateMode(gate)
     mode.__enter__()
-    _auto = (gate, mode, client)
+    _auto = (gate, mode, client, threading.get_ident())
     return True
 
 
 def disable_auto() -> None:
-    """Stops gating (the GPU is given back). PyTorch keeps the allocator it was given: memory
-    allocated in auto mode stays libacb's until freed."""
+    """Stops gating and gives the GPU back, from the thread that enabled auto mode (PyTorch's
+    dispatch modes are per thread). For tests: PyTorch keeps the allocator it was given, so
+    after this, CUDA allocations fail as out of memory (libacb allocates in GPU phases only)."""
     global _auto
     if _auto is None:
         return
-    gate, mode, _client = _auto
+    gate, mode, _client, thread = _auto
+    if thread != threading.get_ident():
+        raise RuntimeError("acb.torch.disable_auto() must be called from the thread that enabled auto mode")
     _auto = None
     mode.__exit__(None, None, None)
     gate.close()

@@ -94,7 +94,17 @@ def test_manual_mode_holds_the_gpu_for_the_block_only(monkeypatch):
     monkeypatch.setenv("ACB_TORCH_DEVICE", "cpu")  # the CPU stands in for the GPU
     model, opt = _model_and_optimizer()
     before = [p.detach().clone() for p in model.parameters()]
+    moves = []
+    real_move = acb_torch._move
+    monkeypatch.setattr(acb_torch, "_move", lambda slots, device, pin: (moves.append(len(slots)),
+                                                                        real_move(slots, device, pin)))
+    fresh = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # no state until its first step
     with acb.Client(assigner=ASSIGNER, job="torch-manual", eager=True) as c:
+        with acb_torch.on_device(model, fresh, client=c):
+            model(torch.randn(4, 8)).sum().backward()
+            fresh.step()
+        # The momentum buffers made inside the block leave the GPU too (one per parameter).
+        assert moves == [1, 1 + len(list(model.parameters()))], moves
         with acb_torch.on_device(model, opt, client=c) as device:
             assert device == torch.device("cpu")
             assert _holders(c, "torch-manual") == [acb_torch.lease().devices[0].index]
@@ -146,6 +156,33 @@ def test_auto_mode_gates_operations_and_releases_when_idle():
         acb_torch.disable_auto()
         client.close()
     assert not acb_torch.auto_enabled()
+
+
+def test_the_idle_thread_survives_a_failing_release():
+    class Flaky:
+        """A client whose first two ends fail, as a CUDA error would make them."""
+
+        def __init__(self):
+            self.ends = 0
+
+        def on_device_begin(self, *args):
+            pass
+
+        def on_device_end(self):
+            self.ends += 1
+            if self.ends <= 2:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    gate = acb_torch._Gate(Flaky(), idle_ms=10, device_type="cpu")
+    try:
+        gate.enter()
+        gate.leave()
+        deadline = time.monotonic() + 10
+        while gate.held and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not gate.held and gate.client.ends == 3 and gate._thread.is_alive()
+    finally:
+        gate.close()
 
 
 def test_idle_ms_must_be_a_number_of_milliseconds():
