@@ -11,7 +11,7 @@ import time
 
 from common import agarun, median, run_job, torch_with_cuda, value
 
-ROUNDS = 3
+ROUNDS = 6  # alternating plain, auto, auto, plain, ...: drift weighs on both
 
 
 def job(iters: int) -> None:
@@ -45,17 +45,19 @@ def main() -> int:
         return 0
     me = [sys.executable, __file__, "--job", "--iters", str(args.iters)]
     plain, auto, sums = [], [], set()
-    for _ in range(ROUNDS):
-        r = run_job(me)
-        plain.append(float(value(r.stdout, "seconds")))
-        sums.add(value(r.stdout, "checksum"))
-        r = run_job(agarun("--mode", "auto", "--job", "gpu-tier-overhead", "--", *me))
-        if "acb auto mode" in r.stderr and "without acb" in r.stderr:
-            sys.exit(f"auto mode did not turn on:\n{r.stderr}")
-        auto.append(float(value(r.stdout, "seconds")))
-        sums.add(value(r.stdout, "checksum"))
+    for i in range(ROUNDS):
+        for mode in (("plain", "auto") if i % 2 == 0 else ("auto", "plain")):
+            if mode == "plain":
+                r = run_job(me)
+                plain.append(float(value(r.stdout, "seconds")))
+            else:
+                r = run_job(agarun("--mode", "auto", "--job", "gpu-tier-overhead", "--", *me))
+                if "without acb" in r.stderr:
+                    sys.exit(f"auto mode did not turn on:\n{r.stderr}")
+                auto.append(float(value(r.stdout, "seconds")))
+            sums.add(value(r.stdout, "checksum"))
     p50, a50 = median(plain), median(auto)
-    print(f"{args.iters} passes of 8 Linear(4096) on 4096 rows, {ROUNDS} rounds each, alternating")
+    print(f"{args.iters} passes of 8 Linear(4096) on 4096 rows, {ROUNDS} runs each, in alternating order")
     print(f"plain PyTorch {p50 * 1e3:.1f} ms, auto mode {a50 * 1e3:.1f} ms: auto / plain = {a50 / p50:.3f} "
           f"(overhead {(a50 / p50 - 1) * 100:+.1f}%; goal at most +3%)")
     print(f"results {'identical' if len(sums) == 1 else 'DIFFER: ' + ', '.join(sorted(sums))}")

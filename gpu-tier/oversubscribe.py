@@ -5,6 +5,7 @@ without acb. Every job's result must be identical both ways.
     ACB_ASSIGNER=unix:/tmp/acb.sock python gpu-tier/oversubscribe.py [--jobs 4] [--gib 30]
 """
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -41,6 +42,14 @@ def main() -> int:
     if torch is None:
         return 0
     total = torch.cuda.get_device_properties(0).total_memory
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    # While one job holds the GPU, the others' memory is in pinned host memory.
+    pinned = (args.jobs - 1) * (args.gib << 30)
+    if pinned > 0.8 * ram:
+        sys.exit(f"{args.jobs - 1} swapped-out jobs of {args.gib} GiB need {pinned / 2**30:.0f} GiB of pinned host "
+                 f"memory, more than 80% of this machine's {ram / 2**30:.0f} GiB: use fewer --jobs or less --gib")
+    if args.jobs * (args.gib << 30) <= total:
+        print(f"note: {args.jobs} x {args.gib} GiB fits the GPU's {total / 2**30:.0f} GiB: this is not oversubscription")
     print(f"GPU: {torch.cuda.get_device_name(0)}, {total / 2**30:.0f} GiB; {args.jobs} jobs of {args.gib} GiB "
           f"({args.jobs * args.gib} GiB in all), {args.phases} phases each of {args.cpu} s CPU then a GPU pass")
 
@@ -64,6 +73,8 @@ def main() -> int:
         out, err = proc.communicate()
         if proc.returncode:
             sys.exit(f"auto-mode job {i} failed ({proc.returncode}):\n{err}")
+        if "without acb" in err:
+            sys.exit(f"auto mode did not turn on in job {i}:\n{err}")
         auto.append(value(out, "checksum"))
     t_auto = time.monotonic() - t0
     same = plain == auto

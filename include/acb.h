@@ -203,6 +203,15 @@ acb_status acb_allocator_try_free(void *ptr);
 void *acb_allocator_malloc(ptrdiff_t size, int32_t device, void *stream);
 
 /*
+ `acb_allocator_malloc` for frameworks that do not check for NULL: PyTorch's
+ `CUDAPluggableAllocator` uses whatever its `alloc_fn` returns as device memory. So where
+ `acb_allocator_malloc` would return NULL for a non-zero size, this prints why on stderr and
+ aborts the process: a clear end rather than an illegal memory access later. 0 bytes give
+ NULL, as PyTorch expects.
+ */
+void *acb_allocator_malloc_or_abort(ptrdiff_t size, int32_t device, void *stream);
+
+/*
  PyTorch's `free_fn`: frees memory from `acb_allocator_malloc` (NULL does nothing).
  */
 void acb_allocator_free(void *ptr, ptrdiff_t size, int32_t device, void *stream);

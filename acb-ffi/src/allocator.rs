@@ -73,6 +73,24 @@ pub extern "C" fn acb_allocator_malloc(size: isize, device: i32, stream: *mut c_
     }
 }
 
+/// `acb_allocator_malloc` for frameworks that do not check for NULL: PyTorch's
+/// `CUDAPluggableAllocator` uses whatever its `alloc_fn` returns as device memory. So where
+/// `acb_allocator_malloc` would return NULL for a non-zero size, this prints why on stderr and
+/// aborts the process: a clear end rather than an illegal memory access later. 0 bytes give
+/// NULL, as PyTorch expects.
+#[unsafe(no_mangle)]
+pub extern "C" fn acb_allocator_malloc_or_abort(size: isize, device: i32, stream: *mut c_void) -> *mut c_void {
+    let p = acb_allocator_malloc(size, device, stream);
+    if p.is_null() && size > 0 {
+        eprintln!(
+            "libacb: no device memory for {size} bytes: {}; aborting, since the framework would use NULL as memory",
+            crate::error::last_error()
+        );
+        std::process::abort();
+    }
+    p
+}
+
 /// PyTorch's `free_fn`: frees memory from `acb_allocator_malloc` (NULL does nothing).
 #[unsafe(no_mangle)]
 pub extern "C" fn acb_allocator_free(ptr: *mut c_void, size: isize, device: i32, stream: *mut c_void) {

@@ -716,10 +716,13 @@ pub extern "C" fn acb_on_device_end(client: *const acb_client) -> acb_status {
             return fail(acb_status::NotActive, "on_device_end called without on_device_begin");
         }
         c.mark(Mark::End);
+        // Under eager release the GPU goes back now, not at the client thread's next tick; a
+        // pending yield is answered now too.
+        let eager = c.config.release == acb_core::client::ReleaseMode::Eager;
         let wake = {
             let mut k = lock(&c.kept);
             k.end_pending = true;
-            k.yield_pending
+            k.yield_pending || eager
         };
         if wake && c.tx.send(Cmd::Wake).is_err() {
             return fail(acb_status::Internal, "libacb's client thread has stopped");

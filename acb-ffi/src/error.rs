@@ -14,6 +14,11 @@ pub(crate) fn set_last_error(msg: impl Into<String>) {
     LAST_ERROR.with(|e| *e.borrow_mut() = msg);
 }
 
+/// The last failure's message on this thread.
+pub(crate) fn last_error() -> String {
+    LAST_ERROR.with(|e| e.borrow().clone())
+}
+
 pub(crate) fn clear_last_error() {
     LAST_ERROR.with(|e| e.borrow_mut().clear());
 }

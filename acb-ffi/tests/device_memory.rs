@@ -9,7 +9,9 @@ use std::ffi::c_void;
 use std::ptr;
 use std::time::{Duration, Instant};
 
-use acb::allocator::{acb_allocator_free, acb_allocator_malloc, acb_allocator_set_client};
+use acb::allocator::{
+    acb_allocator_free, acb_allocator_malloc, acb_allocator_malloc_or_abort, acb_allocator_set_client,
+};
 use acb::client::{acb_client_free, acb_client_new, acb_on_device_begin, acb_on_device_end};
 use acb::config::{
     acb_config_free, acb_config_new, acb_config_set_assigner, acb_config_set_eager_release, acb_config_set_job,
@@ -203,4 +205,30 @@ fn the_pluggable_allocator_entry_points_use_the_set_client() {
     job.end();
     drop(job); // acb_client_free unsets it
     assert!(acb_allocator_malloc(4096, 0, ptr::null_mut()).is_null());
+}
+
+/// The child's half of the test below: ask for memory with no client set (and die of it).
+#[test]
+fn child_mallocs_without_a_client() {
+    if std::env::var_os("ACB_CHILD_MALLOC").is_none() {
+        return;
+    }
+    let p = acb_allocator_malloc_or_abort(4096, 0, ptr::null_mut());
+    println!("got {p:?}: no abort");
+}
+
+/// PyTorch uses what its allocator returns, NULL included: the variant it is given says why it
+/// cannot allocate and aborts, rather than return NULL for a non-zero size.
+#[test]
+fn the_abort_variant_says_why_and_aborts() {
+    use std::os::unix::process::ExitStatusExt;
+    assert!(acb_allocator_malloc_or_abort(0, 0, ptr::null_mut()).is_null(), "0 bytes: NULL, no abort");
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_mallocs_without_a_client", "--nocapture", "--test-threads=1"])
+        .env("ACB_CHILD_MALLOC", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{:?}\n{stderr}", out.status);
+    assert!(stderr.contains("libacb: no device memory for 4096 bytes: no client is set"), "{stderr}");
 }

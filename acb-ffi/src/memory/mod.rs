@@ -221,6 +221,20 @@ pub(crate) struct Memory {
     swapped_in_total: u64,
     /// Bytes swapped since the last [`Memory::take_unreported`].
     unreported: (u64, u64),
+    /// Whether writable ranges may keep `bytes` of host buffers while resident.
+    keep_host: fn(u64) -> bool,
+}
+
+/// Host buffers are kept while the machine would still have a quarter of its memory available.
+fn plenty_of_host_memory(bytes: u64) -> bool {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = |key: &str| -> Option<u64> {
+        info.lines().find_map(|l| l.strip_prefix(key))?.split_whitespace().next()?.parse().ok()
+    };
+    match (kib("MemTotal:"), kib("MemAvailable:")) {
+        (Some(total), Some(available)) => available.saturating_mul(1024).saturating_sub(bytes) >= total * 1024 / 4,
+        _ => true,
+    }
 }
 
 /// The registry is per client; every allocation here has this owner.
@@ -242,6 +256,7 @@ impl Memory {
             swapped_out_total: 0,
             swapped_in_total: 0,
             unreported: (0, 0),
+            keep_host: plenty_of_host_memory,
         }
     }
 
@@ -535,8 +550,27 @@ impl Memory {
             self.unmap_all(&mapped);
             return Err(e);
         }
-        // Each range keeps its host buffer (stale, for a writable one) for its next swap-out:
-        // a job swaps with no allocation or pinning of host memory after its first swap.
+        // Each range keeps its host buffer (stale, for a writable one) for its next swap-out, so
+        // a job swaps with no allocation or pinning of host memory after its first swap; unless
+        // keeping them would leave the machine short of memory (several large jobs swapped out
+        // at once need it), then writable ones go back (to the pool, up to its limit).
+        let kept: usize = plan
+            .items
+            .iter()
+            .filter(|item| !self.registry.get(item.id).is_some_and(|a| a.read_only))
+            .filter_map(|item| self.regions.get(self.by_id.get(&item.id)?)?.host.as_ref().map(|b| b.len))
+            .sum();
+        if !(self.keep_host)(kept as u64) {
+            for item in &plan.items {
+                let read_only = self.registry.get(item.id).is_some_and(|a| a.read_only);
+                if let Some(&addr) = self.by_id.get(&item.id)
+                    && !read_only
+                    && let Some(buf) = self.regions.get_mut(&addr).and_then(|r| r.host.take())
+                {
+                    self.pool.give(&mut *self.backend, buf);
+                }
+            }
+        }
         self.registry.complete_swap_in(&plan);
         self.held = Some((gpu, device, fence));
         self.swapped_in_total += copied;
@@ -809,6 +843,25 @@ mod tests {
         for a in addrs {
             m.free(a).unwrap();
         }
+    }
+
+    #[test]
+    fn short_of_host_memory_writable_ranges_give_their_buffers_back() {
+        let (mut m, _, host_allocs) = counting_host();
+        m.keep_host = |_| false;
+        let a = m.alloc(4 << 20).unwrap();
+        let w = m.alloc(2 << 20).unwrap();
+        m.set_read_only(w, true).unwrap();
+        for _ in 0..3 {
+            m.swap_out().unwrap();
+            m.swap_in(GPU, 0, u64::MAX).unwrap();
+        }
+        // Both buffers were made once: the writable one goes to the pool and comes back from it;
+        // the read-only one keeps its copy.
+        assert_eq!(host_allocs.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert!(plenty_of_host_memory(0), "this machine has memory to spare");
+        m.free(a).unwrap();
+        m.free(w).unwrap();
     }
 
     #[test]

@@ -377,7 +377,8 @@ def enable_auto(idle_ms: Optional[int] = None, eager: Optional[bool] = None,
                 _warn_once(str(e))
                 return False
         allocator = torch.cuda.memory.CUDAPluggableAllocator(
-            _ffi.LIBRARY_PATH, "acb_allocator_malloc", "acb_allocator_free")
+            # PyTorch does not check for NULL: the variant that says why and aborts instead.
+            _ffi.LIBRARY_PATH, "acb_allocator_malloc_or_abort", "acb_allocator_free")
         acb.check(_ffi.lib.acb_allocator_set_client(client._handle()))
         torch.cuda.memory.change_current_allocator(allocator)
     elif client is None:
