@@ -260,7 +260,7 @@ acb_status acb_client_status_json(const acb_client *client, char *buf, size_t le
 
 /*
  Makes a config from the environment (`ACB_ASSIGNER`, `ACB_JOB_ID`, `ACB_AUTH_TOKEN_FILE`,
- `ACB_MEMORY_BACKEND`, `ACB_EAGER_RELEASE`) into `*config_out`. Free it with `acb_config_free`. A malformed `ACB_ASSIGNER` gives
+ `ACB_MEMORY_BACKEND`, `ACB_EAGER_RELEASE`, `ACB_PIN_GPUS`) into `*config_out`. Free it with `acb_config_free`. A malformed `ACB_ASSIGNER` gives
  `ACB_STATUS_INVALID_ARGUMENT`.
  */
 acb_status acb_config_new(acb_config **config_out);
@@ -295,6 +295,13 @@ acb_status acb_config_set_connect_timeout_ms(acb_config *config, uint32_t ms);
  `ACB_STATUS_UNAVAILABLE`.
  */
 acb_status acb_config_set_connect_retries(acb_config *config, uint32_t retries);
+
+/*
+ Pinned GPUs (`pin` true): every GPU phase after the first asks for the GPUs of the first
+ grant, and waits for them even when others are free. For programs whose device memory or
+ device numbering cannot move between GPUs (PyTorch's auto mode). Default false.
+ */
+acb_status acb_config_set_pin_gpus(acb_config *config, bool pin);
 
 /*
  Eager release (`eager` true): the GPU goes back at every `acb_on_device_end`. Default lazy:

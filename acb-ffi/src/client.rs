@@ -164,6 +164,8 @@ struct Driver {
     memory: SharedMemory,
     /// Why the last swap-in failed; the begin waiting for it gets the error.
     swap_failure: Option<String>,
+    /// The GPU ids of the first grant, which later requests require (`pin_gpus`).
+    pinned: Vec<u32>,
 }
 
 impl Driver {
@@ -288,6 +290,9 @@ impl Driver {
                 }
             }
             Internal::Granted { grant, .. } => {
+                if self.cfg.pin_gpus && self.pinned.is_empty() {
+                    self.pinned = grant.gpus.iter().map(|d| d.id).collect();
+                }
                 let gpus = grant.gpus.iter().map(|d| GpuId(d.id)).collect();
                 let (lease, mem) = (LeaseId(grant.lease_id), grant.memory_per_gpu);
                 self.granted = Some(grant);
@@ -470,6 +475,7 @@ impl Driver {
             gpus: d.gpus,
             memory_per_gpu: d.memory_per_gpu,
             priority: d.priority,
+            required_gpus: self.pinned.clone(),
             ..Default::default()
         };
         self.alloc_task = Some(tokio::spawn(async move {
@@ -610,6 +616,7 @@ pub extern "C" fn acb_client_new(config: *const acb_config, client_out: *mut *mu
             internal: itx,
             memory: memory.clone(),
             swap_failure: None,
+            pinned: Vec::new(),
         };
         runtime.spawn(driver.run(cmds, irx));
         let profile = Profile::from_env(&cfg.job);

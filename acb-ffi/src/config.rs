@@ -23,6 +23,8 @@ pub struct acb_config {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) auth_token: Option<String>,
     pub(crate) memory_backend: MemoryBackend,
+    /// Every phase after the first asks for the GPUs of the first grant.
+    pub(crate) pin_gpus: bool,
 }
 
 /// Where `acb_client_alloc` memory lives.
@@ -47,7 +49,8 @@ impl MemoryBackend {
 impl acb_config {
     /// The settings the environment gives: `ACB_ASSIGNER` (else the default socket),
     /// `ACB_JOB_ID` (else a generated id), `ACB_AUTH_TOKEN_FILE`, `ACB_MEMORY_BACKEND` (`host`,
-    /// the default, or `cuda`), `ACB_EAGER_RELEASE` (`1` for eager release; lazy by default).
+    /// the default, or `cuda`), `ACB_EAGER_RELEASE` (`1` for eager release; lazy by default),
+    /// `ACB_PIN_GPUS` (`1`: every phase on the GPUs of the first).
     pub(crate) fn from_env() -> Result<acb_config, String> {
         let assigner = Address::from_env()?;
         let job = match std::env::var("ACB_JOB_ID") {
@@ -67,6 +70,11 @@ impl acb_config {
             Ok("0" | "false" | "no" | "") | Err(_) => ReleaseMode::Lazy,
             Ok(other) => return Err(format!("ACB_EAGER_RELEASE: {other:?}: expected 1 or 0")),
         };
+        let pin_gpus = match std::env::var("ACB_PIN_GPUS").as_deref() {
+            Ok("1" | "true" | "yes") => true,
+            Ok("0" | "false" | "no" | "") | Err(_) => false,
+            Ok(other) => return Err(format!("ACB_PIN_GPUS: {other:?}: expected 1 or 0")),
+        };
         Ok(acb_config {
             assigner,
             job,
@@ -76,6 +84,7 @@ impl acb_config {
             idle_timeout: None,
             auth_token,
             memory_backend,
+            pin_gpus,
         })
     }
 }
@@ -97,7 +106,7 @@ pub(crate) fn str_arg<'a>(s: *const c_char, len: usize, what: &str) -> Result<&'
 }
 
 /// Makes a config from the environment (`ACB_ASSIGNER`, `ACB_JOB_ID`, `ACB_AUTH_TOKEN_FILE`,
-/// `ACB_MEMORY_BACKEND`, `ACB_EAGER_RELEASE`) into `*config_out`. Free it with `acb_config_free`. A malformed `ACB_ASSIGNER` gives
+/// `ACB_MEMORY_BACKEND`, `ACB_EAGER_RELEASE`, `ACB_PIN_GPUS`) into `*config_out`. Free it with `acb_config_free`. A malformed `ACB_ASSIGNER` gives
 /// `ACB_STATUS_INVALID_ARGUMENT`.
 #[unsafe(no_mangle)]
 pub extern "C" fn acb_config_new(config_out: *mut *mut acb_config) -> acb_status {
@@ -183,6 +192,18 @@ pub extern "C" fn acb_config_set_connect_retries(config: *mut acb_config, retrie
     ffi_panic_boundary! {
         let cfg = try_mut!(config);
         cfg.connect_retries = retries;
+        acb_status::Ok
+    }
+}
+
+/// Pinned GPUs (`pin` true): every GPU phase after the first asks for the GPUs of the first
+/// grant, and waits for them even when others are free. For programs whose device memory or
+/// device numbering cannot move between GPUs (PyTorch's auto mode). Default false.
+#[unsafe(no_mangle)]
+pub extern "C" fn acb_config_set_pin_gpus(config: *mut acb_config, pin: bool) -> acb_status {
+    ffi_panic_boundary! {
+        let cfg = try_mut!(config);
+        cfg.pin_gpus = pin;
         acb_status::Ok
     }
 }

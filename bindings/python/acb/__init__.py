@@ -136,7 +136,9 @@ class Client:
     default to ACB_ASSIGNER and ACB_JOB_ID, `eager` (release at every phase end rather than
     when another job waits) to ACB_EAGER_RELEASE. `memory_backend` ('host' or 'cuda') is where the
     client's swappable memory lives (default: ACB_MEMORY_BACKEND, else host); 'cuda' raises
-    NoCuda when there is no CUDA driver. Close it (or use `with`) to release what it holds."""
+    NoCuda when there is no CUDA driver. `pin_gpus` (default ACB_PIN_GPUS) makes every phase
+    after the first wait for the GPUs of the first. Close it (or use `with`) to release what it
+    holds."""
 
     def __init__(
         self,
@@ -149,13 +151,15 @@ class Client:
         connect_retries: Optional[int] = None,
         auth_token: Optional[str] = None,
         memory_backend: Optional[str] = None,
+        pin_gpus: Optional[bool] = None,
     ):
         for name, v in (("assigner", assigner), ("job", job), ("auth_token", auth_token),
                         ("memory_backend", memory_backend)):
             if v is not None and not isinstance(v, str):
                 raise TypeError(f"{name} must be a str, not {type(v).__name__}")
-        if eager is not None and not isinstance(eager, bool):
-            raise TypeError("eager must be a bool")
+        for name, v in (("eager", eager), ("pin_gpus", pin_gpus)):
+            if v is not None and not isinstance(v, bool):
+                raise TypeError(f"{name} must be a bool")
         self._ptr = None
         self._req = None
         self._req_key = None
@@ -173,6 +177,8 @@ class Client:
                 check(_lib.acb_config_set_auth_token(cfg, b, len(b)))
             if eager is not None:
                 check(_lib.acb_config_set_eager_release(cfg, eager))
+            if pin_gpus is not None:
+                check(_lib.acb_config_set_pin_gpus(cfg, pin_gpus))
             if memory_backend is not None:
                 b = memory_backend.encode()
                 check(_lib.acb_config_set_memory_backend(cfg, b, len(b)))

@@ -259,7 +259,15 @@ class _Gate:
         with self.lock:
             if not self.held:
                 # agarun's --gpus and --memory (ACB_GPUS, ACB_MEMORY) say what a phase asks for.
-                self.client.on_device_begin(*acb._env_defaults(None, None))
+                lease = self.client.on_device_begin(*acb._env_defaults(None, None))
+                if self.acquisitions == 0 and self.device_type == "cuda":
+                    # The first grant, before the program's first CUDA allocation: PyTorch's
+                    # "cuda" becomes the granted GPU; the client is pinned to it from now on.
+                    try:
+                        torch.cuda.set_device(torch_device(lease.devices[0]))
+                    except BaseException:
+                        self.client.on_device_end()
+                        raise
                 self.held = True
                 self.acquisitions += 1
             self.inflight += 1
@@ -372,7 +380,8 @@ def enable_auto(idle_ms: Optional[int] = None, eager: Optional[bool] = None,
             )
         if client is None:
             try:
-                client = acb.Client(eager=eager, memory_backend="cuda")
+                # Pinned: the process's memory and its tensors' device stay on its first GPU.
+                client = acb.Client(eager=eager, memory_backend="cuda", pin_gpus=True)
             except acb.NoCuda as e:
                 _warn_once(str(e))
                 return False

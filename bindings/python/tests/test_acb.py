@@ -276,3 +276,27 @@ def test_the_gpu_tier_scripts_skip_cleanly_without_a_gpu(script):
         pytest.skip("gpu-tier/run.sh runs them here: this machine has CUDA")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("skipped (GPU tier): ") and r.stderr == "", (r.stdout, r.stderr)
+
+
+@needs_assigner
+def test_a_pinned_client_waits_for_the_gpu_of_its_first_grant():
+    """Two GPUs: a pinned job whose GPU another job holds waits, though the other GPU is free."""
+    with acb.Client(assigner=ASSIGNER, job="pinned", eager=True, pin_gpus=True) as pinned, \
+            acb.Client(assigner=ASSIGNER, job="squatter", eager=True) as squatter:
+        first = pinned.on_device_begin().devices[0].index
+        pinned.on_device_end()
+        deadline = time.monotonic() + 10
+        while True:  # the squatter takes the pinned job's GPU (the eager release lands first)
+            lease = squatter.on_device_begin()
+            if lease.devices[0].index == first:
+                break
+            squatter.on_device_end()
+            assert time.monotonic() < deadline, "the squatter never got the pinned job's GPU"
+            time.sleep(0.02)
+        with pytest.raises(acb.Timeout):
+            pinned.on_device_begin(timeout=0.5)  # the other GPU is free, but not this job's
+        squatter.on_device_end()
+        assert pinned.on_device_begin(timeout=10).devices[0].index == first
+        pinned.on_device_end()
+    with pytest.raises(TypeError):
+        acb.Client(assigner=ASSIGNER, pin_gpus="yes")
