@@ -281,22 +281,39 @@ def test_the_gpu_tier_scripts_skip_cleanly_without_a_gpu(script):
 @needs_assigner
 def test_a_pinned_client_waits_for_the_gpu_of_its_first_grant():
     """Two GPUs: a pinned job whose GPU another job holds waits, though the other GPU is free."""
+    import threading
+
+    def holders(c):
+        return {g["index"]: [h["job"] for h in g.get("holders", [])] for g in c.status()["gpus"]}
+
+    def until(what, check):
+        deadline = time.monotonic() + 10
+        while not check():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.01)
+
     with acb.Client(assigner=ASSIGNER, job="pinned", eager=True, pin_gpus=True) as pinned, \
-            acb.Client(assigner=ASSIGNER, job="squatter", eager=True) as squatter:
+            acb.Client(assigner=ASSIGNER, job="squat-a", eager=True) as a, \
+            acb.Client(assigner=ASSIGNER, job="squat-b", eager=True) as b:
         first = pinned.on_device_begin().devices[0].index
         pinned.on_device_end()
-        deadline = time.monotonic() + 10
-        while True:  # the squatter takes the pinned job's GPU (the eager release lands first)
-            lease = squatter.on_device_begin()
-            if lease.devices[0].index == first:
-                break
-            squatter.on_device_end()
-            assert time.monotonic() < deadline, "the squatter never got the pinned job's GPU"
-            time.sleep(0.02)
-        with pytest.raises(acb.Timeout):
-            pinned.on_device_begin(timeout=0.5)  # the other GPU is free, but not this job's
-        squatter.on_device_end()
-        assert pinned.on_device_begin(timeout=10).devices[0].index == first
+        until("the pinned job's release", lambda: all(not h for h in holders(pinned).values()))
+        # Two other jobs take both GPUs; the one not on the pinned job's GPU gives it back.
+        leases = {a.on_device_begin().devices[0].index: a, b.on_device_begin().devices[0].index: b}
+        assert sorted(leases) == [0, 1]
+        other = 1 - first
+        leases[other].on_device_end()
+        until("the other GPU's release", lambda: holders(pinned)[other] == [])
+        got = []
+        waiter = threading.Thread(target=lambda: got.append(pinned.on_device_begin(timeout=30)))
+        waiter.start()
+        # Queued, though the other GPU is free: it waits for its own.
+        until("the pinned job's request in the queue", lambda: any(q["job"] == "pinned" for q in pinned.status()["queue"]))
+        time.sleep(0.3)
+        assert not got and holders(pinned)[other] == []
+        leases[first].on_device_end()
+        waiter.join(timeout=30)
+        assert got and got[0].devices[0].index == first
         pinned.on_device_end()
     with pytest.raises(TypeError):
         acb.Client(assigner=ASSIGNER, pin_gpus="yes")
