@@ -63,6 +63,8 @@ pub(crate) struct CudaBackend {
     devices: BTreeMap<u32, Device>,
     /// The physical memory behind each mapped chunk, by its address: handle, device, size.
     handles: BTreeMap<usize, (sys::CUmemGenericAllocationHandle, u32, usize)>,
+    /// CUDA ordinals found by UUID (asked at every swap-in; the answer does not change).
+    ordinals: BTreeMap<String, u32>,
 }
 
 // SAFETY: CUDA contexts and streams may be used from any thread once made current there; the
@@ -132,7 +134,12 @@ impl CudaBackend {
             if r != sys::CUresult::CUDA_SUCCESS || granularity == 0 {
                 return Err(format!("this GPU does not support CUDA virtual memory management: {r:?}"));
             }
-            Ok(CudaBackend { granularity, devices: BTreeMap::new(), handles: BTreeMap::new() })
+            Ok(CudaBackend {
+                granularity,
+                devices: BTreeMap::new(),
+                handles: BTreeMap::new(),
+                ordinals: BTreeMap::new(),
+            })
         }
     }
 
@@ -297,6 +304,9 @@ impl Backend for CudaBackend {
 
     fn device_for(&mut self, index: u32, uuid: &str) -> u32 {
         let want = uuid.trim().to_ascii_lowercase();
+        if let Some(&ordinal) = self.ordinals.get(&want) {
+            return ordinal;
+        }
         let mut count = 0;
         // SAFETY: out-pointers to locals; the driver is initialised.
         if unsafe { sys::cuDeviceGetCount(&mut count) } != sys::CUresult::CUDA_SUCCESS {
@@ -312,7 +322,9 @@ impl Backend for CudaBackend {
                     && sys::cuDeviceGetUuid_v2(&mut id, dev) == sys::CUresult::CUDA_SUCCESS
             };
             if ok && nvml_uuid(&id.bytes) == want {
-                return u32::try_from(ordinal).unwrap_or(index);
+                let ordinal = u32::try_from(ordinal).unwrap_or(index);
+                self.ordinals.insert(want, ordinal);
+                return ordinal;
             }
         }
         index // no match (a simulated GPU's uuid): the assigner's index

@@ -345,6 +345,11 @@ impl Memory {
         Ok(addr)
     }
 
+    /// Whether the registry has the range mapped on a GPU now.
+    fn resident(&self, id: AllocId) -> bool {
+        matches!(self.registry.get(id).map(|a| a.residency), Some(Residency::Resident(_)))
+    }
+
     /// The range holding `addr`, by its start.
     fn region_of(&self, addr: usize) -> Result<usize, MemError> {
         match self.regions.range(..=addr).next_back() {
@@ -365,9 +370,8 @@ impl Memory {
                 true
             }
             Kind::Slab { block, blocks, free } => {
-                let offset = addr - start;
-                let index = offset / *block;
-                if !offset.is_multiple_of(*block) || index >= *blocks || !free.insert(index) {
+                // A block that starts there and was allocated (not yet in the free set).
+                if !block_index(addr - start, *block, *blocks).is_some_and(|i| free.insert(i)) {
                     return Err(MemError::UnknownPointer(addr));
                 }
                 self.partial.entry(*block).or_default().insert(start);
@@ -391,7 +395,7 @@ impl Memory {
             set.remove(&start);
         }
         self.by_id.remove(&region.id);
-        let resident = matches!(self.registry.get(region.id).map(|a| a.residency), Some(Residency::Resident(_)));
+        let resident = self.resident(region.id);
         let _ = self.registry.remove(region.id);
         if let Some(buf) = region.host {
             self.pool.give(&mut *self.backend, buf);
@@ -422,18 +426,18 @@ impl Memory {
         let Some(region) = self.regions.get_mut(&start) else { return Err(MemError::UnknownPointer(addr)) };
         match &region.kind {
             Kind::Large { .. } if addr == start => {}
-            Kind::Slab { block, free, .. }
-                if (addr - start).is_multiple_of(*block) && !free.contains(&((addr - start) / block)) =>
+            Kind::Slab { block, blocks, free }
+                if block_index(addr - start, *block, *blocks).is_some_and(|i| !free.contains(&i)) =>
             {
                 return Ok(());
             }
             _ => return Err(MemError::UnknownPointer(addr)),
         }
-        self.registry.set_read_only(region.id, read_only).map_err(|e| MemError::Backend(e.to_string()))?;
-        let resident = matches!(self.registry.get(region.id).map(|a| a.residency), Some(Residency::Resident(_)));
+        let id = region.id;
+        self.registry.set_read_only(id, read_only).map_err(|e| MemError::Backend(e.to_string()))?;
         if !read_only
-            && resident
-            && let Some(buf) = region.host.take()
+            && self.resident(id)
+            && let Some(buf) = self.regions.get_mut(&start).and_then(|r| r.host.take())
         {
             self.pool.give(&mut *self.backend, buf);
         }
@@ -494,7 +498,11 @@ impl Memory {
             None => self.pool.take(&mut *self.backend, span)?,
         };
         let mut result = Ok(len);
-        for (offset, n) in chunk_copies(self.chunks(span), len) {
+        for (offset, chunk) in self.chunks(span) {
+            let n = copy_part(len, offset, chunk);
+            if n == 0 {
+                break; // the chunks past the last copied byte
+            }
             if let Err(e) = self.backend.copy_to_host(addr + offset, &buf, offset, n) {
                 result = Err(e);
                 break;
@@ -525,18 +533,15 @@ impl Memory {
             let Some(&addr) = self.by_id.get(&item.id) else { continue };
             let Some(region) = self.regions.get(&addr) else { continue };
             // Blocks freed while swapped out need not come back: up to the last live one.
-            let (span, len) = (region.span, region.copy_len());
-            for (offset, chunk) in self.chunks(span) {
+            let (len, chunks) = (region.copy_len(), self.chunks(region.span));
+            for (offset, chunk) in chunks {
                 if let Err(e) = self.backend.map(addr + offset, chunk, device) {
                     result = Err(e);
                     break 'regions;
                 }
                 mapped.push((addr + offset, chunk));
-                let n = len.saturating_sub(offset).min(chunk);
-                if n == 0 {
-                    continue;
-                }
-                let Some(buf) = self.regions.get(&addr).and_then(|r| r.host.as_ref()) else { continue };
+                let n = copy_part(len, offset, chunk);
+                let Some(buf) = region.host.as_ref().filter(|_| n > 0) else { continue };
                 if let Err(e) = self.backend.copy_from_host(buf, offset, n, addr + offset) {
                     result = Err(e);
                     break 'regions;
@@ -544,9 +549,10 @@ impl Memory {
                 copied += n as u64;
             }
         }
-        if let Err(e) = result.and_then(|()| self.backend.sync()) {
+        // Wait for what was started even after a failure: no copy may outlive its mapping.
+        let synced = self.backend.sync();
+        if let Err(e) = result.and(synced) {
             // Still swapped out, as the registry says: unmap again; the host copies are kept.
-            let _ = self.backend.sync();
             self.unmap_all(&mapped);
             return Err(e);
         }
@@ -554,19 +560,19 @@ impl Memory {
         // a job swaps with no allocation or pinning of host memory after its first swap; unless
         // keeping them would leave the machine short of memory (several large jobs swapped out
         // at once need it), then writable ones go back (to the pool, up to its limit).
-        let kept: usize = plan
+        let writable: Vec<(usize, usize)> = plan
             .items
             .iter()
             .filter(|item| !self.registry.get(item.id).is_some_and(|a| a.read_only))
-            .filter_map(|item| self.regions.get(self.by_id.get(&item.id)?)?.host.as_ref().map(|b| b.len))
-            .sum();
-        if !(self.keep_host)(kept as u64) {
-            for item in &plan.items {
-                let read_only = self.registry.get(item.id).is_some_and(|a| a.read_only);
-                if let Some(&addr) = self.by_id.get(&item.id)
-                    && !read_only
-                    && let Some(buf) = self.regions.get_mut(&addr).and_then(|r| r.host.take())
-                {
+            .filter_map(|item| {
+                let addr = *self.by_id.get(&item.id)?;
+                Some((addr, self.regions.get(&addr)?.host.as_ref()?.len))
+            })
+            .collect();
+        let kept: usize = writable.iter().map(|w| w.1).sum();
+        if kept > 0 && !(self.keep_host)(kept as u64) {
+            for (addr, _) in writable {
+                if let Some(buf) = self.regions.get_mut(&addr).and_then(|r| r.host.take()) {
                     self.pool.give(&mut *self.backend, buf);
                 }
             }
@@ -632,9 +638,16 @@ impl Memory {
     }
 }
 
-/// The copies of the first `len` bytes of a range, chunk by chunk: (offset, bytes).
-fn chunk_copies(chunks: Vec<(usize, usize)>, len: usize) -> impl Iterator<Item = (usize, usize)> {
-    chunks.into_iter().map(move |(offset, chunk)| (offset, len.saturating_sub(offset).min(chunk))).filter(|c| c.1 > 0)
+/// The index of the block at `offset` in a slab of `blocks` blocks of `block` bytes, if a block
+/// starts there.
+fn block_index(offset: usize, block: usize, blocks: usize) -> Option<usize> {
+    (offset.is_multiple_of(block) && offset / block < blocks).then_some(offset / block)
+}
+
+/// The bytes of the chunk at `offset` (of `chunk` bytes) that a copy of a range's first `len`
+/// bytes takes.
+fn copy_part(len: usize, offset: usize, chunk: usize) -> usize {
+    len.saturating_sub(offset).min(chunk)
 }
 
 impl Drop for Memory {
