@@ -105,6 +105,13 @@ def _tensors_of(obj, out: List[tuple]) -> None:
         )
 
 
+def _slots(objs) -> List[tuple]:
+    slots: List[tuple] = []
+    for o in objs:
+        _tensors_of(o, slots)
+    return slots
+
+
 def _moved(t: torch.Tensor, device: torch.device, pin: bool) -> torch.Tensor:
     if device.type == "cpu" and pin and t.device.type != "cpu":
         host = torch.empty_like(t, device="cpu", pin_memory=True)
@@ -117,17 +124,17 @@ def _move(slots: List[tuple], device: torch.device, pin: bool) -> None:
     """Moves every slot's tensors to `device` in place: the Python objects the program holds
     (parameters, tensors, optimizer state) stay the same objects. Host copies are pinned when
     `pin` (PyTorch's host allocator caches pinned blocks, so the next release reuses them)."""
+    def in_place(t: torch.Tensor) -> None:
+        t.data = _moved(t.data, device, pin)
+        if t.grad is not None:
+            t.grad.data = _moved(t.grad.data, device, pin)
+
     for slot in slots:
         if slot[0] == "module":
             for t in list(slot[1].parameters()) + list(slot[1].buffers()):
-                t.data = _moved(t.data, device, pin)
-                if isinstance(t, torch.nn.Parameter) and t.grad is not None:
-                    t.grad.data = _moved(t.grad.data, device, pin)
+                in_place(t)
         elif slot[0] == "tensor":
-            t = slot[1]
-            t.data = _moved(t.data, device, pin)
-            if t.grad is not None:
-                t.grad.data = _moved(t.grad.data, device, pin)
+            in_place(slot[1])
         else:
             _, owner, key = slot
             owner[key] = _moved(owner[key], device, pin)
@@ -152,9 +159,7 @@ def on_device(
     them back to pinned host memory, frees PyTorch's cached GPU memory and ends the phase. The
     client is the default one (ACB_ASSIGNER, ACB_JOB_ID) unless `client` is given. With
     `gpus` > 1 the objects go to the first granted GPU; `acb.torch.lease()` names them all."""
-    slots: List[tuple] = []
-    for o in objs:
-        _tensors_of(o, slots)  # TypeError before anything is asked of the assigner
+    slots = _slots(objs)  # TypeError before anything is asked of the assigner
     lease, end = acb._begin(client, gpus, memory, timeout, priority)
     _phases.__dict__.setdefault("leases", []).append(lease)
     try:
@@ -168,10 +173,7 @@ def on_device(
             _sync(device)
             # Collected again: the block may have made tensors (an optimizer's first step makes
             # its state), and they leave the GPU too.
-            slots = []
-            for o in objs:
-                _tensors_of(o, slots)
-            _move(slots, torch.device("cpu"), pin=device.type == "cuda")
+            _move(_slots(objs), torch.device("cpu"), pin=device.type == "cuda")
             _sync(device)
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # the next holder gets the memory, not our cache
