@@ -3,12 +3,14 @@
 //! runs at once and holds a GPU only in its GPU phases), then compared side by side, with a
 //! timeline picture of each run.
 //!
-//! Everything is real but the GPUs: each run starts a real assigner process (`serve` on a
-//! temporary Unix socket, with simulated GPUs) and real job processes (`demo-job`), which go
-//! through libacb's C ABI, loaded from the shared library. CPU and GPU phases are sleeps, so
-//! the demo runs anywhere; it says so wherever it shows a figure. Each job keeps state in
-//! libacb's swappable device memory (the host backend: simulated GPUs have no memory of their
-//! own), which moves to host memory when its GPU goes to another job and comes back after.
+//! Without GPUs, everything is real but the GPUs: each run starts a real assigner process
+//! (`serve` on a temporary Unix socket, with simulated GPUs) and real job processes
+//! (`demo-job`), which go through libacb's C ABI, loaded from the shared library. CPU and GPU
+//! phases are sleeps, so the demo runs anywhere; it says so wherever it shows a figure. Each job
+//! keeps state in libacb's swappable device memory (the host backend: simulated GPUs have no
+//! memory of their own), which moves to host memory when its GPU goes to another job and comes
+//! back after. On real GPUs with PyTorch ([`real`]), the jobs are `python -m acb.demo_job` and
+//! their GPU phases run real kernels.
 
 pub mod job;
 pub mod libacb;
@@ -37,7 +39,7 @@ use crate::timeline::{self, Busy, GpuRow};
 pub struct DemoConfig {
     /// Jobs, run at once when brokered.
     pub jobs: u32,
-    /// Simulated GPUs.
+    /// GPUs: simulated ones, or the count of the real ones.
     pub gpus: u32,
     /// Work items per job.
     pub items: u32,
@@ -138,7 +140,7 @@ pub async fn run(cfg: &DemoConfig) -> Result<(), String> {
     }
     let where_ = match &cfg.real {
         None => format!("{} SIMULATED GPUs", cfg.gpus),
-        Some(r) if r.gpus == "auto" => format!("{} GPU(s)", cfg.gpus),
+        Some(r) if !r.simulated() => format!("{} GPU(s)", cfg.gpus),
         Some(_) => format!("{} SIMULATED GPUs (PyTorch jobs)", cfg.gpus),
     };
     let runs = [("static", Holding::Static, Policy::Simple), ("brokered", Holding::Brokered, cfg.scheduler)];
@@ -164,7 +166,7 @@ pub async fn run(cfg: &DemoConfig) -> Result<(), String> {
              computes.\nnote 2: the jobs' device memory is libacb's host backend (simulated GPUs have none): it is \
              copied out when a job's GPU goes to another job, and back, checked, when it has one again."
         );
-    } else if cfg.real.as_ref().is_some_and(|r| r.gpus != "auto") {
+    } else if cfg.real.as_ref().is_some_and(real::RealJobs::simulated) {
         println!(
             "note: SIMULATED GPUs (ACB_DEMO_TEST_GPUS), with PyTorch jobs computing on the CPU in their GPU phases \
              (ACB_TORCH_DEVICE=cpu): a test of the real-GPU demo's jobs, not of a GPU."

@@ -46,6 +46,13 @@ pub struct RealJobs {
     pub names: Vec<String>,
 }
 
+impl RealJobs {
+    /// Test set-up (`ACB_DEMO_TEST_GPUS`): simulated GPUs stand in for the driver's.
+    pub fn simulated(&self) -> bool {
+        self.gpus != "auto"
+    }
+}
+
 /// Decides where the demo runs: `Ok((Some(jobs), _))` on real GPUs, `Ok((None, why))` on
 /// simulated ones (with the reason when real ones were looked for), `Err` when `Real` was asked
 /// for and cannot be had.
