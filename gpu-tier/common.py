@@ -32,8 +32,9 @@ def agarun(*args: str) -> list:
     return [sys.executable, "-m", "acb.agarun", "--assigner", assigner(), *args]
 
 
-def run_job(cmd: list, env=None) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+def run_job(cmd: list) -> subprocess.CompletedProcess:
+    """Runs a job to its end; exits, showing its output, if it failed."""
+    r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r

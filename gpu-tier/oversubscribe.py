@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from common import agarun, torch_with_cuda, value
+from common import agarun, run_job, torch_with_cuda, value
 
 
 def job(gib: int, phases: int, cpu: float, seed: int) -> None:
@@ -60,10 +60,7 @@ def main() -> int:
     t0 = time.monotonic()
     plain = []
     for i in range(args.jobs):
-        r = subprocess.run(cmd(i), capture_output=True, text=True)
-        if r.returncode:
-            sys.exit(f"plain job {i} failed:\n{r.stderr}")
-        plain.append(value(r.stdout, "checksum"))
+        plain.append(value(run_job(cmd(i)).stdout, "checksum"))
     t_plain = time.monotonic() - t0
     t0 = time.monotonic()
     procs = [subprocess.Popen(agarun("--mode", "auto", "--idle-ms", "200", "--job", f"oversub-{i}", "--", *cmd(i)),
