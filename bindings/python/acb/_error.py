@@ -81,3 +81,8 @@ def check(status: int) -> None:
     """Raises the exception for `status` unless it is ACB_STATUS_OK."""
     if status != OK:
         raise _BY_STATUS.get(status, AcbError)(status, _message(status))
+
+
+def no_cuda(message: str) -> NoCuda:
+    """The NoCuda a Python binding raises itself (a framework that sees no usable GPU)."""
+    return NoCuda(_ffi.CONSTANTS["ACB_STATUS_NO_CUDA"], message)

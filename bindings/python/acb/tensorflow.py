@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Iterator, List, Optional, Union
 
 import acb
+from acb._error import no_cuda
 
 __all__ = ["on_device", "limit_memory"]
 
@@ -30,10 +31,6 @@ def _tf():
     except ImportError as e:
         raise ImportError("acb.tensorflow needs TensorFlow (pip install tensorflow)") from e
     return tf
-
-
-def _no_cuda(message: str) -> acb.NoCuda:
-    return acb.NoCuda(acb._ffi.CONSTANTS["ACB_STATUS_NO_CUDA"], message)
 
 
 def limit_memory(memory: Union[int, str]) -> None:
@@ -67,17 +64,17 @@ def _grow_on_demand(tf, gpus) -> None:
 def _device_names(tf, lease: acb.Lease) -> List[str]:
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
-        raise _no_cuda("TensorFlow sees no GPU (no driver, a CPU-only build, or CUDA_VISIBLE_DEVICES "
+        raise no_cuda("TensorFlow sees no GPU (no driver, a CPU-only build, or CUDA_VISIBLE_DEVICES "
                        "hides them): the granted GPU cannot be used from this process")
     _grow_on_demand(tf, gpus)
     if "CUDA_VISIBLE_DEVICES" in os.environ:
-        raise _no_cuda(
+        raise no_cuda(
             "CUDA_VISIBLE_DEVICES is set, so TensorFlow's GPU numbers are not the node's: unset it "
             "and let acb choose (it names the granted GPU by its node index)")
     names = []
     for d in lease.devices:
         if d.index >= len(gpus):
-            raise _no_cuda(f"the granted GPU {d.index} ({d.uuid}) is not among the {len(gpus)} GPU(s) "
+            raise no_cuda(f"the granted GPU {d.index} ({d.uuid}) is not among the {len(gpus)} GPU(s) "
                            "TensorFlow sees")
         names.append(f"/GPU:{d.index}")
     return names

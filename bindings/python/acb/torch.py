@@ -32,6 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import acb
 from acb import _ffi
+from acb._error import no_cuda
 
 __all__ = ["on_device", "lease", "enable_auto", "disable_auto", "auto_enabled", "torch_device"]
 
@@ -50,8 +51,7 @@ def torch_device(device: acb.Device) -> torch.device:
     CUDA_VISIBLE_DEVICES and CUDA's device order do not matter), else by index when this
     process sees every GPU of the node."""
     if not torch.cuda.is_available():
-        raise acb.NoCuda(
-            acb._ffi.CONSTANTS["ACB_STATUS_NO_CUDA"],
+        raise no_cuda(
             "PyTorch sees no CUDA device (torch.cuda.is_available() is False): the granted GPU "
             f"{device.index} ({device.uuid}) cannot be used from this process",
         )
@@ -62,8 +62,7 @@ def torch_device(device: acb.Device) -> torch.device:
             return torch.device("cuda", i)
     if "CUDA_VISIBLE_DEVICES" not in os.environ and device.index < count:
         return torch.device("cuda", device.index)
-    raise acb.NoCuda(
-        acb._ffi.CONSTANTS["ACB_STATUS_NO_CUDA"],
+    raise no_cuda(
         f"the granted GPU {device.index} ({device.uuid}) is not among the {count} CUDA device(s) "
         f"this process sees (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})",
     )
