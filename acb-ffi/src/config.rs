@@ -65,16 +65,8 @@ impl acb_config {
             Ok(b) if !b.is_empty() => MemoryBackend::parse(&b).map_err(|e| format!("ACB_MEMORY_BACKEND: {e}"))?,
             _ => MemoryBackend::Host,
         };
-        let release = match std::env::var("ACB_EAGER_RELEASE").as_deref() {
-            Ok("1" | "true" | "yes") => ReleaseMode::Eager,
-            Ok("0" | "false" | "no" | "") | Err(_) => ReleaseMode::Lazy,
-            Ok(other) => return Err(format!("ACB_EAGER_RELEASE: {other:?}: expected 1 or 0")),
-        };
-        let pin_gpus = match std::env::var("ACB_PIN_GPUS").as_deref() {
-            Ok("1" | "true" | "yes") => true,
-            Ok("0" | "false" | "no" | "") | Err(_) => false,
-            Ok(other) => return Err(format!("ACB_PIN_GPUS: {other:?}: expected 1 or 0")),
-        };
+        let release = if env_flag("ACB_EAGER_RELEASE")? { ReleaseMode::Eager } else { ReleaseMode::Lazy };
+        let pin_gpus = env_flag("ACB_PIN_GPUS")?;
         Ok(acb_config {
             assigner,
             job,
@@ -86,6 +78,15 @@ impl acb_config {
             memory_backend,
             pin_gpus,
         })
+    }
+}
+
+/// A yes/no setting from the environment: `1`/`true`/`yes`, `0`/`false`/`no`/empty/unset.
+fn env_flag(name: &str) -> Result<bool, String> {
+    match std::env::var(name).as_deref() {
+        Ok("1" | "true" | "yes") => Ok(true),
+        Ok("0" | "false" | "no" | "") | Err(_) => Ok(false),
+        Ok(other) => Err(format!("{name}: {other:?}: expected 1 or 0")),
     }
 }
 
