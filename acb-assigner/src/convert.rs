@@ -70,6 +70,9 @@ pub fn to_client_to_proto(m: ToClient) -> proto::SessionEvent {
             E::Revoked(proto::LeaseRevoked { lease_id: lease, gpu_id: gpu, reason: format!("gpu#{gpu} was lost") })
         }
         ToClient::ShuttingDown => E::ShuttingDown(proto::ShuttingDown { reason: "the assigner is stopping".into() }),
+        ToClient::Granted { tag, grant } => {
+            E::Granted(proto::LeaseGranted { request_tag: tag, grant: Some(grant_to_proto(grant)) })
+        }
     };
     proto::SessionEvent { event: Some(event) }
 }

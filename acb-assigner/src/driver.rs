@@ -70,6 +70,14 @@ pub enum ToClient {
     },
     /// The assigner is stopping.
     ShuttingDown,
+    /// A request of this session's was granted (sent beside the call's reply, which a client
+    /// that cancelled the call in that instant never reads).
+    Granted {
+        /// The request's tag, as the client chose it.
+        tag: u64,
+        /// The grant.
+        grant: GrantInfo,
+    },
 }
 
 /// A GPU of a grant, with what a client needs to use it.
@@ -119,6 +127,8 @@ pub struct AllocSpec {
     pub required: Vec<u32>,
     /// These GPU ids if free.
     pub preferred: Vec<u32>,
+    /// The client's tag for this request, echoed in [`ToClient::Granted`].
+    pub tag: u64,
 }
 
 /// One GPU in a status snapshot.
@@ -328,6 +338,7 @@ struct ClientInfo {
 
 struct Pending {
     key: u64,
+    tag: u64,
     reply: Reply<Result<GrantInfo, DomainError>>,
 }
 
@@ -573,7 +584,7 @@ impl Driver {
                     memory_per_gpu: spec.memory_per_gpu,
                     priority: spec.priority,
                 });
-                self.pending.insert(request, Pending { key, reply });
+                self.pending.insert(request, Pending { key, tag: spec.tag, reply });
                 self.by_key.insert(key, (client, request));
             }
             Err(e) => {
@@ -625,7 +636,15 @@ impl Driver {
                     let delivered = match self.pending.remove(&g.request) {
                         Some(p) => {
                             self.by_key.remove(&p.key);
-                            p.reply.send(Ok(info)).is_ok()
+                            let tx = self.clients.get(&g.client).and_then(|c| c.to_client.as_ref());
+                            let copy = tx.map(|_| info.clone());
+                            let sent = p.reply.send(Ok(info)).is_ok();
+                            // The reply is handed over; it can still be lost if the call is
+                            // cancelled now. The session's copy cannot.
+                            if let (true, Some(tx), Some(grant)) = (sent, tx, copy) {
+                                let _ = tx.send(ToClient::Granted { tag: p.tag, grant });
+                            }
+                            sent
                         }
                         None => false,
                     };

@@ -144,6 +144,7 @@ impl proto::assigner_server::Assigner for AssignerService {
             priority: r.priority,
             required: r.required_gpus,
             preferred: r.preferred_gpus,
+            tag: r.request_tag,
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.handle.send(Command::Allocate { key, spec, reply: tx }).await.map_err(to_status)?;

@@ -186,13 +186,22 @@ fn wrong_inputs_get_the_right_grpc_codes() {
 }
 
 #[test]
-fn an_idle_holder_is_asked_to_yield_over_its_session_and_a_cancelled_call_leaves_the_queue() {
+fn grants_and_yields_come_over_the_session_and_a_cancelled_call_leaves_the_queue() {
     let d = Daemon::start(&["--gpus", "fake:1x80GiB"]);
     let addr: Address = d.addr().parse().unwrap();
     rt().block_on(async {
         let rpc = client::connect(&addr, None, T).await.unwrap();
         let mut a = Session::open(rpc.clone(), "a").await.unwrap();
-        let grant = a.allocate(proto::AllocateRequest { gpus: 1, ..Default::default() }).await.unwrap();
+        let grant = a.allocate(proto::AllocateRequest { gpus: 1, request_tag: 7, ..Default::default() }).await.unwrap();
+        // The grant comes on the session too, with the request's tag.
+        let ev = tokio::time::timeout(T, a.events.message()).await.unwrap().unwrap().unwrap();
+        match ev.event {
+            Some(proto::session_event::Event::Granted(g)) => {
+                assert_eq!(g.request_tag, 7);
+                assert_eq!(g.grant, Some(grant.clone()));
+            }
+            other => panic!("expected the grant's session copy, got {other:?}"),
+        }
         // b waits with a short deadline: the call is cancelled and the request withdrawn.
         let mut b = Session::open(rpc.clone(), "b").await.unwrap();
         let short = tokio::time::timeout(

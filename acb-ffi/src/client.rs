@@ -6,6 +6,7 @@
 //! phase reports). The C threads only send commands and wait for replies: no lock is held
 //! across a blocking wait, and no Rust or tokio type crosses the ABI.
 
+use std::collections::VecDeque;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
@@ -81,6 +82,8 @@ fn lock(k: &SharedKept) -> std::sync::MutexGuard<'_, Kept> {
 
 /// How often the driver looks for claims and ends while it holds a lease.
 const TICK: Duration = Duration::from_millis(2);
+/// How many grants `Driver::seen_grants` remembers (a grant's second copy comes within moments).
+const SEEN_GRANTS: usize = 16;
 
 /// A client of the assigner: one job (or one rank of a job). Any thread may call its
 /// functions; GPU phases are one at a time per client. Free it with `acb_client_free`, after
@@ -166,6 +169,8 @@ struct Driver {
     swap_failure: Option<String>,
     /// The GPU ids of the first grant, which later requests require (`pin_gpus`).
     pinned: Vec<u32>,
+    /// The last grants handled, as (session, lease): each grant comes twice.
+    seen_grants: VecDeque<(u64, u64)>,
 }
 
 impl Driver {
@@ -282,22 +287,7 @@ impl Driver {
     fn internal(&mut self, msg: Internal) {
         let now = self.now();
         match msg {
-            Internal::Granted { alloc, session, grant } if alloc != self.alloc_gen => {
-                // A grant for a withdrawn request. If its session is still ours, the assigner
-                // thinks we hold it: give it back rather than leak it.
-                if session == self.session_gen && self.session.is_some() {
-                    self.send_release(grant.lease_id);
-                }
-            }
-            Internal::Granted { grant, .. } => {
-                if self.cfg.pin_gpus && self.pinned.is_empty() {
-                    self.pinned = grant.gpus.iter().map(|d| d.id).collect();
-                }
-                let gpus = grant.gpus.iter().map(|d| GpuId(d.id)).collect();
-                let (lease, mem) = (LeaseId(grant.lease_id), grant.memory_per_gpu);
-                self.granted = Some(grant);
-                self.machine.handle_granted(lease, gpus, mem, now);
-            }
+            Internal::Granted { alloc, session, grant } => self.on_grant(alloc, session, grant),
             Internal::AllocFailed { alloc, .. } if alloc != self.alloc_gen => {}
             Internal::AllocFailed { status, .. } => match status.code() {
                 // The session ended (the assigner restarted): the disconnect path handles it.
@@ -318,6 +308,34 @@ impl Driver {
             Internal::ReleaseDone { session, .. } if session != self.session_gen => {}
             Internal::ReleaseDone { lease, .. } => self.machine.handle_release_acked(LeaseId(lease), now),
         }
+    }
+
+    /// A grant, from the call's reply or from the session (the assigner sends both; either may
+    /// come first, and the reply is lost when the call was withdrawn as it was granted).
+    fn on_grant(&mut self, tag: u64, session: u64, grant: proto::AllocateResponse) {
+        if session != self.session_gen || self.session.is_none() {
+            return; // that session's leases ended with it
+        }
+        if self.seen_grants.contains(&(session, grant.lease_id)) {
+            return; // the other copy of a grant already handled
+        }
+        if self.seen_grants.len() == SEEN_GRANTS {
+            self.seen_grants.pop_front();
+        }
+        self.seen_grants.push_back((session, grant.lease_id));
+        if tag != self.alloc_gen {
+            // A grant for a withdrawn request: the assigner thinks we hold it; give it back.
+            self.send_release(grant.lease_id);
+            return;
+        }
+        if self.cfg.pin_gpus && self.pinned.is_empty() {
+            self.pinned = grant.gpus.iter().map(|d| d.id).collect();
+        }
+        let gpus = grant.gpus.iter().map(|d| GpuId(d.id)).collect();
+        let (lease, mem) = (LeaseId(grant.lease_id), grant.memory_per_gpu);
+        self.granted = Some(grant);
+        let now = self.now();
+        self.machine.handle_granted(lease, gpus, mem, now);
     }
 
     /// The session is gone: drop it and let the machine save what it holds; a waiting phase
@@ -341,6 +359,11 @@ impl Driver {
             }
             Some(E::YieldRequest(y)) => self.machine.handle_yield(LeaseId(y.lease_id), now),
             Some(E::Revoked(r)) => self.machine.handle_revoked(LeaseId(r.lease_id), now),
+            Some(E::Granted(g)) => {
+                if let Some(grant) = g.grant {
+                    self.on_grant(g.request_tag, self.session_gen, grant);
+                }
+            }
             Some(E::Welcome(_)) => {}
             Some(E::ShuttingDown(_)) | None => self.lose_session(),
         }
@@ -476,6 +499,7 @@ impl Driver {
             memory_per_gpu: d.memory_per_gpu,
             priority: d.priority,
             required_gpus: self.pinned.clone(),
+            request_tag: alloc,
             ..Default::default()
         };
         self.alloc_task = Some(tokio::spawn(async move {
@@ -617,6 +641,7 @@ pub extern "C" fn acb_client_new(config: *const acb_config, client_out: *mut *mu
             memory: memory.clone(),
             swap_failure: None,
             pinned: Vec::new(),
+            seen_grants: VecDeque::new(),
         };
         runtime.spawn(driver.run(cmds, irx));
         let profile = Profile::from_env(&cfg.job);
