@@ -5,96 +5,24 @@
 
 mod common;
 
-use std::ffi::c_void;
 use std::ptr;
 use std::time::{Duration, Instant};
 
+use acb::acb_status;
 use acb::allocator::{
     acb_allocator_free, acb_allocator_malloc, acb_allocator_malloc_or_abort, acb_allocator_set_client,
 };
-use acb::client::{acb_client_free, acb_client_new, acb_on_device_begin, acb_on_device_end};
-use acb::config::{
-    acb_config_free, acb_config_new, acb_config_set_assigner, acb_config_set_eager_release, acb_config_set_job,
-    acb_config_set_memory_backend,
-};
-use acb::device_memory::{acb_client_alloc, acb_client_dealloc, acb_client_memory_stats, acb_client_set_read_only};
+use acb::client::{acb_client_free, acb_client_new};
+use acb::config::{acb_config_free, acb_config_new, acb_config_set_memory_backend};
+use acb::device_memory::{acb_client_dealloc, acb_client_set_read_only};
 use acb::error::acb_error_message;
-use acb::lease::acb_lease_free;
-use acb::request::{acb_request_free, acb_request_new};
-use acb::{acb_client, acb_memory_stats, acb_status};
-use common::Assigner;
-
-struct Client(*mut acb_client);
-
-impl Client {
-    fn new(addr: &str, job: &str) -> Client {
-        let mut cfg = ptr::null_mut();
-        assert_eq!(acb_config_new(&mut cfg), acb_status::Ok);
-        assert_eq!(acb_config_set_assigner(cfg, addr.as_ptr().cast(), addr.len()), acb_status::Ok);
-        assert_eq!(acb_config_set_job(cfg, job.as_ptr().cast(), job.len()), acb_status::Ok);
-        // Eager: the GPU, and so the memory, goes back at every end.
-        assert_eq!(acb_config_set_eager_release(cfg, true), acb_status::Ok);
-        let mut c = ptr::null_mut();
-        assert_eq!(acb_client_new(cfg, &mut c), acb_status::Ok);
-        acb_config_free(cfg);
-        Client(c)
-    }
-
-    fn begin(&self) {
-        let mut req = ptr::null_mut();
-        assert_eq!(acb_request_new(&mut req), acb_status::Ok);
-        let mut lease = ptr::null_mut();
-        assert_eq!(acb_on_device_begin(self.0, req, &mut lease), acb_status::Ok);
-        acb_lease_free(lease);
-        acb_request_free(req);
-    }
-
-    fn end(&self) {
-        assert_eq!(acb_on_device_end(self.0), acb_status::Ok);
-    }
-
-    fn alloc(&self, size: usize) -> Result<*mut u8, acb_status> {
-        let mut p: *mut c_void = ptr::null_mut();
-        match acb_client_alloc(self.0, size, &mut p) {
-            acb_status::Ok => Ok(p.cast()),
-            st => {
-                assert!(p.is_null(), "outputs are written only on success");
-                Err(st)
-            }
-        }
-    }
-
-    fn stats(&self) -> acb_memory_stats {
-        let mut s = acb_memory_stats::default();
-        assert_eq!(acb_client_memory_stats(self.0, &mut s), acb_status::Ok);
-        s
-    }
-
-    /// Waits (bounded) until the client thread has swapped everything out.
-    fn wait_swapped_out(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.stats().resident_bytes != 0 {
-            assert!(Instant::now() < deadline, "memory not swapped out: {:?}", self.stats());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        acb_client_free(self.0);
-    }
-}
-
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
-}
+use common::{Assigner, Job, pattern};
 
 #[test]
 fn memory_leaves_with_the_gpu_and_comes_back_exact_at_the_same_addresses() {
     let a = Assigner::start("memory", "fake:1x80GiB");
-    let job_a = Client::new(&a.addr(), "mem-a");
-    let job_b = Client::new(&a.addr(), "mem-b");
+    let job_a = Job::new(&a.addr(), "mem-a");
+    let job_b = Job::new(&a.addr(), "mem-b");
 
     assert_eq!(job_a.alloc(4096), Err(acb_status::NotActive), "memory is allocated in a GPU phase");
     job_a.begin();
@@ -188,7 +116,7 @@ fn the_cuda_backend_without_a_driver_is_a_clear_error() {
 #[test]
 fn the_pluggable_allocator_entry_points_use_the_set_client() {
     let a = Assigner::start("allocator", "fake:1x80GiB");
-    let job = Client::new(&a.addr(), "torch-like");
+    let job = Job::new(&a.addr(), "torch-like");
     assert!(acb_allocator_malloc(4096, 0, ptr::null_mut()).is_null(), "no client set yet");
     assert_eq!(acb_allocator_set_client(job.0), acb_status::Ok);
     assert!(acb_allocator_malloc(4096, 0, ptr::null_mut()).is_null(), "outside a GPU phase");

@@ -92,3 +92,85 @@ impl Drop for Assigner {
         let _ = std::fs::remove_file(&self.socket);
     }
 }
+
+/// A job through the C ABI, with swappable device memory. Eager: the GPU, and so the memory,
+/// goes back at every end.
+pub struct Job(pub *mut acb::acb_client);
+
+impl Job {
+    pub fn new(addr: &str, job: &str) -> Job {
+        Self::with_backend(addr, job, "host")
+    }
+
+    /// A job whose memory lives on `backend` ("host" or "cuda").
+    pub fn with_backend(addr: &str, job: &str, backend: &str) -> Job {
+        use acb::acb_status::Ok;
+        use acb::config::*;
+        let mut cfg = std::ptr::null_mut();
+        assert_eq!(acb_config_new(&mut cfg), Ok);
+        assert_eq!(acb_config_set_assigner(cfg, addr.as_ptr().cast(), addr.len()), Ok);
+        assert_eq!(acb_config_set_job(cfg, job.as_ptr().cast(), job.len()), Ok);
+        assert_eq!(acb_config_set_eager_release(cfg, true), Ok);
+        assert_eq!(acb_config_set_memory_backend(cfg, backend.as_ptr().cast(), backend.len()), Ok);
+        let mut c = std::ptr::null_mut();
+        let st = acb::client::acb_client_new(cfg, &mut c);
+        acb_config_free(cfg);
+        assert_eq!(st, Ok, "acb_client_new with the {backend} backend");
+        Job(c)
+    }
+
+    /// Begins a GPU phase (waiting as long as it takes); returns the granted GPU's index.
+    pub fn begin(&self) -> u32 {
+        use acb::acb_status::Ok;
+        let mut req = std::ptr::null_mut();
+        assert_eq!(acb::request::acb_request_new(&mut req), Ok);
+        let mut lease = std::ptr::null_mut();
+        assert_eq!(acb::client::acb_on_device_begin(self.0, req, &mut lease), Ok);
+        let mut index = u32::MAX;
+        assert_eq!(acb::lease::acb_lease_device_index(lease, 0, &mut index), Ok);
+        acb::lease::acb_lease_free(lease);
+        acb::request::acb_request_free(req);
+        index
+    }
+
+    pub fn end(&self) {
+        assert_eq!(acb::client::acb_on_device_end(self.0), acb::acb_status::Ok);
+    }
+
+    pub fn alloc(&self, size: usize) -> Result<*mut u8, acb::acb_status> {
+        let mut p: *mut std::ffi::c_void = std::ptr::null_mut();
+        match acb::device_memory::acb_client_alloc(self.0, size, &mut p) {
+            acb::acb_status::Ok => Ok(p.cast()),
+            st => {
+                assert!(p.is_null(), "outputs are written only on success");
+                Err(st)
+            }
+        }
+    }
+
+    pub fn stats(&self) -> acb::acb_memory_stats {
+        let mut s = acb::acb_memory_stats::default();
+        assert_eq!(acb::device_memory::acb_client_memory_stats(self.0, &mut s), acb::acb_status::Ok);
+        s
+    }
+
+    /// Waits (bounded) until the client thread has swapped everything out.
+    pub fn wait_swapped_out(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.stats().resident_bytes != 0 {
+            assert!(Instant::now() < deadline, "memory not swapped out: {:?}", self.stats());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        acb::client::acb_client_free(self.0);
+    }
+}
+
+/// `len` bytes of a pattern that differs by `seed`.
+pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
