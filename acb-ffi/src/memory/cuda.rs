@@ -11,8 +11,9 @@
 //! the driver library is there before any call, since cudarc panics when it is not, and says
 //! "no CUDA driver" plainly.
 //!
-//! NOT YET RUN ON A GPU: no session that built this had one. It builds and its no-driver path
-//! is tested; its GPU tests are marked and skip without a driver.
+//! NOT YET RUN ON A GPU: no session that built this had one. Its no-driver path is tested, and
+//! so is its use of the driver API, against a fake libcuda that checks the driver's rules
+//! (`tests/fake_cuda.rs`); its GPU tests are marked and skip without a driver.
 
 use std::collections::BTreeMap;
 
