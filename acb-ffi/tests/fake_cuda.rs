@@ -30,6 +30,7 @@ struct Counts {
     retained_contexts: i64,
     copied_to_host: u64,
     copied_to_device: u64,
+    pageable_copies: u64,
 }
 
 /// The fake driver, as loaded in this process (the same library libacb loaded).
@@ -95,25 +96,35 @@ fn build_fake(dir: &Path) {
     assert!(out.status.success(), "building the fake libcuda failed:\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Runs the child below in a process whose libcuda.so is the fake one (the loader reads
-/// LD_LIBRARY_PATH once, at start).
-#[test]
-fn the_cuda_backend_keeps_the_driver_rules_and_moves_memory_between_devices() {
-    let dir = scratch("fakecuda");
+/// Runs the child test `name` in a process whose libcuda.so is the fake one (the loader reads
+/// LD_LIBRARY_PATH once, at start), with the fake's settings `env`: (stdout, stderr).
+fn run_child(name: &str, env: &[(&str, &str)]) -> (String, String) {
+    let dir = scratch(name);
     build_fake(&dir);
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_under_the_fake_driver", "--nocapture", "--test-threads=1"])
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
         .env("ACB_CHILD_FAKE_CUDA", "1")
         .env("LD_LIBRARY_PATH", &dir)
-        .env("FAKECUDA_DEVICES", "2")
-        .env("FAKECUDA_DEVICE_MIB", "1024")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
+    let _ = std::fs::remove_dir_all(dir);
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the child failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("under the fake libcuda: done"), "the child did not run:\n{stdout}\n{stderr}");
     assert!(!stderr.contains("rule broken"), "{stderr}");
-    let _ = std::fs::remove_dir_all(dir);
+    (stdout.into_owned(), stderr.into_owned())
+}
+
+#[test]
+fn the_cuda_backend_keeps_the_driver_rules_and_moves_memory_between_devices() {
+    run_child("child_under_the_fake_driver", &[("FAKECUDA_DEVICES", "2"), ("FAKECUDA_DEVICE_MIB", "1024")]);
+}
+
+#[test]
+fn short_of_pinned_memory_swaps_go_through_pageable_memory() {
+    let (_, stderr) = run_child("child_short_of_pinned_memory", &[("FAKECUDA_PINNED_MIB", "8")]);
+    assert_eq!(stderr.matches("swapping through pageable host memory").count(), 1, "said once:\n{stderr}");
 }
 
 /// The child's half of the test above (does nothing unless run by it).
@@ -190,6 +201,7 @@ fn child_under_the_fake_driver() {
     drop((job, other, third));
     let end = fake.counts();
     assert_eq!(end.violations, 0, "{end:?}");
+    assert_eq!(end.pageable_copies, 0, "every swap went through pinned buffers: {end:?}");
     assert_eq!(
         (end.handles, end.mappings, end.reservations, end.host_buffers, end.queued_copies),
         (0, 0, 0, 0, 0),
@@ -197,5 +209,43 @@ fn child_under_the_fake_driver() {
     );
     assert_eq!(end.retained_contexts, 1, "only the framework's context stays retained: {end:?}");
     assert_eq!(fake.current_context(), framework, "the framework's context is still current");
+    println!("under the fake libcuda: done ({end:?})");
+}
+
+/// The child's half of the test above (does nothing unless run by it). The fake driver pins
+/// at most 8 MiB: the bigger range is saved in pageable memory.
+#[test]
+fn child_short_of_pinned_memory() {
+    if std::env::var_os("ACB_CHILD_FAKE_CUDA").is_none() {
+        return;
+    }
+    let fake = Fake::open();
+    let a = Assigner::start("fakecuda-pinned", "fake:1x80GiB");
+    let job = Job::with_backend(&a.addr(), "cuda-job", "cuda");
+    job.begin();
+    let sizes = [3usize << 20, 40 << 20];
+    let ptrs: Vec<*mut u8> = sizes.iter().map(|&s| job.alloc(s).unwrap()).collect();
+    for (i, (&p, &s)) in ptrs.iter().zip(&sizes).enumerate() {
+        // SAFETY: mapped, s bytes (the fake's device memory is host memory).
+        unsafe { ptr::copy_nonoverlapping(pattern(i as u8, s).as_ptr(), p, s) };
+    }
+    for _ in 0..3 {
+        job.end();
+        job.wait_swapped_out();
+        job.begin();
+    }
+    for (i, (&p, &s)) in ptrs.iter().zip(&sizes).enumerate() {
+        // SAFETY: mapped again.
+        assert!(unsafe { std::slice::from_raw_parts(p, s) } == pattern(i as u8, s).as_slice(), "allocation {i}");
+    }
+    let c = fake.counts();
+    assert!(c.pageable_copies > 0, "the 40 MiB range went through pageable memory: {c:?}");
+    for &p in &ptrs {
+        assert_eq!(acb_client_dealloc(job.0, p.cast()), acb_status::Ok);
+    }
+    job.end();
+    drop(job);
+    let end = fake.counts();
+    assert_eq!((end.violations, end.host_buffers, end.handles, end.reservations), (0, 0, 0, 0), "{end:?}");
     println!("under the fake libcuda: done ({end:?})");
 }

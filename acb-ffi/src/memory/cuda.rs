@@ -251,8 +251,12 @@ impl Backend for CudaBackend {
         let _current = self.enter(device)?;
         let mut ptr = std::ptr::null_mut();
         // SAFETY: an out-pointer to a local. Portable: usable with every context.
-        check("cuMemHostAlloc", unsafe { sys::cuMemHostAlloc(&mut ptr, size, sys::CU_MEMHOSTALLOC_PORTABLE) })?;
-        Ok(HostBuf { ptr: ptr.cast(), len: size })
+        let r = unsafe { sys::cuMemHostAlloc(&mut ptr, size, sys::CU_MEMHOSTALLOC_PORTABLE) };
+        if r == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            return Err(MemError::OutOfMemory(format!("cuMemHostAlloc: no pinned host memory for {size} bytes")));
+        }
+        check("cuMemHostAlloc", r)?;
+        Ok(HostBuf { ptr: ptr.cast(), len: size, plain: false })
     }
 
     fn free_host(&mut self, buf: HostBuf) {

@@ -84,13 +84,13 @@ impl Backend for HostBackend {
     }
 
     fn alloc_host(&mut self, size: usize) -> Result<HostBuf, MemError> {
-        let buf: Box<[u8]> = vec![0u8; size].into_boxed_slice();
-        Ok(HostBuf { ptr: Box::into_raw(buf).cast(), len: size })
+        // Plain memory, which the pool frees itself; "out of memory" when there is none.
+        HostBuf::plain(size)
     }
 
     fn free_host(&mut self, buf: HostBuf) {
-        // SAFETY: made by alloc_host from a boxed slice of exactly `len` bytes, freed once.
-        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(buf.ptr, buf.len)) });
+        // Its buffers are plain: this frees them as the pool would.
+        buf.release(self);
     }
 
     fn copy_to_host(&mut self, addr: usize, host: &HostBuf, offset: usize, len: usize) -> Result<(), MemError> {

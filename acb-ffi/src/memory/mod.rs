@@ -53,11 +53,58 @@ impl std::fmt::Display for MemError {
     }
 }
 
-/// A host buffer a backend made (pinned where it can), owned by the [`HostPool`].
+/// A host buffer, owned by the [`HostPool`]: one the backend made (pinned, on CUDA), or plain
+/// pageable memory when the backend could make none.
 #[derive(Debug)]
 pub(crate) struct HostBuf {
     pub(crate) ptr: *mut u8,
     pub(crate) len: usize,
+    /// Plain memory from the kernel ([`HostBuf::plain`]), freed here, not by the backend.
+    pub(crate) plain: bool,
+}
+
+impl HostBuf {
+    /// `len` bytes of plain (pageable) host memory; out of memory when the kernel has none.
+    pub(crate) fn plain(len: usize) -> Result<HostBuf, MemError> {
+        // SAFETY: a fresh private anonymous mapping; nothing else is touched.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len.max(1),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(MemError::OutOfMemory(format!(
+                "no host memory for {len} bytes: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(HostBuf { ptr: p.cast(), len, plain: true })
+    }
+
+    /// Gives the buffer back to whoever made it.
+    pub(crate) fn release(self, backend: &mut dyn Backend) {
+        if self.plain {
+            // SAFETY: a mapping of `len` bytes (at least 1) made by `plain`, unmapped once.
+            unsafe { libc::munmap(self.ptr.cast(), self.len.max(1)) };
+        } else {
+            backend.free_host(self);
+        }
+    }
+}
+
+/// Says once per process that swaps go through pageable memory.
+fn warn_pageable(why: &MemError) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        eprintln!(
+            "libacb: no pinned host memory for a swap ({why}); swapping through pageable host memory, which is slower"
+        );
+    }
 }
 
 // SAFETY: a HostBuf is owned by one Memory at a time and only used under its lock.
@@ -122,7 +169,15 @@ impl HostPool {
             self.idle_bytes -= size;
             return Ok(buf);
         }
-        let buf = backend.alloc_host(size)?;
+        // Short of pinned memory, plain memory still saves the bytes (its copies are slower).
+        let buf = match backend.alloc_host(size) {
+            Ok(buf) => buf,
+            Err(e) => {
+                let buf = HostBuf::plain(size).map_err(|_| e.clone())?;
+                warn_pageable(&e);
+                buf
+            }
+        };
         self.total_bytes += size;
         Ok(buf)
     }
@@ -131,7 +186,7 @@ impl HostPool {
         let size = buf.len;
         if self.idle_bytes + size > POOL_IDLE_LIMIT {
             self.total_bytes -= size;
-            backend.free_host(buf);
+            buf.release(backend);
             return;
         }
         self.idle_bytes += size;
@@ -141,7 +196,7 @@ impl HostPool {
     fn drain(&mut self, backend: &mut dyn Backend) {
         for buf in std::mem::take(&mut self.idle).into_values().flatten() {
             self.total_bytes -= buf.len;
-            backend.free_host(buf);
+            buf.release(backend);
         }
         self.idle_bytes = 0;
     }
@@ -856,6 +911,67 @@ mod tests {
         for a in addrs {
             m.free(a).unwrap();
         }
+    }
+
+    /// A backend that cannot pin host memory (CUDA's, with none left).
+    #[derive(Debug)]
+    struct NoPinned(host::HostBackend);
+
+    impl Backend for NoPinned {
+        fn granularity(&self) -> usize {
+            self.0.granularity()
+        }
+        fn reserve(&mut self, size: usize) -> Result<usize, MemError> {
+            self.0.reserve(size)
+        }
+        fn free(&mut self, addr: usize, size: usize) {
+            self.0.free(addr, size);
+        }
+        fn map(&mut self, addr: usize, size: usize, device: u32) -> Result<(), MemError> {
+            self.0.map(addr, size, device)
+        }
+        fn unmap(&mut self, addr: usize, size: usize) -> Result<(), MemError> {
+            self.0.unmap(addr, size)
+        }
+        fn alloc_host(&mut self, _size: usize) -> Result<HostBuf, MemError> {
+            Err(MemError::OutOfMemory("cuMemHostAlloc: no pinned memory left".into()))
+        }
+        fn free_host(&mut self, _buf: HostBuf) {
+            panic!("the pool freed a plain buffer through the backend");
+        }
+        fn copy_to_host(&mut self, addr: usize, host: &HostBuf, offset: usize, len: usize) -> Result<(), MemError> {
+            assert!(host.plain);
+            self.0.copy_to_host(addr, host, offset, len)
+        }
+        fn copy_from_host(&mut self, host: &HostBuf, offset: usize, len: usize, addr: usize) -> Result<(), MemError> {
+            self.0.copy_from_host(host, offset, len, addr)
+        }
+        fn sync(&mut self) -> Result<(), MemError> {
+            self.0.sync()
+        }
+    }
+
+    #[test]
+    fn without_pinned_memory_swaps_go_through_plain_memory_and_lose_nothing() {
+        let mut m = Memory::new(Box::new(NoPinned(host::HostBackend::new())));
+        m.hold(GPU, 0, u64::MAX);
+        let sizes = [100usize, 3 << 20, 70 << 20];
+        let addrs: Vec<usize> = sizes.iter().map(|&s| m.alloc(s).unwrap()).collect();
+        for (i, (&a, &s)) in addrs.iter().zip(&sizes).enumerate() {
+            fill(a, s, i as u64);
+        }
+        let sums: Vec<u64> = addrs.iter().zip(&sizes).map(|(&a, &s)| checksum(a, s)).collect();
+        for _ in 0..3 {
+            m.swap_out().unwrap();
+            m.swap_in(GPU, 0, u64::MAX).unwrap();
+        }
+        for ((&a, &s), sum) in addrs.iter().zip(&sizes).zip(sums) {
+            assert_eq!(checksum(a, s), sum);
+        }
+        for a in addrs {
+            m.free(a).unwrap();
+        }
+        m.clear(); // the plain buffers are freed by the pool, never by the backend
     }
 
     #[test]

@@ -13,7 +13,8 @@
  *     so unmapping memory or freeing a host buffer with a copy still queued is caught;
  *   - device memory is only readable through copies (unmapped memory is PROT_NONE, mapped
  *     memory is host memory, which the tests may read to check it: that much is fake);
- *   - host buffers given to copies were made by cuMemHostAlloc (pinned, in the real driver).
+ *   - copies with host memory not from cuMemHostAlloc (pageable, in the real driver) work, as
+ *     they do there, and are counted; FAKECUDA_PINNED_MIB bounds what cuMemHostAlloc gives.
  *
  * A broken rule is printed ("fake libcuda: rule broken: ...") and counted, and the call fails
  * as the real driver's would. Tests read the counts through fakecuda_* functions.
@@ -104,7 +105,7 @@ struct copy {
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int initialised, devices = -1;
-static size_t device_bytes, used[MAX_DEVICES];
+static size_t device_bytes, used[MAX_DEVICES], pinned_limit, pinned_used;
 static struct ctx contexts[MAX_DEVICES];
 static struct handle handles[MAX_ITEMS];
 static struct mapping mappings[MAX_ITEMS];
@@ -113,7 +114,7 @@ static struct hostbuf hostbufs[MAX_ITEMS];
 static struct copy copies[MAX_ITEMS];
 static struct stream streams[MAX_ITEMS];
 static long violations;
-static unsigned long long copied_to_host, copied_to_device;
+static unsigned long long copied_to_host, copied_to_device, pageable_copies;
 static __thread struct ctx *stack[64];
 static __thread int depth;
 
@@ -130,10 +131,11 @@ static CUresult broken(CUresult r, const char *fmt, ...) {
 
 static void setup(void) {
   if (devices >= 0) return;
-  const char *d = getenv("FAKECUDA_DEVICES"), *m = getenv("FAKECUDA_DEVICE_MIB");
+  const char *d = getenv("FAKECUDA_DEVICES"), *m = getenv("FAKECUDA_DEVICE_MIB"), *h = getenv("FAKECUDA_PINNED_MIB");
   devices = d ? atoi(d) : 2;
   if (devices < 0 || devices > MAX_DEVICES) devices = 2;
   device_bytes = (size_t)(m ? atol(m) : 4096) << 20;
+  pinned_limit = h ? (size_t)atol(h) << 20 : SIZE_MAX;
   for (int i = 0; i < MAX_DEVICES; i++) contexts[i].device = i;
 }
 
@@ -488,12 +490,14 @@ CUresult cuMemHostAlloc(void **out, size_t size, unsigned int flags) {
   (void)flags;
   pthread_mutex_lock(&lock);
   CUresult r = need_context("cuMemHostAlloc");
+  if (r == CUDA_SUCCESS && size > pinned_limit - pinned_used) r = CUDA_ERROR_OUT_OF_MEMORY;
   if (r == CUDA_SUCCESS) {
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     r = CUDA_ERROR_OUT_OF_MEMORY;
     for (int i = 0; p != MAP_FAILED && i < MAX_ITEMS; i++)
       if (!hostbufs[i].live) {
         hostbufs[i] = (struct hostbuf){1, (uintptr_t)p, size};
+        pinned_used += size;
         *out = p;
         r = CUDA_SUCCESS;
         break;
@@ -515,6 +519,7 @@ CUresult cuMemFreeHost(void *p) {
       r = broken(CUDA_ERROR_INVALID_VALUE, "cuMemFreeHost of a buffer a queued copy still uses");
   if (r == CUDA_SUCCESS) {
     munmap(p, b->size);
+    pinned_used -= b->size;
     b->live = 0;
   }
   pthread_mutex_unlock(&lock);
@@ -544,8 +549,7 @@ static CUresult queue_copy(int to_host, uintptr_t dev, uintptr_t host, size_t le
   int pinned = 0;
   for (int i = 0; r == CUDA_SUCCESS && i < MAX_ITEMS; i++)
     if (hostbufs[i].live && host >= hostbufs[i].addr && host + len <= hostbufs[i].addr + hostbufs[i].size) pinned = 1;
-  if (r == CUDA_SUCCESS && !pinned)
-    r = broken(CUDA_ERROR_INVALID_VALUE, "%s with a host buffer not from cuMemHostAlloc", what);
+  if (r == CUDA_SUCCESS && !pinned) pageable_copies++;
   if (r == CUDA_SUCCESS) {
     r = CUDA_ERROR_OUT_OF_MEMORY;
     for (int i = 0; i < MAX_ITEMS; i++)
@@ -575,7 +579,7 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CUstre
 
 struct fakecuda_counts {
   long violations, handles, mappings, reservations, host_buffers, queued_copies, retained_contexts;
-  unsigned long long copied_to_host, copied_to_device;
+  unsigned long long copied_to_host, copied_to_device, pageable_copies;
 };
 
 void fakecuda_counts(struct fakecuda_counts *out) {
@@ -592,6 +596,7 @@ void fakecuda_counts(struct fakecuda_counts *out) {
   for (int i = 0; i < MAX_DEVICES; i++) out->retained_contexts += contexts[i].retained;
   out->copied_to_host = copied_to_host;
   out->copied_to_device = copied_to_device;
+  out->pageable_copies = pageable_copies;
   pthread_mutex_unlock(&lock);
 }
 
