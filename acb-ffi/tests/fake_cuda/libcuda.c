@@ -180,15 +180,16 @@ CUresult cuDeviceGetCount(int *count) {
   return r;
 }
 
+/* Under the lock: whether `dev` is a device, once the driver is initialised. */
+static CUresult valid_device(const char *what, int dev) {
+  if (!initialised) return broken(CUDA_ERROR_NOT_INITIALIZED, "%s before cuInit", what);
+  return dev < 0 || dev >= devices ? CUDA_ERROR_INVALID_DEVICE : CUDA_SUCCESS;
+}
+
 CUresult cuDeviceGet(CUdevice *dev, int ordinal) {
   pthread_mutex_lock(&lock);
-  CUresult r = CUDA_SUCCESS;
-  if (!initialised)
-    r = broken(CUDA_ERROR_NOT_INITIALIZED, "cuDeviceGet before cuInit");
-  else if (ordinal < 0 || ordinal >= devices)
-    r = CUDA_ERROR_INVALID_DEVICE;
-  else
-    *dev = ordinal;
+  CUresult r = valid_device("cuDeviceGet", ordinal);
+  if (r == CUDA_SUCCESS) *dev = ordinal;
   pthread_mutex_unlock(&lock);
   return r;
 }
@@ -203,12 +204,8 @@ CUresult cuDeviceGetUuid_v2(CUuuid *uuid, CUdevice dev) {
 
 CUresult cuDevicePrimaryCtxRetain(CUcontext *out, CUdevice dev) {
   pthread_mutex_lock(&lock);
-  CUresult r = CUDA_SUCCESS;
-  if (!initialised)
-    r = broken(CUDA_ERROR_NOT_INITIALIZED, "cuDevicePrimaryCtxRetain before cuInit");
-  else if (dev < 0 || dev >= devices)
-    r = CUDA_ERROR_INVALID_DEVICE;
-  else {
+  CUresult r = valid_device("cuDevicePrimaryCtxRetain", dev);
+  if (r == CUDA_SUCCESS) {
     contexts[dev].retained++;
     *out = &contexts[dev];
   }
@@ -218,13 +215,10 @@ CUresult cuDevicePrimaryCtxRetain(CUcontext *out, CUdevice dev) {
 
 CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
   pthread_mutex_lock(&lock);
-  CUresult r = CUDA_SUCCESS;
-  if (dev < 0 || dev >= devices)
-    r = CUDA_ERROR_INVALID_DEVICE;
-  else if (contexts[dev].retained <= 0)
+  CUresult r = valid_device("cuDevicePrimaryCtxRelease", dev);
+  if (r == CUDA_SUCCESS && contexts[dev].retained <= 0)
     r = broken(CUDA_ERROR_INVALID_CONTEXT, "cuDevicePrimaryCtxRelease of a context not retained");
-  else
-    contexts[dev].retained--;
+  if (r == CUDA_SUCCESS) contexts[dev].retained--;
   pthread_mutex_unlock(&lock);
   return r;
 }
