@@ -316,7 +316,9 @@ impl Driver {
         if session != self.session_gen || self.session.is_none() {
             return; // that session's leases ended with it
         }
-        if self.seen_grants.contains(&(session, grant.lease_id)) {
+        if self.seen_grants.contains(&(session, grant.lease_id))
+            || self.machine.lease() == Some(LeaseId(grant.lease_id))
+        {
             return; // the other copy of a grant already handled
         }
         if self.seen_grants.len() == SEEN_GRANTS {
