@@ -97,11 +97,15 @@ pub struct Session {
 }
 
 impl Session {
-    /// Opens a session for `job`.
+    /// Opens a session for `job`, with a copy of each grant on its events (`LeaseGranted`).
     pub async fn open(mut rpc: Rpc, job: &str) -> Result<Session, Status> {
         let (tx, rx) = mpsc::channel(64);
         let hello = proto::SessionRequest {
-            msg: Some(proto::session_request::Msg::Hello(proto::Hello { job: job.into(), pid: std::process::id() })),
+            msg: Some(proto::session_request::Msg::Hello(proto::Hello {
+                job: job.into(),
+                pid: std::process::id(),
+                grants_on_session: true,
+            })),
         };
         tx.send(hello).await.map_err(|_| Status::internal("session channel closed"))?;
         let mut events = rpc.session(ReceiverStream::new(rx)).await?.into_inner();

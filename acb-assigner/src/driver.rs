@@ -224,6 +224,8 @@ pub enum Command {
         job: String,
         /// Claimed pid.
         pid: u32,
+        /// The session wants a copy of each grant ([`ToClient::Granted`]).
+        grants: bool,
         /// Where to send what the assigner says.
         to_client: mpsc::UnboundedSender<ToClient>,
         /// (client id, token).
@@ -332,6 +334,8 @@ struct ClientInfo {
     token: String,
     one_off: bool,
     to_client: Option<mpsc::UnboundedSender<ToClient>>,
+    /// The session asked for a copy of each grant.
+    grants_on_session: bool,
     swap_in: u64,
     swap_out: u64,
 }
@@ -453,8 +457,13 @@ impl Driver {
     fn handle(&mut self, cmd: Command) {
         let now = self.now();
         match cmd {
-            Command::Connect { job, pid, to_client, reply } => {
+            Command::Connect { job, pid, grants, to_client, reply } => {
                 let r = self.connect(job, pid, false, Some(to_client), now);
+                if let Ok((client, _)) = &r
+                    && let Some(info) = self.clients.get_mut(client)
+                {
+                    info.grants_on_session = grants;
+                }
                 if let Err(Ok((client, _))) = reply.send(r.map(|(c, t)| (c.0, t))) {
                     // The session's opener went away before Welcome: nobody will end it.
                     self.disconnect(ClientId(client), now);
@@ -521,8 +530,17 @@ impl Driver {
         let token = new_token();
         self.tokens.insert(token.clone(), client);
         self.record(EventKind::Connected { client: client.0, job: job.clone() });
-        self.clients
-            .insert(client, ClientInfo { job, pid, token: token.clone(), one_off, to_client, swap_in: 0, swap_out: 0 });
+        let info = ClientInfo {
+            job,
+            pid,
+            token: token.clone(),
+            one_off,
+            to_client,
+            grants_on_session: false,
+            swap_in: 0,
+            swap_out: 0,
+        };
+        self.clients.insert(client, info);
         Ok((client, token))
     }
 
@@ -636,7 +654,11 @@ impl Driver {
                     let delivered = match self.pending.remove(&g.request) {
                         Some(p) => {
                             self.by_key.remove(&p.key);
-                            let tx = self.clients.get(&g.client).and_then(|c| c.to_client.as_ref());
+                            let tx = self
+                                .clients
+                                .get(&g.client)
+                                .filter(|c| c.grants_on_session)
+                                .and_then(|c| c.to_client.as_ref());
                             let copy = tx.map(|_| info.clone());
                             let sent = p.reply.send(Ok(info)).is_ok();
                             // The reply is handed over; it can still be lost if the call is

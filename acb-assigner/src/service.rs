@@ -90,7 +90,13 @@ impl proto::assigner_server::Assigner for AssignerService {
         let (tx, rx) = mpsc::unbounded_channel();
         let (client, token) = flatten(
             self.handle
-                .ask(|reply| Command::Connect { job: hello.job.clone(), pid: hello.pid, to_client: tx, reply })
+                .ask(|reply| Command::Connect {
+                    job: hello.job.clone(),
+                    pid: hello.pid,
+                    grants: hello.grants_on_session,
+                    to_client: tx,
+                    reply,
+                })
                 .await,
         )?;
         tracing::info!(client, job = %hello.job, pid = hello.pid, "session opened");

@@ -239,6 +239,45 @@ fn grants_and_yields_come_over_the_session_and_a_cancelled_call_leaves_the_queue
     });
 }
 
+/// A client that does not ask for grants on its session (an older libacb, which would take an
+/// event it does not know for the session's end) gets none: its next event is the yield.
+#[test]
+fn grants_come_over_a_session_only_when_it_asks() {
+    let d = Daemon::start(&["--gpus", "fake:1x80GiB"]);
+    let addr: Address = d.addr().parse().unwrap();
+    rt().block_on(async {
+        let mut rpc = client::connect(&addr, None, T).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let hello = proto::Hello { job: "old".into(), pid: 1, grants_on_session: false };
+        tx.send(proto::SessionRequest { msg: Some(proto::session_request::Msg::Hello(hello)) }).await.unwrap();
+        let mut events = rpc.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let Some(proto::session_event::Event::Welcome(w)) = events.message().await.unwrap().unwrap().event else {
+            panic!("no Welcome");
+        };
+        let req = proto::AllocateRequest {
+            client_token: w.client_token.clone(),
+            gpus: 1,
+            request_tag: 3,
+            ..Default::default()
+        };
+        let grant = rpc.alloc_request(req).await.unwrap().into_inner();
+        // Someone waits; the holder reports idle and is asked to yield.
+        let mut other = Session::open(rpc.clone(), "new").await.unwrap();
+        let waiter =
+            tokio::spawn(async move { other.allocate(proto::AllocateRequest { gpus: 1, ..Default::default() }).await });
+        let phase = proto::PhaseReport { lease_id: grant.lease_id, idle: true };
+        tx.send(proto::SessionRequest { msg: Some(proto::session_request::Msg::Phase(phase)) }).await.unwrap();
+        let ev = tokio::time::timeout(T, events.message()).await.unwrap().unwrap().unwrap();
+        assert!(
+            matches!(ev.event, Some(proto::session_event::Event::YieldRequest(ref y)) if y.lease_id == grant.lease_id),
+            "expected the yield first, got {ev:?}"
+        );
+        let release = proto::ReleaseRequest { client_token: w.client_token, lease_id: grant.lease_id };
+        rpc.release(release).await.unwrap();
+        tokio::time::timeout(T, waiter).await.unwrap().unwrap().unwrap();
+    });
+}
+
 #[test]
 fn watch_timeline_and_metrics_show_what_happened() {
     let port = common::free_port();

@@ -350,10 +350,15 @@ impl Driver {
         self.machine.handle_disconnect(now);
     }
 
+    /// An event of the session; `None`: the session ended.
     fn session_event(&mut self, ev: Option<proto::SessionEvent>) {
         use proto::session_event::Event as E;
         let now = self.now();
-        match ev.and_then(|e| e.event) {
+        let Some(ev) = ev else {
+            self.lose_session();
+            return;
+        };
+        match ev.event {
             // A yield for a lease this client does not hold (one granted as its request was
             // withdrawn): give it back.
             Some(E::YieldRequest(y)) if self.machine.lease() != Some(LeaseId(y.lease_id)) => {
@@ -367,7 +372,9 @@ impl Driver {
                 }
             }
             Some(E::Welcome(_)) => {}
-            Some(E::ShuttingDown(_)) | None => self.lose_session(),
+            Some(E::ShuttingDown(_)) => self.lose_session(),
+            // An event from a newer assigner that this libacb does not know.
+            None => {}
         }
     }
 
