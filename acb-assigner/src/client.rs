@@ -97,14 +97,20 @@ pub struct Session {
 }
 
 impl Session {
-    /// Opens a session for `job`, with a copy of each grant on its events (`LeaseGranted`).
-    pub async fn open(mut rpc: Rpc, job: &str) -> Result<Session, Status> {
+    /// Opens a session for `job`. Its events are yields, revocations and shutdown.
+    pub async fn open(rpc: Rpc, job: &str) -> Result<Session, Status> {
+        Self::open_with(rpc, job, false).await
+    }
+
+    /// Opens a session for `job`; with `grants`, its events also carry a copy of each grant
+    /// (`LeaseGranted`). Ask only if you read the events: unread ones pile up in the assigner.
+    pub async fn open_with(mut rpc: Rpc, job: &str, grants: bool) -> Result<Session, Status> {
         let (tx, rx) = mpsc::channel(64);
         let hello = proto::SessionRequest {
             msg: Some(proto::session_request::Msg::Hello(proto::Hello {
                 job: job.into(),
                 pid: std::process::id(),
-                grants_on_session: true,
+                grants_on_session: grants,
             })),
         };
         tx.send(hello).await.map_err(|_| Status::internal("session channel closed"))?;

@@ -191,7 +191,7 @@ fn grants_and_yields_come_over_the_session_and_a_cancelled_call_leaves_the_queue
     let addr: Address = d.addr().parse().unwrap();
     rt().block_on(async {
         let rpc = client::connect(&addr, None, T).await.unwrap();
-        let mut a = Session::open(rpc.clone(), "a").await.unwrap();
+        let mut a = Session::open_with(rpc.clone(), "a", true).await.unwrap();
         let grant = a.allocate(proto::AllocateRequest { gpus: 1, request_tag: 7, ..Default::default() }).await.unwrap();
         // The grant comes on the session too, with the request's tag.
         let ev = tokio::time::timeout(T, a.events.message()).await.unwrap().unwrap().unwrap();

@@ -416,7 +416,7 @@ impl Driver {
                         continue;
                     }
                 };
-            match tokio::time::timeout(self.cfg.connect_timeout, Session::open(rpc, &self.cfg.job)).await {
+            match tokio::time::timeout(self.cfg.connect_timeout, Session::open_with(rpc, &self.cfg.job, true)).await {
                 Ok(Ok(s)) => return Ok(s),
                 Ok(Err(status)) => {
                     last = format!("the assigner at {} refused the session: {}", self.cfg.assigner, status.message())

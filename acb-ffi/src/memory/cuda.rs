@@ -259,7 +259,12 @@ impl Backend for CudaBackend {
         Ok(HostBuf { ptr: ptr.cast(), len: size, plain: false })
     }
 
+    fn pins_host(&self) -> bool {
+        true
+    }
+
     fn free_host(&mut self, buf: HostBuf) {
+        debug_assert!(!buf.plain, "plain buffers are freed by HostBuf::release");
         let device = self.any_device();
         let Ok(_current) = self.enter(device) else { return };
         // SAFETY: made by cuMemHostAlloc, freed once.

@@ -89,8 +89,11 @@ impl Backend for HostBackend {
     }
 
     fn free_host(&mut self, buf: HostBuf) {
-        // Its buffers are plain: this frees them as the pool would.
-        buf.release(self);
+        // Its buffers are plain, which the pool frees itself (HostBuf::release).
+        debug_assert!(buf.plain, "a host buffer the host backend did not make");
+        if buf.plain {
+            buf.release(self);
+        }
     }
 
     fn copy_to_host(&mut self, addr: usize, host: &HostBuf, offset: usize, len: usize) -> Result<(), MemError> {

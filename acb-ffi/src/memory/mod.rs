@@ -127,6 +127,11 @@ pub(crate) trait Backend: Send + std::fmt::Debug {
     fn unmap(&mut self, addr: usize, size: usize) -> Result<(), MemError>;
     /// Host memory for swapped-out bytes.
     fn alloc_host(&mut self, size: usize) -> Result<HostBuf, MemError>;
+    /// Whether [`Backend::alloc_host`] gives pinned memory, which plain memory can stand in for
+    /// when there is none left (slower copies).
+    fn pins_host(&self) -> bool {
+        false
+    }
     /// Gives a host buffer back.
     fn free_host(&mut self, buf: HostBuf);
     /// Starts copying `len` bytes of the mapped chunk at `addr` into `host` at `offset`.
@@ -172,11 +177,14 @@ impl HostPool {
         // Short of pinned memory, plain memory still saves the bytes (its copies are slower).
         let buf = match backend.alloc_host(size) {
             Ok(buf) => buf,
-            Err(e) => {
-                let buf = HostBuf::plain(size).map_err(|_| e.clone())?;
+            Err(e) if backend.pins_host() => {
+                let buf = HostBuf::plain(size).map_err(|plain| {
+                    MemError::OutOfMemory(format!("{e}; and no plain host memory either ({plain})"))
+                })?;
                 warn_pageable(&e);
                 buf
             }
+            Err(e) => return Err(e),
         };
         self.total_bytes += size;
         Ok(buf)
@@ -184,7 +192,8 @@ impl HostPool {
 
     fn give(&mut self, backend: &mut dyn Backend, buf: HostBuf) {
         let size = buf.len;
-        if self.idle_bytes + size > POOL_IDLE_LIMIT {
+        // Plain memory standing in for pinned goes back at once: the next swap tries to pin.
+        if self.idle_bytes + size > POOL_IDLE_LIMIT || (buf.plain && backend.pins_host()) {
             self.total_bytes -= size;
             buf.release(backend);
             return;
@@ -935,6 +944,9 @@ mod tests {
         }
         fn alloc_host(&mut self, _size: usize) -> Result<HostBuf, MemError> {
             Err(MemError::OutOfMemory("cuMemHostAlloc: no pinned memory left".into()))
+        }
+        fn pins_host(&self) -> bool {
+            true
         }
         fn free_host(&mut self, _buf: HostBuf) {
             panic!("the pool freed a plain buffer through the backend");

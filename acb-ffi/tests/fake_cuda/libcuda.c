@@ -98,6 +98,7 @@ struct hostbuf {
 };
 struct copy {
   int live, to_host;
+  unsigned long long seq; /* queue order: a stream runs its copies in it */
   struct stream *stream;
   uintptr_t dev, host;
   size_t len;
@@ -114,7 +115,7 @@ static struct hostbuf hostbufs[MAX_ITEMS];
 static struct copy copies[MAX_ITEMS];
 static struct stream streams[MAX_ITEMS];
 static long violations;
-static unsigned long long copied_to_host, copied_to_device, pageable_copies;
+static unsigned long long copied_to_host, copied_to_device, pageable_copies, next_seq;
 static __thread struct ctx *stack[64];
 static __thread int depth;
 
@@ -152,10 +153,15 @@ static CUresult need_context(const char *what) {
 
 static int overlaps(uintptr_t a, size_t n, uintptr_t b, size_t m) { return a < b + m && b < a + n; }
 
+/* Runs the queued copies of stream `s` (or of every stream of context `c`), oldest first. */
 static void run_copies(struct stream *s, struct ctx *c) {
-  for (int i = 0; i < MAX_ITEMS; i++) {
-    struct copy *k = &copies[i];
-    if (!k->live || (s && k->stream != s) || (c && k->stream->ctx != c)) continue;
+  for (;;) {
+    struct copy *k = NULL;
+    for (int i = 0; i < MAX_ITEMS; i++) {
+      struct copy *q = &copies[i];
+      if (q->live && (!s || q->stream == s) && (!c || q->stream->ctx == c) && (!k || q->seq < k->seq)) k = q;
+    }
+    if (!k) return;
     if (k->to_host)
       memcpy((void *)k->host, (const void *)k->dev, k->len);
     else
@@ -195,7 +201,10 @@ CUresult cuDeviceGet(CUdevice *dev, int ordinal) {
 }
 
 CUresult cuDeviceGetUuid_v2(CUuuid *uuid, CUdevice dev) {
-  if (dev < 0 || dev >= devices) return CUDA_ERROR_INVALID_DEVICE;
+  pthread_mutex_lock(&lock);
+  CUresult r = valid_device("cuDeviceGetUuid", dev);
+  pthread_mutex_unlock(&lock);
+  if (r != CUDA_SUCCESS) return r;
   memset(uuid->bytes, 0, 16);
   memcpy(uuid->bytes, "fakecuda", 8);
   uuid->bytes[15] = (char)dev;
@@ -309,7 +318,16 @@ CUresult cuMemAddressReserve(CUdeviceptr *out, size_t size, size_t align, CUdevi
   else if (size == 0 || size % GRANULARITY)
     r = broken(CUDA_ERROR_INVALID_VALUE, "cuMemAddressReserve of %zu bytes (not a multiple of the granularity)", size);
   if (r == CUDA_SUCCESS) {
-    void *p = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    /* Aligned to the granularity, as the driver's are (mmap alone aligns to pages). */
+    char *raw = mmap(NULL, size + GRANULARITY, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void *p = MAP_FAILED;
+    if (raw != MAP_FAILED) {
+      uintptr_t start = ((uintptr_t)raw + GRANULARITY - 1) & ~(uintptr_t)(GRANULARITY - 1);
+      size_t head = start - (uintptr_t)raw;
+      if (head) munmap(raw, head);
+      if (GRANULARITY - head) munmap((void *)(start + size), GRANULARITY - head);
+      p = (void *)start;
+    }
     r = CUDA_ERROR_OUT_OF_MEMORY;
     for (int i = 0; p != MAP_FAILED && i < MAX_ITEMS; i++)
       if (!reservations[i].live) {
@@ -527,6 +545,10 @@ static CUresult queue_copy(int to_host, uintptr_t dev, uintptr_t host, size_t le
   if (r == CUDA_SUCCESS) r = live_stream(s, what);
   if (r == CUDA_SUCCESS && s->ctx != current())
     r = broken(CUDA_ERROR_INVALID_HANDLE, "%s on a stream of another context", what);
+  if (r == CUDA_SUCCESS && len == 0) { /* nothing to copy: the driver accepts it */
+    pthread_mutex_unlock(&lock);
+    return r;
+  }
   size_t covered = 0;
   int device = -1;
   for (int i = 0; r == CUDA_SUCCESS && i < MAX_ITEMS; i++)
@@ -548,7 +570,7 @@ static CUresult queue_copy(int to_host, uintptr_t dev, uintptr_t host, size_t le
     r = CUDA_ERROR_OUT_OF_MEMORY;
     for (int i = 0; i < MAX_ITEMS; i++)
       if (!copies[i].live) {
-        copies[i] = (struct copy){1, to_host, s, dev, host, len};
+        copies[i] = (struct copy){1, to_host, next_seq++, s, dev, host, len};
         if (to_host)
           copied_to_host += len;
         else
@@ -572,7 +594,7 @@ CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CUstre
 /* ---- for tests: what the fake driver holds, and the rules broken ---- */
 
 struct fakecuda_counts {
-  long violations, handles, mappings, reservations, host_buffers, queued_copies, retained_contexts;
+  long violations, handles, mappings, reservations, host_buffers, queued_copies, retained_contexts, streams;
   unsigned long long copied_to_host, copied_to_device, pageable_copies;
 };
 
@@ -586,6 +608,7 @@ void fakecuda_counts(struct fakecuda_counts *out) {
     out->reservations += reservations[i].live;
     out->host_buffers += hostbufs[i].live;
     out->queued_copies += copies[i].live;
+    out->streams += streams[i].live;
   }
   for (int i = 0; i < MAX_DEVICES; i++) out->retained_contexts += contexts[i].retained;
   out->copied_to_host = copied_to_host;
