@@ -458,12 +458,7 @@ impl Driver {
         let now = self.now();
         match cmd {
             Command::Connect { job, pid, grants, to_client, reply } => {
-                let r = self.connect(job, pid, false, Some(to_client), now);
-                if let Ok((client, _)) = &r
-                    && let Some(info) = self.clients.get_mut(client)
-                {
-                    info.grants_on_session = grants;
-                }
+                let r = self.connect(job, pid, false, Some((to_client, grants)), now);
                 if let Err(Ok((client, _))) = reply.send(r.map(|(c, t)| (c.0, t))) {
                     // The session's opener went away before Welcome: nobody will end it.
                     self.disconnect(ClientId(client), now);
@@ -516,12 +511,14 @@ impl Driver {
         }
     }
 
+    /// A new client; `session`: where to send what the assigner says, and whether the session
+    /// asked for a copy of each grant (none for a one-off client).
     fn connect(
         &mut self,
         job: String,
         pid: u32,
         one_off: bool,
-        to_client: Option<mpsc::UnboundedSender<ToClient>>,
+        session: Option<(mpsc::UnboundedSender<ToClient>, bool)>,
         now: CoreInstant,
     ) -> Result<(ClientId, String), DomainError> {
         let client = ClientId(self.next_client);
@@ -530,13 +527,14 @@ impl Driver {
         let token = new_token();
         self.tokens.insert(token.clone(), client);
         self.record(EventKind::Connected { client: client.0, job: job.clone() });
+        let (to_client, grants_on_session) = session.map_or((None, false), |(tx, grants)| (Some(tx), grants));
         let info = ClientInfo {
             job,
             pid,
             token: token.clone(),
             one_off,
             to_client,
-            grants_on_session: false,
+            grants_on_session,
             swap_in: 0,
             swap_out: 0,
         };
