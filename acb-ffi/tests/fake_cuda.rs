@@ -93,6 +93,23 @@ fn assert_left_nothing(c: &Counts) {
     );
 }
 
+/// Writes allocation i's pattern into it. (The fake's device memory is host memory: only a
+/// fake lets this process write it directly.)
+fn fill_patterns(ptrs: &[*mut u8], sizes: &[usize]) {
+    for (i, (&p, &s)) in ptrs.iter().zip(sizes).enumerate() {
+        // SAFETY: mapped (resident), s bytes.
+        unsafe { ptr::copy_nonoverlapping(pattern(i as u8, s).as_ptr(), p, s) };
+    }
+}
+
+/// Each allocation holds its pattern, at its address.
+fn assert_patterns(ptrs: &[*mut u8], sizes: &[usize]) {
+    for (i, (&p, &s)) in ptrs.iter().zip(sizes).enumerate() {
+        // SAFETY: mapped (resident), s bytes.
+        assert!(unsafe { std::slice::from_raw_parts(p, s) } == pattern(i as u8, s).as_slice(), "allocation {i}");
+    }
+}
+
 /// Builds the fake libcuda.so into `dir`.
 fn build_fake(dir: &Path) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_cuda/libcuda.c");
@@ -156,11 +173,9 @@ fn child_under_the_fake_driver() {
     let sizes = [1usize, 4096, 1 << 20, 3 << 20, 100 << 20];
     let ptrs: Vec<*mut u8> = sizes.iter().map(|&s| job.alloc(s).unwrap()).collect();
     for (i, (&p, &s)) in ptrs.iter().zip(&sizes).enumerate() {
-        assert_eq!(fake.device_of(p), first as i32, "allocation {i} is on the granted device");
-        // SAFETY: mapped, s bytes. (The fake's device memory is host memory: only a fake
-        // lets this process write it directly.)
-        unsafe { ptr::copy_nonoverlapping(pattern(i as u8, s).as_ptr(), p, s) };
+        assert_eq!(fake.device_of(p), first as i32, "allocation {i} of {s} bytes is on the granted device");
     }
+    fill_patterns(&ptrs, &sizes);
     assert_eq!(acb_client_set_read_only(job.0, ptrs[3].cast(), true), acb_status::Ok);
     // Past what the (fake) device has, though within the lease: out of memory, nothing leaked.
     let before = fake.counts();
@@ -178,11 +193,10 @@ fn child_under_the_fake_driver() {
     assert_eq!(third.begin(), first);
     other.end();
     assert_eq!(job.begin(), second, "the job moved to the other GPU");
-    for (i, (&p, &s)) in ptrs.iter().zip(&sizes).enumerate() {
+    for (i, &p) in ptrs.iter().enumerate() {
         assert_eq!(fake.device_of(p), second as i32, "allocation {i} followed the job");
-        // SAFETY: mapped again, at the same address.
-        assert!(unsafe { std::slice::from_raw_parts(p, s) } == pattern(i as u8, s).as_slice(), "allocation {i}");
     }
+    assert_patterns(&ptrs, &sizes);
     job.end();
     third.end();
     for _ in 0..3 {
@@ -192,10 +206,7 @@ fn child_under_the_fake_driver() {
     }
     job.wait_swapped_out();
     job.begin();
-    for (i, (&p, &s)) in ptrs.iter().zip(&sizes).enumerate() {
-        // SAFETY: as above.
-        assert!(unsafe { std::slice::from_raw_parts(p, s) } == pattern(i as u8, s).as_slice(), "allocation {i}");
-    }
+    assert_patterns(&ptrs, &sizes);
     // What libacb says it copied is what the driver copied.
     let (stats, counts) = (job.stats(), fake.counts());
     assert_eq!((stats.swapped_out_total, stats.swapped_in_total), (counts.copied_to_host, counts.copied_to_device));
@@ -231,19 +242,13 @@ fn child_short_of_pinned_memory() {
     job.begin();
     let sizes = [3usize << 20, 40 << 20];
     let ptrs: Vec<*mut u8> = sizes.iter().map(|&s| job.alloc(s).unwrap()).collect();
-    for (i, (&p, &s)) in ptrs.iter().zip(&sizes).enumerate() {
-        // SAFETY: mapped, s bytes (the fake's device memory is host memory).
-        unsafe { ptr::copy_nonoverlapping(pattern(i as u8, s).as_ptr(), p, s) };
-    }
+    fill_patterns(&ptrs, &sizes);
     for _ in 0..3 {
         job.end();
         job.wait_swapped_out();
         job.begin();
     }
-    for (i, (&p, &s)) in ptrs.iter().zip(&sizes).enumerate() {
-        // SAFETY: mapped again.
-        assert!(unsafe { std::slice::from_raw_parts(p, s) } == pattern(i as u8, s).as_slice(), "allocation {i}");
-    }
+    assert_patterns(&ptrs, &sizes);
     let c = fake.counts();
     assert!(c.pageable_copies > 0, "the 40 MiB range went through pageable memory: {c:?}");
     for &p in &ptrs {
