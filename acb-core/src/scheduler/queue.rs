@@ -1,0 +1,56 @@
+//! The queue: requests waiting for GPUs, served by priority (higher first), then arrival.
+
+use alloc::vec::Vec;
+use core::cmp::Reverse;
+
+use super::Scheduler;
+use crate::{Instant, LeaseId, Request, RequestId};
+
+/// Queue order: higher priority first, then arrival.
+pub(super) type QueueKey = (Reverse<i32>, u64);
+
+/// A request waiting in the queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedRequest {
+    /// Its id.
+    pub id: RequestId,
+    /// What was asked.
+    pub request: Request,
+    /// When it was queued.
+    pub enqueued_at: Instant,
+    pub(super) key: QueueKey,
+    /// Leases asked to yield on this request's behalf; no more are asked while one is pending.
+    pub(super) reclaiming: Vec<LeaseId>,
+}
+
+impl Scheduler {
+    /// Queues a request that passed validation, behind those of its priority already queued.
+    pub(super) fn enqueue(&mut self, request: Request, now: Instant) -> RequestId {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        let key = (Reverse(request.priority), self.next_seq);
+        self.next_seq += 1;
+        if let Some(c) = self.clients.get_mut(&request.client) {
+            c.queued.insert(id);
+        }
+        self.queue.insert(key, id);
+        self.count_queued_need(&request);
+        self.requests.insert(id, QueuedRequest { id, request, enqueued_at: now, key, reclaiming: Vec::new() });
+        id
+    }
+
+    /// Takes a request out of the queue (to grant, cancel or reject it), and its reservation
+    /// with it.
+    pub(super) fn dequeue(&mut self, id: RequestId) -> Option<QueuedRequest> {
+        let q = self.requests.remove(&id)?;
+        self.queue.remove(&q.key);
+        self.uncount_queued_need(&q.request);
+        if let Some(c) = self.clients.get_mut(&q.request.client) {
+            c.queued.remove(&id);
+        }
+        if self.reservation.as_ref().is_some_and(|r| r.request == id) {
+            self.clear_reservation();
+        }
+        Some(q)
+    }
+}
