@@ -3,6 +3,7 @@
 
 use core::fmt;
 
+use crate::units::Bytes;
 use crate::{ClientId, GpuId, LeaseId, RequestId};
 
 /// What went wrong, precisely enough for a message a person can act on.
@@ -132,25 +133,3 @@ impl fmt::Display for Error {
 
 #[cfg(feature = "std")]
 impl std::error::Error for Error {}
-
-/// Bytes for people: `80 GiB`, `512 MiB`, `1.5 GiB`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Bytes(pub u64);
-
-impl fmt::Display for Bytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-        let mut unit = 0;
-        let mut scaled = self.0;
-        while unit + 1 < UNITS.len() && scaled >= 1024 && scaled.is_multiple_of(1024) {
-            scaled /= 1024;
-            unit += 1;
-        }
-        if scaled >= 1024 && unit + 1 < UNITS.len() {
-            // Not a whole number of the next unit: one decimal is enough for people.
-            let tenths = (u128::from(self.0) * 10 / (1u128 << (10 * (unit + 1)))) as u64;
-            return write!(f, "{}.{} {}", tenths / 10, tenths % 10, UNITS[unit + 1]);
-        }
-        write!(f, "{scaled} {}", UNITS[unit])
-    }
-}

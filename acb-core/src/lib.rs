@@ -10,6 +10,8 @@
 //! - [`ClientMachine`]: one job's GPU phases and its lease, with lazy or eager release.
 //! - [`SwapRegistry`]: a job's device allocations and what a swap must copy.
 //! - [`sim`]: a discrete-event simulator over job traces, with the static baseline.
+//! - [`stats`]: interval unions, GPU-busy fractions and the table that compares runs.
+//! - [`units`]: the one grammar of sizes and durations (`512M`, `1.5s`), and their display.
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -25,14 +27,17 @@ mod pool;
 mod request;
 pub mod scheduler;
 pub mod sim;
+pub mod stats;
 pub mod swap;
 mod time;
+pub mod units;
 
 pub use client::{Action, ClientConfig, ClientError, ClientMachine, GpuDemand, ReleaseMode, State};
-pub use error::{Bytes, Error, ErrorKind};
+pub use error::{Error, ErrorKind};
 pub use id::{ClientId, GpuId, LeaseId, NodeId, RequestId};
 pub use pool::{Gpu, GpuPool, Health, Node};
 pub use request::{Affinity, Request};
 pub use scheduler::{Grant, Output, Policy, Scheduler, SchedulerConfig, UnknownPolicy, YieldReason};
 pub use swap::{AllocId, SwapPlan, SwapRegistry};
 pub use time::Instant;
+pub use units::Bytes;
