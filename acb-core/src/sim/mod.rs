@@ -23,7 +23,7 @@ use core::cmp::Reverse;
 use core::fmt;
 use core::time::Duration;
 
-pub use self::report::{Comparison, Human, Report, Span, SpanKind, Wait};
+pub use self::report::{Comparison, Report, Span, SpanKind, Wait};
 use crate::time::duration_nanos;
 use crate::{
     Action, ClientConfig, ClientId, ClientMachine, Error, GpuDemand, GpuId, GpuPool, Instant, LeaseId, Output, Policy,

@@ -1,12 +1,13 @@
-//! What a simulation reports, and the side-by-side table.
+//! What a simulation reports, and the side-by-side table (drawn by [`crate::stats`]).
 
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 use core::time::Duration;
 
+use crate::stats::{self, Busy, RunFigures, Table};
 use crate::time::duration_nanos;
-use crate::{Bytes, GpuId, Instant};
+use crate::{GpuId, Instant};
 
 /// What a GPU was doing for a job over an interval.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,49 +113,29 @@ impl Report {
 
     /// Work items per hour of makespan.
     pub fn items_per_hour(&self) -> f64 {
-        let secs = self.makespan.as_secs_f64();
-        if secs == 0.0 { 0.0 } else { self.items as f64 * 3600.0 / secs }
+        stats::per_hour(self.items, self.makespan)
     }
 
     /// Fraction of GPU time in which at least one job computed, over all GPUs and the whole
     /// makespan (0..=1). Under `gpu-sharing` two jobs computing at once count once.
     pub fn gpu_busy(&self) -> f64 {
-        let capacity = self.gpus as f64 * self.makespan.as_nanos() as f64;
-        let busy: u128 = (0..self.gpus).map(|g| self.busy_nanos(GpuId(g as u32))).sum();
-        if capacity == 0.0 { 0.0 } else { busy as f64 / capacity }
+        stats::busy_fraction(u32::try_from(self.gpus).unwrap_or(u32::MAX), self.makespan, self.computing())
     }
 
     /// Busy fraction of one GPU.
     pub fn gpu_busy_of(&self, gpu: GpuId) -> f64 {
-        let capacity = self.makespan.as_nanos() as f64;
-        if capacity == 0.0 { 0.0 } else { self.busy_nanos(gpu) as f64 / capacity }
+        // Its own times, as those of the only GPU of a pool of one.
+        let own = self.computing().filter(|b| b.gpu == gpu.0).map(|b| Busy { gpu: 0, ..b });
+        stats::busy_fraction(1, self.makespan, own)
     }
 
-    /// Nanoseconds in which `gpu` computed for anyone: the union of its compute spans.
-    fn busy_nanos(&self, gpu: GpuId) -> u128 {
-        let mut spans: Vec<(Instant, Instant)> = self
-            .spans
-            .iter()
-            .filter(|s| s.gpu == gpu && s.kind == SpanKind::Compute)
-            .map(|s| (s.start, s.end))
-            .collect();
-        spans.sort_unstable();
-        let mut busy = 0u128;
-        let mut current: Option<(Instant, Instant)> = None;
-        for (start, end) in spans {
-            current = match current {
-                Some((s, e)) if start <= e => Some((s, e.max(end))),
-                Some((s, e)) => {
-                    busy += (e - s).as_nanos();
-                    Some((start, end))
-                }
-                None => Some((start, end)),
-            };
-        }
-        if let Some((s, e)) = current {
-            busy += (e - s).as_nanos();
-        }
-        busy
+    /// The times each GPU computed, from the start of the simulation.
+    fn computing(&self) -> impl Iterator<Item = Busy> + '_ {
+        self.spans.iter().filter(|s| s.kind == SpanKind::Compute).map(|s| Busy {
+            gpu: s.gpu.0,
+            from: s.start - Instant::ZERO,
+            to: s.end - Instant::ZERO,
+        })
     }
 
     /// Mean wait for a grant.
@@ -163,6 +144,24 @@ impl Report {
             return Duration::ZERO;
         }
         Duration::from_nanos(u64::try_from(self.wait_total / u128::from(self.grants)).unwrap_or(u64::MAX))
+    }
+
+    /// The figures the comparison table shows.
+    pub fn figures(&self) -> RunFigures {
+        RunFigures {
+            label: self.label.clone(),
+            gpus: u32::try_from(self.gpus).unwrap_or(u32::MAX),
+            jobs: self.jobs,
+            items: self.items,
+            wall_time: self.makespan,
+            gpu_busy: self.gpu_busy(),
+            // Every grant ends one wait: the same number as the grants.
+            acquisitions: None,
+            mean_wait: self.mean_wait(),
+            max_wait: self.wait_max,
+            grants: self.grants,
+            bytes_swapped: u64::try_from(self.bytes_swapped).unwrap_or(u64::MAX),
+        }
     }
 }
 
@@ -173,71 +172,16 @@ pub struct Comparison {
     pub reports: Vec<Report>,
 }
 
-/// A duration for people: `1h 02m`, `3m 05s`, `4.2 s`, `12 ms`.
-#[derive(Clone, Copy, Debug)]
-pub struct Human(pub Duration);
-
-impl fmt::Display for Human {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.0.as_secs();
-        if s >= 3600 {
-            write!(f, "{}h {:02}m", s / 3600, (s % 3600) / 60)
-        } else if s >= 60 {
-            write!(f, "{}m {:02}s", s / 60, s % 60)
-        } else if s >= 1 {
-            write!(f, "{:.1} s", self.0.as_secs_f64())
-        } else {
-            write!(f, "{} ms", self.0.as_millis())
-        }
+impl Comparison {
+    /// The side-by-side table of the runs.
+    pub fn table(&self) -> Table {
+        let figures: Vec<RunFigures> = self.reports.iter().map(Report::figures).collect();
+        Table::compare(&figures)
     }
 }
 
 impl fmt::Display for Comparison {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Some(base) = self.reports.first() else {
-            return Ok(());
-        };
-        let mut rows: Vec<(&str, Vec<String>)> = Vec::new();
-        let col = |g: &dyn Fn(&Report) -> String| self.reports.iter().map(g).collect::<Vec<_>>();
-        rows.push(("", col(&|r| r.label.clone())));
-        rows.push(("GPUs / jobs", col(&|r| alloc::format!("{} / {}", r.gpus, r.jobs))));
-        rows.push(("work items done", col(&|r| alloc::format!("{}", r.items))));
-        rows.push(("makespan", col(&|r| alloc::format!("{}", Human(r.makespan)))));
-        rows.push(("items per hour", col(&|r| alloc::format!("{:.1}", r.items_per_hour()))));
-        rows.push((
-            "  vs first column",
-            col(&|r| {
-                let b = base.items_per_hour();
-                if b == 0.0 { String::from("-") } else { alloc::format!("{:.2}x", r.items_per_hour() / b) }
-            }),
-        ));
-        rows.push((
-            "items per GPU-hour",
-            col(&|r| {
-                if r.gpus == 0 {
-                    String::from("-")
-                } else {
-                    alloc::format!("{:.1}", r.items_per_hour() / r.gpus as f64)
-                }
-            }),
-        ));
-        rows.push(("GPU busy", col(&|r| alloc::format!("{:.1} %", r.gpu_busy() * 100.0))));
-        rows.push(("mean wait for GPU", col(&|r| alloc::format!("{}", Human(r.mean_wait())))));
-        rows.push(("max wait for GPU", col(&|r| alloc::format!("{}", Human(r.wait_max)))));
-        rows.push(("grants", col(&|r| alloc::format!("{}", r.grants))));
-        rows.push((
-            "bytes swapped",
-            col(&|r| alloc::format!("{}", Bytes(u64::try_from(r.bytes_swapped).unwrap_or(u64::MAX)))),
-        ));
-        let label_w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-        let col_w = rows.iter().flat_map(|r| r.1.iter().map(|c| c.len())).max().unwrap_or(0).max(10);
-        for (label, cells) in rows {
-            write!(f, "{label:<label_w$}")?;
-            for c in cells {
-                write!(f, "  {c:>col_w$}")?;
-            }
-            writeln!(f)?;
-        }
-        Ok(())
+        self.table().fmt(f)
     }
 }
