@@ -18,7 +18,6 @@ import atexit
 import contextlib
 import ctypes
 import os
-import re
 import threading
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Union
@@ -38,6 +37,7 @@ from ._error import (
     Timeout,
     check,
 )
+from ._units import UnitError, parse_size
 
 __all__ = [
     "AcbError",
@@ -54,6 +54,7 @@ __all__ = [
     "PermissionDenied",
     "Rejected",
     "Timeout",
+    "UnitError",
     "on_device",
     "on_device_begin",
     "on_device_end",
@@ -62,23 +63,6 @@ __all__ = [
 
 ABI_VERSION = _ffi.CONSTANTS["ACB_ABI_VERSION"]
 _lib = _ffi.lib
-
-_UNITS = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
-          "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
-
-
-def parse_size(size: Union[int, str]) -> int:
-    """Bytes from an int or a string like '20GiB', '512MiB', '40GB'."""
-    if isinstance(size, bool) or not isinstance(size, (int, str)):
-        raise TypeError(f"a size is an int of bytes or a string like '20GiB', not {type(size).__name__}")
-    if isinstance(size, int):
-        if size < 0:
-            raise ValueError("a size cannot be negative")
-        return size
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", size)
-    if not m or m.group(2) not in _UNITS:
-        raise ValueError(f"{size!r} is not a size (e.g. 20GiB, 512MiB, 40GB, 1024)")
-    return int(round(float(m.group(1)) * _UNITS[m.group(2)]))
 
 
 def _seconds_to_ms(timeout: Optional[float]) -> int:

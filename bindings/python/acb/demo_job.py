@@ -15,18 +15,14 @@ import time
 import acb
 import torch
 from acb import torch as acb_torch
+from acb._units import parse_duration_ns
 
 
-def _ms(text: str) -> float:
-    t = text.strip()
+def _seconds(text: str) -> float:
     try:
-        if t.endswith("ms"):
-            return float(t[:-2]) / 1000
-        if t.endswith("s"):
-            return float(t[:-1])
-        return float(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 400ms)") from None
+        return parse_duration_ns(text) / 1e9
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def say(line: str) -> None:
@@ -62,8 +58,8 @@ class Job:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m acb.demo_job", description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, required=True)
-    p.add_argument("--cpu", type=_ms, required=True)
-    p.add_argument("--gpu", type=_ms, required=True)
+    p.add_argument("--cpu", type=_seconds, required=True)
+    p.add_argument("--gpu", type=_seconds, required=True)
     p.add_argument("--memory", type=int, default=0)
     p.add_argument("--static", action="store_true", help="hold one GPU for the job's whole life")
     args = p.parse_args(argv)

@@ -37,6 +37,8 @@ def test_bad_python_arguments_raise_before_reaching_c():
         c.on_device_begin(gpus=0)
     with pytest.raises(ValueError):
         c.on_device_begin(memory="lots")
+    with pytest.raises(acb.UnitError, match="unknown unit"):
+        c.on_device_begin(memory="512 mb")
     with pytest.raises(ValueError):
         c.on_device_begin(memory=0)
     with pytest.raises(ValueError):
@@ -50,6 +52,7 @@ def test_bad_python_arguments_raise_before_reaching_c():
     with pytest.raises(acb.InvalidRequest, match="unix:/path"):
         acb.Client(assigner="nonsense")
     assert acb.parse_size("1.5GiB") == 3 << 29 and acb.parse_size(1024) == 1024
+    assert acb.parse_size("512M") == 512 << 20  # the grammar of acb-core's units (test_units.py)
 
 
 def test_an_unreachable_assigner_is_reported_after_bounded_retries():
