@@ -294,7 +294,7 @@ pub fn main() -> ExitCode {
 async fn connect(conn: &Conn) -> Result<client::Rpc, String> {
     let addr = match &conn.assigner {
         Some(a) => a.clone(),
-        None => Address::from_env()?,
+        None => Address::from_env().map_err(|e| e.to_string())?,
     };
     let token = conn.auth_token_file.as_deref().map(config::read_token).transpose()?;
     client::connect(&addr, token.as_deref(), Duration::from_secs(5)).await

@@ -1,7 +1,6 @@
 //! What users type: addresses, GPU inventories, sizes, durations, and the TOML settings file.
 //! Every parser returns a one-line message saying what is wrong and what is expected.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -10,67 +9,7 @@ use std::time::Duration;
 use acb_core::Policy;
 use serde::Deserialize;
 
-/// Where the assigner listens, or where a client finds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Address {
-    /// A Unix socket (`unix:/path/to.sock`).
-    Unix(PathBuf),
-    /// TCP (`tcp:127.0.0.1:7878`).
-    Tcp(SocketAddr),
-}
-
-impl Address {
-    /// The default: a Unix socket at `$XDG_RUNTIME_DIR/acb/assigner.sock`, or
-    /// `/tmp/acb/assigner.sock` where `XDG_RUNTIME_DIR` is unset.
-    pub fn default_socket() -> Address {
-        let dir = std::env::var_os("XDG_RUNTIME_DIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
-        Address::Unix(dir.join("acb").join("assigner.sock"))
-    }
-
-    /// Where clients look: `ACB_ASSIGNER` if set, else [`Address::default_socket`].
-    pub fn from_env() -> Result<Address, String> {
-        match std::env::var("ACB_ASSIGNER") {
-            Ok(s) if !s.is_empty() => s.parse().map_err(|e| format!("ACB_ASSIGNER: {e}")),
-            _ => Ok(Address::default_socket()),
-        }
-    }
-
-    /// Whether a TCP address is on the loopback interface (Unix sockets count as local).
-    pub fn is_local(&self) -> bool {
-        match self {
-            Address::Unix(_) => true,
-            Address::Tcp(a) => a.ip().is_loopback(),
-        }
-    }
-}
-
-impl FromStr for Address {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Some(path) = s.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err(format!("{s:?}: a unix address needs a path, e.g. unix:/run/acb/assigner.sock"));
-            }
-            return Ok(Address::Unix(PathBuf::from(path)));
-        }
-        if let Some(addr) = s.strip_prefix("tcp:") {
-            return addr
-                .parse::<SocketAddr>()
-                .map(Address::Tcp)
-                .map_err(|_| format!("{s:?}: a tcp address is tcp:IP:PORT, e.g. tcp:127.0.0.1:7878"));
-        }
-        Err(format!("{s:?}: expected unix:/path/to.sock or tcp:IP:PORT"))
-    }
-}
-
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Address::Unix(p) => write!(f, "unix:{}", p.display()),
-            Address::Tcp(a) => write!(f, "tcp:{a}"),
-        }
-    }
-}
+pub use acb_proto::Address;
 
 /// Which GPUs the assigner owns.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,43 +51,15 @@ impl FromStr for GpuSpec {
     }
 }
 
-/// Parses a size: `80GiB`, `40GB`, `512MiB`, `1024` (bytes), `1.5GiB`.
+/// Parses a size: `80GiB`, `512M`, `40GB`, `1024` (bytes), `1.5GiB`; the grammar is
+/// [`acb_core::units`]'s.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" => 1 << 10,
-        "MiB" | "M" => 1 << 20,
-        "GiB" | "G" => 1 << 30,
-        "TiB" | "T" => 1 << 40,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
-        other => return Err(format!("{s:?}: unknown unit {other:?}; use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB")),
-    };
-    let value: f64 = num.parse().map_err(|_| format!("{s:?}: not a size (e.g. 80GiB, 512MiB, 1024)"))?;
-    let bytes = value * mult as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(format!("{s:?}: out of range"));
-    }
-    Ok(bytes.round() as u64)
+    acb_core::units::parse_size(s).map_err(|e| e.to_string())
 }
 
-/// Parses a duration: `500ms`, `30s`, `5m`, `1h`.
+/// Parses a duration: `500ms`, `30s`, `1.5m`, `1h`; the grammar is [`acb_core::units`]'s.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?}: not a duration (e.g. 500ms, 30s, 5m)"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" | "" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        other => return Err(format!("{s:?}: unknown unit {other:?}; use ms, s, m or h")),
-    };
-    Ok(d)
+    acb_core::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Log output format.
@@ -252,17 +163,6 @@ pub fn host_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn addresses_parse_and_bad_ones_say_the_syntax() {
-        assert_eq!("unix:/a/b.sock".parse(), Ok(Address::Unix("/a/b.sock".into())));
-        assert_eq!("tcp:127.0.0.1:7878".parse(), Ok(Address::Tcp("127.0.0.1:7878".parse().unwrap())));
-        assert!("tcp:localhost".parse::<Address>().unwrap_err().contains("tcp:IP:PORT"));
-        assert!("/a/b".parse::<Address>().unwrap_err().contains("unix:/path"));
-        assert!("unix:".parse::<Address>().is_err());
-        assert!(!"tcp:10.0.0.1:1".parse::<Address>().unwrap().is_local());
-        assert!("tcp:[::1]:1".parse::<Address>().unwrap().is_local());
-    }
 
     #[test]
     fn gpu_specs_parse() {

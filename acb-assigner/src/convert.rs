@@ -17,23 +17,30 @@ fn us(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// The gRPC status for a domain error.
+/// The gRPC status for a domain error, with its machine-readable reason
+/// (`acb_proto::reason`): clients match the reason, never the text.
 pub fn to_status(e: DomainError) -> Status {
-    let code = match &e {
+    use acb_proto::ErrorReason as R;
+    let (code, reason) = match &e {
         DomainError::Core(core) => match core.kind() {
-            ErrorKind::InvalidArgument => Code::InvalidArgument,
-            ErrorKind::NotFound => Code::NotFound,
-            ErrorKind::PermissionDenied => Code::PermissionDenied,
-            ErrorKind::FailedPrecondition => Code::FailedPrecondition,
-            ErrorKind::AlreadyExists => Code::AlreadyExists,
-            ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+            ErrorKind::InvalidArgument => (Code::InvalidArgument, R::InvalidArgument),
+            ErrorKind::NotFound => (Code::NotFound, R::NotFound),
+            ErrorKind::PermissionDenied => (Code::PermissionDenied, R::PermissionDenied),
+            ErrorKind::FailedPrecondition => (Code::FailedPrecondition, R::FailedPrecondition),
+            ErrorKind::AlreadyExists => (Code::AlreadyExists, R::AlreadyExists),
+            ErrorKind::ResourceExhausted => (Code::ResourceExhausted, R::ResourceExhausted),
         },
-        DomainError::UnknownToken => Code::PermissionDenied,
-        DomainError::SessionEnded => Code::Aborted,
-        DomainError::ShuttingDown => Code::Unavailable,
-        DomainError::Invalid(_) => Code::InvalidArgument,
+        DomainError::UnknownToken => (Code::PermissionDenied, R::UnknownToken),
+        DomainError::SessionEnded => (Code::Aborted, R::SessionEnded),
+        DomainError::ShuttingDown => (Code::Unavailable, R::ShuttingDown),
+        DomainError::Invalid(_) => (Code::InvalidArgument, R::InvalidArgument),
     };
-    Status::new(code, e.to_string())
+    acb_proto::status_with_reason(code, e.to_string(), reason)
+}
+
+/// A malformed request, caught at the edge before the domain.
+pub fn invalid(message: impl Into<String>) -> Status {
+    acb_proto::status_with_reason(Code::InvalidArgument, message, acb_proto::ErrorReason::InvalidArgument)
 }
 
 /// A wire yield reason.

@@ -20,10 +20,6 @@ use crate::metrics::Metrics;
 /// How many events the record keeps (the oldest go first).
 const HISTORY: usize = 200_000;
 
-/// The message of [`DomainError::UnknownToken`]: a client that sees it after an assigner
-/// restart knows its session is gone and opens a new one.
-pub const UNKNOWN_TOKEN: &str = "client token not recognised (open a session, or send none)";
-
 /// What went wrong, before it becomes a wire status.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DomainError {
@@ -43,7 +39,7 @@ impl std::fmt::Display for DomainError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DomainError::Core(e) => write!(f, "{e}"),
-            DomainError::UnknownToken => f.write_str(UNKNOWN_TOKEN),
+            DomainError::UnknownToken => f.write_str("client token not recognised (open a session, or send none)"),
             DomainError::SessionEnded => f.write_str("the client's session ended"),
             DomainError::ShuttingDown => f.write_str("the assigner is shutting down"),
             DomainError::Invalid(why) => f.write_str(why),

@@ -1,5 +1,5 @@
 //! The acb GPU assigner: the daemon that owns a node's GPUs and grants them to jobs through
-//! [`acb_core::Scheduler`], over gRPC (`proto/acb/v1/assigner.proto`).
+//! [`acb_core::Scheduler`], over gRPC (`acb-proto`'s `acb.v1`).
 //!
 //! Layers (linkerd2-style): [`service`] validates and converts, [`driver`] is the one place
 //! that drives the core, [`server`] owns listeners, auth and shutdown, [`client`] is the async
@@ -15,8 +15,10 @@ pub mod discovery;
 pub mod driver;
 pub mod events;
 pub mod metrics;
-pub mod proto;
 pub mod server;
 pub mod service;
 pub mod timeline;
 pub mod trace;
+
+/// The wire contract (`acb-proto`'s `acb.v1`).
+pub use acb_proto::v1 as proto;

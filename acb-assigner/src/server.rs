@@ -48,7 +48,11 @@ impl Interceptor for Auth {
         if constant_time_eq(given, expected.as_bytes()) {
             Ok(request)
         } else {
-            Err(Status::unauthenticated("missing or wrong auth token (send `authorization: Bearer TOKEN`)"))
+            Err(acb_proto::status_with_reason(
+                tonic::Code::Unauthenticated,
+                "missing or wrong auth token (send `authorization: Bearer TOKEN`)",
+                acb_proto::ErrorReason::Unauthenticated,
+            ))
         }
     }
 }

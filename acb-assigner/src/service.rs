@@ -34,10 +34,10 @@ impl AssignerService {
 
 fn check_job(job: &str) -> Result<(), Status> {
     if job.len() > MAX_JOB {
-        return Err(Status::invalid_argument(format!("job name longer than {MAX_JOB} bytes")));
+        return Err(crate::convert::invalid(format!("job name longer than {MAX_JOB} bytes")));
     }
     if job.chars().any(char::is_control) {
-        return Err(Status::invalid_argument("job name contains control characters"));
+        return Err(crate::convert::invalid("job name contains control characters"));
     }
     Ok(())
 }
@@ -82,9 +82,9 @@ impl proto::assigner_server::Assigner for AssignerService {
         request: Request<Streaming<proto::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let mut inbound = request.into_inner();
-        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("a session starts with Hello"))?;
+        let first = inbound.message().await?.ok_or_else(|| crate::convert::invalid("a session starts with Hello"))?;
         let Some(Msg::Hello(hello)) = first.msg else {
-            return Err(Status::invalid_argument("the first message of a session must be Hello"));
+            return Err(crate::convert::invalid("the first message of a session must be Hello"));
         };
         check_job(&hello.job)?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -136,7 +136,7 @@ impl proto::assigner_server::Assigner for AssignerService {
         let r = request.into_inner();
         check_job(&r.job)?;
         if r.required_gpus.len() > MAX_AFFINITY || r.preferred_gpus.len() > MAX_AFFINITY {
-            return Err(Status::invalid_argument(format!("at most {MAX_AFFINITY} GPU ids in an affinity list")));
+            return Err(crate::convert::invalid(format!("at most {MAX_AFFINITY} GPU ids in an affinity list")));
         }
         if r.client_token.len() > 128 {
             return Err(to_status(DomainError::UnknownToken));

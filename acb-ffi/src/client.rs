@@ -293,7 +293,7 @@ impl Driver {
                 // The session ended (the assigner restarted): the disconnect path handles it.
                 tonic::Code::Aborted | tonic::Code::Unavailable | tonic::Code::Cancelled => {}
                 // A restarted assigner does not know this session's token: open a new one.
-                tonic::Code::PermissionDenied if status.message() == acb_assigner::driver::UNKNOWN_TOKEN => {
+                _ if acb_proto::reason_of(&status) == Some(acb_proto::ErrorReason::UnknownToken) => {
                     self.lose_session();
                 }
                 code => {

@@ -52,7 +52,7 @@ impl acb_config {
     /// the default, or `cuda`), `ACB_EAGER_RELEASE` (`1` for eager release; lazy by default),
     /// `ACB_PIN_GPUS` (`1`: every phase on the GPUs of the first).
     pub(crate) fn from_env() -> Result<acb_config, String> {
-        let assigner = Address::from_env()?;
+        let assigner = Address::from_env().map_err(|e| e.to_string())?;
         let job = match std::env::var("ACB_JOB_ID") {
             Ok(j) if !j.is_empty() => j,
             _ => generated_job_id(),
@@ -143,7 +143,7 @@ pub extern "C" fn acb_config_set_assigner(config: *mut acb_config, addr: *const 
         let s = match str_arg(addr, len, "addr") { Ok(s) => s, Err(st) => return st };
         match s.parse::<Address>() {
             Ok(a) => { cfg.assigner = a; acb_status::Ok }
-            Err(e) => fail(acb_status::InvalidArgument, e),
+            Err(e) => fail(acb_status::InvalidArgument, e.to_string()),
         }
     }
 }

@@ -1,0 +1,111 @@
+//! Where an assigner listens, or where a client finds it: `unix:/path/to.sock` or
+//! `tcp:IP:PORT`. One syntax for the daemon's `--listen`, `ACB_ASSIGNER`, agarun and libacb.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// An assigner's address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Address {
+    /// A Unix socket (`unix:/path/to.sock`).
+    Unix(PathBuf),
+    /// TCP (`tcp:127.0.0.1:7878`).
+    Tcp(SocketAddr),
+}
+
+/// A malformed address; the message says the syntax expected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    /// `unix:` with no path.
+    #[error("{0:?}: a unix address needs a path, e.g. unix:/run/acb/assigner.sock")]
+    EmptyPath(String),
+    /// `tcp:` with something that is not `IP:PORT`.
+    #[error("{0:?}: a tcp address is tcp:IP:PORT, e.g. tcp:127.0.0.1:7878")]
+    BadTcp(String),
+    /// Neither scheme.
+    #[error("{0:?}: expected unix:/path/to.sock or tcp:IP:PORT")]
+    UnknownScheme(String),
+    /// A malformed address in an environment variable.
+    #[error("{var}: {source}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong with its value.
+        source: Box<AddressError>,
+    },
+}
+
+impl Address {
+    /// The default: a Unix socket at `$XDG_RUNTIME_DIR/acb/assigner.sock`, or
+    /// `/tmp/acb/assigner.sock` where `XDG_RUNTIME_DIR` is unset.
+    pub fn default_socket() -> Address {
+        let dir = std::env::var_os("XDG_RUNTIME_DIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+        Address::Unix(dir.join("acb").join("assigner.sock"))
+    }
+
+    /// Where clients look: `ACB_ASSIGNER` if set, else [`Address::default_socket`].
+    pub fn from_env() -> Result<Address, AddressError> {
+        match std::env::var("ACB_ASSIGNER") {
+            Ok(s) if !s.is_empty() => {
+                s.parse().map_err(|e| AddressError::Env { var: "ACB_ASSIGNER", source: Box::new(e) })
+            }
+            _ => Ok(Address::default_socket()),
+        }
+    }
+
+    /// Whether a TCP address is on the loopback interface (Unix sockets count as local).
+    pub fn is_local(&self) -> bool {
+        match self {
+            Address::Unix(_) => true,
+            Address::Tcp(a) => a.ip().is_loopback(),
+        }
+    }
+}
+
+impl FromStr for Address {
+    type Err = AddressError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(AddressError::EmptyPath(s.to_owned()));
+            }
+            return Ok(Address::Unix(PathBuf::from(path)));
+        }
+        if let Some(addr) = s.strip_prefix("tcp:") {
+            return addr.parse::<SocketAddr>().map(Address::Tcp).map_err(|_| AddressError::BadTcp(s.to_owned()));
+        }
+        Err(AddressError::UnknownScheme(s.to_owned()))
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Unix(p) => write!(f, "unix:{}", p.display()),
+            Address::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_print_back_and_bad_ones_say_the_syntax() {
+        for s in ["unix:/a/b.sock", "tcp:127.0.0.1:7878", "tcp:[::1]:9"] {
+            assert_eq!(s.parse::<Address>().unwrap().to_string(), s);
+        }
+        assert_eq!("unix:".parse::<Address>(), Err(AddressError::EmptyPath("unix:".into())));
+        let e = "tcp:localhost".parse::<Address>().unwrap_err().to_string();
+        assert!(e.contains("tcp:IP:PORT"), "{e}");
+        let e = "/a/b.sock".parse::<Address>().unwrap_err().to_string();
+        assert!(e.contains("expected unix:/path/to.sock or tcp:IP:PORT"), "{e}");
+        assert!(Address::Unix("/x".into()).is_local());
+        assert!("tcp:[::1]:1".parse::<Address>().unwrap().is_local());
+        assert!(!"tcp:10.0.0.1:1".parse::<Address>().unwrap().is_local());
+    }
+}

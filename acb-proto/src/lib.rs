@@ -1,0 +1,25 @@
+//! The acb wire contract, shared by the assigner, the Rust client, libacb and the router:
+//! - [`v1`]: the `acb.v1` gRPC protocol (`proto/acb/v1/assigner.proto`). Its Rust code is
+//!   generated once and committed (`src/gen/`); `tests/generated.rs` checks it against the
+//!   .proto, so no build runs protoc. `ACB_REGENERATE=1 cargo test -p acb-proto --test
+//!   generated` rewrites it after a change of the .proto.
+//! - [`Address`]: where an assigner listens (`unix:/path`, `tcp:IP:PORT`).
+//! - [`reason`]: machine-readable error reasons (`google.rpc.ErrorInfo` in the status details),
+//!   so that clients never match message text.
+//!
+//! Depends on prost and tonic only: never on the daemon, the core or the client.
+
+pub mod address;
+pub mod reason;
+
+pub use address::{Address, AddressError};
+pub use reason::{ErrorReason, reason_of, status_with_reason};
+
+/// The generated types and services of `acb.v1`.
+#[allow(missing_docs, unreachable_pub, missing_debug_implementations, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    include!("gen/acb.v1.rs");
+
+    /// The encoded file descriptor set of `acb.v1`, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("gen/acb_v1_descriptor.bin");
+}
