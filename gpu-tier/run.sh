@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU tier, on a machine with an NVIDIA GPU, its driver and PyTorch with CUDA. It needs the
 # release build of this tree (target/release/acb-assigner and libacb.so, and, for the Rust GPU
-# test, the acb-ffi test binary from `cargo test --release -p acb-ffi --lib --no-run`), built
+# test, the acb-client test binary from `cargo test --release -p acb-client --lib --no-run`), built
 # elsewhere if this machine has no Rust. It runs every check, even after one fails, prints
 # every figure, and exits 1 if any check failed. Timelines go to $ACB_GPU_TIER_OUT (default
 # gpu-tier-out/). ACB_GPU_TIER_GPUS=fake:1x80GiB makes a dry run of the script on a machine without one.
@@ -35,15 +35,15 @@ check() {  # check NAME COMMAND...: runs one check, remembers a failure, goes on
   "$@" || failed+=("$name (exit $?)")
 }
 
-# The acb-ffi unit-test binary that has the CUDA test (others, from older builds, may lie there).
+# The acb-client unit-test binary that has the CUDA test (others, from older builds, may lie there).
 test_bin=""
-for b in $(ls -t target/release/deps/acb-* 2>/dev/null); do
+for b in $(ls -t target/release/deps/acb_client-* 2>/dev/null); do
   if [ -x "$b" ] && [ -f "$b" ] && "$b" --list 2>/dev/null | grep -q gpu_memory_swaps_out_and_back_exact; then test_bin=$b; break; fi
 done
 if [ -n "$test_bin" ]; then
   check "libacb's CUDA backend: swaps byte-exact (Rust test $test_bin)" "$test_bin" memory::cuda --nocapture
 else
-  echo "== (no acb-ffi test binary with the CUDA test was carried: cargo test --release -p acb-ffi --lib --no-run)"
+  echo "== (no acb-client test binary with the CUDA test was carried: cargo test --release -p acb-client --lib --no-run)"
 fi
 check "swap bandwidth beside a plain pinned copy" "$python" gpu-tier/swap_bandwidth.py
 check "auto mode's overhead on a GPU-bound loop" "$python" gpu-tier/overhead.py

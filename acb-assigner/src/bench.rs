@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::client::{self, Session};
 use crate::config::{Address, ServeConfig};
 use crate::proto;
+use acb_client::connection::{self, Session};
 
 /// What one measurement gave.
 #[derive(Clone, Debug, Default)]
@@ -53,7 +53,7 @@ async fn echo_run(addr: &Address, clients: usize, time: Duration) -> Result<Samp
     for _ in 0..clients {
         let channel = match addr {
             Address::Unix(p) => {
-                client::unix_channel(p.clone(), Duration::from_secs(5)).await.map_err(|e| e.to_string())?
+                connection::unix_channel(p.clone(), Duration::from_secs(5)).await.map_err(|e| e.to_string())?
             }
             Address::Tcp(_) => return Err("bench runs over a Unix socket".into()),
         };
@@ -77,7 +77,7 @@ async fn broker_run(addr: &Address, clients: usize, time: Duration) -> Result<Sa
     let mut tasks = Vec::new();
     let start = Instant::now();
     for i in 0..clients {
-        let rpc = client::connect(addr, None, Duration::from_secs(5)).await?;
+        let rpc = connection::connect(addr, None, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
         let mut session = Session::open(rpc, &format!("bench-{i}")).await.map_err(|e| e.message().to_string())?;
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -126,7 +126,7 @@ pub async fn run(client_counts: &[usize], time: Duration, rounds: usize) -> Resu
     }));
     let addr = Address::Unix(socket.clone());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while client::connect(&addr, None, Duration::from_millis(200)).await.is_err() {
+    while connection::connect(&addr, None, Duration::from_millis(200)).await.is_err() {
         if Instant::now() > deadline {
             return Err("the benchmark's assigner did not start".into());
         }

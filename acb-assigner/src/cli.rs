@@ -7,10 +7,10 @@ use std::time::Duration;
 use acb_core::{Bytes, Policy};
 use clap::{Args, Parser, Subcommand};
 
-use crate::client;
 use crate::config::{self, Address, FileConfig, GpuSpec, LogFormat, ServeConfig};
 use crate::convert::event_from_proto;
 use crate::proto;
+use acb_client::connection;
 
 /// The acb GPU assigner: owns a node's GPUs and grants them to jobs by policy.
 #[derive(Debug, Parser)]
@@ -249,7 +249,11 @@ fn resolve(args: ServeArgs) -> Result<ServeConfig, String> {
         (None, Some(s)) => Some(s.parse().map_err(|_| format!("config metrics: {s:?} is not IP:PORT"))?),
         (None, None) => None,
     };
-    let auth_token = args.auth_token_file.or(file.auth_token_file).map(|p| config::read_token(&p)).transpose()?;
+    let auth_token = args
+        .auth_token_file
+        .or(file.auth_token_file)
+        .map(|p| acb_client::read_token(&p).map_err(|e| format!("--auth-token-file: {e}")))
+        .transpose()?;
     Ok(ServeConfig {
         listen,
         gpus,
@@ -291,13 +295,17 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn connect(conn: &Conn) -> Result<client::Rpc, String> {
+async fn connect(conn: &Conn) -> Result<connection::Rpc, String> {
     let addr = match &conn.assigner {
         Some(a) => a.clone(),
         None => Address::from_env().map_err(|e| e.to_string())?,
     };
-    let token = conn.auth_token_file.as_deref().map(config::read_token).transpose()?;
-    client::connect(&addr, token.as_deref(), Duration::from_secs(5)).await
+    let token = conn
+        .auth_token_file
+        .as_deref()
+        .map(|p| acb_client::read_token(p).map_err(|e| format!("--auth-token-file: {e}")))
+        .transpose()?;
+    connection::connect(&addr, token.as_deref(), Duration::from_secs(5)).await.map_err(|e| e.to_string())
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
@@ -318,7 +326,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let mut rpc = connect(&conn).await?;
             let s = rpc.status(proto::StatusRequest {}).await.map_err(|e| e.message().to_string())?.into_inner();
             if json {
-                println!("{}", status_json(&s));
+                println!("{}", acb_client::status_json(&s));
             } else {
                 print!("{}", status_table(&s));
             }
@@ -376,7 +384,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Cmd::Alloc { conn, gpus, memory, priority, job, hold } => {
             let rpc = connect(&conn).await?;
-            let mut session = client::Session::open(rpc, &job).await.map_err(|e| e.message().to_string())?;
+            let mut session = connection::Session::open(rpc, &job).await.map_err(|e| e.message().to_string())?;
             let req = proto::AllocateRequest { gpus, memory_per_gpu: memory, priority, ..Default::default() };
             let grant = session.allocate(req).await.map_err(|e| e.message().to_string())?;
             let ids: Vec<String> = grant.gpus.iter().map(|g| format!("{}:{}", g.node, g.index)).collect();
@@ -590,50 +598,6 @@ async fn session_ended(events: &mut tonic::Streaming<proto::SessionEvent>, lease
             Err(e) => return SessionEnd::Gone(e.message().to_string()),
         }
     }
-}
-
-/// The status as JSON (what `status --json` prints; libacb's `acb_client_status_json` too).
-pub fn status_json(s: &proto::StatusResponse) -> String {
-    let gpus: Vec<serde_json::Value> = s
-        .gpus
-        .iter()
-        .map(|g| {
-            serde_json::json!({
-                "id": g.id, "node": g.node, "index": g.index, "uuid": g.uuid, "name": g.name,
-                "memory": g.memory, "healthy": g.healthy, "simulated": g.fake, "granted": g.granted,
-                "reserved": g.reserved,
-                "holders": g.holders.iter().map(|h| serde_json::json!({
-                    "client": h.client_id, "job": h.job, "lease": h.lease_id, "idle": h.idle,
-                    "held_ms": h.held_ms, "memory": h.memory,
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    let queue: Vec<serde_json::Value> = s
-        .queue
-        .iter()
-        .map(|q| {
-            serde_json::json!({
-                "request": q.request_id, "client": q.client_id, "job": q.job, "gpus": q.gpus,
-                "memory_per_gpu": q.memory_per_gpu, "priority": q.priority, "waiting_ms": q.waiting_ms,
-            })
-        })
-        .collect();
-    let clients: Vec<serde_json::Value> = s
-        .clients
-        .iter()
-        .map(|c| {
-            serde_json::json!({
-                "client": c.client_id, "job": c.job, "pid": c.pid, "leases": c.leases, "queued": c.queued,
-                "swap_bytes_in": c.swap_bytes_in, "swap_bytes_out": c.swap_bytes_out, "one_off": c.one_off,
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "version": s.version, "scheduler": s.scheduler, "uptime_ms": s.uptime_ms,
-        "gpus": gpus, "queue": queue, "clients": clients,
-    })
-    .to_string()
 }
 
 fn status_table(s: &proto::StatusResponse) -> String {

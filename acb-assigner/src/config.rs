@@ -141,16 +141,6 @@ impl ServeConfig {
     }
 }
 
-/// Reads the auth token file: its first line, trimmed, at least 16 characters.
-pub fn read_token(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("--auth-token-file {}: {e}", path.display()))?;
-    let token = text.lines().next().unwrap_or("").trim().to_string();
-    if token.len() < 16 {
-        return Err(format!("--auth-token-file {}: the token must be at least 16 characters", path.display()));
-    }
-    Ok(token)
-}
-
 /// This machine's host name, for the node's name.
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -2,12 +2,11 @@
 //! [`acb_core::Scheduler`], over gRPC (`acb-proto`'s `acb.v1`).
 //!
 //! Layers (linkerd2-style): [`service`] validates and converts, [`driver`] is the one place
-//! that drives the core, [`server`] owns listeners, auth and shutdown, [`client`] is the async
-//! client libacb uses, [`cli`] is the command line.
+//! that drives the core, [`server`] owns listeners, auth and shutdown, [`cli`] is the command
+//! line (its client subcommands connect through `acb-client`).
 
 pub mod bench;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod convert;
 pub mod demo;

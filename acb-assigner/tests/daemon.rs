@@ -7,9 +7,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use acb_assigner::client::{self, Session};
 use acb_assigner::config::Address;
 use acb_assigner::proto;
+use acb_client::connection::{self as client, Session};
 use common::{BIN, Daemon, TempDir, wait_exit};
 use tonic::Code;
 

@@ -8,9 +8,9 @@ use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
-use acb_assigner::client::{self, Session};
 use acb_assigner::config::Address;
 use acb_assigner::proto;
+use acb_client::connection::{self as client, Session};
 use common::Daemon;
 
 const T: Duration = Duration::from_secs(20);
@@ -140,7 +140,7 @@ fn python_grpcio_with_generated_stubs_allocates_and_releases() {
     let out = Command::new("python3")
         .arg(root.join("../tests/python/grpc_client.py"))
         .arg(&d.socket)
-        .arg(root.join("proto"))
+        .arg(root.join("../acb-proto/proto"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -1,603 +1,19 @@
-//! `acb_client` and the white paper's manual mode: `acb_on_device_begin` / `acb_on_device_end`.
-//!
-//! Inside, a background tokio runtime runs one task, the client driver: it owns
-//! [`acb_core::ClientMachine`] and the session with the assigner, takes commands from the
-//! C-facing functions over a channel, and performs the machine's actions (requests, releases,
-//! phase reports). The C threads only send commands and wait for replies: no lock is held
-//! across a blocking wait, and no Rust or tokio type crosses the ABI.
+//! `acb_client` and the white paper's manual mode: `acb_on_device_begin` / `acb_on_device_end`,
+//! as C handles over [`::acb_client::Client`]. No Rust or tokio type crosses the ABI.
 
-use std::collections::VecDeque;
-use std::sync::mpsc as std_mpsc;
-use std::time::Duration;
-
-use acb_assigner::client::{self, Session};
-use acb_assigner::proto;
-use acb_core::{
-    Action, ClientConfig, ClientError, ClientMachine, GpuDemand, GpuId, Instant as CoreInstant, LeaseId, State,
-};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-
-use crate::config::MemoryBackend;
 use crate::config::acb_config;
-use crate::error::fail;
-use crate::lease::{Device, acb_lease};
-use crate::memory::cuda::CudaBackend;
-use crate::memory::host::HostBackend;
-use crate::memory::{Backend, Memory};
+use crate::error::{copy_out, fail_with};
+use crate::lease::acb_lease;
 use crate::panic::{check_out, ffi_panic_boundary, try_ref};
-use crate::profile::{Mark, Profile};
 use crate::request::acb_request;
 use crate::status::acb_status;
-
-type Failure = (acb_status, String);
-
-enum Cmd {
-    Begin {
-        demand: GpuDemand,
-        reply: std_mpsc::Sender<Result<acb_lease, Failure>>,
-    },
-    Cancel,
-    /// An end with a yield pending: apply it now (see [`Kept`]).
-    Wake,
-    Close {
-        reply: std_mpsc::Sender<()>,
-    },
-}
-
-/// Results of spawned RPCs, tagged with the generations they belong to: a result from a
-/// withdrawn request or from a session that has since ended must not be taken for a current one.
-enum Internal {
-    Granted { alloc: u64, session: u64, grant: proto::AllocateResponse },
-    AllocFailed { alloc: u64, status: tonic::Status },
-    ReleaseDone { session: u64, lease: u64 },
-}
-
-/// Lets GPU phases on a kept GPU start and end on the caller's thread, without waking the
-/// client thread: a wake-up costs tens of µs on a small or virtual machine, more than the rest
-/// of a phase boundary. Protocol, all under the one mutex:
-/// - the driver publishes `lease` only between events, while the machine is IdleHeld and not
-///   asked to yield;
-/// - `acb_on_device_begin` takes a published lease that fits and records its demand in
-///   `claimed`; `acb_on_device_end` sets `end_pending`; neither wakes the driver, except an end
-///   while a yield is pending (`yield_pending`, mirrored by the driver), so that the GPU goes
-///   back at once;
-/// - before handling any event the driver applies a claim (the phase begins) and then an end,
-///   and withdraws the publication: nothing can move the machine between a caller's claim and
-///   the driver seeing it. While it holds a lease the driver ticks every [`TICK`], so claims and
-///   ends reach the machine (and the assigner hears busy or idle) within that time.
-#[derive(Default)]
-struct Kept {
-    lease: Option<(GpuDemand, acb_lease)>,
-    claimed: Option<GpuDemand>,
-    end_pending: bool,
-    yield_pending: bool,
-}
-
-type SharedKept = std::sync::Arc<std::sync::Mutex<Kept>>;
-
-fn lock(k: &SharedKept) -> std::sync::MutexGuard<'_, Kept> {
-    k.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// How often the driver looks for claims and ends while it holds a lease.
-const TICK: Duration = Duration::from_millis(2);
-/// How many grants `Driver::seen_grants` remembers (a grant's second copy comes within moments).
-const SEEN_GRANTS: usize = 16;
 
 /// A client of the assigner: one job (or one rank of a job). Any thread may call its
 /// functions; GPU phases are one at a time per client. Free it with `acb_client_free`, after
 /// every other call on it has returned.
 #[allow(non_camel_case_types)]
-pub struct acb_client {
-    tx: mpsc::UnboundedSender<Cmd>,
-    runtime: Option<tokio::runtime::Runtime>,
-    config: acb_config,
-    kept: SharedKept,
-    /// Where the caller's GPU phase is (IDLE, BEGINNING, ACTIVE). `acb_on_device_end` checks it here
-    /// and posts the end without waiting for the client thread: one thread round trip less per
-    /// phase. Commands are handled in order, so a begin after it still sees the end first.
-    pub(crate) phase: std::sync::atomic::AtomicU8,
-    /// Phase boundaries are recorded here when `ACB_PROFILE` is set (`agarun --profile`).
-    profile: Option<Profile>,
-    /// The job's swappable device memory (shared with the client thread, which swaps it).
-    pub(crate) memory: SharedMemory,
-}
-
-pub(crate) type SharedMemory = std::sync::Arc<std::sync::Mutex<Memory>>;
-
-pub(crate) fn lock_memory(m: &SharedMemory) -> std::sync::MutexGuard<'_, Memory> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl acb_client {
-    fn mark(&self, mark: Mark) {
-        if let Some(p) = &self.profile {
-            p.mark(mark);
-        }
-    }
-
-    /// A granted lease goes out to the caller: the phase is active.
-    fn hand_out(&self, lease: acb_lease, lease_out: *mut *mut acb_lease) -> acb_status {
-        self.mark(Mark::Got { gpus: lease.devices.len(), memory: lease.memory_per_gpu });
-        self.phase.store(ACTIVE, std::sync::atomic::Ordering::Release);
-        // SAFETY: the caller checked `lease_out` non-NULL.
-        unsafe { *lease_out = Box::into_raw(Box::new(lease)) };
-        acb_status::Ok
-    }
-}
-
-/// `acb_client::phase` values.
-const IDLE: u8 = 0;
-const BEGINNING: u8 = 1;
-pub(crate) const ACTIVE: u8 = 2;
-
-impl std::fmt::Debug for acb_client {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("acb_client").finish_non_exhaustive()
-    }
-}
-
-enum Event {
-    Cmd(Option<Cmd>),
-    Internal(Option<Internal>),
-    Session(Option<proto::SessionEvent>),
-    Timer,
-}
-
-struct Driver {
-    cfg: acb_config,
-    machine: ClientMachine,
-    session: Option<Session>,
-    start: tokio::time::Instant,
-    begin_reply: Option<std_mpsc::Sender<Result<acb_lease, Failure>>>,
-    alloc_task: Option<JoinHandle<()>>,
-    granted: Option<proto::AllocateResponse>,
-    /// The status the next `Action::Failed` reports (what the assigner said, precisely).
-    fail_status: Option<acb_status>,
-    /// Bumped by every request sent and every request withdrawn.
-    alloc_gen: u64,
-    /// Shared with callers for phases on a kept GPU.
-    kept: SharedKept,
-    /// The demand of the current (or last) phase.
-    last_demand: Option<GpuDemand>,
-    /// Bumped by every session opened or lost.
-    session_gen: u64,
-    internal: mpsc::UnboundedSender<Internal>,
-    memory: SharedMemory,
-    /// Why the last swap-in failed; the begin waiting for it gets the error.
-    swap_failure: Option<String>,
-    /// The GPU ids of the first grant, which later requests require (`pin_gpus`).
-    pinned: Vec<u32>,
-    /// The last grants handled, as (session, lease): each grant comes twice.
-    seen_grants: VecDeque<(u64, u64)>,
-}
-
-impl Driver {
-    fn now(&self) -> CoreInstant {
-        CoreInstant::from_nanos(u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX))
-    }
-
-    async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut internal: mpsc::UnboundedReceiver<Internal>) {
-        loop {
-            let mut deadline = self.machine.poll_timeout().map(|t| self.start + Duration::from_nanos(t.as_nanos()));
-            if self.machine.lease().is_some() {
-                let tick = tokio::time::Instant::now() + TICK;
-                deadline = Some(deadline.map_or(tick, |d| d.min(tick)));
-            }
-            let timer = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let event = tokio::select! {
-                cmd = cmds.recv() => Event::Cmd(cmd),
-                msg = internal.recv() => Event::Internal(msg),
-                ev = next_event(&mut self.session) => Event::Session(ev),
-                () = timer => Event::Timer,
-            };
-            self.apply_callers();
-            match event {
-                Event::Cmd(cmd) => match cmd {
-                    Some(Cmd::Close { reply }) => {
-                        self.close().await;
-                        let _ = reply.send(());
-                        return;
-                    }
-                    Some(cmd) => self.command(cmd),
-                    None => {
-                        self.close().await;
-                        return;
-                    }
-                },
-                Event::Internal(Some(msg)) => self.internal(msg),
-                Event::Internal(None) => {}
-                Event::Session(ev) => self.session_event(ev),
-                Event::Timer => {
-                    let now = self.now();
-                    self.machine.handle_timeout(now);
-                }
-            }
-            self.connect_if_needed().await;
-            self.perform().await;
-            self.publish_kept();
-        }
-    }
-
-    /// Applies what callers did on their own threads (see [`Kept`]): a claim, then an end; and
-    /// withdraws the published lease, before anything else may move the machine.
-    fn apply_callers(&mut self) {
-        let mut k = lock(&self.kept);
-        k.lease = None;
-        let claimed = k.claimed.take();
-        let ended = std::mem::take(&mut k.end_pending);
-        drop(k);
-        let now = self.now();
-        if let Some(demand) = claimed {
-            // Published only while it fits; the caller already has the lease, so the machine's
-            // Ready needs no reply.
-            let _ = self.machine.begin(demand, now);
-        }
-        if ended && let Err(e) = self.machine.end(now) {
-            // The lease went away under the phase (revoked, or the assigner vanished).
-            tracing_free_log(&e);
-        }
-    }
-
-    /// Publishes the kept lease while the machine keeps one, idle and unasked; mirrors whether
-    /// a yield waits for the end of the active phase.
-    fn publish_kept(&mut self) {
-        let yield_pending = self.machine.state() == State::Active && self.machine.yield_asked();
-        let publish = self.machine.state() == State::IdleHeld && !self.machine.yield_asked();
-        let lease = match (publish, self.machine.lease(), self.last_demand.clone()) {
-            (true, Some(l), Some(d)) => Some((d, self.lease_for(l))),
-            _ => None,
-        };
-        let mut k = lock(&self.kept);
-        k.yield_pending = yield_pending;
-        k.lease = lease;
-    }
-
-    fn command(&mut self, cmd: Cmd) {
-        let now = self.now();
-        match cmd {
-            Cmd::Begin { demand, reply } => match self.machine.begin(demand.clone(), now) {
-                Ok(()) => {
-                    self.begin_reply = Some(reply);
-                    self.last_demand = Some(demand);
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(failure(&e, None)));
-                }
-            },
-            Cmd::Cancel => {
-                self.begin_reply = None;
-                if self.machine.cancel(now).is_err() && self.machine.state() == State::Active {
-                    // The grant raced the timeout: the caller never saw it, so the phase ends.
-                    let _ = self.machine.end(now);
-                }
-            }
-            // The end itself was applied by apply_callers; this only woke the driver.
-            Cmd::Wake => {}
-            Cmd::Close { .. } => {}
-        }
-    }
-
-    fn internal(&mut self, msg: Internal) {
-        let now = self.now();
-        match msg {
-            Internal::Granted { alloc, session, grant } => self.on_grant(alloc, session, grant),
-            Internal::AllocFailed { alloc, .. } if alloc != self.alloc_gen => {}
-            Internal::AllocFailed { status, .. } => match status.code() {
-                // The session ended (the assigner restarted): the disconnect path handles it.
-                tonic::Code::Aborted | tonic::Code::Unavailable | tonic::Code::Cancelled => {}
-                // A restarted assigner does not know this session's token: open a new one.
-                _ if acb_proto::reason_of(&status) == Some(acb_proto::ErrorReason::UnknownToken) => {
-                    self.lose_session();
-                }
-                code => {
-                    self.fail_status = Some(match code {
-                        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => acb_status::PermissionDenied,
-                        tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted => acb_status::Rejected,
-                        _ => acb_status::Internal,
-                    });
-                    self.machine.handle_rejected(status.message().to_string(), now);
-                }
-            },
-            Internal::ReleaseDone { session, .. } if session != self.session_gen => {}
-            Internal::ReleaseDone { lease, .. } => self.machine.handle_release_acked(LeaseId(lease), now),
-        }
-    }
-
-    /// A grant, from the call's reply or from the session (the assigner sends both; either may
-    /// come first, and the reply is lost when the call was withdrawn as it was granted).
-    fn on_grant(&mut self, tag: u64, session: u64, grant: proto::AllocateResponse) {
-        if session != self.session_gen || self.session.is_none() {
-            return; // that session's leases ended with it
-        }
-        if self.seen_grants.contains(&(session, grant.lease_id))
-            || self.machine.lease() == Some(LeaseId(grant.lease_id))
-        {
-            return; // the other copy of a grant already handled
-        }
-        if self.seen_grants.len() == SEEN_GRANTS {
-            self.seen_grants.pop_front();
-        }
-        self.seen_grants.push_back((session, grant.lease_id));
-        if tag != self.alloc_gen {
-            // A grant for a withdrawn request: the assigner thinks we hold it; give it back.
-            self.send_release(grant.lease_id);
-            return;
-        }
-        if self.cfg.pin_gpus && self.pinned.is_empty() {
-            self.pinned = grant.gpus.iter().map(|d| d.id).collect();
-        }
-        let gpus = grant.gpus.iter().map(|d| GpuId(d.id)).collect();
-        let (lease, mem) = (LeaseId(grant.lease_id), grant.memory_per_gpu);
-        self.granted = Some(grant);
-        let now = self.now();
-        self.machine.handle_granted(lease, gpus, mem, now);
-    }
-
-    /// The session is gone: drop it and let the machine save what it holds; a waiting phase
-    /// reconnects.
-    fn lose_session(&mut self) {
-        let now = self.now();
-        self.session = None;
-        self.session_gen += 1;
-        self.abort_alloc();
-        self.machine.handle_disconnect(now);
-    }
-
-    /// An event of the session; `None`: the session ended.
-    fn session_event(&mut self, ev: Option<proto::SessionEvent>) {
-        use proto::session_event::Event as E;
-        let now = self.now();
-        let Some(ev) = ev else {
-            self.lose_session();
-            return;
-        };
-        match ev.event {
-            // A yield for a lease this client does not hold (one granted as its request was
-            // withdrawn): give it back.
-            Some(E::YieldRequest(y)) if self.machine.lease() != Some(LeaseId(y.lease_id)) => {
-                self.send_release(y.lease_id)
-            }
-            Some(E::YieldRequest(y)) => self.machine.handle_yield(LeaseId(y.lease_id), now),
-            Some(E::Revoked(r)) => self.machine.handle_revoked(LeaseId(r.lease_id), now),
-            Some(E::Granted(g)) => {
-                if let Some(grant) = g.grant {
-                    self.on_grant(g.request_tag, self.session_gen, grant);
-                }
-            }
-            Some(E::Welcome(_)) => {}
-            Some(E::ShuttingDown(_)) => self.lose_session(),
-            // An event from a newer assigner that this libacb does not know.
-            None => {}
-        }
-    }
-
-    /// A phase waits for a connection: connect (with the configured retries), or fail it.
-    async fn connect_if_needed(&mut self) {
-        if self.session.is_some() || self.machine.state() != State::Disconnected || self.begin_reply.is_none() {
-            return;
-        }
-        match self.connect().await {
-            Ok(s) => {
-                self.session = Some(s);
-                self.session_gen += 1;
-                let now = self.now();
-                self.machine.handle_reconnected(now);
-            }
-            Err(msg) => {
-                let now = self.now();
-                let _ = self.machine.cancel(now);
-                if let Some(r) = self.begin_reply.take() {
-                    let _ = r.send(Err((acb_status::Unavailable, msg)));
-                }
-            }
-        }
-    }
-
-    async fn connect(&self) -> Result<Session, String> {
-        let mut last = String::new();
-        for attempt in 0..=self.cfg.connect_retries {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            let rpc =
-                match client::connect(&self.cfg.assigner, self.cfg.auth_token.as_deref(), self.cfg.connect_timeout)
-                    .await
-                {
-                    Ok(rpc) => rpc,
-                    Err(e) => {
-                        last = e;
-                        continue;
-                    }
-                };
-            match tokio::time::timeout(self.cfg.connect_timeout, Session::open_with(rpc, &self.cfg.job, true)).await {
-                Ok(Ok(s)) => return Ok(s),
-                Ok(Err(status)) => {
-                    last = format!("the assigner at {} refused the session: {}", self.cfg.assigner, status.message())
-                }
-                Err(_) => last = format!("the assigner at {} did not answer in time", self.cfg.assigner),
-            }
-        }
-        Err(format!("{last} (after {} attempts)", self.cfg.connect_retries + 1))
-    }
-
-    /// Performs the machine's actions, in order.
-    async fn perform(&mut self) {
-        while let Some(action) = self.machine.poll_action() {
-            match action {
-                Action::SendRequest(d) => self.send_request(d),
-                Action::SendCancel => self.abort_alloc(),
-                // Each swap completes before the next action: Ready after SwapIn, SendRelease
-                // after SwapOut (the machine's contract).
-                Action::SwapIn { lease, gpus, memory_per_gpu } => {
-                    let (index, uuid) =
-                        self.lease_for(lease).devices.first().map_or((0, String::new()), |d| (d.index, d.uuid.clone()));
-                    let gpu = gpus.first().copied().unwrap_or(GpuId(0));
-                    let swapped = {
-                        let mut memory = lock_memory(&self.memory);
-                        // The backend's own number for the granted GPU (CUDA's ordinal, by UUID).
-                        let device = memory.device_for(index, &uuid);
-                        memory.swap_in(gpu, device, memory_per_gpu)
-                    };
-                    if let Err(e) = swapped {
-                        self.swap_failure = Some(e.to_string());
-                    }
-                    self.report_swap().await;
-                }
-                Action::SwapOut { .. } => {
-                    if let Err(e) = lock_memory(&self.memory).swap_out() {
-                        eprintln!("libacb: swapping this job's memory out failed: {e}");
-                    }
-                    self.report_swap().await;
-                }
-                Action::Ready { lease } if self.swap_failure.is_some() => {
-                    // The memory could not come back: fail the begin, give the GPU back.
-                    let why = self.swap_failure.take().unwrap_or_default();
-                    if let Some(r) = self.begin_reply.take() {
-                        let _ = r.send(Err((
-                            acb_status::OutOfMemory,
-                            format!("cannot bring this job's memory back: {why}"),
-                        )));
-                    }
-                    let now = self.now();
-                    let _ = self.machine.end(now);
-                    self.machine.handle_yield(lease, now);
-                }
-                Action::Ready { lease } => {
-                    let l = self.lease_for(lease);
-                    if let Some(r) = self.begin_reply.take()
-                        && r.send(Ok(l)).is_err()
-                    {
-                        // The caller timed out as the grant came: end the phase it never saw.
-                        let now = self.now();
-                        let _ = self.machine.end(now);
-                    }
-                }
-                Action::ReportIdle { lease } | Action::ReportBusy { lease } => {
-                    let idle = matches!(action, Action::ReportIdle { .. });
-                    if let Some(s) = &self.session {
-                        let _ = s.report_phase(lease.0, idle).await;
-                    }
-                }
-                Action::SendRelease { lease } => self.send_release(lease.0),
-                Action::Failed(e) => {
-                    let status = self.fail_status.take();
-                    if let Some(r) = self.begin_reply.take() {
-                        let _ = r.send(Err(failure(&e, status)));
-                    }
-                }
-                Action::Lost { .. } => {}
-            }
-        }
-    }
-
-    fn send_request(&mut self, d: GpuDemand) {
-        let Some(s) = &self.session else { return };
-        let (mut rpc, token, tx) = (s.rpc(), s.token.clone(), self.internal.clone());
-        self.abort_alloc();
-        let (alloc, session) = (self.alloc_gen, self.session_gen);
-        let req = proto::AllocateRequest {
-            client_token: token,
-            gpus: d.gpus,
-            memory_per_gpu: d.memory_per_gpu,
-            priority: d.priority,
-            required_gpus: self.pinned.clone(),
-            request_tag: alloc,
-            ..Default::default()
-        };
-        self.alloc_task = Some(tokio::spawn(async move {
-            let msg = match rpc.alloc_request(req).await {
-                Ok(r) => Internal::Granted { alloc, session, grant: r.into_inner() },
-                Err(status) => Internal::AllocFailed { alloc, status },
-            };
-            let _ = tx.send(msg);
-        }));
-    }
-
-    fn send_release(&mut self, lease: u64) {
-        let tx = self.internal.clone();
-        let session = self.session_gen;
-        let Some(s) = &self.session else {
-            // No connection: the assigner already dropped everything this session held.
-            let _ = tx.send(Internal::ReleaseDone { session, lease });
-            return;
-        };
-        let (mut rpc, token) = (s.rpc(), s.token.clone());
-        tokio::spawn(async move {
-            // Whatever the answer, the lease is no longer this client's to use.
-            let _ = rpc.release(proto::ReleaseRequest { client_token: token, lease_id: lease }).await;
-            let _ = tx.send(Internal::ReleaseDone { session, lease });
-        });
-    }
-
-    fn abort_alloc(&mut self) {
-        // Whatever that request's task still reports is stale from now on.
-        self.alloc_gen += 1;
-        if let Some(t) = self.alloc_task.take() {
-            // Dropping the call cancels it; the assigner withdraws the request.
-            t.abort();
-        }
-    }
-
-    /// Tells the assigner what was swapped since the last report (its metrics count it).
-    async fn report_swap(&self) {
-        let (bytes_in, bytes_out) = lock_memory(&self.memory).take_unreported();
-        if (bytes_in, bytes_out) != (0, 0)
-            && let Some(s) = &self.session
-        {
-            let _ = s.report_swap(bytes_in, bytes_out).await;
-        }
-    }
-
-    fn lease_for(&self, lease: LeaseId) -> acb_lease {
-        let g = self.granted.as_ref().filter(|g| g.lease_id == lease.0);
-        acb_lease {
-            id: lease.0,
-            devices: g
-                .map(|g| g.gpus.iter().map(|d| Device { index: d.index, uuid: d.uuid.clone() }).collect())
-                .unwrap_or_default(),
-            memory_per_gpu: g.map_or(0, |g| g.memory_per_gpu),
-        }
-    }
-
-    async fn close(&mut self) {
-        self.abort_alloc();
-        if let (Some(s), Some(lease)) = (&self.session, self.machine.lease()) {
-            let mut rpc = s.rpc();
-            let req = proto::ReleaseRequest { client_token: s.token.clone(), lease_id: lease.0 };
-            let _ = tokio::time::timeout(Duration::from_secs(2), rpc.release(req)).await;
-        }
-        // Dropping the session ends it: the assigner releases anything left.
-        self.session = None;
-    }
-}
-
-async fn next_event(session: &mut Option<Session>) -> Option<proto::SessionEvent> {
-    match session {
-        Some(s) => s.events.message().await.ok().flatten(),
-        None => std::future::pending().await,
-    }
-}
-
-/// libacb has no logger of its own; an end that found no phase (its lease was revoked or
-/// dropped under it) needs no report: the next begin starts afresh.
-fn tracing_free_log(_e: &ClientError) {}
-
-fn failure(e: &ClientError, status: Option<acb_status>) -> Failure {
-    let st = match e {
-        ClientError::AlreadyActive | ClientError::AlreadyRequesting => acb_status::AlreadyActive,
-        ClientError::NotActive | ClientError::NotRequesting => acb_status::NotActive,
-        ClientError::Rejected(_) => status.unwrap_or(acb_status::Rejected),
-        ClientError::Revoked(_) => acb_status::LeaseRevoked,
-    };
-    (st, e.to_string())
-}
+#[derive(Debug)]
+pub struct acb_client(pub(crate) ::acb_client::Client);
 
 /// Makes a client from `config` (copied; free the config whenever you like) into
 /// `*client_out`. It connects to the assigner at its first GPU phase, not here, so it works
@@ -606,59 +22,17 @@ fn failure(e: &ClientError, status: Option<acb_status>) -> Failure {
 #[unsafe(no_mangle)]
 pub extern "C" fn acb_client_new(config: *const acb_config, client_out: *mut *mut acb_client) -> acb_status {
     ffi_panic_boundary! {
-        let cfg = try_ref!(config).clone();
+        let cfg = try_ref!(config).0.clone();
         check_out!(client_out);
-        let backend: Box<dyn Backend> = match cfg.memory_backend {
-            MemoryBackend::Host => Box::new(HostBackend::new()),
-            MemoryBackend::Cuda => match CudaBackend::new() {
-                Ok(b) => Box::new(b),
-                Err(e) => return fail(acb_status::NoCuda, e),
-            },
-        };
-        let runtime = match tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("acb-client")
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => return fail(acb_status::Internal, format!("cannot start libacb's runtime: {e}")),
-        };
-        let (tx, cmds) = mpsc::unbounded_channel();
-        let (itx, irx) = mpsc::unbounded_channel();
-        let kept = SharedKept::default();
-        let mut machine = ClientMachine::new(ClientConfig { release: cfg.release, idle_timeout: cfg.idle_timeout });
-        // Not connected yet: the first phase connects.
-        machine.handle_disconnect(CoreInstant::ZERO);
-        let _ = machine.poll_action();
-        let start = runtime.block_on(async { tokio::time::Instant::now() });
-        let memory: SharedMemory = std::sync::Arc::new(std::sync::Mutex::new(Memory::new(backend)));
-        let driver = Driver {
-            cfg: cfg.clone(),
-            machine,
-            session: None,
-            start,
-            begin_reply: None,
-            alloc_task: None,
-            granted: None,
-            fail_status: None,
-            alloc_gen: 0,
-            session_gen: 0,
-            kept: kept.clone(),
-            last_demand: None,
-            internal: itx,
-            memory: memory.clone(),
-            swap_failure: None,
-            pinned: Vec::new(),
-            seen_grants: VecDeque::new(),
-        };
-        runtime.spawn(driver.run(cmds, irx));
-        let profile = Profile::from_env(&cfg.job);
-        let client = acb_client { tx, runtime: Some(runtime), config: cfg, kept, phase: std::sync::atomic::AtomicU8::new(IDLE), profile, memory };
-        client.mark(Mark::Start);
-        // SAFETY: checked non-NULL.
-        unsafe { *client_out = Box::into_raw(Box::new(client)) };
-        acb_status::Ok
+        crate::log::init_from_env();
+        match ::acb_client::Client::new(cfg) {
+            Ok(c) => {
+                // SAFETY: checked non-NULL.
+                unsafe { *client_out = Box::into_raw(Box::new(acb_client(c))) };
+                acb_status::Ok
+            }
+            Err(e) => fail_with(&e),
+        }
     }
 }
 
@@ -672,15 +46,7 @@ pub extern "C" fn acb_client_free(client: *mut acb_client) {
         }
         crate::allocator::forget(client);
         // SAFETY: made by acb_client_new, freed once, no other call in flight (the contract).
-        let mut c = unsafe { Box::from_raw(client) };
-        c.mark(Mark::Stop);
-        let (tx, rx) = std_mpsc::channel();
-        if c.tx.send(Cmd::Close { reply: tx }).is_ok() {
-            let _ = rx.recv_timeout(Duration::from_secs(3));
-        }
-        if let Some(rt) = c.runtime.take() {
-            rt.shutdown_timeout(Duration::from_secs(1));
-        }
+        drop(unsafe { Box::from_raw(client) });
     }
 }
 
@@ -702,46 +68,13 @@ pub extern "C" fn acb_on_device_begin(
         let c = try_ref!(client);
         let r = try_ref!(request);
         check_out!(lease_out);
-        use std::sync::atomic::Ordering::AcqRel;
-        if c.phase.compare_exchange(IDLE, BEGINNING, AcqRel, std::sync::atomic::Ordering::Acquire).is_err() {
-            return fail(acb_status::AlreadyActive, "on_device_begin called twice without on_device_end");
-        }
-        c.mark(Mark::Ask);
-        let demand = GpuDemand { gpus: r.gpus, memory_per_gpu: r.memory_per_gpu, priority: r.priority, affinity: Default::default() };
-        // Fast path: the GPU kept from the last phase fits; take it here (see `Kept`).
-        {
-            let mut k = lock(&c.kept);
-            if k.lease.as_ref().is_some_and(|(d, _)| *d == demand)
-                && let Some((d, lease)) = k.lease.take()
-            {
-                k.claimed = Some(d);
-                drop(k);
-                return c.hand_out(lease, lease_out);
+        match c.0.begin(&r.0) {
+            Ok(lease) => {
+                // SAFETY: checked non-NULL.
+                unsafe { *lease_out = Box::into_raw(Box::new(acb_lease(lease))) };
+                acb_status::Ok
             }
-        }
-        let (tx, rx) = std_mpsc::channel();
-        if c.tx.send(Cmd::Begin { demand, reply: tx }).is_err() {
-            c.phase.store(IDLE, std::sync::atomic::Ordering::Release);
-            return fail(acb_status::Internal, "libacb's client thread has stopped");
-        }
-        let result = match r.timeout {
-            Some(t) => match rx.recv_timeout(t) {
-                Ok(res) => res,
-                Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                    let _ = c.tx.send(Cmd::Cancel);
-                    c.phase.store(IDLE, std::sync::atomic::Ordering::Release);
-                    return fail(acb_status::Timeout, format!("no GPU granted within {} ms; request withdrawn", t.as_millis()));
-                }
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => Err((acb_status::Internal, "libacb's client thread has stopped".into())),
-            },
-            None => rx.recv().unwrap_or_else(|_| Err((acb_status::Internal, "libacb's client thread has stopped".into()))),
-        };
-        match result {
-            Ok(lease) => c.hand_out(lease, lease_out),
-            Err((status, msg)) => {
-                c.phase.store(IDLE, std::sync::atomic::Ordering::Release);
-                fail(status, msg)
-            }
+            Err(e) => fail_with(&e),
         }
     }
 }
@@ -751,24 +84,10 @@ pub extern "C" fn acb_on_device_begin(
 #[unsafe(no_mangle)]
 pub extern "C" fn acb_on_device_end(client: *const acb_client) -> acb_status {
     ffi_panic_boundary! {
-        let c = try_ref!(client);
-        use std::sync::atomic::Ordering::{AcqRel, Acquire};
-        if c.phase.compare_exchange(ACTIVE, IDLE, AcqRel, Acquire).is_err() {
-            return fail(acb_status::NotActive, "on_device_end called without on_device_begin");
+        match try_ref!(client).0.end() {
+            Ok(()) => acb_status::Ok,
+            Err(e) => fail_with(&e),
         }
-        c.mark(Mark::End);
-        // Under eager release the GPU goes back now, not at the client thread's next tick; a
-        // pending yield is answered now too.
-        let eager = c.config.release == acb_core::client::ReleaseMode::Eager;
-        let wake = {
-            let mut k = lock(&c.kept);
-            k.end_pending = true;
-            k.yield_pending || eager
-        };
-        if wake && c.tx.send(Cmd::Wake).is_err() {
-            return fail(acb_status::Internal, "libacb's client thread has stopped");
-        }
-        acb_status::Ok
     }
 }
 
@@ -787,16 +106,9 @@ pub extern "C" fn acb_client_status_json(
         let c = try_ref!(client);
         check_out!(buf);
         check_out!(written);
-        let Some(rt) = &c.runtime else { return fail(acb_status::Internal, "the client is closed") };
-        let cfg = &c.config;
-        let result = rt.block_on(async {
-            let mut rpc = client::connect(&cfg.assigner, cfg.auth_token.as_deref(), cfg.connect_timeout).await?;
-            let status = rpc.status(proto::StatusRequest {}).await.map_err(|e| e.message().to_string())?;
-            Ok::<_, String>(acb_assigner::cli::status_json(&status.into_inner()))
-        });
-        match result {
-            Ok(json) => crate::error::copy_out(&json, buf, len, written),
-            Err(msg) => fail(acb_status::Unavailable, msg),
+        match c.0.status_json() {
+            Ok(json) => copy_out(&json, buf, len, written),
+            Err(e) => fail_with(&e),
         }
     }
 }

@@ -2,15 +2,12 @@
 //! life; while the client holds no GPU their bytes live in host memory, and they come back when
 //! it holds one again (see `memory`).
 //!
-//! The backend is the host-memory one (the CUDA VMM backend is not built yet): the memory is
-//! host memory that behaves as swappable device memory does, and touching it while it is
-//! swapped out faults.
+//! C handles over [`::acb_client::Client`]'s memory calls.
 
 use std::ffi::c_void;
 
-use crate::client::{ACTIVE, acb_client, lock_memory};
-use crate::error::fail;
-use crate::memory::MemError;
+use crate::client::acb_client;
+use crate::error::fail_with;
 use crate::panic::{check_out, ffi_panic_boundary, try_ref};
 use crate::status::acb_status;
 
@@ -33,12 +30,16 @@ pub struct acb_memory_stats {
     pub host_pool_bytes: u64,
 }
 
-fn status_of(e: &MemError) -> acb_status {
-    match e {
-        MemError::OutOfMemory(_) => acb_status::OutOfMemory,
-        MemError::NoLease => acb_status::NotActive,
-        MemError::UnknownPointer(_) | MemError::ZeroSize => acb_status::InvalidArgument,
-        MemError::Backend(_) => acb_status::Internal,
+impl From<::acb_client::MemoryStats> for acb_memory_stats {
+    fn from(s: ::acb_client::MemoryStats) -> acb_memory_stats {
+        acb_memory_stats {
+            allocations: s.allocations,
+            resident_bytes: s.resident_bytes,
+            swapped_bytes: s.swapped_bytes,
+            swapped_out_total: s.swapped_out_total,
+            swapped_in_total: s.swapped_in_total,
+            host_pool_bytes: s.host_pool_bytes,
+        }
     }
 }
 
@@ -52,16 +53,13 @@ pub extern "C" fn acb_client_alloc(client: *const acb_client, size: usize, ptr_o
     ffi_panic_boundary! {
         let c = try_ref!(client);
         check_out!(ptr_out);
-        if c.phase.load(std::sync::atomic::Ordering::Acquire) != ACTIVE {
-            return fail(acb_status::NotActive, MemError::NoLease.to_string());
-        }
-        match lock_memory(&c.memory).alloc(size) {
-            Ok(addr) => {
+        match c.0.alloc(size) {
+            Ok(p) => {
                 // SAFETY: checked non-NULL.
-                unsafe { *ptr_out = addr as *mut c_void };
+                unsafe { *ptr_out = p.as_ptr().cast() };
                 acb_status::Ok
             }
-            Err(e) => fail(status_of(&e), e.to_string()),
+            Err(e) => fail_with(&e),
         }
     }
 }
@@ -75,9 +73,9 @@ pub extern "C" fn acb_client_dealloc(client: *const acb_client, ptr: *mut c_void
         if ptr.is_null() {
             return acb_status::Ok;
         }
-        match lock_memory(&c.memory).free(ptr as usize) {
+        match c.0.free(ptr.cast()) {
             Ok(()) => acb_status::Ok,
-            Err(e) => fail(status_of(&e), e.to_string()),
+            Err(e) => fail_with(&e),
         }
     }
 }
@@ -89,9 +87,9 @@ pub extern "C" fn acb_client_dealloc(client: *const acb_client, ptr: *mut c_void
 pub extern "C" fn acb_client_set_read_only(client: *const acb_client, ptr: *mut c_void, read_only: bool) -> acb_status {
     ffi_panic_boundary! {
         let c = try_ref!(client);
-        match lock_memory(&c.memory).set_read_only(ptr as usize, read_only) {
+        match c.0.set_read_only(ptr.cast(), read_only) {
             Ok(()) => acb_status::Ok,
-            Err(e) => fail(status_of(&e), e.to_string()),
+            Err(e) => fail_with(&e),
         }
     }
 }
@@ -102,9 +100,8 @@ pub extern "C" fn acb_client_memory_stats(client: *const acb_client, stats_out: 
     ffi_panic_boundary! {
         let c = try_ref!(client);
         check_out!(stats_out);
-        let stats = lock_memory(&c.memory).stats();
         // SAFETY: checked non-NULL.
-        unsafe { *stats_out = stats };
+        unsafe { *stats_out = c.0.memory_stats().into() };
         acb_status::Ok
     }
 }

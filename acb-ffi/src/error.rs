@@ -23,6 +23,26 @@ pub(crate) fn clear_last_error() {
     LAST_ERROR.with(|e| e.borrow_mut().clear());
 }
 
+/// Records the client error's message and returns its status: the one conversion from
+/// [`::acb_client::Error`] to `acb_status`.
+pub(crate) fn fail_with(e: &::acb_client::Error) -> acb_status {
+    use ::acb_client::Error as E;
+    let status = match e {
+        E::InvalidArgument(_) => acb_status::InvalidArgument,
+        E::Unavailable(_) => acb_status::Unavailable,
+        E::Timeout(_) => acb_status::Timeout,
+        E::AlreadyActive(_) => acb_status::AlreadyActive,
+        E::NotActive(_) => acb_status::NotActive,
+        E::Rejected(_) => acb_status::Rejected,
+        E::PermissionDenied(_) => acb_status::PermissionDenied,
+        E::LeaseRevoked(_) => acb_status::LeaseRevoked,
+        E::OutOfMemory(_) => acb_status::OutOfMemory,
+        E::NoCuda(_) => acb_status::NoCuda,
+        E::Internal(_) => acb_status::Internal,
+    };
+    fail(status, e.to_string())
+}
+
 /// Records `msg` and returns `status`.
 pub(crate) fn fail(status: acb_status, msg: impl Into<String>) -> acb_status {
     set_last_error(msg);

@@ -1,4 +1,7 @@
-//! libacb: the stable C ABI of the acb client (`include/acb.h` is generated from this crate).
+//! libacb: the stable C ABI of the acb client (`include/acb.h` is generated from this crate), a
+//! thin shell over the `acb-client` crate: handles, status codes, the panic boundary, NULL
+//! checks, and one conversion from [`::acb_client::Error`] to [`acb_status`] (`error::fail_with`).
+//! Must never depend on daemon code (no NVML, Prometheus, axum, clap, reflection).
 //!
 //! Conventions, after rustls-ffi: opaque handles; `acb_<object>_<verb>` names; `_new`/`_free`
 //! pairs, `_free(NULL)` does nothing; arguments are self, inputs, outputs; a `size_t` follows
@@ -18,8 +21,7 @@ pub mod config;
 pub mod device_memory;
 pub mod error;
 pub mod lease;
-mod memory;
-mod profile;
+mod log;
 pub mod request;
 pub mod status;
 

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use ::acb_client::Request;
+
 use crate::error::fail;
 use crate::panic::{check_out, ffi_panic_boundary, try_mut};
 use crate::status::acb_status;
@@ -9,19 +11,14 @@ use crate::status::acb_status;
 /// What a GPU phase asks for. Defaults: 1 whole GPU, priority 0, no timeout.
 #[allow(non_camel_case_types)]
 #[derive(Clone, Debug)]
-pub struct acb_request {
-    pub(crate) gpus: u32,
-    pub(crate) memory_per_gpu: Option<u64>,
-    pub(crate) priority: i32,
-    pub(crate) timeout: Option<Duration>,
-}
+pub struct acb_request(pub(crate) Request);
 
 /// Makes a request with the defaults into `*request_out`. Free it with `acb_request_free`.
 #[unsafe(no_mangle)]
 pub extern "C" fn acb_request_new(request_out: *mut *mut acb_request) -> acb_status {
     ffi_panic_boundary! {
         check_out!(request_out);
-        let r = acb_request { gpus: 1, memory_per_gpu: None, priority: 0, timeout: None };
+        let r = acb_request(Request::default());
         // SAFETY: checked non-NULL.
         unsafe { *request_out = Box::into_raw(Box::new(r)) };
         acb_status::Ok
@@ -43,7 +40,7 @@ pub extern "C" fn acb_request_free(request: *mut acb_request) {
 #[unsafe(no_mangle)]
 pub extern "C" fn acb_request_set_gpus(request: *mut acb_request, gpus: u32) -> acb_status {
     ffi_panic_boundary! {
-        let r = try_mut!(request);
+        let r = &mut try_mut!(request).0;
         if gpus == 0 {
             return fail(acb_status::InvalidArgument, "a request asks for at least one GPU");
         }
@@ -56,7 +53,7 @@ pub extern "C" fn acb_request_set_gpus(request: *mut acb_request, gpus: u32) -> 
 #[unsafe(no_mangle)]
 pub extern "C" fn acb_request_set_memory_per_gpu(request: *mut acb_request, bytes: u64) -> acb_status {
     ffi_panic_boundary! {
-        let r = try_mut!(request);
+        let r = &mut try_mut!(request).0;
         r.memory_per_gpu = (bytes > 0).then_some(bytes);
         acb_status::Ok
     }
@@ -66,7 +63,7 @@ pub extern "C" fn acb_request_set_memory_per_gpu(request: *mut acb_request, byte
 #[unsafe(no_mangle)]
 pub extern "C" fn acb_request_set_priority(request: *mut acb_request, priority: i32) -> acb_status {
     ffi_panic_boundary! {
-        let r = try_mut!(request);
+        let r = &mut try_mut!(request).0;
         r.priority = priority;
         acb_status::Ok
     }
@@ -77,7 +74,7 @@ pub extern "C" fn acb_request_set_priority(request: *mut acb_request, priority: 
 #[unsafe(no_mangle)]
 pub extern "C" fn acb_request_set_timeout_ms(request: *mut acb_request, ms: u32) -> acb_status {
     ffi_panic_boundary! {
-        let r = try_mut!(request);
+        let r = &mut try_mut!(request).0;
         r.timeout = (ms > 0).then(|| Duration::from_millis(u64::from(ms)));
         acb_status::Ok
     }

@@ -2,7 +2,9 @@
 
 Usage: grpc_client.py SOCKET_PATH PROTO_ROOT
 Generates the stubs into a temporary folder, then against the running assigner:
-AllocRequest as a one-off client, Status, Release, a second Release (refused), and bad input.
+AllocRequest as a one-off client, Status, Release, a second Release (refused), and bad input;
+each refusal's machine-readable reason (google.rpc.ErrorInfo in grpc-status-details-bin, read
+here with a few lines of protobuf decoding, as a client without googleapis stubs would).
 Prints 'N passed, 0 failed' and exits 0 when every check holds.
 """
 import importlib
@@ -19,6 +21,49 @@ def generate(proto_root: str, out: str) -> None:
     args = ["protoc", f"-I{proto_root}", f"--python_out={out}", f"--grpc_python_out={out}", proto]
     if protoc.main(args) != 0:
         raise SystemExit("grpcio-tools could not compile the proto")
+
+
+def _fields(buf: bytes):
+    """The (field number, bytes) pairs of a protobuf message's length-delimited fields."""
+    i, out = 0, []
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _, i = _varint(buf, i)
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            out.append((field, buf[i:i + n]))
+            i += n
+        else:
+            raise ValueError(f"unexpected wire type {wire}")
+    return out
+
+
+def _varint(buf: bytes, i: int):
+    shift = value = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
+
+
+def error_reason(e: grpc.RpcError):
+    """(domain, reason) of the google.rpc.ErrorInfo in the status details, or None."""
+    details = dict(e.trailing_metadata() or ()).get("grpc-status-details-bin")
+    if details is None:
+        return None
+    for field, any_msg in _fields(details):  # google.rpc.Status.details = 3, repeated Any
+        if field != 3:
+            continue
+        parts = dict(_fields(any_msg))  # Any: type_url = 1, value = 2
+        if parts.get(1, b"").endswith(b"google.rpc.ErrorInfo"):
+            info = dict(_fields(parts.get(2, b"")))  # ErrorInfo: reason = 1, domain = 2
+            return info.get(2, b"").decode(), info.get(1, b"").decode()
+    return None
 
 
 def main() -> int:
@@ -58,6 +103,9 @@ def main() -> int:
     except grpc.RpcError as e:
         # The one-off client ended with its lease, so its token is no longer recognised.
         assert e.code() == grpc.StatusCode.PERMISSION_DENIED, e
+        # A restarted assigner answers the same: a client matches the reason, not the text.
+        assert error_reason(e) == ("acb.v1", "UNKNOWN_TOKEN"), error_reason(e)
+        assert pb.ErrorReason.Value("UNKNOWN_TOKEN") == 1
     passed += 1
 
     try:
@@ -66,6 +114,7 @@ def main() -> int:
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
         assert "at least one GPU" in e.details(), e.details()
+        assert error_reason(e) == ("acb.v1", "INVALID_ARGUMENT"), error_reason(e)
     passed += 1
 
     print(f"{passed} passed, 0 failed")

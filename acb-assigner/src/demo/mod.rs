@@ -424,7 +424,8 @@ struct Record {
 
 async fn read_record(socket: &std::path::Path) -> Result<Record, String> {
     let addr = Address::Unix(socket.to_path_buf());
-    let mut rpc = crate::client::connect(&addr, None, Duration::from_secs(5)).await?;
+    let mut rpc =
+        acb_client::connection::connect(&addr, None, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
     let status = rpc.status(proto::StatusRequest {}).await.map_err(|e| e.message().to_string())?.into_inner();
     let asked = Instant::now();
     let mut stream =

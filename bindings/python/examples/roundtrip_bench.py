@@ -1,5 +1,5 @@
 """Times N begin+end cycles through the acb package (eager release). Prints p50_us/mean_us
-for the benchmark driver (cargo run --release -p acb-ffi --example roundtrip_bench)."""
+for the benchmark driver (cargo run --release -p libacb-tests --example roundtrip_bench)."""
 import statistics
 import sys
 import time

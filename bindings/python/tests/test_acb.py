@@ -1,5 +1,5 @@
 """The Python package against a real assigner (ACB_TEST_ASSIGNER, two simulated GPUs), as the
-Rust test suite runs it (acb-ffi/tests/python.rs)."""
+Rust test suite runs it (tests/libacb/tests/python.rs)."""
 import json
 import os
 import signal

@@ -150,8 +150,11 @@ fn the_cuda_backend_keeps_the_driver_rules_and_moves_memory_between_devices() {
 
 #[test]
 fn short_of_pinned_memory_swaps_go_through_pageable_memory() {
-    let (_, stderr) = run_child("child_short_of_pinned_memory", &[("FAKECUDA_PINNED_MIB", "8")]);
+    // libacb is silent unless asked: ACB_LOG=warn prints its warnings on stderr.
+    let (_, stderr) = run_child("child_short_of_pinned_memory", &[("FAKECUDA_PINNED_MIB", "8"), ("ACB_LOG", "warn")]);
     assert_eq!(stderr.matches("swapping through pageable host memory").count(), 1, "said once:\n{stderr}");
+    let (_, stderr) = run_child("child_short_of_pinned_memory", &[("FAKECUDA_PINNED_MIB", "8"), ("ACB_LOG", "")]);
+    assert!(!stderr.contains("pageable"), "libacb logs only when asked:\n{stderr}");
 }
 
 /// The child's half of the test above (does nothing unless run by it).

@@ -65,7 +65,7 @@ fn queue_len(a: &Assigner) -> usize {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let addr = a.addr().parse().unwrap();
-        let mut rpc = acb_assigner::client::connect(&addr, None, Duration::from_secs(5)).await.unwrap();
+        let mut rpc = ::acb_client::connection::connect(&addr, None, Duration::from_secs(5)).await.unwrap();
         rpc.status(acb_assigner::proto::StatusRequest {}).await.unwrap().into_inner().queue.len()
     })
 }

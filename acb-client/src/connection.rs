@@ -1,5 +1,6 @@
-//! The async Rust client: connect over Unix or TCP, open a session, allocate, release, status,
-//! watch. libacb's background runtime uses it.
+//! The connection to an assigner: connect over Unix or TCP (with the bearer token), and the
+//! session (`Session`: hello, allocate, release, phase and swap reports, events). The driver
+//! uses it; so do the assigner's CLI, bench and demo.
 
 use std::time::Duration;
 
@@ -12,8 +13,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Status, Streaming};
 
-use crate::config::Address;
-use crate::proto;
+use acb_proto::Address;
+use acb_proto::v1 as proto;
+
+use crate::error::Error;
 
 /// Adds `authorization: Bearer TOKEN` to every call when a token is set.
 #[derive(Clone, Debug, Default)]
@@ -32,23 +35,24 @@ impl Interceptor for AuthHeader {
 pub type Rpc = proto::assigner_client::AssignerClient<InterceptedService<Channel, AuthHeader>>;
 
 /// Connects to the assigner at `addr`, waiting at most `timeout`.
-pub async fn connect(addr: &Address, token: Option<&str>, timeout: Duration) -> Result<Rpc, String> {
-    let auth = match token {
-        Some(t) => AuthHeader(Some(
-            format!("Bearer {t}").parse().map_err(|_| "the auth token has characters not allowed in a header")?,
-        )),
-        None => AuthHeader(None),
-    };
+pub async fn connect(addr: &Address, token: Option<&str>, timeout: Duration) -> Result<Rpc, Error> {
+    let auth =
+        match token {
+            Some(t) => AuthHeader(Some(format!("Bearer {t}").parse().map_err(|_| {
+                Error::InvalidArgument("the auth token has characters not allowed in a header".into())
+            })?)),
+            None => AuthHeader(None),
+        };
     let channel = match addr {
         Address::Unix(path) => unix_channel(path.clone(), timeout).await,
         Address::Tcp(sa) => {
-            keepalive(Endpoint::from_shared(format!("http://{sa}")).map_err(|e| e.to_string())?)
+            keepalive(Endpoint::from_shared(format!("http://{sa}")).map_err(|e| Error::InvalidArgument(e.to_string()))?)
                 .connect_timeout(timeout)
                 .connect()
                 .await
         }
     }
-    .map_err(|e| format!("cannot reach the assigner at {addr}: {}", source_chain(&e)))?;
+    .map_err(|e| Error::Unavailable(format!("cannot reach the assigner at {addr}: {}", source_chain(&e))))?;
     Ok(proto::assigner_client::AssignerClient::with_interceptor(channel, auth))
 }
 

@@ -67,7 +67,7 @@ impl Assigner {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let addr: Address = self.addr().parse().unwrap();
-            let mut rpc = acb_assigner::client::connect(&addr, None, Duration::from_secs(5)).await.unwrap();
+            let mut rpc = ::acb_client::connection::connect(&addr, None, Duration::from_secs(5)).await.unwrap();
             let mut s = rpc.watch(proto::WatchRequest { replay: true }).await.unwrap().into_inner();
             let mut out = Vec::new();
             while let Some(e) = s.message().await.unwrap() {

@@ -23,8 +23,40 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use acb_core::swap::Residency;
 
-use crate::device_memory::acb_memory_stats;
 use acb_core::{AllocId, ClientId, GpuId, SwapRegistry};
+
+/// A client's memory figures, in bytes unless said otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Live allocations (a count).
+    pub allocations: u64,
+    /// Mapped on the device now.
+    pub resident_bytes: u64,
+    /// In host memory only now.
+    pub swapped_bytes: u64,
+    /// Copied device -> host since the client was made.
+    pub swapped_out_total: u64,
+    /// Copied host -> device since the client was made.
+    pub swapped_in_total: u64,
+    /// Host memory the client holds for swapped-out bytes (kept for reuse).
+    pub host_pool_bytes: u64,
+}
+
+/// A job's memory, shared by the caller's threads (allocations) and the driver (swaps).
+#[derive(Clone, Debug)]
+pub(crate) struct SharedMemory(std::sync::Arc<std::sync::Mutex<Memory>>);
+
+impl SharedMemory {
+    pub(crate) fn new(memory: Memory) -> SharedMemory {
+        SharedMemory(std::sync::Arc::new(std::sync::Mutex::new(memory)))
+    }
+
+    /// The memory, even after a thread panicked holding it: a panic in one call (caught at
+    /// libacb's boundary) must not wedge every later call of the job.
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// What a memory operation can fail with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,8 +133,8 @@ impl HostBuf {
 fn warn_pageable(why: &MemError) {
     static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        eprintln!(
-            "libacb: no pinned host memory for a swap ({why}); swapping through pageable host memory, which is slower"
+        tracing::warn!(
+            "no pinned host memory for a swap ({why}); swapping through pageable host memory, which is slower"
         );
     }
 }
@@ -677,9 +709,9 @@ impl Memory {
         std::mem::take(&mut self.unreported)
     }
 
-    pub(crate) fn stats(&self) -> acb_memory_stats {
+    pub(crate) fn stats(&self) -> MemoryStats {
         let t = self.registry.client_totals(OWNER);
-        acb_memory_stats {
+        MemoryStats {
             allocations: self.live,
             resident_bytes: t.resident,
             swapped_bytes: t.swapped,

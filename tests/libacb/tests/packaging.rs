@@ -29,7 +29,7 @@ fn an_installed_libacb_works_with_cmake_and_pkg_config() {
         eprintln!("skipped: no cmake");
         return;
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let lib_dir: PathBuf = common::lib_dir();
     let dir = scratch("packaging");
     let prefix = dir.join("prefix");

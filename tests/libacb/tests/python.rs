@@ -22,7 +22,7 @@ fn the_python_package_passes_its_tests() {
         eprintln!("skipped: {python} has no pytest (pip install pytest)");
         return;
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let lib = common::lib_dir().join("libacb.so");
     let a = Assigner::start("python", "fake:2x80GiB");
     let out = Command::new(&python)

@@ -13,7 +13,7 @@ use common::{Assigner, lib_dir, scratch};
 mod common;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// Compiles `src` (C, or C++ for .cpp) into `out` against libacb, strict and sanitized.

@@ -3,19 +3,19 @@
 //! run. The assigner runs in its own process (this program, re-run with `--serve`); the three
 //! clients take turns, several rounds each, so that they see the same machine noise.
 //!
-//!   cargo build --release -p acb-ffi && cargo run --release -p acb-ffi --example roundtrip_bench [N] [ROUNDS]
+//!   cargo build --release -p acb-ffi && cargo run --release -p libacb-tests --example roundtrip_bench [N] [ROUNDS]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use acb_assigner::client::{self, Session};
 use acb_assigner::config::{Address, ServeConfig};
 use acb_assigner::proto;
+use acb_client::connection::{self as client, Session};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn parse(out: &str) -> f64 {

@@ -1,0 +1,250 @@
+//! [`Client`]: one job (or one rank of a job) as a client of the assigner, in Rust: GPU phases
+//! (`begin`/`end`, the white paper's manual mode) and swappable device memory.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use acb_core::{GpuDemand, ReleaseMode};
+use acb_proto::v1 as proto;
+use tokio::sync::mpsc;
+
+use crate::config::{Config, MemoryBackend};
+use crate::driver::{Cmd, Driver, SharedKept, lock};
+use crate::error::Error;
+use crate::lease::{Lease, Request};
+use crate::memory::cuda::CudaBackend;
+use crate::memory::host::HostBackend;
+use crate::memory::{Backend, Memory, MemoryStats, SharedMemory};
+use crate::profile::{Mark, Profile};
+
+/// Where the caller's GPU phase is ([`Client::phase`] values).
+const IDLE: u8 = 0;
+const BEGINNING: u8 = 1;
+const ACTIVE: u8 = 2;
+
+/// A client of the assigner. Any thread may call its methods; GPU phases are one at a time per
+/// client. It connects at its first GPU phase, not when it is made, so it works when the
+/// assigner starts later. Dropping it releases a lease it holds and closes its session.
+///
+/// Inside, a background tokio runtime of one thread runs the [`Driver`]; the methods send it
+/// commands and wait for replies. Phases on a GPU kept from the last phase start and end on the
+/// caller's thread without waking the driver (see `driver::Kept`).
+pub struct Client {
+    tx: mpsc::UnboundedSender<Cmd>,
+    runtime: Option<tokio::runtime::Runtime>,
+    config: Config,
+    kept: SharedKept,
+    /// Where the caller's GPU phase is (IDLE, BEGINNING, ACTIVE). `end` checks it here and posts
+    /// the end without waiting for the driver: one thread round trip less per phase. Commands are
+    /// handled in order, so a begin after it still sees the end first.
+    phase: AtomicU8,
+    /// Phase boundaries are recorded here when `ACB_PROFILE` is set (`agarun --profile`).
+    profile: Option<Profile>,
+    /// The job's swappable device memory (shared with the driver, which swaps it).
+    memory: SharedMemory,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("job", &self.config.job).finish_non_exhaustive()
+    }
+}
+
+fn stopped() -> Error {
+    Error::Internal("the client's driver thread has stopped".into())
+}
+
+impl Client {
+    /// Makes a client. Fails with [`Error::NoCuda`] for the CUDA memory backend where no CUDA
+    /// driver or GPU is found. When `ACB_PROFILE` names a file, the client appends a JSON line
+    /// to it at each phase boundary (`agarun --profile`).
+    pub fn new(config: Config) -> Result<Client, Error> {
+        let backend: Box<dyn Backend> = match config.memory_backend {
+            MemoryBackend::Host => Box::new(HostBackend::new()),
+            MemoryBackend::Cuda => Box::new(CudaBackend::new().map_err(|e| Error::NoCuda(e.to_string()))?),
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("acb-client")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot start the client's runtime: {e}")))?;
+        let (tx, cmds) = mpsc::unbounded_channel();
+        let (itx, irx) = mpsc::unbounded_channel();
+        let kept = SharedKept::default();
+        let memory = SharedMemory::new(Memory::new(backend));
+        let start = runtime.block_on(async { tokio::time::Instant::now() });
+        let driver = Driver::new(config.clone(), kept.clone(), memory.clone(), itx, start);
+        runtime.spawn(driver.run(cmds, irx));
+        let profile = Profile::from_env(&config.job);
+        let client = Client { tx, runtime: Some(runtime), config, kept, phase: AtomicU8::new(IDLE), profile, memory };
+        client.mark(Mark::Start);
+        Ok(client)
+    }
+
+    /// The settings the client was made with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn mark(&self, mark: Mark) {
+        if let Some(p) = &self.profile {
+            p.mark(mark);
+        }
+    }
+
+    /// A granted lease goes out to the caller: the phase is active.
+    fn hand_out(&self, lease: Lease) -> Lease {
+        self.mark(Mark::Got { gpus: lease.devices.len(), memory: lease.memory_per_gpu });
+        self.phase.store(ACTIVE, Ordering::Release);
+        lease
+    }
+
+    /// Starts a GPU phase: blocks until the GPUs `request` asks for are granted (or its timeout
+    /// passes) and the job's memory is back on them. Under lazy release a GPU kept from the
+    /// previous phase is reused at once.
+    ///
+    /// Errors: [`Error::AlreadyActive`] (a phase is active or being requested),
+    /// [`Error::Unavailable`] (no assigner after the configured retries), [`Error::Timeout`]
+    /// (request withdrawn), [`Error::Rejected`] (the assigner refused the request),
+    /// [`Error::OutOfMemory`] (the job's memory could not come back).
+    pub fn begin(&self, request: &Request) -> Result<Lease, Error> {
+        if request.gpus == 0 {
+            return Err(Error::InvalidArgument("a request asks for at least one GPU".into()));
+        }
+        if self.phase.compare_exchange(IDLE, BEGINNING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return Err(Error::AlreadyActive("on_device_begin called twice without on_device_end".into()));
+        }
+        self.mark(Mark::Ask);
+        let demand = GpuDemand {
+            gpus: request.gpus,
+            memory_per_gpu: request.memory_per_gpu,
+            priority: request.priority,
+            affinity: Default::default(),
+        };
+        // Fast path: the GPU kept from the last phase fits; take it here (see `driver::Kept`).
+        {
+            let mut k = lock(&self.kept);
+            if k.lease.as_ref().is_some_and(|(d, _)| *d == demand)
+                && let Some((d, lease)) = k.lease.take()
+            {
+                k.claimed = Some(d);
+                drop(k);
+                return Ok(self.hand_out(lease));
+            }
+        }
+        let (tx, rx) = std_mpsc::channel();
+        if self.tx.send(Cmd::Begin { demand, reply: tx }).is_err() {
+            self.phase.store(IDLE, Ordering::Release);
+            return Err(stopped());
+        }
+        let result = match request.timeout {
+            Some(t) => match rx.recv_timeout(t) {
+                Ok(res) => res,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = self.tx.send(Cmd::Cancel);
+                    self.phase.store(IDLE, Ordering::Release);
+                    return Err(Error::Timeout(format!(
+                        "no GPU granted within {} ms; request withdrawn",
+                        t.as_millis()
+                    )));
+                }
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => Err(stopped()),
+            },
+            None => rx.recv().unwrap_or_else(|_| Err(stopped())),
+        };
+        match result {
+            Ok(lease) => Ok(self.hand_out(lease)),
+            Err(e) => {
+                self.phase.store(IDLE, Ordering::Release);
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends the GPU phase. Under lazy release the GPU is kept until another job waits for it
+    /// (or the idle timeout passes); under eager release it goes back now.
+    pub fn end(&self) -> Result<(), Error> {
+        if self.phase.compare_exchange(ACTIVE, IDLE, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return Err(Error::NotActive("on_device_end called without on_device_begin".into()));
+        }
+        self.mark(Mark::End);
+        // Under eager release the GPU goes back now, not at the driver's next tick; a pending
+        // yield is answered now too.
+        let eager = self.config.release == ReleaseMode::Eager;
+        let wake = {
+            let mut k = lock(&self.kept);
+            k.end_pending = true;
+            k.yield_pending || eager
+        };
+        if wake && self.tx.send(Cmd::Wake).is_err() {
+            return Err(stopped());
+        }
+        Ok(())
+    }
+
+    /// Whether a GPU phase is active (between a `begin` that succeeded and its `end`).
+    pub fn in_phase(&self) -> bool {
+        self.phase.load(Ordering::Acquire) == ACTIVE
+    }
+
+    /// Allocates `size` bytes of swappable device memory on the GPU of the active phase. The
+    /// address stays valid until [`Client::free`], across swaps; while the client holds no GPU
+    /// the bytes live in host memory, and touching them then is the caller's error.
+    ///
+    /// Errors: [`Error::NotActive`] outside a GPU phase, [`Error::OutOfMemory`] past the lease's
+    /// memory per GPU (the fence), [`Error::InvalidArgument`] for 0 bytes.
+    pub fn alloc(&self, size: usize) -> Result<std::ptr::NonNull<u8>, Error> {
+        if !self.in_phase() {
+            return Err(Error::from(crate::memory::MemError::NoLease));
+        }
+        let addr = self.memory.lock().alloc(size)?;
+        std::ptr::NonNull::new(addr as *mut u8).ok_or_else(|| Error::Internal("the backend gave address 0".into()))
+    }
+
+    /// Frees memory from [`Client::alloc`], resident or swapped out. A pointer the client did
+    /// not hand out (or a second free) is [`Error::InvalidArgument`].
+    pub fn free(&self, ptr: *mut u8) -> Result<(), Error> {
+        Ok(self.memory.lock().free(ptr as usize)?)
+    }
+
+    /// Marks an allocation read-only (weights): once copied to host memory its copy is kept,
+    /// and later swap-outs skip it. Mark it writable (`read_only` false) before writing it.
+    pub fn set_read_only(&self, ptr: *mut u8, read_only: bool) -> Result<(), Error> {
+        Ok(self.memory.lock().set_read_only(ptr as usize, read_only)?)
+    }
+
+    /// The client's memory figures.
+    pub fn memory_stats(&self) -> MemoryStats {
+        self.memory.lock().stats()
+    }
+
+    /// What the assigner offers (its `status --json`: scheduler, GPUs with holders, queue,
+    /// clients), over one connection attempt within the connect timeout.
+    pub fn status_json(&self) -> Result<String, Error> {
+        let rt = self.runtime.as_ref().ok_or_else(|| Error::Internal("the client is closed".into()))?;
+        let cfg = &self.config;
+        rt.block_on(async {
+            let mut rpc =
+                crate::connection::connect(&cfg.assigner, cfg.auth_token.as_deref(), cfg.connect_timeout).await?;
+            let status =
+                rpc.status(proto::StatusRequest {}).await.map_err(|e| Error::Unavailable(e.message().to_string()))?;
+            Ok(crate::status::status_json(&status.into_inner()))
+        })
+    }
+}
+
+impl Drop for Client {
+    /// Releases a lease the client holds, closes its session and stops its thread.
+    fn drop(&mut self) {
+        self.mark(Mark::Stop);
+        let (tx, rx) = std_mpsc::channel();
+        if self.tx.send(Cmd::Close { reply: tx }).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(3));
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}

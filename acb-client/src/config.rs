@@ -1,0 +1,118 @@
+//! [`Config`]: how a client finds the assigner and who it is.
+
+use std::time::Duration;
+
+use acb_core::ReleaseMode;
+use acb_proto::Address;
+
+use crate::error::Error;
+
+/// Client settings: [`Config::from_env`] reads them from the environment; change the fields
+/// before [`crate::Client::new`].
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the assigner is.
+    pub assigner: Address,
+    /// The job's name, shown by the assigner (1 to 256 bytes, no control characters).
+    pub job: String,
+    /// How long one connection attempt may take.
+    pub connect_timeout: Duration,
+    /// How many more connection attempts after a failed one (200 ms apart).
+    pub connect_retries: u32,
+    /// Lazy (keep an idle GPU until someone waits) or eager (give it back at every end).
+    pub release: ReleaseMode,
+    /// Under lazy release, give a kept GPU back after this long idle even if nobody waits.
+    pub idle_timeout: Option<Duration>,
+    /// The bearer token the assigner requires, if it requires one.
+    pub auth_token: Option<String>,
+    /// Where [`crate::Client::alloc`] memory lives.
+    pub memory_backend: MemoryBackend,
+    /// Every phase after the first asks for the GPUs of the first grant.
+    pub pin_gpus: bool,
+}
+
+/// Where `acb_client_alloc` memory lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryBackend {
+    /// Host memory standing in for device memory (simulated GPUs, tests). The default.
+    Host,
+    /// CUDA VMM on the granted GPU.
+    Cuda,
+}
+
+impl MemoryBackend {
+    /// `host` or `cuda`.
+    pub fn parse(s: &str) -> Result<MemoryBackend, Error> {
+        match s {
+            "host" => Ok(MemoryBackend::Host),
+            "cuda" => Ok(MemoryBackend::Cuda),
+            other => Err(Error::InvalidArgument(format!("memory backend {other:?}: expected host or cuda"))),
+        }
+    }
+}
+
+impl Config {
+    /// The settings the environment gives: `ACB_ASSIGNER` (else the default socket),
+    /// `ACB_JOB_ID` (else a generated id), `ACB_AUTH_TOKEN_FILE`, `ACB_MEMORY_BACKEND` (`host`,
+    /// the default, or `cuda`), `ACB_EAGER_RELEASE` (`1` for eager release; lazy by default),
+    /// `ACB_PIN_GPUS` (`1`: every phase on the GPUs of the first).
+    pub fn from_env() -> Result<Config, Error> {
+        let assigner = Address::from_env().map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let job = match std::env::var("ACB_JOB_ID") {
+            Ok(j) if !j.is_empty() => j,
+            _ => generated_job_id(),
+        };
+        let auth_token = match std::env::var_os("ACB_AUTH_TOKEN_FILE") {
+            Some(p) => Some(read_token(std::path::Path::new(&p))?),
+            None => None,
+        };
+        let memory_backend = match std::env::var("ACB_MEMORY_BACKEND") {
+            Ok(b) if !b.is_empty() => {
+                MemoryBackend::parse(&b).map_err(|e| Error::InvalidArgument(format!("ACB_MEMORY_BACKEND: {e}")))?
+            }
+            _ => MemoryBackend::Host,
+        };
+        let release = if env_flag("ACB_EAGER_RELEASE")? { ReleaseMode::Eager } else { ReleaseMode::Lazy };
+        let pin_gpus = env_flag("ACB_PIN_GPUS")?;
+        Ok(Config {
+            assigner,
+            job,
+            connect_timeout: Duration::from_secs(2),
+            connect_retries: 3,
+            release,
+            idle_timeout: None,
+            auth_token,
+            memory_backend,
+            pin_gpus,
+        })
+    }
+}
+
+/// A yes/no setting from the environment: `1`/`true`/`yes`, `0`/`false`/`no`/empty/unset.
+fn env_flag(name: &str) -> Result<bool, Error> {
+    match std::env::var(name).as_deref() {
+        Ok("1" | "true" | "yes") => Ok(true),
+        Ok("0" | "false" | "no" | "") | Err(_) => Ok(false),
+        Ok(other) => Err(Error::InvalidArgument(format!("{name}: {other:?}: expected 1 or 0"))),
+    }
+}
+
+fn generated_job_id() -> String {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    format!("job-{}-{:08x}", std::process::id(), u32::from_le_bytes(b))
+}
+
+/// Reads an auth token from the first line of `path` (at least 16 characters).
+pub fn read_token(path: &std::path::Path) -> Result<String, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::InvalidArgument(format!("auth token file {}: {e}", path.display())))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.len() < 16 {
+        return Err(Error::InvalidArgument(format!(
+            "auth token file {}: the token must be at least 16 characters",
+            path.display()
+        )));
+    }
+    Ok(token)
+}

@@ -1,0 +1,573 @@
+//! The client driver: the one tokio task that owns [`acb_core::ClientMachine`] and the session
+//! with the assigner. It takes commands from [`crate::Client`]'s methods over a channel, feeds
+//! the machine what happens (grants, yields, revocations, a lost session, timers), and performs
+//! the machine's actions (requests, releases, phase reports, swaps). The callers' threads only
+//! send commands and wait for replies: no lock is held across a blocking wait.
+
+use std::collections::VecDeque;
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use acb_core::{Action, ClientError, ClientMachine, GpuDemand, GpuId, Instant as CoreInstant, LeaseId, State};
+use acb_proto::v1 as proto;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::connection::{self, Session};
+use crate::error::Error;
+use crate::lease::{Device, Lease};
+use crate::memory::SharedMemory;
+
+pub(crate) enum Cmd {
+    Begin {
+        demand: GpuDemand,
+        reply: std_mpsc::Sender<Result<Lease, Error>>,
+    },
+    Cancel,
+    /// An end with a yield pending: apply it now (see [`Kept`]).
+    Wake,
+    Close {
+        reply: std_mpsc::Sender<()>,
+    },
+}
+
+/// Results of spawned RPCs, tagged with the generations they belong to: a result from a
+/// withdrawn request or from a session that has since ended must not be taken for a current one.
+pub(crate) enum Internal {
+    Granted { alloc: u64, session: u64, grant: proto::AllocateResponse },
+    AllocFailed { alloc: u64, status: tonic::Status },
+    ReleaseDone { session: u64, lease: u64 },
+}
+
+/// Lets GPU phases on a kept GPU start and end on the caller's thread, without waking the
+/// client thread: a wake-up costs tens of µs on a small or virtual machine, more than the rest
+/// of a phase boundary. Protocol, all under the one mutex:
+/// - the driver publishes `lease` only between events, while the machine is IdleHeld and not
+///   asked to yield;
+/// - `acb_on_device_begin` takes a published lease that fits and records its demand in
+///   `claimed`; `acb_on_device_end` sets `end_pending`; neither wakes the driver, except an end
+///   while a yield is pending (`yield_pending`, mirrored by the driver), so that the GPU goes
+///   back at once;
+/// - before handling any event the driver applies a claim (the phase begins) and then an end,
+///   and withdraws the publication: nothing can move the machine between a caller's claim and
+///   the driver seeing it. While it holds a lease the driver ticks every [`TICK`], so claims and
+///   ends reach the machine (and the assigner hears busy or idle) within that time.
+#[derive(Default)]
+pub(crate) struct Kept {
+    pub(crate) lease: Option<(GpuDemand, Lease)>,
+    pub(crate) claimed: Option<GpuDemand>,
+    pub(crate) end_pending: bool,
+    pub(crate) yield_pending: bool,
+}
+
+pub(crate) type SharedKept = std::sync::Arc<std::sync::Mutex<Kept>>;
+
+pub(crate) fn lock(k: &SharedKept) -> std::sync::MutexGuard<'_, Kept> {
+    k.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How often the driver looks for claims and ends while it holds a lease.
+const TICK: Duration = Duration::from_millis(2);
+/// How many grants `Driver::seen_grants` remembers (a grant's second copy comes within moments).
+const SEEN_GRANTS: usize = 16;
+
+enum Event {
+    Cmd(Option<Cmd>),
+    Internal(Option<Internal>),
+    Session(Option<proto::SessionEvent>),
+    Timer,
+}
+
+pub(crate) struct Driver {
+    cfg: Config,
+    machine: ClientMachine,
+    session: Option<Session>,
+    start: tokio::time::Instant,
+    begin_reply: Option<std_mpsc::Sender<Result<Lease, Error>>>,
+    alloc_task: Option<JoinHandle<()>>,
+    granted: Option<proto::AllocateResponse>,
+    /// The error the next `Action::Failed` reports (what the assigner said, precisely).
+    fail_status: Option<fn(String) -> Error>,
+    /// Bumped by every request sent and every request withdrawn.
+    alloc_gen: u64,
+    /// Shared with callers for phases on a kept GPU.
+    kept: SharedKept,
+    /// The demand of the current (or last) phase.
+    last_demand: Option<GpuDemand>,
+    /// Bumped by every session opened or lost.
+    session_gen: u64,
+    internal: mpsc::UnboundedSender<Internal>,
+    memory: SharedMemory,
+    /// Why the last swap-in failed; the begin waiting for it gets the error.
+    swap_failure: Option<String>,
+    /// The GPU ids of the first grant, which later requests require (`pin_gpus`).
+    pinned: Vec<u32>,
+    /// The last grants handled, as (session, lease): each grant comes twice.
+    seen_grants: VecDeque<(u64, u64)>,
+}
+
+impl Driver {
+    /// A driver for a client that is not connected yet (its first phase connects), started
+    /// `start`; `internal` is the sender of the receiver [`Driver::run`] takes.
+    pub(crate) fn new(
+        cfg: Config,
+        kept: SharedKept,
+        memory: SharedMemory,
+        internal: mpsc::UnboundedSender<Internal>,
+        start: tokio::time::Instant,
+    ) -> Driver {
+        let mut machine =
+            ClientMachine::new(acb_core::ClientConfig { release: cfg.release, idle_timeout: cfg.idle_timeout });
+        machine.handle_disconnect(CoreInstant::ZERO);
+        let _ = machine.poll_action();
+        Driver {
+            cfg,
+            machine,
+            session: None,
+            start,
+            begin_reply: None,
+            alloc_task: None,
+            granted: None,
+            fail_status: None,
+            alloc_gen: 0,
+            session_gen: 0,
+            kept,
+            last_demand: None,
+            internal,
+            memory,
+            swap_failure: None,
+            pinned: Vec::new(),
+            seen_grants: VecDeque::new(),
+        }
+    }
+
+    fn now(&self) -> CoreInstant {
+        CoreInstant::from_nanos(u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        mut cmds: mpsc::UnboundedReceiver<Cmd>,
+        mut internal: mpsc::UnboundedReceiver<Internal>,
+    ) {
+        loop {
+            let mut deadline = self.machine.poll_timeout().map(|t| self.start + Duration::from_nanos(t.as_nanos()));
+            if self.machine.lease().is_some() {
+                let tick = tokio::time::Instant::now() + TICK;
+                deadline = Some(deadline.map_or(tick, |d| d.min(tick)));
+            }
+            let timer = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                cmd = cmds.recv() => Event::Cmd(cmd),
+                msg = internal.recv() => Event::Internal(msg),
+                ev = next_event(&mut self.session) => Event::Session(ev),
+                () = timer => Event::Timer,
+            };
+            self.apply_callers();
+            match event {
+                Event::Cmd(cmd) => match cmd {
+                    Some(Cmd::Close { reply }) => {
+                        self.close().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(cmd) => self.command(cmd),
+                    None => {
+                        self.close().await;
+                        return;
+                    }
+                },
+                Event::Internal(Some(msg)) => self.internal(msg),
+                Event::Internal(None) => {}
+                Event::Session(ev) => self.session_event(ev),
+                Event::Timer => {
+                    let now = self.now();
+                    self.machine.handle_timeout(now);
+                }
+            }
+            self.connect_if_needed().await;
+            self.perform().await;
+            self.publish_kept();
+        }
+    }
+
+    /// Applies what callers did on their own threads (see [`Kept`]): a claim, then an end; and
+    /// withdraws the published lease, before anything else may move the machine.
+    fn apply_callers(&mut self) {
+        let mut k = lock(&self.kept);
+        k.lease = None;
+        let claimed = k.claimed.take();
+        let ended = std::mem::take(&mut k.end_pending);
+        drop(k);
+        let now = self.now();
+        if let Some(demand) = claimed {
+            // Published only while it fits; the caller already has the lease, so the machine's
+            // Ready needs no reply.
+            let _ = self.machine.begin(demand, now);
+        }
+        if ended && let Err(e) = self.machine.end(now) {
+            // The lease went away under the phase (revoked, or the assigner vanished).
+            tracing_free_log(&e);
+        }
+    }
+
+    /// Publishes the kept lease while the machine keeps one, idle and unasked; mirrors whether
+    /// a yield waits for the end of the active phase.
+    fn publish_kept(&mut self) {
+        let yield_pending = self.machine.state() == State::Active && self.machine.yield_asked();
+        let publish = self.machine.state() == State::IdleHeld && !self.machine.yield_asked();
+        let lease = match (publish, self.machine.lease(), self.last_demand.clone()) {
+            (true, Some(l), Some(d)) => Some((d, self.lease_for(l))),
+            _ => None,
+        };
+        let mut k = lock(&self.kept);
+        k.yield_pending = yield_pending;
+        k.lease = lease;
+    }
+
+    fn command(&mut self, cmd: Cmd) {
+        let now = self.now();
+        match cmd {
+            Cmd::Begin { demand, reply } => match self.machine.begin(demand.clone(), now) {
+                Ok(()) => {
+                    self.begin_reply = Some(reply);
+                    self.last_demand = Some(demand);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(failure(&e, None)));
+                }
+            },
+            Cmd::Cancel => {
+                self.begin_reply = None;
+                if self.machine.cancel(now).is_err() && self.machine.state() == State::Active {
+                    // The grant raced the timeout: the caller never saw it, so the phase ends.
+                    let _ = self.machine.end(now);
+                }
+            }
+            // The end itself was applied by apply_callers; this only woke the driver.
+            Cmd::Wake => {}
+            Cmd::Close { .. } => {}
+        }
+    }
+
+    fn internal(&mut self, msg: Internal) {
+        let now = self.now();
+        match msg {
+            Internal::Granted { alloc, session, grant } => self.on_grant(alloc, session, grant),
+            Internal::AllocFailed { alloc, .. } if alloc != self.alloc_gen => {}
+            Internal::AllocFailed { status, .. } => match status.code() {
+                // The session ended (the assigner restarted): the disconnect path handles it.
+                tonic::Code::Aborted | tonic::Code::Unavailable | tonic::Code::Cancelled => {}
+                // A restarted assigner does not know this session's token: open a new one.
+                _ if acb_proto::reason_of(&status) == Some(acb_proto::ErrorReason::UnknownToken) => {
+                    self.lose_session();
+                }
+                code => {
+                    self.fail_status = Some(match code {
+                        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => Error::PermissionDenied,
+                        tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted => Error::Rejected,
+                        _ => Error::Internal,
+                    });
+                    self.machine.handle_rejected(status.message().to_string(), now);
+                }
+            },
+            Internal::ReleaseDone { session, .. } if session != self.session_gen => {}
+            Internal::ReleaseDone { lease, .. } => self.machine.handle_release_acked(LeaseId(lease), now),
+        }
+    }
+
+    /// A grant, from the call's reply or from the session (the assigner sends both; either may
+    /// come first, and the reply is lost when the call was withdrawn as it was granted).
+    fn on_grant(&mut self, tag: u64, session: u64, grant: proto::AllocateResponse) {
+        if session != self.session_gen || self.session.is_none() {
+            return; // that session's leases ended with it
+        }
+        if self.seen_grants.contains(&(session, grant.lease_id))
+            || self.machine.lease() == Some(LeaseId(grant.lease_id))
+        {
+            return; // the other copy of a grant already handled
+        }
+        if self.seen_grants.len() == SEEN_GRANTS {
+            self.seen_grants.pop_front();
+        }
+        self.seen_grants.push_back((session, grant.lease_id));
+        if tag != self.alloc_gen {
+            // A grant for a withdrawn request: the assigner thinks we hold it; give it back.
+            self.send_release(grant.lease_id);
+            return;
+        }
+        if self.cfg.pin_gpus && self.pinned.is_empty() {
+            self.pinned = grant.gpus.iter().map(|d| d.id).collect();
+        }
+        let gpus = grant.gpus.iter().map(|d| GpuId(d.id)).collect();
+        let (lease, mem) = (LeaseId(grant.lease_id), grant.memory_per_gpu);
+        self.granted = Some(grant);
+        let now = self.now();
+        self.machine.handle_granted(lease, gpus, mem, now);
+    }
+
+    /// The session is gone: drop it and let the machine save what it holds; a waiting phase
+    /// reconnects.
+    fn lose_session(&mut self) {
+        let now = self.now();
+        self.session = None;
+        self.session_gen += 1;
+        self.abort_alloc();
+        self.machine.handle_disconnect(now);
+    }
+
+    /// An event of the session; `None`: the session ended.
+    fn session_event(&mut self, ev: Option<proto::SessionEvent>) {
+        use proto::session_event::Event as E;
+        let now = self.now();
+        let Some(ev) = ev else {
+            self.lose_session();
+            return;
+        };
+        match ev.event {
+            // A yield for a lease this client does not hold (one granted as its request was
+            // withdrawn): give it back.
+            Some(E::YieldRequest(y)) if self.machine.lease() != Some(LeaseId(y.lease_id)) => {
+                self.send_release(y.lease_id)
+            }
+            Some(E::YieldRequest(y)) => self.machine.handle_yield(LeaseId(y.lease_id), now),
+            Some(E::Revoked(r)) => self.machine.handle_revoked(LeaseId(r.lease_id), now),
+            Some(E::Granted(g)) => {
+                if let Some(grant) = g.grant {
+                    self.on_grant(g.request_tag, self.session_gen, grant);
+                }
+            }
+            Some(E::Welcome(_)) => {}
+            Some(E::ShuttingDown(_)) => self.lose_session(),
+            // An event from a newer assigner that this libacb does not know.
+            None => {}
+        }
+    }
+
+    /// A phase waits for a connection: connect (with the configured retries), or fail it.
+    async fn connect_if_needed(&mut self) {
+        if self.session.is_some() || self.machine.state() != State::Disconnected || self.begin_reply.is_none() {
+            return;
+        }
+        match self.connect().await {
+            Ok(s) => {
+                self.session = Some(s);
+                self.session_gen += 1;
+                let now = self.now();
+                self.machine.handle_reconnected(now);
+            }
+            Err(msg) => {
+                let now = self.now();
+                let _ = self.machine.cancel(now);
+                if let Some(r) = self.begin_reply.take() {
+                    let _ = r.send(Err(Error::Unavailable(msg)));
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Session, String> {
+        let mut last = String::new();
+        for attempt in 0..=self.cfg.connect_retries {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let rpc =
+                match connection::connect(&self.cfg.assigner, self.cfg.auth_token.as_deref(), self.cfg.connect_timeout)
+                    .await
+                {
+                    Ok(rpc) => rpc,
+                    Err(e) => {
+                        last = e.to_string();
+                        continue;
+                    }
+                };
+            match tokio::time::timeout(self.cfg.connect_timeout, Session::open_with(rpc, &self.cfg.job, true)).await {
+                Ok(Ok(s)) => return Ok(s),
+                Ok(Err(status)) => {
+                    last = format!("the assigner at {} refused the session: {}", self.cfg.assigner, status.message())
+                }
+                Err(_) => last = format!("the assigner at {} did not answer in time", self.cfg.assigner),
+            }
+        }
+        Err(format!("{last} (after {} attempts)", self.cfg.connect_retries + 1))
+    }
+
+    /// Performs the machine's actions, in order.
+    async fn perform(&mut self) {
+        while let Some(action) = self.machine.poll_action() {
+            match action {
+                Action::SendRequest(d) => self.send_request(d),
+                Action::SendCancel => self.abort_alloc(),
+                // Each swap completes before the next action: Ready after SwapIn, SendRelease
+                // after SwapOut (the machine's contract).
+                Action::SwapIn { lease, gpus, memory_per_gpu } => {
+                    let (index, uuid) =
+                        self.lease_for(lease).devices.first().map_or((0, String::new()), |d| (d.index, d.uuid.clone()));
+                    let gpu = gpus.first().copied().unwrap_or(GpuId(0));
+                    let swapped = {
+                        let mut memory = self.memory.lock();
+                        // The backend's own number for the granted GPU (CUDA's ordinal, by UUID).
+                        let device = memory.device_for(index, &uuid);
+                        memory.swap_in(gpu, device, memory_per_gpu)
+                    };
+                    if let Err(e) = swapped {
+                        self.swap_failure = Some(e.to_string());
+                    }
+                    self.report_swap().await;
+                }
+                Action::SwapOut { .. } => {
+                    if let Err(e) = self.memory.lock().swap_out() {
+                        tracing::error!("swapping this job's memory out failed: {e}");
+                    }
+                    self.report_swap().await;
+                }
+                Action::Ready { lease } if self.swap_failure.is_some() => {
+                    // The memory could not come back: fail the begin, give the GPU back.
+                    let why = self.swap_failure.take().unwrap_or_default();
+                    if let Some(r) = self.begin_reply.take() {
+                        let _ = r.send(Err(Error::OutOfMemory(format!("cannot bring this job's memory back: {why}"))));
+                    }
+                    let now = self.now();
+                    let _ = self.machine.end(now);
+                    self.machine.handle_yield(lease, now);
+                }
+                Action::Ready { lease } => {
+                    let l = self.lease_for(lease);
+                    if let Some(r) = self.begin_reply.take()
+                        && r.send(Ok(l)).is_err()
+                    {
+                        // The caller timed out as the grant came: end the phase it never saw.
+                        let now = self.now();
+                        let _ = self.machine.end(now);
+                    }
+                }
+                Action::ReportIdle { lease } | Action::ReportBusy { lease } => {
+                    let idle = matches!(action, Action::ReportIdle { .. });
+                    if let Some(s) = &self.session {
+                        let _ = s.report_phase(lease.0, idle).await;
+                    }
+                }
+                Action::SendRelease { lease } => self.send_release(lease.0),
+                Action::Failed(e) => {
+                    let status = self.fail_status.take();
+                    if let Some(r) = self.begin_reply.take() {
+                        let _ = r.send(Err(failure(&e, status)));
+                    }
+                }
+                Action::Lost { .. } => {}
+            }
+        }
+    }
+
+    fn send_request(&mut self, d: GpuDemand) {
+        let Some(s) = &self.session else { return };
+        let (mut rpc, token, tx) = (s.rpc(), s.token.clone(), self.internal.clone());
+        self.abort_alloc();
+        let (alloc, session) = (self.alloc_gen, self.session_gen);
+        let req = proto::AllocateRequest {
+            client_token: token,
+            gpus: d.gpus,
+            memory_per_gpu: d.memory_per_gpu,
+            priority: d.priority,
+            required_gpus: self.pinned.clone(),
+            request_tag: alloc,
+            ..Default::default()
+        };
+        self.alloc_task = Some(tokio::spawn(async move {
+            let msg = match rpc.alloc_request(req).await {
+                Ok(r) => Internal::Granted { alloc, session, grant: r.into_inner() },
+                Err(status) => Internal::AllocFailed { alloc, status },
+            };
+            let _ = tx.send(msg);
+        }));
+    }
+
+    fn send_release(&mut self, lease: u64) {
+        let tx = self.internal.clone();
+        let session = self.session_gen;
+        let Some(s) = &self.session else {
+            // No connection: the assigner already dropped everything this session held.
+            let _ = tx.send(Internal::ReleaseDone { session, lease });
+            return;
+        };
+        let (mut rpc, token) = (s.rpc(), s.token.clone());
+        tokio::spawn(async move {
+            // Whatever the answer, the lease is no longer this client's to use.
+            let _ = rpc.release(proto::ReleaseRequest { client_token: token, lease_id: lease }).await;
+            let _ = tx.send(Internal::ReleaseDone { session, lease });
+        });
+    }
+
+    fn abort_alloc(&mut self) {
+        // Whatever that request's task still reports is stale from now on.
+        self.alloc_gen += 1;
+        if let Some(t) = self.alloc_task.take() {
+            // Dropping the call cancels it; the assigner withdraws the request.
+            t.abort();
+        }
+    }
+
+    /// Tells the assigner what was swapped since the last report (its metrics count it).
+    async fn report_swap(&self) {
+        let (bytes_in, bytes_out) = self.memory.lock().take_unreported();
+        if (bytes_in, bytes_out) != (0, 0)
+            && let Some(s) = &self.session
+        {
+            let _ = s.report_swap(bytes_in, bytes_out).await;
+        }
+    }
+
+    fn lease_for(&self, lease: LeaseId) -> Lease {
+        let g = self.granted.as_ref().filter(|g| g.lease_id == lease.0);
+        Lease {
+            id: lease.0,
+            devices: g
+                .map(|g| g.gpus.iter().map(|d| Device { index: d.index, uuid: d.uuid.clone() }).collect())
+                .unwrap_or_default(),
+            memory_per_gpu: g.map_or(0, |g| g.memory_per_gpu),
+        }
+    }
+
+    async fn close(&mut self) {
+        self.abort_alloc();
+        if let (Some(s), Some(lease)) = (&self.session, self.machine.lease()) {
+            let mut rpc = s.rpc();
+            let req = proto::ReleaseRequest { client_token: s.token.clone(), lease_id: lease.0 };
+            let _ = tokio::time::timeout(Duration::from_secs(2), rpc.release(req)).await;
+        }
+        // Dropping the session ends it: the assigner releases anything left.
+        self.session = None;
+    }
+}
+
+async fn next_event(session: &mut Option<Session>) -> Option<proto::SessionEvent> {
+    match session {
+        Some(s) => s.events.message().await.ok().flatten(),
+        None => std::future::pending().await,
+    }
+}
+
+/// An end that found no phase (its lease was revoked or dropped under it) needs no more than a
+/// debug line: the next begin starts afresh.
+fn tracing_free_log(e: &ClientError) {
+    tracing::debug!("a phase's end found no phase: {e}");
+}
+
+/// The error a caller gets for what the machine refused; `rejected` says how the assigner's
+/// refusal is reported (what the assigner said, precisely), `Rejected` by default.
+fn failure(e: &ClientError, rejected: Option<fn(String) -> Error>) -> Error {
+    let make = match e {
+        ClientError::AlreadyActive | ClientError::AlreadyRequesting => Error::AlreadyActive,
+        ClientError::NotActive | ClientError::NotRequesting => Error::NotActive,
+        ClientError::Rejected(_) => rejected.unwrap_or(Error::Rejected),
+        ClientError::Revoked(_) => Error::LeaseRevoked,
+    };
+    make(e.to_string())
+}

@@ -1,0 +1,48 @@
+//! The assigner's status as JSON: what `acb-assigner status --json` prints and
+//! `acb_client_status_json` returns (one function, so the two never differ).
+
+use acb_proto::v1 as proto;
+
+/// The status as JSON.
+pub fn status_json(s: &proto::StatusResponse) -> String {
+    let gpus: Vec<serde_json::Value> = s
+        .gpus
+        .iter()
+        .map(|g| {
+            serde_json::json!({
+                "id": g.id, "node": g.node, "index": g.index, "uuid": g.uuid, "name": g.name,
+                "memory": g.memory, "healthy": g.healthy, "simulated": g.fake, "granted": g.granted,
+                "reserved": g.reserved,
+                "holders": g.holders.iter().map(|h| serde_json::json!({
+                    "client": h.client_id, "job": h.job, "lease": h.lease_id, "idle": h.idle,
+                    "held_ms": h.held_ms, "memory": h.memory,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let queue: Vec<serde_json::Value> = s
+        .queue
+        .iter()
+        .map(|q| {
+            serde_json::json!({
+                "request": q.request_id, "client": q.client_id, "job": q.job, "gpus": q.gpus,
+                "memory_per_gpu": q.memory_per_gpu, "priority": q.priority, "waiting_ms": q.waiting_ms,
+            })
+        })
+        .collect();
+    let clients: Vec<serde_json::Value> = s
+        .clients
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "client": c.client_id, "job": c.job, "pid": c.pid, "leases": c.leases, "queued": c.queued,
+                "swap_bytes_in": c.swap_bytes_in, "swap_bytes_out": c.swap_bytes_out, "one_off": c.one_off,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "version": s.version, "scheduler": s.scheduler, "uptime_ms": s.uptime_ms,
+        "gpus": gpus, "queue": queue, "clients": clients,
+    })
+    .to_string()
+}
