@@ -9,13 +9,12 @@
 //!    └──────── release acked ─────────── Releasing ◀───────────────────┘ timeout
 //! ```
 //!
-//! # Driving it
-//! The owner (libacb's background runtime, or the simulator) calls the inputs below and after
-//! each one drains [`poll_action`](ClientMachine::poll_action), performing every action in
-//! order: a [`Action::SwapIn`] completes before the [`Action::Ready`] that follows it is
-//! honoured, and a [`Action::SwapOut`] completes before the [`Action::SendRelease`] after it
-//! is sent. It arms one timer at [`poll_timeout`](ClientMachine::poll_timeout) and calls
-//! [`handle_timeout`](ClientMachine::handle_timeout) when it fires (early or twice is harmless).
+//! The machine holds all of the session's protocol state, so that its races can be told as
+//! stories on a virtual clock (`tests/client_stories.rs`): which request is current (its
+//! [`RequestTag`]), which session a result belongs to ([`SessionEpoch`]), which grants were
+//! already handled (each comes twice), which GPUs the job is pinned to, and what to do with a
+//! grant nobody waits for any more. Its owner only does I/O; see [`ClientMachine`] for how to
+//! drive it.
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -23,6 +22,22 @@ use core::fmt;
 use core::time::Duration;
 
 use crate::{Affinity, GpuId, Instant, LeaseId};
+
+/// How many granted leases the machine remembers to recognise a grant's second copy (it comes
+/// within moments of the first).
+const SEEN_GRANTS: usize = 16;
+
+/// Names one allocation request. The machine chooses it (in [`Action::SendRequest`]) and the
+/// assigner echoes it with the grant, so that a grant for a request since withdrawn is known for
+/// what it is. Tags are never reused, not even across sessions; 0 means none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestTag(pub u64);
+
+/// Names one session with the assigner: a new epoch begins at every disconnect and every
+/// reconnect. The owner stamps each call it makes with [`ClientMachine::session`] and passes the
+/// stamp back with the call's result, so that a result from a session since ended is ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionEpoch(pub u64);
 
 /// What one GPU phase needs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -86,8 +101,13 @@ pub enum State {
 #[must_use]
 pub enum Action {
     /// Send an allocation request to the assigner.
-    SendRequest(GpuDemand),
-    /// Withdraw the queued request.
+    SendRequest {
+        /// The request's tag, sent with it (`request_tag`); its grant comes back with it.
+        tag: RequestTag,
+        /// What to ask for. When the job is pinned, its affinity requires the pinned GPUs.
+        demand: GpuDemand,
+    },
+    /// Withdraw the queued request (drop the call that waits for its grant).
     SendCancel,
     /// Bring the job's device memory back onto these GPUs (at the same addresses).
     SwapIn {
@@ -118,7 +138,9 @@ pub enum Action {
         /// The lease the memory was on.
         lease: LeaseId,
     },
-    /// Give the lease back to the assigner.
+    /// Give the lease back to the assigner: a lease this job held, or one granted that nobody
+    /// wants (its request was withdrawn, or the phase cannot use it). Its acknowledgement
+    /// goes to [`ClientMachine::handle_release_acked`], stamped with the session it was sent in.
     SendRelease {
         /// The lease.
         lease: LeaseId,
@@ -172,7 +194,30 @@ struct Held {
     memory_per_gpu: u64,
 }
 
-/// One job's session with the assigner. See the [module docs](self).
+/// One job's session with the assigner. See the [module docs](self) for its states.
+///
+/// # Polling order
+/// The owner (libacb's driver, or the simulator) drives it from one place, in this order:
+/// 1. Feed it what happened, each with the time it happened: the caller's commands
+///    ([`begin`](Self::begin), [`end`](Self::end), [`safe_point`](Self::safe_point),
+///    [`cancel`](Self::cancel)), the assigner's messages as they arrive, from either source and
+///    in any order ([`handle_granted`](Self::handle_granted) for both the call's reply and the
+///    session's copy; [`handle_rejected`](Self::handle_rejected),
+///    [`handle_session_expired`](Self::handle_session_expired), [`handle_yield`](Self::handle_yield),
+///    [`handle_revoked`](Self::handle_revoked), [`handle_release_acked`](Self::handle_release_acked)),
+///    the connection's fate ([`handle_disconnect`](Self::handle_disconnect),
+///    [`handle_reconnected`](Self::handle_reconnected)) and the timer
+///    ([`handle_timeout`](Self::handle_timeout), harmless early or twice). Nothing needs
+///    filtering first: stale and duplicate inputs are the machine's to recognise.
+/// 2. Drain [`poll_action`](Self::poll_action) and perform every action in order: a
+///    [`Action::SwapIn`] completes before the [`Action::Ready`] after it is honoured, and a
+///    [`Action::SwapOut`] completes before the [`Action::SendRelease`] after it is sent. An
+///    input fed while draining (a waiter gone when `Ready` is delivered: `cancel`) queues its
+///    actions behind the ones left.
+/// 3. Bring the I/O in line with the machine: while [`is_connected`](Self::is_connected) is
+///    false, hold no session (drop the one it has; open one when a phase waits, then
+///    `handle_reconnected`).
+/// 4. Arm one timer at [`poll_timeout`](Self::poll_timeout).
 #[derive(Clone, Debug)]
 pub struct ClientMachine {
     config: ClientConfig,
@@ -189,6 +234,21 @@ pub struct ClientMachine {
     yield_asked: bool,
     idle_since: Option<Instant>,
     actions: VecDeque<Action>,
+    /// The tag of the request waiting for its grant (in `Requesting` only).
+    request_tag: Option<RequestTag>,
+    /// The tag the next request gets.
+    next_tag: u64,
+    /// The first tag issued in the current session: a grant for an earlier one is from a
+    /// session that has ended, and its lease ended with it.
+    session_first_tag: u64,
+    /// The current session.
+    epoch: SessionEpoch,
+    /// The leases granted lately in this session, to know a grant's second copy.
+    seen: VecDeque<LeaseId>,
+    /// Whether later requests require the GPUs of the first grant.
+    pin_gpus: bool,
+    /// Those GPUs, once granted.
+    pinned: Vec<GpuId>,
 }
 
 impl ClientMachine {
@@ -205,7 +265,37 @@ impl ClientMachine {
             yield_asked: false,
             idle_since: None,
             actions: VecDeque::new(),
+            request_tag: None,
+            next_tag: 1,
+            session_first_tag: 1,
+            epoch: SessionEpoch(0),
+            seen: VecDeque::new(),
+            pin_gpus: false,
+            pinned: Vec::new(),
         }
+    }
+
+    /// Pins the job to the GPUs of its first grant: every later request requires them (its
+    /// memory, for instance, was allocated there by a framework that cannot move it).
+    pub fn with_pinned_gpus(mut self) -> Self {
+        self.pin_gpus = true;
+        self
+    }
+
+    /// The GPUs later requests require (empty until the first grant, or when not pinned).
+    pub fn pinned_gpus(&self) -> &[GpuId] {
+        &self.pinned
+    }
+
+    /// The current session: stamp each call with it, pass the stamp back with its result.
+    pub fn session(&self) -> SessionEpoch {
+        self.epoch
+    }
+
+    /// Whether the machine counts on a session with the assigner. While it does not, its owner
+    /// holds none (see the polling order on [`ClientMachine`]).
+    pub fn is_connected(&self) -> bool {
+        self.connected
     }
 
     /// Where the session is.
@@ -303,15 +393,19 @@ impl ClientMachine {
         true
     }
 
-    /// Gives up waiting for a grant.
-    pub fn cancel(&mut self, _now: Instant) -> Result<(), ClientError> {
+    /// Gives up waiting for a grant (the waiting `begin` timed out, or its caller is gone). A
+    /// grant that raced it is the machine's to deal with: one that arrives later is given back
+    /// unused, and one that came first, whose phase the caller never saw, ends that phase now.
+    pub fn cancel(&mut self, now: Instant) -> Result<(), ClientError> {
         match self.state {
             State::Requesting => {
                 self.state = State::Idle;
                 self.pending = None;
+                self.request_tag = None;
                 self.actions.push_back(Action::SendCancel);
                 Ok(())
             }
+            State::Active => self.end(now),
             State::Releasing | State::Disconnected if self.pending.is_some() => {
                 self.pending = None;
                 Ok(())
@@ -320,30 +414,57 @@ impl ClientMachine {
         }
     }
 
-    /// The assigner granted the request.
-    pub fn handle_granted(&mut self, lease: LeaseId, gpus: Vec<GpuId>, memory_per_gpu: u64, _now: Instant) {
-        let fits = self.pending.as_ref().is_some_and(|d| {
-            let held = Held { lease, gpus: gpus.clone(), memory_per_gpu };
-            d.gpus as usize == gpus.len() && d.memory_per_gpu.is_none_or(|m| m <= held.memory_per_gpu)
-        });
-        if self.state != State::Requesting || !fits {
-            // A grant that crossed a cancel (or a stale one that cannot serve this phase):
-            // nobody wants it. If a request is waiting, its own grant is still to come.
+    /// The assigner granted the request tagged `tag`. Each grant comes twice, as the call's
+    /// reply and as the session's event, in either order: feed both; the second is ignored. A
+    /// grant from a session that has ended is ignored (its lease ended with it); one for a
+    /// request since withdrawn, or that cannot serve the phase, is given back unused.
+    pub fn handle_granted(
+        &mut self,
+        tag: RequestTag,
+        lease: LeaseId,
+        gpus: Vec<GpuId>,
+        memory_per_gpu: u64,
+        _now: Instant,
+    ) {
+        if !self.connected || tag.0 < self.session_first_tag {
+            return; // an earlier session's grant
+        }
+        if self.lease() == Some(lease) || self.seen.contains(&lease) {
+            return; // the other copy of a grant already handled
+        }
+        if self.seen.len() == SEEN_GRANTS {
+            self.seen.pop_front();
+        }
+        self.seen.push_back(lease);
+        let fits = self
+            .pending
+            .as_ref()
+            .is_some_and(|d| d.gpus as usize == gpus.len() && d.memory_per_gpu.is_none_or(|m| m <= memory_per_gpu));
+        if self.state != State::Requesting || self.request_tag != Some(tag) || !fits {
+            // A grant for a withdrawn request (it crossed a cancel), or one that cannot serve
+            // this phase: nobody wants it, but the assigner thinks we hold it. If a request is
+            // waiting, its own grant is still to come.
             self.actions.push_back(Action::SendRelease { lease });
             return;
         }
+        if self.pin_gpus && self.pinned.is_empty() {
+            self.pinned = gpus.clone();
+        }
         self.state = State::Active;
         self.yield_asked = false;
+        self.request_tag = None;
         self.current = self.pending.take();
         self.actions.push_back(Action::SwapIn { lease, gpus: gpus.clone(), memory_per_gpu });
         self.actions.push_back(Action::Ready { lease });
         self.held = Some(Held { lease, gpus, memory_per_gpu });
     }
 
-    /// The assigner refused the request.
-    pub fn handle_rejected(&mut self, why: alloc::string::String, _now: Instant) {
-        if self.state == State::Requesting {
+    /// The assigner refused the request tagged `tag` (a refusal of a request since withdrawn
+    /// is ignored).
+    pub fn handle_rejected(&mut self, tag: RequestTag, why: alloc::string::String, _now: Instant) {
+        if self.state == State::Requesting && self.request_tag == Some(tag) {
             self.state = State::Idle;
+            self.request_tag = None;
             self.pending = None;
             self.actions.push_back(Action::Failed(ClientError::Rejected(why)));
         }
@@ -352,7 +473,12 @@ impl ClientMachine {
     /// The assigner asks for the lease back.
     pub fn handle_yield(&mut self, lease: LeaseId, _now: Instant) {
         if self.lease() != Some(lease) {
-            return; // stale: that lease is already gone
+            if self.connected && !self.seen.contains(&lease) {
+                // A lease granted in this session that this job never saw (both copies of the
+                // grant of a withdrawn request lost): the assigner thinks we hold it.
+                self.actions.push_back(Action::SendRelease { lease });
+            }
+            return; // otherwise stale: that lease is already gone, or going
         }
         self.yield_asked = true;
         if self.state == State::IdleHeld {
@@ -380,10 +506,12 @@ impl ClientMachine {
         }
     }
 
-    /// The assigner confirmed the release of `lease`.
-    pub fn handle_release_acked(&mut self, lease: LeaseId, _now: Instant) {
-        if self.state != State::Releasing || self.lease() != Some(lease) {
-            return; // the ack of a lease given straight back, or a stale one
+    /// The assigner confirmed the release of `lease`, sent in `session`.
+    pub fn handle_release_acked(&mut self, lease: LeaseId, session: SessionEpoch, _now: Instant) {
+        if session != self.epoch || self.state != State::Releasing || self.lease() != Some(lease) {
+            // The ack of a lease given straight back, or a stale one: from a session since
+            // ended, a restarted assigner may have granted the same lease id again.
+            return;
         }
         self.drop_held();
         self.state = State::Idle;
@@ -399,6 +527,7 @@ impl ClientMachine {
             return;
         }
         self.connected = false;
+        self.new_session();
         match self.state {
             State::Idle => self.state = State::Disconnected,
             State::Requesting => {
@@ -423,12 +552,22 @@ impl ClientMachine {
         }
     }
 
+    /// A reply to request `tag` says the assigner no longer knows this session (it restarted
+    /// and the session's end has not reached us yet): the session is over, as at a
+    /// disconnect. A reply from a session already over is ignored.
+    pub fn handle_session_expired(&mut self, tag: RequestTag, now: Instant) {
+        if self.connected && tag.0 >= self.session_first_tag {
+            self.handle_disconnect(now);
+        }
+    }
+
     /// The connection is back. A phase that was waiting asks again.
     pub fn handle_reconnected(&mut self, _now: Instant) {
         if self.connected {
             return;
         }
         self.connected = true;
+        self.new_session();
         if self.state == State::Disconnected {
             self.state = State::Idle;
             if let Some(demand) = self.pending.take() {
@@ -481,9 +620,24 @@ impl ClientMachine {
             self.pending = Some(demand);
             return;
         }
+        let tag = RequestTag(self.next_tag);
+        self.next_tag += 1;
         self.state = State::Requesting;
-        self.actions.push_back(Action::SendRequest(demand.clone()));
+        self.request_tag = Some(tag);
+        let mut sent = demand.clone();
+        if !self.pinned.is_empty() {
+            sent.affinity = Affinity::Required(self.pinned.clone());
+        }
+        self.actions.push_back(Action::SendRequest { tag, demand: sent });
         self.pending = Some(demand);
+    }
+
+    /// A session ended or began: what was asked or granted in the last one is stale.
+    fn new_session(&mut self) {
+        self.epoch = SessionEpoch(self.epoch.0 + 1);
+        self.session_first_tag = self.next_tag;
+        self.request_tag = None;
+        self.seen.clear();
     }
 
     fn start_release(&mut self) {

@@ -32,7 +32,9 @@ pub mod swap;
 mod time;
 pub mod units;
 
-pub use client::{Action, ClientConfig, ClientError, ClientMachine, GpuDemand, ReleaseMode, State};
+pub use client::{
+    Action, ClientConfig, ClientError, ClientMachine, GpuDemand, ReleaseMode, RequestTag, SessionEpoch, State,
+};
 pub use error::{Error, ErrorKind};
 pub use id::{ClientId, GpuId, LeaseId, NodeId, RequestId};
 pub use pool::{Gpu, GpuPool, Health, Node};

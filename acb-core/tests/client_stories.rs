@@ -7,7 +7,7 @@ use acb_core::sim::{self, JobSpec, Mode, Phase, SimConfig, SimError};
 use acb_core::swap::{Residency, SwapError};
 use acb_core::{
     Action, ClientConfig, ClientError, ClientId, ClientMachine, GpuDemand, GpuId, GpuPool, Instant, LeaseId, Policy,
-    ReleaseMode, SchedulerConfig, State, SwapRegistry,
+    ReleaseMode, RequestTag, SchedulerConfig, State, SwapRegistry,
 };
 
 const GIB: u64 = 1 << 30;
@@ -20,17 +20,29 @@ fn drain(m: &mut ClientMachine) -> Vec<Action> {
     std::iter::from_fn(|| m.poll_action()).collect()
 }
 
-fn granted(m: &mut ClientMachine, lease: u64, now: Instant) -> Vec<Action> {
-    m.handle_granted(LeaseId(lease), vec![GpuId(0)], 80 * GIB, now);
+/// The request the machine sends, tagged `tag`.
+fn request(tag: u64, demand: GpuDemand) -> Action {
+    Action::SendRequest { tag: RequestTag(tag), demand }
+}
+
+/// The assigner grants request `tag` lease `lease` on GPU 0.
+fn granted(m: &mut ClientMachine, tag: u64, lease: u64, now: Instant) -> Vec<Action> {
+    m.handle_granted(RequestTag(tag), LeaseId(lease), vec![GpuId(0)], 80 * GIB, now);
     drain(m)
 }
 
-/// A machine in its first GPU phase, on lease 1 (GPU 0), granted at t(1).
+/// The assigner acknowledges the release of `lease`, in the current session.
+fn acked(m: &mut ClientMachine, lease: u64, now: Instant) {
+    let session = m.session();
+    m.handle_release_acked(LeaseId(lease), session, now);
+}
+
+/// A machine in its first GPU phase, on lease 1 (GPU 0) for request 1, granted at t(1).
 fn active(config: ClientConfig) -> ClientMachine {
     let mut m = ClientMachine::new(config);
     m.begin(GpuDemand::gpus(1), t(0)).unwrap();
     drain(&mut m);
-    granted(&mut m, 1, t(1));
+    granted(&mut m, 1, 1, t(1));
     m
 }
 
@@ -38,11 +50,11 @@ fn active(config: ClientConfig) -> ClientMachine {
 fn a_phase_asks_swaps_in_and_under_lazy_release_keeps_the_gpu() {
     let mut m = ClientMachine::new(ClientConfig::default());
     m.begin(GpuDemand::gpus(1), t(0)).unwrap();
-    assert_eq!(drain(&mut m), vec![Action::SendRequest(GpuDemand::gpus(1))]);
+    assert_eq!(drain(&mut m), vec![request(1, GpuDemand::gpus(1))]);
     assert_eq!(m.state(), State::Requesting);
     let l = LeaseId(1);
     assert_eq!(
-        granted(&mut m, 1, t(5)),
+        granted(&mut m, 1, 1, t(5)),
         vec![Action::SwapIn { lease: l, gpus: vec![GpuId(0)], memory_per_gpu: 80 * GIB }, Action::Ready { lease: l }]
     );
     m.end(t(100)).unwrap();
@@ -61,7 +73,7 @@ fn eager_release_gives_the_gpu_back_after_every_phase() {
     let l = LeaseId(1);
     assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: l }, Action::SendRelease { lease: l }]);
     assert_eq!(m.state(), State::Releasing);
-    m.handle_release_acked(l, t(3));
+    acked(&mut m, 1, t(3));
     assert_eq!(m.state(), State::Idle);
     assert_eq!(m.lease(), None);
 }
@@ -75,11 +87,11 @@ fn a_yield_asked_while_idle_releases_at_once_and_while_busy_at_the_end() {
     assert!(m.yield_asked());
     m.end(t(3)).unwrap();
     assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: l }, Action::SendRelease { lease: l }]);
-    m.handle_release_acked(LeaseId(1), t(4));
+    acked(&mut m, 1, t(4));
 
     m.begin(GpuDemand::gpus(1), t(5)).unwrap();
     drain(&mut m);
-    granted(&mut m, 2, t(6));
+    granted(&mut m, 2, 2, t(6));
     m.end(t(7)).unwrap();
     drain(&mut m);
     m.handle_yield(LeaseId(1), t(8)); // stale: ignored
@@ -95,9 +107,9 @@ fn a_safe_point_gives_the_gpu_back_mid_phase_and_asks_again() {
     m.handle_yield(LeaseId(1), t(3));
     assert!(m.safe_point(t(4)));
     assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: LeaseId(1) }, Action::SendRelease { lease: LeaseId(1) }]);
-    m.handle_release_acked(LeaseId(1), t(5));
-    assert_eq!(drain(&mut m), vec![Action::SendRequest(GpuDemand::gpus(1))]);
-    let actions = granted(&mut m, 2, t(9));
+    acked(&mut m, 1, t(5));
+    assert_eq!(drain(&mut m), vec![request(2, GpuDemand::gpus(1))]);
+    let actions = granted(&mut m, 2, 2, t(9));
     assert_eq!(actions.last(), Some(&Action::Ready { lease: LeaseId(2) }));
 }
 
@@ -107,7 +119,7 @@ fn the_idle_timeout_gives_a_kept_gpu_back() {
         ClientMachine::new(ClientConfig { release: ReleaseMode::Lazy, idle_timeout: Some(Duration::from_secs(2)) });
     m.begin(GpuDemand::gpus(1), t(0)).unwrap();
     drain(&mut m);
-    granted(&mut m, 1, t(1));
+    granted(&mut m, 1, 1, t(1));
     m.end(t(1000)).unwrap();
     drain(&mut m);
     assert_eq!(m.poll_timeout(), Some(t(3000)));
@@ -125,8 +137,8 @@ fn a_begin_that_needs_more_than_the_kept_lease_releases_it_first() {
     drain(&mut m);
     m.begin(GpuDemand::gpus(2), t(3)).unwrap();
     assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: LeaseId(1) }, Action::SendRelease { lease: LeaseId(1) }]);
-    m.handle_release_acked(LeaseId(1), t(4));
-    assert_eq!(drain(&mut m), vec![Action::SendRequest(GpuDemand::gpus(2))]);
+    acked(&mut m, 1, t(4));
+    assert_eq!(drain(&mut m), vec![request(2, GpuDemand::gpus(2))]);
 }
 
 #[test]
@@ -137,7 +149,7 @@ fn misuse_gets_clear_errors() {
     m.begin(GpuDemand::gpus(1), t(0)).unwrap();
     assert_eq!(m.begin(GpuDemand::gpus(1), t(0)), Err(ClientError::AlreadyRequesting));
     drain(&mut m);
-    granted(&mut m, 1, t(1));
+    granted(&mut m, 1, 1, t(1));
     assert_eq!(m.begin(GpuDemand::gpus(1), t(0)), Err(ClientError::AlreadyActive));
     assert!(ClientError::AlreadyActive.to_string().contains("twice"));
 }
@@ -149,7 +161,7 @@ fn a_grant_that_crosses_a_cancel_is_given_straight_back() {
     drain(&mut m);
     m.cancel(t(1)).unwrap();
     assert_eq!(drain(&mut m), vec![Action::SendCancel]);
-    assert_eq!(granted(&mut m, 1, t(2)), vec![Action::SendRelease { lease: LeaseId(1) }]);
+    assert_eq!(granted(&mut m, 1, 1, t(2)), vec![Action::SendRelease { lease: LeaseId(1) }]);
     assert_eq!(m.state(), State::Idle);
 }
 
@@ -158,7 +170,7 @@ fn a_rejected_request_fails_the_waiting_begin() {
     let mut m = ClientMachine::new(ClientConfig::default());
     m.begin(GpuDemand::gpus(4), t(0)).unwrap();
     drain(&mut m);
-    m.handle_rejected("asked for 4 GPUs but only 1".into(), t(1));
+    m.handle_rejected(RequestTag(1), "asked for 4 GPUs but only 1".into(), t(1));
     assert!(matches!(drain(&mut m).as_slice(), [Action::Failed(ClientError::Rejected(_))]));
     assert_eq!(m.state(), State::Idle);
 }
@@ -174,7 +186,7 @@ fn after_a_disconnect_the_memory_is_saved_and_the_next_phase_asks_again() {
     m.begin(GpuDemand::gpus(1), t(4)).unwrap(); // waits for the connection
     assert!(drain(&mut m).is_empty());
     m.handle_reconnected(t(5));
-    assert_eq!(drain(&mut m), vec![Action::SendRequest(GpuDemand::gpus(1))]);
+    assert_eq!(drain(&mut m), vec![request(2, GpuDemand::gpus(1))]);
 }
 
 #[test]
@@ -187,7 +199,7 @@ fn a_disconnect_mid_phase_saves_the_memory_at_the_end_and_releases_nothing() {
     assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: LeaseId(1) }]);
     assert_eq!(m.state(), State::Idle);
     m.begin(GpuDemand::gpus(1), t(6)).unwrap();
-    assert_eq!(drain(&mut m), vec![Action::SendRequest(GpuDemand::gpus(1))]);
+    assert_eq!(drain(&mut m), vec![request(2, GpuDemand::gpus(1))]);
 }
 
 #[test]
@@ -355,16 +367,16 @@ fn a_kept_lease_is_reused_only_for_a_phase_it_can_serve() {
     let mut m = ClientMachine::new(ClientConfig::default());
     m.begin(fenced.clone(), t(0)).unwrap();
     drain(&mut m);
-    m.handle_granted(LeaseId(1), vec![GpuId(0)], 10 * GIB, t(1));
+    m.handle_granted(RequestTag(1), LeaseId(1), vec![GpuId(0)], 10 * GIB, t(1));
     drain(&mut m);
     m.end(t(2)).unwrap();
     drain(&mut m);
     // A whole GPU is more than the fence: give the lease back and ask again.
     m.begin(GpuDemand::gpus(1), t(3)).unwrap();
     assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: LeaseId(1) }, Action::SendRelease { lease: LeaseId(1) }]);
-    m.handle_release_acked(LeaseId(1), t(4));
+    acked(&mut m, 1, t(4));
     drain(&mut m);
-    m.handle_granted(LeaseId(2), vec![GpuId(0)], 80 * GIB, t(5));
+    m.handle_granted(RequestTag(2), LeaseId(2), vec![GpuId(0)], 80 * GIB, t(5));
     drain(&mut m);
     m.end(t(6)).unwrap();
     drain(&mut m);
@@ -379,12 +391,12 @@ fn a_stale_grant_that_cannot_serve_the_phase_is_given_back_and_the_wait_goes_on(
     let mut m = ClientMachine::new(ClientConfig::default());
     m.begin(GpuDemand::gpus(2), t(0)).unwrap();
     drain(&mut m);
-    m.handle_granted(LeaseId(7), vec![GpuId(0)], 80 * GIB, t(1)); // one GPU, two asked
+    m.handle_granted(RequestTag(1), LeaseId(7), vec![GpuId(0)], 80 * GIB, t(1)); // one GPU, two asked
     assert_eq!(drain(&mut m), vec![Action::SendRelease { lease: LeaseId(7) }]);
     assert_eq!(m.state(), State::Requesting);
-    m.handle_release_acked(LeaseId(7), t(2)); // the ack of that give-back changes nothing
+    acked(&mut m, 7, t(2)); // the ack of that give-back changes nothing
     assert_eq!(m.state(), State::Requesting);
-    m.handle_granted(LeaseId(8), vec![GpuId(0), GpuId(1)], 80 * GIB, t(3));
+    m.handle_granted(RequestTag(1), LeaseId(8), vec![GpuId(0), GpuId(1)], 80 * GIB, t(3));
     assert_eq!(drain(&mut m).last(), Some(&Action::Ready { lease: LeaseId(8) }));
 }
 
@@ -393,7 +405,7 @@ fn nothing_is_sent_while_disconnected() {
     let mut m = ClientMachine::new(ClientConfig::default());
     m.begin(GpuDemand::gpus(1), t(0)).unwrap();
     drain(&mut m);
-    m.handle_granted(LeaseId(1), vec![GpuId(0)], 80 * GIB, t(1));
+    m.handle_granted(RequestTag(1), LeaseId(1), vec![GpuId(0)], 80 * GIB, t(1));
     drain(&mut m);
     m.handle_disconnect(t(2));
     m.handle_revoked(LeaseId(1), t(3));
@@ -401,5 +413,5 @@ fn nothing_is_sent_while_disconnected() {
     m.begin(GpuDemand::gpus(1), t(4)).unwrap();
     assert!(drain(&mut m).is_empty(), "no request into a dead connection");
     m.handle_reconnected(t(5));
-    assert_eq!(drain(&mut m), vec![Action::SendRequest(GpuDemand::gpus(1))]);
+    assert_eq!(drain(&mut m), vec![request(2, GpuDemand::gpus(1))]);
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use acb_core::sim::{self, JobSpec, Mode, Phase, SimConfig};
 use acb_core::{
     Action, Affinity, ClientConfig, ClientId, ClientMachine, GpuDemand, GpuId, GpuPool, Health, Instant, LeaseId,
-    Output, Policy, ReleaseMode, Request, RequestId, Scheduler, SchedulerConfig, State,
+    Output, Policy, ReleaseMode, Request, RequestId, RequestTag, Scheduler, SchedulerConfig, State,
 };
 use proptest::prelude::*;
 
@@ -315,15 +315,16 @@ proptest! {
         let release = if eager { ReleaseMode::Eager } else { ReleaseMode::Lazy };
         let mut m = ClientMachine::new(ClientConfig { release, idle_timeout: Some(Duration::from_millis(50)) });
         let mut now = Instant::ZERO;
+        let mut tag = RequestTag(0);
         for (kind, lease, gpus) in inputs {
             now = now + Duration::from_millis(10);
             let lease = LeaseId(lease);
             match kind {
                 0 | 1 => { let _ = m.begin(GpuDemand::gpus(gpus), now); }
                 2 | 3 => { let _ = m.end(now); }
-                4 => m.handle_granted(lease, (0..gpus).map(GpuId).collect(), GIB, now),
+                4 => m.handle_granted(tag, lease, (0..gpus).map(GpuId).collect(), GIB, now),
                 5 => m.handle_yield(lease, now),
-                6 => m.handle_release_acked(lease, now),
+                6 => { let session = m.session(); m.handle_release_acked(lease, session, now) }
                 7 => m.handle_disconnect(now),
                 8 => m.handle_reconnected(now),
                 9 => m.handle_timeout(now),
@@ -331,8 +332,10 @@ proptest! {
                 _ => m.handle_revoked(lease, now),
             }
             while let Some(a) = m.poll_action() {
-                if let Action::Ready { lease } = a {
-                    prop_assert_eq!(m.lease(), Some(lease), "Ready names the lease held");
+                match a {
+                    Action::Ready { lease } => prop_assert_eq!(m.lease(), Some(lease), "Ready names the lease held"),
+                    Action::SendRequest { tag: sent, .. } => tag = sent,
+                    _ => {}
                 }
             }
             let holds = matches!(m.state(), State::Active | State::IdleHeld | State::Releasing);

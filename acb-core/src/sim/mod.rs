@@ -27,7 +27,7 @@ pub use self::report::{Comparison, Report, Span, SpanKind, Wait};
 use crate::time::duration_nanos;
 use crate::{
     Action, ClientConfig, ClientId, ClientMachine, Error, GpuDemand, GpuId, GpuPool, Instant, LeaseId, Output, Policy,
-    Request, Scheduler, SchedulerConfig,
+    Request, RequestTag, Scheduler, SchedulerConfig,
 };
 
 /// One phase of a job.
@@ -221,6 +221,8 @@ struct JobRun<'a> {
     has_host_copy: bool,
     /// The phase to compute once the lease is ready.
     waiting_gpu: Option<Duration>,
+    /// The tag of the job's last request, which its grant carries back to the machine.
+    request_tag: RequestTag,
     done: bool,
 }
 
@@ -260,6 +262,7 @@ impl<'a> Sim<'a> {
                 swap_out_until: None,
                 has_host_copy: false,
                 waiting_gpu: None,
+                request_tag: RequestTag(0),
                 done: false,
             })
             .collect::<Vec<_>>();
@@ -350,7 +353,9 @@ impl<'a> Sim<'a> {
                     self.fail(j, error);
                     return;
                 }
-                self.jobs[j].machine.handle_release_acked(lease, now);
+                // One session for the whole run: every ack is of the current one.
+                let session = self.jobs[j].machine.session();
+                self.jobs[j].machine.handle_release_acked(lease, session, now);
                 self.dirty.push_back(j);
             }
             Event::Timer => {
@@ -468,7 +473,8 @@ impl<'a> Sim<'a> {
                 if self.stat {
                     self.start_phase(j, now);
                 } else {
-                    self.jobs[j].machine.handle_granted(g.lease, g.gpus, g.memory_per_gpu, now);
+                    let tag = self.jobs[j].request_tag;
+                    self.jobs[j].machine.handle_granted(tag, g.lease, g.gpus, g.memory_per_gpu, now);
                     self.dirty.push_back(j);
                 }
             }
@@ -498,7 +504,8 @@ impl<'a> Sim<'a> {
             let spec = self.jobs[j].spec;
             let bytes = spec.memory_per_gpu.saturating_mul(u64::from(spec.gpus));
             let result = match action {
-                Action::SendRequest(d) => {
+                Action::SendRequest { tag, demand: d } => {
+                    self.jobs[j].request_tag = tag;
                     let req = Request::new(client, spec.name.clone(), d.gpus)
                         .with_priority(d.priority)
                         .with_affinity(d.affinity);
@@ -545,7 +552,8 @@ impl<'a> Sim<'a> {
                     None => {
                         self.close_hold(j, now);
                         let r = self.scheduler.release(client, lease, now);
-                        self.jobs[j].machine.handle_release_acked(lease, now);
+                        let session = self.jobs[j].machine.session();
+                        self.jobs[j].machine.handle_release_acked(lease, session, now);
                         r
                     }
                 },
