@@ -213,6 +213,204 @@ fn a_revoked_lease_fails_the_phase_and_loses_its_memory() {
     assert_eq!(m.state(), State::Idle);
 }
 
+// ----- races the driver used to settle by timing -----
+
+/// A fresh machine; the job's first begin is sent as request 1.
+fn waiting(config: ClientConfig, demand: GpuDemand) -> ClientMachine {
+    let mut m = ClientMachine::new(config);
+    m.begin(demand.clone(), t(0)).unwrap();
+    assert_eq!(drain(&mut m), vec![request(1, demand)]);
+    m
+}
+
+#[test]
+fn a_grant_that_races_a_begins_timeout_is_given_back_and_never_used() {
+    // The begin times out and the job at once begins again: its first request's grant arrives
+    // only then. It is the withdrawn request's: given back, never swapped into.
+    let mut m = waiting(ClientConfig::default(), GpuDemand::gpus(1));
+    m.cancel(t(40)).unwrap();
+    assert_eq!(drain(&mut m), vec![Action::SendCancel]);
+    m.begin(GpuDemand::gpus(1), t(41)).unwrap();
+    assert_eq!(drain(&mut m), vec![request(2, GpuDemand::gpus(1))]);
+    assert_eq!(granted(&mut m, 1, 7, t(42)), vec![Action::SendRelease { lease: LeaseId(7) }]);
+    assert_eq!((m.state(), m.lease()), (State::Requesting, None), "the retry still waits for its own grant");
+    assert!(granted(&mut m, 1, 7, t(43)).is_empty(), "its session copy: already given back");
+    assert_eq!(granted(&mut m, 2, 8, t(44)).last(), Some(&Action::Ready { lease: LeaseId(8) }));
+
+    // The other way round: the grant wins by a hair, and the begin's caller gives up before
+    // it sees the phase. The cancel ends that phase, so the GPU is not held for a phase
+    // nobody runs (under lazy release it is kept idle, and goes to whoever waits).
+    let mut m = waiting(ClientConfig::default(), GpuDemand::gpus(1));
+    assert_eq!(granted(&mut m, 1, 1, t(39)).last(), Some(&Action::Ready { lease: LeaseId(1) }));
+    m.cancel(t(40)).unwrap();
+    assert_eq!(drain(&mut m), vec![Action::ReportIdle { lease: LeaseId(1) }]);
+    assert_eq!(m.state(), State::IdleHeld);
+    m.handle_yield(LeaseId(1), t(41)); // someone waits: it goes back at once
+    assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: LeaseId(1) }, Action::SendRelease { lease: LeaseId(1) }]);
+}
+
+#[test]
+fn the_same_grant_arriving_twice_is_handled_once() {
+    // The call's reply first; the session's copy comes while the phase runs: nothing happens
+    // (taking it for a stranger's grant would give back the lease in use).
+    let mut m = waiting(ClientConfig { release: ReleaseMode::Eager, idle_timeout: None }, GpuDemand::gpus(1));
+    assert_eq!(granted(&mut m, 1, 1, t(1)).len(), 2, "swap in, ready");
+    assert!(granted(&mut m, 1, 1, t(2)).is_empty(), "the session's copy");
+    assert_eq!((m.state(), m.lease()), (State::Active, Some(LeaseId(1))));
+
+    // The session's copy first this time; the call's reply is late, and comes after the phase
+    // ended and its lease went back, as the next phase waits: nothing happens either.
+    m.end(t(3)).unwrap();
+    drain(&mut m);
+    acked(&mut m, 1, t(4));
+    m.begin(GpuDemand::gpus(1), t(5)).unwrap();
+    assert_eq!(drain(&mut m), vec![request(2, GpuDemand::gpus(1))]);
+    assert_eq!(granted(&mut m, 2, 2, t(6)).last(), Some(&Action::Ready { lease: LeaseId(2) }), "the session's copy");
+    m.end(t(7)).unwrap();
+    drain(&mut m);
+    acked(&mut m, 2, t(8));
+    m.begin(GpuDemand::gpus(1), t(9)).unwrap();
+    assert_eq!(drain(&mut m), vec![request(3, GpuDemand::gpus(1))]);
+    assert!(granted(&mut m, 2, 2, t(10)).is_empty(), "request 2's late reply: no second release");
+    assert!(granted(&mut m, 1, 1, t(10)).is_empty(), "nor for request 1's");
+    assert_eq!(m.state(), State::Requesting);
+}
+
+#[test]
+fn a_session_lost_mid_request_asks_again_and_ignores_the_old_sessions_late_replies() {
+    let mut m = waiting(ClientConfig::default(), GpuDemand::gpus(1));
+    let old = m.session();
+    m.handle_disconnect(t(1)); // the assigner restarted while request 1 waited
+    assert!(drain(&mut m).is_empty());
+    assert_eq!(m.state(), State::Disconnected);
+    m.handle_reconnected(t(2));
+    assert_eq!(drain(&mut m), vec![request(2, GpuDemand::gpus(1))], "the request is sent again");
+    // The old session's reply, late: its lease ended with that session. Neither used nor
+    // given back (the new assigner may have granted the same lease id to someone else).
+    assert!(granted(&mut m, 1, 5, t(3)).is_empty());
+    // Nor does a late "unknown session" answer to the old request end the new session.
+    m.handle_session_expired(RequestTag(1), t(3));
+    assert!(m.is_connected());
+    assert_eq!(m.state(), State::Requesting);
+    // The new assigner grants the same lease id, 5: it is the new request's, and used.
+    assert_eq!(granted(&mut m, 2, 5, t(4)).last(), Some(&Action::Ready { lease: LeaseId(5) }));
+
+    // A release acknowledged late by the old session does not end a release in the new one.
+    m.end(t(5)).unwrap();
+    drain(&mut m);
+    m.handle_yield(LeaseId(5), t(6));
+    assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: LeaseId(5) }, Action::SendRelease { lease: LeaseId(5) }]);
+    m.handle_release_acked(LeaseId(5), old, t(7));
+    assert_eq!(m.state(), State::Releasing, "an ack from the ended session");
+    acked(&mut m, 5, t(8));
+    assert_eq!(m.state(), State::Idle);
+
+    // An "unknown session" answer to the current request ends the session like a disconnect.
+    m.begin(GpuDemand::gpus(1), t(9)).unwrap();
+    assert_eq!(drain(&mut m), vec![request(3, GpuDemand::gpus(1))]);
+    m.handle_session_expired(RequestTag(3), t(10));
+    assert!(!m.is_connected());
+    m.handle_reconnected(t(11));
+    assert_eq!(drain(&mut m), vec![request(4, GpuDemand::gpus(1))]);
+}
+
+#[test]
+fn a_yield_during_a_begin() {
+    // The kept lease is too small for the next phase: it goes back first. The assigner's
+    // yield for it crosses that release: nothing more is sent.
+    let mut m = active(ClientConfig::default());
+    m.end(t(2)).unwrap();
+    drain(&mut m);
+    m.begin(GpuDemand::gpus(2), t(3)).unwrap();
+    assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: LeaseId(1) }, Action::SendRelease { lease: LeaseId(1) }]);
+    m.handle_yield(LeaseId(1), t(4));
+    assert!(drain(&mut m).is_empty());
+    acked(&mut m, 1, t(5));
+    assert_eq!(drain(&mut m), vec![request(2, GpuDemand::gpus(2))]);
+
+    // As the begin waits, the assigner asks back a lease this job never saw (granted to a
+    // request withdrawn, its grant lost): it is given back, and the begin goes on waiting.
+    m.handle_yield(LeaseId(9), t(6));
+    assert_eq!(drain(&mut m), vec![Action::SendRelease { lease: LeaseId(9) }]);
+    assert_eq!(m.state(), State::Requesting);
+
+    // The grant comes with a yield right behind it (a job of higher priority arrived), both
+    // before the owner drains: the begin still gets its phase, and the GPU goes back at the
+    // phase's first safe point.
+    m.handle_granted(RequestTag(2), LeaseId(2), vec![GpuId(0), GpuId(1)], 80 * GIB, t(7));
+    m.handle_yield(LeaseId(2), t(7));
+    let ready = drain(&mut m);
+    assert_eq!(ready.last(), Some(&Action::Ready { lease: LeaseId(2) }));
+    assert_eq!(ready.len(), 2, "swap in, ready: {ready:?}");
+    assert!(m.safe_point(t(8)));
+    assert_eq!(drain(&mut m), vec![Action::SwapOut { lease: LeaseId(2) }, Action::SendRelease { lease: LeaseId(2) }]);
+}
+
+#[test]
+fn an_end_racing_a_yield_gives_the_gpu_back_once() {
+    let give_back = |l| vec![Action::SwapOut { lease: LeaseId(l) }, Action::SendRelease { lease: LeaseId(l) }];
+    // The yield first, the end just after: the GPU goes back at the end, not kept idle.
+    let mut m = active(ClientConfig::default());
+    m.handle_yield(LeaseId(1), t(2));
+    m.end(t(2)).unwrap();
+    assert_eq!(drain(&mut m), give_back(1));
+    m.handle_yield(LeaseId(1), t(3)); // asked again while it goes: nothing more
+    assert!(drain(&mut m).is_empty());
+    acked(&mut m, 1, t(4));
+    m.handle_yield(LeaseId(1), t(5)); // and after: stale
+    assert!(drain(&mut m).is_empty());
+    assert_eq!(m.state(), State::Idle);
+
+    // The end first, the yield just after: kept idle for a moment, then given back.
+    let mut m = active(ClientConfig::default());
+    m.end(t(2)).unwrap();
+    m.handle_yield(LeaseId(1), t(2));
+    let mut expected = vec![Action::ReportIdle { lease: LeaseId(1) }];
+    expected.extend(give_back(1));
+    assert_eq!(drain(&mut m), expected);
+    m.handle_yield(LeaseId(1), t(3));
+    assert!(drain(&mut m).is_empty(), "one release only");
+}
+
+#[test]
+fn a_pinned_job_asks_for_the_gpus_of_its_first_grant_ever_after() {
+    use acb_core::Affinity;
+    let eager = ClientConfig { release: ReleaseMode::Eager, idle_timeout: None };
+    let mut m = ClientMachine::new(eager.clone()).with_pinned_gpus();
+    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
+    assert_eq!(drain(&mut m), vec![request(1, GpuDemand::gpus(1))], "the first request may go anywhere");
+    // A grant for a request since withdrawn does not pin: the job never used that GPU.
+    m.cancel(t(1)).unwrap();
+    m.begin(GpuDemand::gpus(1), t(2)).unwrap();
+    drain(&mut m);
+    m.handle_granted(RequestTag(1), LeaseId(1), vec![GpuId(5)], 80 * GIB, t(3));
+    assert_eq!(drain(&mut m), vec![Action::SendRelease { lease: LeaseId(1) }]);
+    m.handle_granted(RequestTag(2), LeaseId(2), vec![GpuId(3)], 80 * GIB, t(4));
+    drain(&mut m);
+    assert_eq!(m.pinned_gpus(), &[GpuId(3)]);
+    m.end(t(5)).unwrap();
+    drain(&mut m);
+    acked(&mut m, 2, t(6));
+    let on_gpu_3 = GpuDemand { affinity: Affinity::Required(vec![GpuId(3)]), ..GpuDemand::gpus(1) };
+    m.begin(GpuDemand::gpus(1), t(7)).unwrap();
+    assert_eq!(drain(&mut m), vec![request(3, on_gpu_3.clone())], "the second request requires GPU 3");
+    // Across a new session too.
+    m.handle_disconnect(t(8));
+    m.handle_reconnected(t(9));
+    assert_eq!(drain(&mut m), vec![request(4, on_gpu_3)]);
+
+    // Unpinned, the same story asks for any GPU every time.
+    let mut m = ClientMachine::new(eager);
+    m.begin(GpuDemand::gpus(1), t(0)).unwrap();
+    drain(&mut m);
+    m.handle_granted(RequestTag(1), LeaseId(1), vec![GpuId(3)], 80 * GIB, t(1));
+    m.end(t(2)).unwrap();
+    drain(&mut m);
+    acked(&mut m, 1, t(3));
+    m.begin(GpuDemand::gpus(1), t(4)).unwrap();
+    assert_eq!(drain(&mut m), vec![request(2, GpuDemand::gpus(1))]);
+}
+
 // ----- swap registry -----
 
 #[test]
