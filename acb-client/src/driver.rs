@@ -3,12 +3,18 @@
 //! the machine what happens (grants, yields, revocations, a lost session, timers), and performs
 //! the machine's actions (requests, releases, phase reports, swaps). The callers' threads only
 //! send commands and wait for replies: no lock is held across a blocking wait.
+//!
+//! It only does I/O: what arrives goes to the machine as it is (both copies of a grant, replies
+//! of withdrawn requests and of ended sessions); which of it is current, and what to give back,
+//! is the machine's to decide (see the polling order on [`ClientMachine`]).
 
-use std::collections::VecDeque;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
-use acb_core::{Action, ClientError, ClientMachine, GpuDemand, GpuId, Instant as CoreInstant, LeaseId, State};
+use acb_core::{
+    Action, Affinity, ClientError, ClientMachine, GpuDemand, GpuId, Instant as CoreInstant, LeaseId, RequestTag,
+    SessionEpoch, State,
+};
 use acb_proto::v1 as proto;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -32,12 +38,12 @@ pub(crate) enum Cmd {
     },
 }
 
-/// Results of spawned RPCs, tagged with the generations they belong to: a result from a
-/// withdrawn request or from a session that has since ended must not be taken for a current one.
+/// Results of spawned RPCs, with what the machine needs to tell a current one from a stale
+/// one: the request's tag, or the session the call went out in.
 pub(crate) enum Internal {
-    Granted { alloc: u64, session: u64, grant: proto::AllocateResponse },
-    AllocFailed { alloc: u64, status: tonic::Status },
-    ReleaseDone { session: u64, lease: u64 },
+    Granted { tag: RequestTag, grant: proto::AllocateResponse },
+    AllocFailed { tag: RequestTag, status: tonic::Status },
+    ReleaseDone { session: SessionEpoch, lease: LeaseId },
 }
 
 /// Lets GPU phases on a kept GPU start and end on the caller's thread, without waking the
@@ -69,8 +75,6 @@ pub(crate) fn lock(k: &SharedKept) -> std::sync::MutexGuard<'_, Kept> {
 
 /// How often the driver looks for claims and ends while it holds a lease.
 const TICK: Duration = Duration::from_millis(2);
-/// How many grants `Driver::seen_grants` remembers (a grant's second copy comes within moments).
-const SEEN_GRANTS: usize = 16;
 
 enum Event {
     Cmd(Option<Cmd>),
@@ -85,26 +89,21 @@ pub(crate) struct Driver {
     session: Option<Session>,
     start: tokio::time::Instant,
     begin_reply: Option<std_mpsc::Sender<Result<Lease, Error>>>,
+    /// The call waiting for the current request's grant.
     alloc_task: Option<JoinHandle<()>>,
+    /// The devices of the lease held (their indexes and UUIDs, which the machine has no use for).
     granted: Option<proto::AllocateResponse>,
-    /// The error the next `Action::Failed` reports (what the assigner said, precisely).
+    /// The error the next `Action::Failed` reports (what the assigner said, precisely); only
+    /// for the actions of the input that set it.
     fail_status: Option<fn(String) -> Error>,
-    /// Bumped by every request sent and every request withdrawn.
-    alloc_gen: u64,
     /// Shared with callers for phases on a kept GPU.
     kept: SharedKept,
     /// The demand of the current (or last) phase.
     last_demand: Option<GpuDemand>,
-    /// Bumped by every session opened or lost.
-    session_gen: u64,
     internal: mpsc::UnboundedSender<Internal>,
     memory: SharedMemory,
     /// Why the last swap-in failed; the begin waiting for it gets the error.
     swap_failure: Option<String>,
-    /// The GPU ids of the first grant, which later requests require (`pin_gpus`).
-    pinned: Vec<u32>,
-    /// The last grants handled, as (session, lease): each grant comes twice.
-    seen_grants: VecDeque<(u64, u64)>,
 }
 
 impl Driver {
@@ -119,6 +118,9 @@ impl Driver {
     ) -> Driver {
         let mut machine =
             ClientMachine::new(acb_core::ClientConfig { release: cfg.release, idle_timeout: cfg.idle_timeout });
+        if cfg.pin_gpus {
+            machine = machine.with_pinned_gpus();
+        }
         machine.handle_disconnect(CoreInstant::ZERO);
         let _ = machine.poll_action();
         Driver {
@@ -130,15 +132,11 @@ impl Driver {
             alloc_task: None,
             granted: None,
             fail_status: None,
-            alloc_gen: 0,
-            session_gen: 0,
             kept,
             last_demand: None,
             internal,
             memory,
             swap_failure: None,
-            pinned: Vec::new(),
-            seen_grants: VecDeque::new(),
         }
     }
 
@@ -191,8 +189,9 @@ impl Driver {
                     self.machine.handle_timeout(now);
                 }
             }
-            self.connect_if_needed().await;
+            self.follow_session().await;
             self.perform().await;
+            self.fail_status = None;
             self.publish_kept();
         }
     }
@@ -245,10 +244,8 @@ impl Driver {
             },
             Cmd::Cancel => {
                 self.begin_reply = None;
-                if self.machine.cancel(now).is_err() && self.machine.state() == State::Active {
-                    // The grant raced the timeout: the caller never saw it, so the phase ends.
-                    let _ = self.machine.end(now);
-                }
+                // A grant that raced the timeout is the machine's to end or give back.
+                let _ = self.machine.cancel(now);
             }
             // The end itself was applied by apply_callers; this only woke the driver.
             Cmd::Wake => {}
@@ -259,14 +256,13 @@ impl Driver {
     fn internal(&mut self, msg: Internal) {
         let now = self.now();
         match msg {
-            Internal::Granted { alloc, session, grant } => self.on_grant(alloc, session, grant),
-            Internal::AllocFailed { alloc, .. } if alloc != self.alloc_gen => {}
-            Internal::AllocFailed { status, .. } => match status.code() {
+            Internal::Granted { tag, grant } => self.on_grant(tag, grant),
+            Internal::AllocFailed { tag, status } => match status.code() {
                 // The session ended (the assigner restarted): the disconnect path handles it.
                 tonic::Code::Aborted | tonic::Code::Unavailable | tonic::Code::Cancelled => {}
-                // A restarted assigner does not know this session's token: open a new one.
+                // A restarted assigner does not know this session's token.
                 _ if acb_proto::reason_of(&status) == Some(acb_proto::ErrorReason::UnknownToken) => {
-                    self.lose_session();
+                    self.machine.handle_session_expired(tag, now);
                 }
                 code => {
                     self.fail_status = Some(match code {
@@ -274,51 +270,31 @@ impl Driver {
                         tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted => Error::Rejected,
                         _ => Error::Internal,
                     });
-                    self.machine.handle_rejected(status.message().to_string(), now);
+                    self.machine.handle_rejected(tag, status.message().to_string(), now);
                 }
             },
-            Internal::ReleaseDone { session, .. } if session != self.session_gen => {}
-            Internal::ReleaseDone { lease, .. } => self.machine.handle_release_acked(LeaseId(lease), now),
+            Internal::ReleaseDone { session, lease } => self.machine.handle_release_acked(lease, session, now),
         }
     }
 
     /// A grant, from the call's reply or from the session (the assigner sends both; either may
-    /// come first, and the reply is lost when the call was withdrawn as it was granted).
-    fn on_grant(&mut self, tag: u64, session: u64, grant: proto::AllocateResponse) {
-        if session != self.session_gen || self.session.is_none() {
-            return; // that session's leases ended with it
-        }
-        if self.seen_grants.contains(&(session, grant.lease_id))
-            || self.machine.lease() == Some(LeaseId(grant.lease_id))
-        {
-            return; // the other copy of a grant already handled
-        }
-        if self.seen_grants.len() == SEEN_GRANTS {
-            self.seen_grants.pop_front();
-        }
-        self.seen_grants.push_back((session, grant.lease_id));
-        if tag != self.alloc_gen {
-            // A grant for a withdrawn request: the assigner thinks we hold it; give it back.
-            self.send_release(grant.lease_id);
-            return;
-        }
-        if self.cfg.pin_gpus && self.pinned.is_empty() {
-            self.pinned = grant.gpus.iter().map(|d| d.id).collect();
-        }
+    /// come first, and the reply is lost when the call was withdrawn as it was granted). The
+    /// machine tells the copies apart; the driver keeps the devices of the one it takes.
+    fn on_grant(&mut self, tag: RequestTag, grant: proto::AllocateResponse) {
         let gpus = grant.gpus.iter().map(|d| GpuId(d.id)).collect();
         let (lease, mem) = (LeaseId(grant.lease_id), grant.memory_per_gpu);
-        self.granted = Some(grant);
+        let before = self.machine.lease();
         let now = self.now();
-        self.machine.handle_granted(lease, gpus, mem, now);
+        self.machine.handle_granted(tag, lease, gpus, mem, now);
+        if before != Some(lease) && self.machine.lease() == Some(lease) {
+            self.granted = Some(grant);
+        }
     }
 
-    /// The session is gone: drop it and let the machine save what it holds; a waiting phase
-    /// reconnects.
+    /// The session is gone: the machine saves what it holds; [`Driver::follow_session`] drops
+    /// the session and reconnects a waiting phase.
     fn lose_session(&mut self) {
         let now = self.now();
-        self.session = None;
-        self.session_gen += 1;
-        self.abort_alloc();
         self.machine.handle_disconnect(now);
     }
 
@@ -331,16 +307,11 @@ impl Driver {
             return;
         };
         match ev.event {
-            // A yield for a lease this client does not hold (one granted as its request was
-            // withdrawn): give it back.
-            Some(E::YieldRequest(y)) if self.machine.lease() != Some(LeaseId(y.lease_id)) => {
-                self.send_release(y.lease_id)
-            }
             Some(E::YieldRequest(y)) => self.machine.handle_yield(LeaseId(y.lease_id), now),
             Some(E::Revoked(r)) => self.machine.handle_revoked(LeaseId(r.lease_id), now),
             Some(E::Granted(g)) => {
                 if let Some(grant) = g.grant {
-                    self.on_grant(g.request_tag, self.session_gen, grant);
+                    self.on_grant(RequestTag(g.request_tag), grant);
                 }
             }
             Some(E::Welcome(_)) => {}
@@ -350,15 +321,19 @@ impl Driver {
         }
     }
 
-    /// A phase waits for a connection: connect (with the configured retries), or fail it.
-    async fn connect_if_needed(&mut self) {
+    /// Brings the session in line with the machine: while the machine counts on none, hold
+    /// none (its calls die with it); when a phase waits for a connection, connect (with the
+    /// configured retries), or fail the phase.
+    async fn follow_session(&mut self) {
+        if !self.machine.is_connected() && self.session.take().is_some() {
+            self.abort_alloc();
+        }
         if self.session.is_some() || self.machine.state() != State::Disconnected || self.begin_reply.is_none() {
             return;
         }
         match self.connect().await {
             Ok(s) => {
                 self.session = Some(s);
-                self.session_gen += 1;
                 let now = self.now();
                 self.machine.handle_reconnected(now);
             }
@@ -403,7 +378,7 @@ impl Driver {
     async fn perform(&mut self) {
         while let Some(action) = self.machine.poll_action() {
             match action {
-                Action::SendRequest(d) => self.send_request(d),
+                Action::SendRequest { tag, demand } => self.send_request(tag, demand),
                 Action::SendCancel => self.abort_alloc(),
                 // Each swap completes before the next action: Ready after SwapIn, SendRelease
                 // after SwapOut (the machine's contract).
@@ -443,9 +418,10 @@ impl Driver {
                     if let Some(r) = self.begin_reply.take()
                         && r.send(Ok(l)).is_err()
                     {
-                        // The caller timed out as the grant came: end the phase it never saw.
+                        // The caller timed out as the grant came: it gave up the wait, and the
+                        // machine ends the phase it never saw.
                         let now = self.now();
-                        let _ = self.machine.end(now);
+                        let _ = self.machine.cancel(now);
                     }
                 }
                 Action::ReportIdle { lease } | Action::ReportBusy { lease } => {
@@ -454,7 +430,7 @@ impl Driver {
                         let _ = s.report_phase(lease.0, idle).await;
                     }
                 }
-                Action::SendRelease { lease } => self.send_release(lease.0),
+                Action::SendRelease { lease } => self.send_release(lease),
                 Action::Failed(e) => {
                     let status = self.fail_status.take();
                     if let Some(r) = self.begin_reply.take() {
@@ -466,32 +442,38 @@ impl Driver {
         }
     }
 
-    fn send_request(&mut self, d: GpuDemand) {
+    fn send_request(&mut self, tag: RequestTag, d: GpuDemand) {
         let Some(s) = &self.session else { return };
         let (mut rpc, token, tx) = (s.rpc(), s.token.clone(), self.internal.clone());
         self.abort_alloc();
-        let (alloc, session) = (self.alloc_gen, self.session_gen);
+        let ids = |gpus: &[GpuId]| gpus.iter().map(|g| g.0).collect();
+        let (required_gpus, preferred_gpus) = match &d.affinity {
+            Affinity::Any => (Vec::new(), Vec::new()),
+            Affinity::Required(gpus) => (ids(gpus), Vec::new()),
+            Affinity::Preferred(gpus) => (Vec::new(), ids(gpus)),
+        };
         let req = proto::AllocateRequest {
             client_token: token,
             gpus: d.gpus,
             memory_per_gpu: d.memory_per_gpu,
             priority: d.priority,
-            required_gpus: self.pinned.clone(),
-            request_tag: alloc,
+            required_gpus,
+            preferred_gpus,
+            request_tag: tag.0,
             ..Default::default()
         };
         self.alloc_task = Some(tokio::spawn(async move {
             let msg = match rpc.alloc_request(req).await {
-                Ok(r) => Internal::Granted { alloc, session, grant: r.into_inner() },
-                Err(status) => Internal::AllocFailed { alloc, status },
+                Ok(r) => Internal::Granted { tag, grant: r.into_inner() },
+                Err(status) => Internal::AllocFailed { tag, status },
             };
             let _ = tx.send(msg);
         }));
     }
 
-    fn send_release(&mut self, lease: u64) {
+    fn send_release(&mut self, lease: LeaseId) {
         let tx = self.internal.clone();
-        let session = self.session_gen;
+        let session = self.machine.session();
         let Some(s) = &self.session else {
             // No connection: the assigner already dropped everything this session held.
             let _ = tx.send(Internal::ReleaseDone { session, lease });
@@ -500,14 +482,12 @@ impl Driver {
         let (mut rpc, token) = (s.rpc(), s.token.clone());
         tokio::spawn(async move {
             // Whatever the answer, the lease is no longer this client's to use.
-            let _ = rpc.release(proto::ReleaseRequest { client_token: token, lease_id: lease }).await;
+            let _ = rpc.release(proto::ReleaseRequest { client_token: token, lease_id: lease.0 }).await;
             let _ = tx.send(Internal::ReleaseDone { session, lease });
         });
     }
 
     fn abort_alloc(&mut self) {
-        // Whatever that request's task still reports is stale from now on.
-        self.alloc_gen += 1;
         if let Some(t) = self.alloc_task.take() {
             // Dropping the call cancels it; the assigner withdraws the request.
             t.abort();
