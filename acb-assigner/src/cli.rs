@@ -8,9 +8,9 @@ use acb_core::{Bytes, Policy};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Address, FileConfig, GpuSpec, LogFormat, ServeConfig};
-use crate::convert::event_from_proto;
 use crate::proto;
 use acb_client::connection;
+use acb_client::events::from_proto as event_from_proto;
 
 /// The acb GPU assigner: owns a node's GPUs and grants them to jobs by policy.
 #[derive(Debug, Parser)]
@@ -147,8 +147,8 @@ struct DemoArgs {
     /// auto: real GPUs when the driver shows some and Python has PyTorch with CUDA and the acb
     /// package (its jobs then run real kernels), simulated ones otherwise; simulated; or real
     /// (an error if they cannot be had).
-    #[arg(long, default_value = "auto", value_parser = str::parse::<crate::demo::real::DeviceChoice>)]
-    device: crate::demo::real::DeviceChoice,
+    #[arg(long, default_value = "auto", value_parser = str::parse::<acb_lab::demo::real::DeviceChoice>)]
+    device: acb_lab::demo::real::DeviceChoice,
     /// Work items per job (default 6; 3 with --quick).
     #[arg(long)]
     items: Option<u32>,
@@ -339,7 +339,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             while let Some(e) = stream.message().await.map_err(|e| e.message().to_string())? {
                 if let Some(event) = event_from_proto(e) {
                     if json {
-                        println!("{}", serde_json::to_string(&event).unwrap_or_default());
+                        println!("{}", acb_client::events::to_json(&event));
                     } else {
                         println!("{event}");
                     }
@@ -363,10 +363,10 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 events.extend(event_from_proto(e));
             }
             let simulated = status.gpus.iter().any(|g| g.fake);
-            let rows: Vec<crate::timeline::GpuRow> = status
+            let rows: Vec<acb_lab::timeline::GpuRow> = status
                 .gpus
                 .iter()
-                .map(|g| crate::timeline::GpuRow {
+                .map(|g| acb_lab::timeline::GpuRow {
                     id: g.id,
                     label: format!("gpu{} ({}{})", g.id, if g.fake { "simulated, " } else { "" }, Bytes(g.memory)),
                 })
@@ -377,7 +377,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 if simulated { " (SIMULATED GPUs)" } else { "" }
             );
             let end = Duration::from_millis(status.uptime_ms);
-            let svg = crate::timeline::render_svg(&title, &rows, &events, Some(end));
+            let svg = acb_lab::timeline::render_svg(&title, &rows, &events, Some(end));
             std::fs::write(&out, svg).map_err(|e| format!("{}: {e}", out.display()))?;
             println!("wrote {} ({} events)", out.display(), events.len());
             Ok(ExitCode::SUCCESS)
@@ -423,7 +423,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 eprintln!("acb-assigner: --clients takes counts from 1 to 1024, --rounds at least 1");
                 return Ok(ExitCode::from(2));
             }
-            print!("{}", crate::bench::run(&clients, time, rounds).await?);
+            print!("{}", bench(&clients, time, rounds).await?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Simulate { trace, scheduler, gpus, eager, quantum, swap_bandwidth, svg_dir } => {
@@ -439,9 +439,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
         }
         Cmd::Demo(args) => {
-            let (jobs, gpus, items, cpu, gpu) = crate::demo::DemoConfig::workload(args.quick);
+            let (jobs, gpus, items, cpu, gpu) = acb_lab::demo::DemoConfig::workload(args.quick);
             let exe = std::env::current_exe().map_err(|e| format!("cannot find the running executable: {e}"))?;
-            let mut cfg = crate::demo::DemoConfig {
+            let mut cfg = acb_lab::demo::DemoConfig {
                 jobs: args.jobs.unwrap_or(jobs),
                 gpus: args.gpus.unwrap_or(gpus),
                 items: args.items.unwrap_or(items),
@@ -460,8 +460,11 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 eprintln!("acb-assigner: {e}");
                 return Ok(ExitCode::from(2));
             }
-            cfg.library = crate::demo::libacb::locate()?;
-            let (real, why) = crate::demo::real::detect(args.device, &cfg.exe, &cfg.library)?;
+            cfg.library = acb_lab::demo::libacb::locate()?;
+            let discover = |spec: &GpuSpec| {
+                crate::discovery::discover(spec).map(|found| found.into_iter().map(|g| g.name).collect())
+            };
+            let (real, why) = acb_lab::demo::real::detect(args.device, &cfg.exe, &cfg.library, &discover)?;
             if let Some(r) = &real {
                 if args.gpus.is_some() {
                     eprintln!(
@@ -474,25 +477,25 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             cfg.real = real;
             cfg.simulated_because = why;
-            crate::demo::run(&cfg).await?;
+            acb_lab::demo::run(&cfg).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::DemoJob { items, cpu, gpu, whole_life, memory } => {
             let memory = usize::try_from(memory).map_err(|_| format!("--memory {memory}: too large"))?;
-            let plan = crate::demo::job::JobPlan {
+            let plan = acb_lab::demo::job::JobPlan {
                 items,
                 cpu,
                 gpu,
                 memory,
                 holding: if whole_life {
-                    crate::demo::job::Holding::Static
+                    acb_lab::demo::job::Holding::Static
                 } else {
-                    crate::demo::job::Holding::Brokered
+                    acb_lab::demo::job::Holding::Brokered
                 },
             };
-            let library = crate::demo::libacb::locate()?;
+            let library = acb_lab::demo::libacb::locate()?;
             // libacb blocks its caller: run the job on a thread of its own, off the runtime.
-            tokio::task::spawn_blocking(move || crate::demo::job::run(&library, plan))
+            tokio::task::spawn_blocking(move || acb_lab::demo::job::run(&library, plan))
                 .await
                 .map_err(|e| format!("the job's thread: {e}"))??;
             Ok(ExitCode::SUCCESS)
@@ -511,7 +514,7 @@ fn simulate(
 ) -> Result<String, String> {
     use acb_core::sim::{self, Comparison, Mode, SimConfig};
     use acb_core::{ClientConfig, ReleaseMode, SchedulerConfig};
-    let t = crate::trace::load(trace)?;
+    let t = acb_lab::trace::load(trace)?;
     let policies: Vec<Policy> = if schedulers == "all" {
         Policy::ALL.to_vec()
     } else {
@@ -539,16 +542,16 @@ fn simulate(
         let report = sim::run(&cfg, &t.jobs).map_err(|e| e.to_string())?;
         if let Some(dir) = svg_dir {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let rows: Vec<crate::timeline::GpuRow> = found
+            let rows: Vec<acb_lab::timeline::GpuRow> = found
                 .iter()
-                .map(|g| crate::timeline::GpuRow {
+                .map(|g| acb_lab::timeline::GpuRow {
                     id: g.index,
                     label: format!("gpu{} (simulated, {})", g.index, Bytes(g.memory)),
                 })
                 .collect();
-            let events = crate::trace::events_of(&report, &t.jobs);
+            let events = acb_lab::trace::events_of(&report, &t.jobs);
             let title = format!("{}: {} (SIMULATED)", trace.display(), report.label);
-            let svg = crate::timeline::render_svg(&title, &rows, &events, Some(report.makespan));
+            let svg = acb_lab::timeline::render_svg(&title, &rows, &events, Some(report.makespan));
             let path = dir.join(format!("{}.svg", report.label));
             std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
         }
@@ -598,6 +601,24 @@ async fn session_ended(events: &mut tonic::Streaming<proto::SessionEvent>, lease
             Err(e) => return SessionEnd::Gone(e.message().to_string()),
         }
     }
+}
+
+/// `bench`: an in-process assigner on a temporary socket, with one simulated GPU per client (the
+/// benchmark measures the broker, not queueing), measured by `acb_lab::bench`.
+async fn bench(clients: &[usize], time: Duration, rounds: usize) -> Result<String, String> {
+    let max = clients.iter().copied().max().unwrap_or(1).max(1);
+    let dir = std::env::temp_dir().join(format!("acb-bench-{}", std::process::id()));
+    let socket = dir.join("assigner.sock");
+    let cfg = ServeConfig::simulated(socket.clone(), u32::try_from(max).unwrap_or(u32::MAX), acb_core::Policy::Simple);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::server::serve(cfg, async {
+        let _ = stop_rx.await;
+    }));
+    let result = acb_lab::bench::run(&Address::Unix(socket), clients, time, rounds).await;
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 fn status_table(s: &proto::StatusResponse) -> String {

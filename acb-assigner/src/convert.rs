@@ -6,8 +6,8 @@ use acb_core::ErrorKind;
 use tonic::{Code, Status};
 
 use crate::driver::{DomainError, GrantInfo, StatusSnapshot, ToClient};
-use crate::events::{Event, EventKind, YieldReason};
 use crate::proto;
+use acb_core::record::{Event, EventKind, YieldReason};
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -190,44 +190,4 @@ pub fn event_to_proto(e: Event) -> proto::Event {
         EventKind::GpuHealth { gpu, healthy } => K::GpuHealth(proto::GpuHealth { gpu_id: gpu, healthy }),
     };
     proto::Event { seq: e.seq, at_us: us(e.at), kind: Some(kind) }
-}
-
-/// An event from the wire (for `watch` and `timeline`); `None` for the history-end marker and
-/// for kinds this version does not know.
-pub fn event_from_proto(e: proto::Event) -> Option<Event> {
-    use proto::event::Kind as K;
-    let reason = |r: i32| match proto::YieldReason::try_from(r) {
-        Ok(proto::YieldReason::QuantumExpired) => YieldReason::QuantumExpired,
-        _ => YieldReason::Contended,
-    };
-    let kind = match e.kind? {
-        K::Connected(c) => EventKind::Connected { client: c.client_id, job: c.job },
-        K::Requested(r) => EventKind::Requested {
-            client: r.client_id,
-            job: r.job,
-            request: r.request_id,
-            gpus: r.gpus,
-            memory_per_gpu: r.memory_per_gpu,
-            priority: r.priority,
-        },
-        K::Granted(g) => EventKind::Granted {
-            client: g.client_id,
-            job: g.job,
-            request: g.request_id,
-            lease: g.lease_id,
-            gpus: g.gpu_ids,
-            memory_per_gpu: g.memory_per_gpu,
-            waited: Duration::from_micros(g.waited_us),
-        },
-        K::YieldAsked(y) => EventKind::YieldAsked { client: y.client_id, lease: y.lease_id, reason: reason(y.reason) },
-        K::Released(r) => {
-            EventKind::Released { client: r.client_id, lease: r.lease_id, by_disconnect: r.by_disconnect }
-        }
-        K::Cancelled(c) => EventKind::Cancelled { client: c.client_id, request: c.request_id },
-        K::Rejected(r) => EventKind::Rejected { client: r.client_id, request: r.request_id, reason: r.reason },
-        K::ClientGone(c) => EventKind::ClientGone { client: c.client_id },
-        K::GpuHealth(g) => EventKind::GpuHealth { gpu: g.gpu_id, healthy: g.healthy },
-        K::HistoryEnd(_) => return None,
-    };
-    Some(Event { seq: e.seq, at: Duration::from_micros(e.at_us), kind })
 }

@@ -14,8 +14,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::discovery::FoundGpu;
-use crate::events::{Event, EventKind, YieldReason};
 use crate::metrics::Metrics;
+use acb_core::record::{Event, EventKind, YieldReason};
 
 /// How many events the record keeps (the oldest go first).
 const HISTORY: usize = 200_000;
@@ -678,10 +678,6 @@ impl Driver {
                     }
                 }
                 Output::YieldAsked { client, lease, reason } => {
-                    let reason = match reason {
-                        acb_core::YieldReason::Contended => YieldReason::Contended,
-                        acb_core::YieldReason::QuantumExpired => YieldReason::QuantumExpired,
-                    };
                     self.metrics.yielded();
                     self.record(EventKind::YieldAsked { client: client.0, lease: lease.0, reason });
                     if let Some(tx) = self.clients.get(&client).and_then(|c| c.to_client.as_ref()) {

@@ -5,19 +5,14 @@
 //! that drives the core, [`server`] owns listeners, auth and shutdown, [`cli`] is the command
 //! line (its client subcommands connect through `acb-client`).
 
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod convert;
-pub mod demo;
 pub mod discovery;
 pub mod driver;
-pub mod events;
 pub mod metrics;
 pub mod server;
 pub mod service;
-pub mod timeline;
-pub mod trace;
 
 /// The wire contract (`acb-proto`'s `acb.v1`).
 pub use acb_proto::v1 as proto;

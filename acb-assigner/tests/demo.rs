@@ -57,7 +57,7 @@ fn demo_runs_the_same_jobs_static_then_brokered_and_draws_both() {
     assert_eq!(row(&stdout, "work items done"), ["6", "6"]);
     // Static: one acquisition per job, for its whole life. Brokered: one per GPU phase.
     assert_eq!(row(&stdout, "GPU acquisitions"), ["3", "6"]);
-    let grants = row(&stdout, "grants by the assigner");
+    let grants = row(&stdout, "grants");
     assert_eq!(grants[0], "3");
     let brokered: u32 = grants[1].parse().unwrap();
     assert!((2..=6).contains(&brokered), "brokered grants {brokered}: {stdout}");

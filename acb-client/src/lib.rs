@@ -23,6 +23,7 @@ pub mod config;
 pub mod connection;
 mod driver;
 mod error;
+pub mod events;
 mod lease;
 mod memory;
 mod profile;

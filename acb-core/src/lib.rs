@@ -10,6 +10,8 @@
 //! - [`ClientMachine`]: one job's GPU phases and its lease, with lazy or eager release.
 //! - [`SwapRegistry`]: a job's device allocations and what a swap must copy.
 //! - [`sim`]: a discrete-event simulator over job traces, with the static baseline.
+//! - [`record`]: the assigner's event record (what it decided, when), and [`inventory`]: which
+//!   GPUs an assigner owns, as users type it.
 //! - [`stats`]: interval unions, GPU-busy fractions and the table that compares runs.
 //! - [`units`]: the one grammar of sizes and durations (`512M`, `1.5s`), and their display.
 #![no_std]
@@ -23,7 +25,9 @@ extern crate std;
 pub mod client;
 mod error;
 mod id;
+pub mod inventory;
 mod pool;
+pub mod record;
 mod request;
 pub mod scheduler;
 pub mod sim;

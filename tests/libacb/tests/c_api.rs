@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use acb_assigner::events::EventKind;
+use acb_core::record::EventKind;
 use common::{Assigner, lib_dir, scratch};
 
 mod common;
@@ -129,7 +129,7 @@ fn eight_pipeline_processes_share_one_gpu() {
 }
 
 /// From the record: on GPU 0, each grant starts after the previous lease was released.
-fn check_one_holder_at_a_time(events: &[acb_assigner::events::Event]) {
+fn check_one_holder_at_a_time(events: &[acb_core::record::Event]) {
     let mut holder: Option<u64> = None;
     for e in events {
         match &e.kind {

@@ -132,7 +132,7 @@ fn a_client_reconnects_after_the_assigner_restarts_while_it_is_idle() {
 /// assigner's record never shows two holders.
 #[test]
 fn the_fast_path_never_hands_out_a_lease_that_was_given_away() {
-    use acb_assigner::events::EventKind;
+    use acb_core::record::EventKind;
     let a = Assigner::start("fastpath", "fake:1x80GiB");
     let first = Client::new(&a.addr(), "first", false);
     let lease = first.begin(0).unwrap();

@@ -63,7 +63,7 @@ impl Assigner {
     }
 
     /// The assigner's event record so far.
-    pub fn events(&self) -> Vec<acb_assigner::events::Event> {
+    pub fn events(&self) -> Vec<acb_core::record::Event> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let addr: Address = self.addr().parse().unwrap();
@@ -74,7 +74,7 @@ impl Assigner {
                 if matches!(e.kind, Some(proto::event::Kind::HistoryEnd(_))) {
                     break;
                 }
-                out.extend(acb_assigner::convert::event_from_proto(e));
+                out.extend(::acb_client::events::from_proto(e));
             }
             out
         })

@@ -1,12 +1,10 @@
 //! What a demo run measured, from its jobs' stamped lines: pure, so it is tested on its own.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
-use acb_core::Bytes;
+use acb_core::stats::{self, Busy, RunFigures, Table};
 
 use super::job::Line;
-use crate::timeline::Busy;
 
 /// A line from job `job`, stamped when the demo read it (time since the run started).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,32 +75,13 @@ impl RunStats {
 
     /// Work items per hour.
     pub fn items_per_hour(&self) -> f64 {
-        let s = self.makespan.as_secs_f64();
-        if s > 0.0 { self.items as f64 * 3600.0 / s } else { 0.0 }
+        stats::per_hour(self.items, self.makespan)
     }
 
-    /// The fraction of GPU-time spent computing, over all GPUs and the whole run.
+    /// The fraction of GPU-time spent computing, over all GPUs and the whole run; two jobs
+    /// computing at once on one GPU count once.
     pub fn busy_fraction(&self) -> f64 {
-        let capacity = f64::from(self.gpus) * self.makespan.as_secs_f64();
-        if capacity <= 0.0 {
-            return 0.0;
-        }
-        let mut computing = 0.0;
-        for gpu in 0..self.gpus {
-            let mut spans: Vec<(f64, f64)> =
-                self.busy.iter().filter(|b| b.gpu == gpu).map(|b| (b.from.as_secs_f64(), b.to.as_secs_f64())).collect();
-            spans.sort_by(|a, b| a.0.total_cmp(&b.0));
-            // Union: two jobs computing at once on one GPU count once.
-            let mut reach = f64::NEG_INFINITY;
-            for (from, to) in spans {
-                let from = from.max(reach);
-                if to > from {
-                    computing += to - from;
-                }
-                reach = reach.max(to);
-            }
-        }
-        (computing / capacity).clamp(0.0, 1.0)
+        stats::busy_fraction(self.gpus, self.makespan, self.busy.iter().copied())
     }
 
     /// Mean wait for a GPU per acquisition (zero when there were none).
@@ -119,47 +98,29 @@ impl RunStats {
     }
 }
 
-fn seconds(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s >= 1.0 { format!("{s:.1} s") } else { format!("{:.0} ms", s * 1000.0) }
+impl RunStats {
+    /// The run's figures as every comparison of runs shows them.
+    pub fn figures(&self) -> RunFigures {
+        RunFigures {
+            label: self.label.clone(),
+            gpus: self.gpus,
+            jobs: self.jobs,
+            items: self.items,
+            wall_time: self.makespan,
+            gpu_busy: self.busy_fraction(),
+            acquisitions: Some(self.waits.len() as u64),
+            mean_wait: self.mean_wait(),
+            max_wait: self.max_wait(),
+            grants: self.grants,
+            bytes_swapped: self.swapped,
+        }
+    }
 }
 
-/// The side-by-side table, the first column the baseline the others are compared with.
+/// The side-by-side table (`acb_core::stats::Table`, as the simulator prints it), the first
+/// column the baseline the others are compared with.
 pub fn table(runs: &[RunStats]) -> String {
-    let Some(base) = runs.first() else { return String::new() };
-    let rows: Vec<(&str, Vec<String>)> = vec![
-        ("", runs.iter().map(|r| r.label.clone()).collect()),
-        ("GPUs / jobs", runs.iter().map(|r| format!("{} / {}", r.gpus, r.jobs)).collect()),
-        ("work items done", runs.iter().map(|r| r.items.to_string()).collect()),
-        ("wall time", runs.iter().map(|r| seconds(r.makespan)).collect()),
-        ("work items per hour", runs.iter().map(|r| format!("{:.0}", r.items_per_hour())).collect()),
-        (
-            "  vs first column",
-            runs.iter()
-                .map(|r| {
-                    let b = base.items_per_hour();
-                    if b > 0.0 { format!("{:.2}x", r.items_per_hour() / b) } else { "-".into() }
-                })
-                .collect(),
-        ),
-        ("GPU busy", runs.iter().map(|r| format!("{:.1} %", r.busy_fraction() * 100.0)).collect()),
-        ("GPU acquisitions", runs.iter().map(|r| r.waits.len().to_string()).collect()),
-        ("mean wait for a GPU", runs.iter().map(|r| seconds(r.mean_wait())).collect()),
-        ("max wait for a GPU", runs.iter().map(|r| seconds(r.max_wait())).collect()),
-        ("grants by the assigner", runs.iter().map(|r| r.grants.to_string()).collect()),
-        ("bytes swapped (out + in)", runs.iter().map(|r| Bytes(r.swapped).to_string()).collect()),
-    ];
-    let label_width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
-    let column_width = rows.iter().flat_map(|(_, cells)| cells.iter().map(String::len)).max().unwrap_or(0) + 2;
-    let mut out = String::new();
-    for (label, cells) in rows {
-        let _ = write!(out, "{label:<label_width$}");
-        for cell in cells {
-            let _ = write!(out, "{cell:>column_width$}");
-        }
-        out.push('\n');
-    }
-    out
+    Table::compare(&runs.iter().map(RunStats::figures).collect::<Vec<_>>()).to_string()
 }
 
 #[cfg(test)]

@@ -1,24 +1,16 @@
-//! The assigner's event record: what `watch` prints, what `timeline` draws, what the metrics
-//! count. Domain types; [`crate::convert`] maps them to and from the wire.
+//! The assigner's event record: what it decided and when. What `watch` prints, what the
+//! timeline draws, what the metrics count, and what the simulator's runs are drawn from. Plain
+//! data: the daemon maps it to the wire, `acb-client` maps it back and to JSON.
 
-use std::fmt;
-use std::time::Duration;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::time::Duration;
 
-use serde::Serialize;
-
-/// Why a holder is asked to yield.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum YieldReason {
-    /// Idle, and someone waits.
-    Contended,
-    /// Busy past its time slice, and someone waits.
-    QuantumExpired,
-}
+pub use crate::scheduler::YieldReason;
 
 /// One thing that happened.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "event", rename_all = "kebab-case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventKind {
     /// A client connected (a session, or a one-off client's first request).
     Connected {
@@ -57,7 +49,6 @@ pub enum EventKind {
         /// The fence per GPU, bytes.
         memory_per_gpu: u64,
         /// Time in the queue.
-        #[serde(with = "micros")]
         waited: Duration,
     },
     /// A holder was asked to yield.
@@ -109,24 +100,14 @@ pub enum EventKind {
 }
 
 /// An event with its place in the record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     /// Sequence number, from 1.
     pub seq: u64,
     /// Time since the assigner started.
-    #[serde(rename = "at_us", with = "micros")]
     pub at: Duration,
     /// What happened.
-    #[serde(flatten)]
     pub kind: EventKind,
-}
-
-mod micros {
-    use std::time::Duration;
-
-    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-    }
 }
 
 impl fmt::Display for Event {
@@ -138,7 +119,7 @@ impl fmt::Display for Event {
             EventKind::Requested { client, job, request, gpus, memory_per_gpu, priority } => {
                 write!(f, "requested   client#{client} job={job} request#{request} gpus={gpus}")?;
                 if let Some(m) = memory_per_gpu {
-                    write!(f, " memory={}", acb_core::Bytes(*m))?;
+                    write!(f, " memory={}", crate::Bytes(*m))?;
                 }
                 if *priority != 0 {
                     write!(f, " priority={priority}")?;

@@ -20,8 +20,16 @@ use std::time::Duration;
 use acb_core::sim::{JobSpec, Phase, Report, SpanKind};
 use serde::Deserialize;
 
-use crate::config::{GpuSpec, parse_duration, parse_size};
-use crate::events::{Event, EventKind};
+use acb_core::inventory::GpuSpec;
+use acb_core::record::{Event, EventKind};
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    acb_core::units::parse_size(s).map_err(|e| e.to_string())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    acb_core::units::parse_duration(s).map_err(|e| e.to_string())
+}
 
 /// The most jobs a trace may describe.
 pub const MAX_JOBS: u64 = 100_000;

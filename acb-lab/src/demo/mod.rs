@@ -29,10 +29,10 @@ use tokio::sync::mpsc;
 
 use self::job::{Holding, Line};
 use self::report::{RunStats, Stamped};
-use crate::config::Address;
-use crate::events::{Event, EventKind};
-use crate::proto;
 use crate::timeline::{self, Busy, GpuRow};
+use acb_core::record::{Event, EventKind};
+use acb_proto::Address;
+use acb_proto::v1 as proto;
 
 /// What the demo runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -435,7 +435,7 @@ async fn read_record(socket: &std::path::Path) -> Result<Record, String> {
         if matches!(e.kind, Some(proto::event::Kind::HistoryEnd(_))) {
             break;
         }
-        events.extend(crate::convert::event_from_proto(e));
+        events.extend(acb_client::events::from_proto(e));
     }
     let rows = status
         .gpus

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
 use std::time::Duration;
 
-use crate::events::{Event, EventKind};
+use acb_core::record::{Event, EventKind};
 
 /// What the picture shows about each GPU.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,15 +37,7 @@ pub struct GpuRow {
 }
 
 /// A time GPU `gpu` computed, in the record's time (since the assigner started).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Busy {
-    /// The GPU id that `Granted` events name.
-    pub gpu: u32,
-    /// When it started computing.
-    pub from: Duration,
-    /// When it stopped.
-    pub to: Duration,
-}
+pub use acb_core::stats::Busy;
 
 /// Renders `events` over GPUs `gpus` as a standalone SVG document (~1200 px wide).
 ///
@@ -227,20 +219,11 @@ impl Record {
     /// The times GPU `gpu` was in use, merged, in order: computing when that is known, else
     /// held by some lease.
     fn in_use(&self, gpu: u32) -> Vec<(f64, f64)> {
-        // Both lists are sorted by start, so one pass merges.
-        let intervals: Vec<(f64, f64)> = if self.busy.is_empty() {
-            self.holds.iter().filter(|h| h.to > h.from && h.gpus.contains(&gpu)).map(|h| (h.from, h.to)).collect()
+        if self.busy.is_empty() {
+            acb_core::stats::union(self.holds.iter().filter(|h| h.gpus.contains(&gpu)).map(|h| (h.from, h.to)))
         } else {
-            self.busy.iter().filter(|b| b.0 == gpu).map(|b| (b.1, b.2)).collect()
-        };
-        let mut merged: Vec<(f64, f64)> = Vec::new();
-        for (from, to) in intervals {
-            match merged.last_mut() {
-                Some(last) if from <= last.1 => last.1 = last.1.max(to),
-                _ => merged.push((from, to)),
-            }
+            acb_core::stats::union(self.busy.iter().filter(|b| b.0 == gpu).map(|b| (b.1, b.2)))
         }
-        merged
     }
 
     fn utilisation(&self, gpus: &[GpuRow]) -> f64 {
@@ -756,13 +739,7 @@ fn time_ticks(start: f64, span: f64) -> (&'static str, Vec<(f64, String)>) {
 
 /// A time or duration for people, one decimal, in the units [`time_ticks`] picks.
 fn duration(secs: f64) -> String {
-    if secs <= 300.0 {
-        format!("{secs:.1} s")
-    } else if secs <= 3.0 * 3600.0 {
-        format!("{:.1} min", secs / 60.0)
-    } else {
-        format!("{:.1} h", secs / 3600.0)
-    }
+    acb_core::units::Human(Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX)).to_string()
 }
 
 fn interval(from: f64, to: f64) -> String {
@@ -805,7 +782,7 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::YieldReason;
+    use acb_core::record::YieldReason;
 
     /// Builds a record as a story: `at(seconds, kind)` in order, numbered as the assigner does.
     struct Story(Vec<Event>);
@@ -932,7 +909,7 @@ mod tests {
             &[],
         );
         // Held 5 of 10 seconds, not all of the 5 seconds after the first event.
-        assert!(svg.contains("GPU utilisation 50.0% of 1 GPU over 10.0 s (from 0.0 s to 10.0 s)"), "{svg}");
+        assert!(svg.contains("GPU utilisation 50.0% of 1 GPU over 10.0 s (from 0 ms to 10.0 s)"), "{svg}");
         assert!(!svg.contains("class=\"busy\""));
         assert_well_formed(&svg);
     }

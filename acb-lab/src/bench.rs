@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::config::{Address, ServeConfig};
-use crate::proto;
 use acb_client::connection::{self, Session};
+use acb_proto::Address;
+use acb_proto::v1 as proto;
 
 /// What one measurement gave.
 #[derive(Clone, Debug, Default)]
@@ -111,22 +111,13 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// Runs the benchmark: for each client count, `rounds` alternations of echo and broker runs of
-/// `time` each. Prints a table and returns it.
-pub async fn run(client_counts: &[usize], time: Duration, rounds: usize) -> Result<String, String> {
+/// Runs the benchmark against the assigner at `addr` (which the caller started, with at least
+/// one simulated GPU per client, so that it measures the broker, not queueing): for each client
+/// count, `rounds` alternations of echo and broker runs of `time` each. Returns the table.
+pub async fn run(addr: &Address, client_counts: &[usize], time: Duration, rounds: usize) -> Result<String, String> {
     use std::fmt::Write;
-    let max = client_counts.iter().copied().max().unwrap_or(1).max(1);
-    let dir = std::env::temp_dir().join(format!("acb-bench-{}", std::process::id()));
-    let socket = dir.join("assigner.sock");
-    // One simulated GPU per client: the benchmark measures the broker, not queueing.
-    let cfg = ServeConfig::simulated(socket.clone(), max as u32, acb_core::Policy::Simple);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::server::serve(cfg, async {
-        let _ = stop_rx.await;
-    }));
-    let addr = Address::Unix(socket.clone());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while connection::connect(&addr, None, Duration::from_millis(200)).await.is_err() {
+    while connection::connect(addr, None, Duration::from_millis(200)).await.is_err() {
         if Instant::now() > deadline {
             return Err("the benchmark's assigner did not start".into());
         }
@@ -155,8 +146,8 @@ pub async fn run(client_counts: &[usize], time: Duration, rounds: usize) -> Resu
     for &n in client_counts {
         let (mut echo, mut broker) = (Sample::default(), Sample::default());
         for _ in 0..rounds {
-            echo.merge(echo_run(&addr, n, time).await?);
-            broker.merge(broker_run(&addr, n, time).await?);
+            echo.merge(echo_run(addr, n, time).await?);
+            broker.merge(broker_run(addr, n, time).await?);
         }
         let ratio = us(broker.quantile(0.5)) / us(echo.quantile(0.5)).max(f64::MIN_POSITIVE);
         let thr = broker.throughput() / echo.throughput().max(f64::MIN_POSITIVE);
@@ -173,8 +164,5 @@ pub async fn run(client_counts: &[usize], time: Duration, rounds: usize) -> Resu
             thr
         );
     }
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(out)
 }

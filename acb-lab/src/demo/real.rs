@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::config::GpuSpec;
+use acb_core::inventory::GpuSpec;
 
 /// What `--device` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,10 +53,19 @@ impl RealJobs {
     }
 }
 
+/// How the demo finds GPUs: the assigner's discovery (NVML, or `fake:` GPUs) as the names of
+/// the GPUs a spec gives. The CLI passes it in: this crate has no NVML.
+pub type Discover<'a> = &'a dyn Fn(&GpuSpec) -> Result<Vec<String>, String>;
+
 /// Decides where the demo runs: `Ok((Some(jobs), _))` on real GPUs, `Ok((None, why))` on
 /// simulated ones (with the reason when real ones were looked for), `Err` when `Real` was asked
 /// for and cannot be had.
-pub fn detect(choice: DeviceChoice, exe: &Path, library: &Path) -> Result<(Option<RealJobs>, Option<String>), String> {
+pub fn detect(
+    choice: DeviceChoice,
+    exe: &Path,
+    library: &Path,
+    discover: Discover<'_>,
+) -> Result<(Option<RealJobs>, Option<String>), String> {
     if choice == DeviceChoice::Simulated {
         return Ok((None, None));
     }
@@ -69,11 +78,11 @@ pub fn detect(choice: DeviceChoice, exe: &Path, library: &Path) -> Result<(Optio
     let (gpus, names) = match std::env::var("ACB_DEMO_TEST_GPUS") {
         Ok(spec) => {
             let parsed: GpuSpec = spec.parse().map_err(|e| format!("ACB_DEMO_TEST_GPUS: {e}"))?;
-            let found = crate::discovery::discover(&parsed)?;
-            (spec, found.into_iter().map(|g| format!("{} (SIMULATED)", g.name)).collect::<Vec<_>>())
+            let found = discover(&parsed)?;
+            (spec, found.into_iter().map(|name| format!("{name} (SIMULATED)")).collect::<Vec<_>>())
         }
-        Err(_) => match crate::discovery::discover(&GpuSpec::Auto) {
-            Ok(found) => ("auto".to_owned(), found.into_iter().map(|g| g.name).collect()),
+        Err(_) => match discover(&GpuSpec::Auto) {
+            Ok(found) => ("auto".to_owned(), found),
             // (Without the hint for `serve` about fake GPUs: the demo picks those itself.)
             Err(e) => return fail(format!("no GPU was found: {}", e.split("; use --gpus").next().unwrap_or(&e))),
         },
@@ -129,8 +138,14 @@ mod tests {
 
     #[test]
     fn simulated_never_looks_for_gpus() {
-        let (jobs, why) = detect(DeviceChoice::Simulated, Path::new("/nonexistent"), Path::new("/x")).unwrap();
-        assert!(jobs.is_none() && why.is_none());
+        let looked = std::cell::Cell::new(false);
+        let discover = |_: &GpuSpec| {
+            looked.set(true);
+            Ok(Vec::new())
+        };
+        let (jobs, why) =
+            detect(DeviceChoice::Simulated, Path::new("/nonexistent"), Path::new("/x"), &discover).unwrap();
+        assert!(jobs.is_none() && why.is_none() && !looked.get());
     }
 
     #[test]
