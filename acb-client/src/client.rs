@@ -39,6 +39,8 @@ pub struct Client {
     /// the end without waiting for the driver: one thread round trip less per phase. Commands are
     /// handled in order, so a begin after it still sees the end first.
     phase: AtomicU8,
+    /// Numbers begins, so that the driver can tell a late cancel from a current one.
+    begins: std::sync::atomic::AtomicU64,
     /// Phase boundaries are recorded here when `ACB_PROFILE` is set (`agarun --profile`).
     profile: Option<Profile>,
     /// The job's swappable device memory (shared with the driver, which swaps it).
@@ -78,7 +80,16 @@ impl Client {
         let driver = Driver::new(config.clone(), kept.clone(), memory.clone(), itx, start);
         runtime.spawn(driver.run(cmds, irx));
         let profile = Profile::from_env(&config.job);
-        let client = Client { tx, runtime: Some(runtime), config, kept, phase: AtomicU8::new(IDLE), profile, memory };
+        let client = Client {
+            tx,
+            runtime: Some(runtime),
+            config,
+            kept,
+            phase: AtomicU8::new(IDLE),
+            begins: Default::default(),
+            profile,
+            memory,
+        };
         client.mark(Mark::Start);
         Ok(client)
     }
@@ -117,6 +128,7 @@ impl Client {
             return Err(Error::AlreadyActive("on_device_begin called twice without on_device_end".into()));
         }
         self.mark(Mark::Ask);
+        let seq = self.begins.fetch_add(1, Ordering::Relaxed);
         let demand = GpuDemand {
             gpus: request.gpus,
             memory_per_gpu: request.memory_per_gpu,
@@ -129,13 +141,13 @@ impl Client {
             if k.lease.as_ref().is_some_and(|(d, _)| *d == demand)
                 && let Some((d, lease)) = k.lease.take()
             {
-                k.claimed = Some(d);
+                k.claimed = Some((d, seq));
                 drop(k);
                 return Ok(self.hand_out(lease));
             }
         }
         let (tx, rx) = std_mpsc::channel();
-        if self.tx.send(Cmd::Begin { demand, reply: tx }).is_err() {
+        if self.tx.send(Cmd::Begin { seq, demand, reply: tx }).is_err() {
             self.phase.store(IDLE, Ordering::Release);
             return Err(stopped());
         }
@@ -143,7 +155,7 @@ impl Client {
             Some(t) => match rx.recv_timeout(t) {
                 Ok(res) => res,
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                    let _ = self.tx.send(Cmd::Cancel);
+                    let _ = self.tx.send(Cmd::Cancel { seq });
                     self.phase.store(IDLE, Ordering::Release);
                     return Err(Error::Timeout(format!(
                         "no GPU granted within {} ms; request withdrawn",

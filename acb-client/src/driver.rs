@@ -26,11 +26,17 @@ use crate::lease::{Device, Lease};
 use crate::memory::SharedMemory;
 
 pub(crate) enum Cmd {
+    /// Begin number `seq` (each begin of a client has its own) waits for a grant.
     Begin {
+        seq: u64,
         demand: GpuDemand,
         reply: std_mpsc::Sender<Result<Lease, Error>>,
     },
-    Cancel,
+    /// Begin number `seq` timed out: withdraw its request, or end the phase it never saw. Stale
+    /// when another begin owns the machine by the time it arrives (see `Driver::owner`).
+    Cancel {
+        seq: u64,
+    },
     /// An end with a yield pending: apply it now (see [`Kept`]).
     Wake,
     Close {
@@ -62,7 +68,8 @@ pub(crate) enum Internal {
 #[derive(Default)]
 pub(crate) struct Kept {
     pub(crate) lease: Option<(GpuDemand, Lease)>,
-    pub(crate) claimed: Option<GpuDemand>,
+    /// A begin's claim of the published lease, with the begin's number.
+    pub(crate) claimed: Option<(GpuDemand, u64)>,
     pub(crate) end_pending: bool,
     pub(crate) yield_pending: bool,
 }
@@ -89,6 +96,11 @@ pub(crate) struct Driver {
     session: Option<Session>,
     start: tokio::time::Instant,
     begin_reply: Option<std_mpsc::Sender<Result<Lease, Error>>>,
+    /// The begin (by number) that the machine's current request or phase belongs to. A cancel
+    /// from any other begin is stale: without this, the cancel of a begin that timed out as its
+    /// grant came could end the next begin's phase, taken meanwhile on the fast path, and the
+    /// GPU would be given away under a running phase.
+    owner: Option<u64>,
     /// The call waiting for the current request's grant.
     alloc_task: Option<JoinHandle<()>>,
     /// The devices of the lease held (their indexes and UUIDs, which the machine has no use for).
@@ -129,6 +141,7 @@ impl Driver {
             session: None,
             start,
             begin_reply: None,
+            owner: None,
             alloc_task: None,
             granted: None,
             fail_status: None,
@@ -205,14 +218,18 @@ impl Driver {
         let ended = std::mem::take(&mut k.end_pending);
         drop(k);
         let now = self.now();
-        if let Some(demand) = claimed {
+        if let Some((demand, seq)) = claimed {
             // Published only while it fits; the caller already has the lease, so the machine's
             // Ready needs no reply.
             let _ = self.machine.begin(demand, now);
+            self.owner = Some(seq);
         }
-        if ended && let Err(e) = self.machine.end(now) {
-            // The lease went away under the phase (revoked, or the assigner vanished).
-            tracing_free_log(&e);
+        if ended {
+            self.owner = None;
+            if let Err(e) = self.machine.end(now) {
+                // The lease went away under the phase (revoked, or the assigner vanished).
+                tracing_free_log(&e);
+            }
         }
     }
 
@@ -233,17 +250,20 @@ impl Driver {
     fn command(&mut self, cmd: Cmd) {
         let now = self.now();
         match cmd {
-            Cmd::Begin { demand, reply } => match self.machine.begin(demand.clone(), now) {
+            Cmd::Begin { seq, demand, reply } => match self.machine.begin(demand.clone(), now) {
                 Ok(()) => {
                     self.begin_reply = Some(reply);
                     self.last_demand = Some(demand);
+                    self.owner = Some(seq);
                 }
                 Err(e) => {
                     let _ = reply.send(Err(failure(&e, None)));
                 }
             },
-            Cmd::Cancel => {
+            Cmd::Cancel { seq } if self.owner != Some(seq) => {}
+            Cmd::Cancel { .. } => {
                 self.begin_reply = None;
+                self.owner = None;
                 // A grant that raced the timeout is the machine's to end or give back.
                 let _ = self.machine.cancel(now);
             }
@@ -420,6 +440,7 @@ impl Driver {
                     {
                         // The caller timed out as the grant came: it gave up the wait, and the
                         // machine ends the phase it never saw.
+                        self.owner = None;
                         let now = self.now();
                         let _ = self.machine.cancel(now);
                     }
