@@ -4,13 +4,12 @@
 
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status, Streaming};
 
 use acb_proto::Address;
@@ -43,16 +42,7 @@ pub async fn connect(addr: &Address, token: Option<&str>, timeout: Duration) -> 
             })?)),
             None => AuthHeader(None),
         };
-    let channel = match addr {
-        Address::Unix(path) => unix_channel(path.clone(), timeout).await,
-        Address::Tcp(sa) => {
-            keepalive(Endpoint::from_shared(format!("http://{sa}")).map_err(|e| Error::InvalidArgument(e.to_string()))?)
-                .connect_timeout(timeout)
-                .connect()
-                .await
-        }
-    }
-    .map_err(|e| Error::Unavailable(format!("cannot reach the assigner at {addr}: {}", source_chain(&e))))?;
+    let channel = channel(addr, timeout).await?;
     Ok(proto::assigner_client::AssignerClient::with_interceptor(channel, auth))
 }
 
@@ -64,16 +54,28 @@ fn keepalive(e: Endpoint) -> Endpoint {
         .keep_alive_while_idle(true)
 }
 
-/// A gRPC channel over the Unix socket at `path`.
-pub async fn unix_channel(path: std::path::PathBuf, timeout: Duration) -> Result<Channel, tonic::transport::Error> {
-    // The URI is not used for Unix sockets; the connector ignores it.
-    keepalive(Endpoint::from_static("http://[::]:50051"))
-        .connect_timeout(timeout)
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
-        }))
-        .await
+/// A gRPC channel to `addr` (tonic's own `unix:` endpoints for Unix sockets), connected within
+/// `timeout`.
+pub async fn channel(addr: &Address, timeout: Duration) -> Result<Channel, Error> {
+    let uri = match addr {
+        Address::Unix(path) => format!(
+            "unix:{}",
+            path.to_str()
+                .ok_or_else(|| Error::InvalidArgument(format!("{}: a socket path must be UTF-8", path.display())))?
+        ),
+        Address::Tcp(sa) => format!("http://{sa}"),
+    };
+    let endpoint = keepalive(Endpoint::from_shared(uri).map_err(|e| Error::InvalidArgument(e.to_string()))?)
+        .connect_timeout(timeout);
+    // tonic bounds a TCP connect by `connect_timeout`, not a Unix one: bound the whole attempt.
+    match tokio::time::timeout(timeout, endpoint.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => Err(Error::Unavailable(format!("cannot reach the assigner at {addr}: {}", source_chain(&e)))),
+        Err(_) => Err(Error::Unavailable(format!(
+            "cannot reach the assigner at {addr}: no connection within {} ms",
+            timeout.as_millis()
+        ))),
+    }
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

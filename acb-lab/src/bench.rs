@@ -51,12 +51,7 @@ async fn echo_run(addr: &Address, clients: usize, time: Duration) -> Result<Samp
     let mut tasks = Vec::new();
     let start = Instant::now();
     for _ in 0..clients {
-        let channel = match addr {
-            Address::Unix(p) => {
-                connection::unix_channel(p.clone(), Duration::from_secs(5)).await.map_err(|e| e.to_string())?
-            }
-            Address::Tcp(_) => return Err("bench runs over a Unix socket".into()),
-        };
+        let channel = connection::channel(addr, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
         tasks.push(tokio::spawn(async move {
             let mut h = HealthClient::new(channel);
             let mut lat = Vec::new();
