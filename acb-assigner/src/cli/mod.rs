@@ -1,0 +1,297 @@
+//! The `acb-assigner` command line: the clap types and the dispatch; each subcommand lives in a
+//! file of its own. A failure is a [`CliError`], printed as one line; bad flags and addresses
+//! exit with status 2, failures of the work with 1, a lease the assigner took back with 3.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use acb_core::Policy;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Address, GpuSpec, LogFormat};
+use acb_client::connection;
+
+mod alloc;
+mod bench;
+mod demo;
+mod demo_job;
+mod error;
+mod serve;
+mod simulate;
+mod status;
+mod timeline;
+mod watch;
+
+pub use error::CliError;
+
+/// The acb GPU assigner: owns a node's GPUs and grants them to jobs by policy.
+#[derive(Debug, Parser)]
+#[command(name = "acb-assigner", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the assigner daemon.
+    Serve(ServeArgs),
+    /// Show GPUs with their holders, the queue and the clients.
+    Status(StatusArgs),
+    /// Print one line per event, live.
+    Watch(WatchArgs),
+    /// Draw who held which GPU when, from the assigner's event record, as SVG.
+    Timeline(TimelineArgs),
+    /// Ask for GPUs, print the lease, hold it, give it back (a debugging aid; also used by tests).
+    Alloc(AllocArgs),
+    /// Benchmark grant+release round trips beside a bare tonic unary call, same run.
+    Bench(BenchArgs),
+    /// Predict, before deploying, what acb does to a workload: the simulator on a job trace,
+    /// static baseline beside each scheduler (SIMULATED: no GPU is used).
+    Simulate(SimulateArgs),
+    /// The demo: the same pipeline jobs run statically, then brokered by acb, with real job
+    /// processes through libacb, on real GPUs with PyTorch when there are, on SIMULATED ones
+    /// otherwise; a table side by side and a timeline of each.
+    Demo(DemoArgs),
+    /// One job of the demo (started by `demo`).
+    #[command(hide = true)]
+    DemoJob(DemoJobArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Where to listen: unix:/path/to.sock or tcp:IP:PORT; repeatable. Default: the default
+    /// socket ($XDG_RUNTIME_DIR/acb/assigner.sock, or /tmp/acb/assigner.sock).
+    #[arg(long, value_parser = str::parse::<Address>)]
+    listen: Vec<Address>,
+    /// The GPUs: auto (NVML), none, or fake:COUNTxSIZE[,COUNTxSIZE] (simulated). Default: auto.
+    #[arg(long, value_parser = str::parse::<GpuSpec>)]
+    gpus: Option<GpuSpec>,
+    /// simple, gpu-sharing or gpu-affinity. Default: simple.
+    #[arg(long, value_parser = parse_policy)]
+    scheduler: Option<Policy>,
+    /// Time slice: a busy holder blocking the queue's head is asked to yield after this long.
+    #[arg(long, value_parser = config::parse_duration)]
+    quantum: Option<Duration>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9400).
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
+    /// A file whose first line is a token every call must carry; required for non-loopback TCP.
+    #[arg(long)]
+    auth_token_file: Option<PathBuf>,
+    /// Settings file (TOML); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Log format (filter with RUST_LOG).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct WatchArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Print the recorded history first.
+    #[arg(long)]
+    replay: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct TimelineArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Where to write the SVG.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct AllocArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// GPUs.
+    #[arg(long, default_value_t = 1)]
+    gpus: u32,
+    /// Memory per GPU (e.g. 20GiB); whole GPUs when unset.
+    #[arg(long, value_parser = config::parse_size)]
+    memory: Option<u64>,
+    /// Priority (higher first).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// Job name.
+    #[arg(long, default_value = "acb-assigner-alloc")]
+    job: String,
+    /// Hold the lease this long (e.g. 5s), then release; forever (until killed) when unset.
+    #[arg(long, value_parser = config::parse_duration)]
+    hold: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Concurrent clients, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    clients: Vec<usize>,
+    /// Length of each measurement (e.g. 2s).
+    #[arg(long, value_parser = config::parse_duration, default_value = "2s")]
+    time: Duration,
+    /// Alternations of echo and broker runs per client count.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+}
+
+#[derive(Debug, Args)]
+struct SimulateArgs {
+    /// The trace (JSON; see the README for the format).
+    #[arg(long)]
+    trace: PathBuf,
+    /// Schedulers to compare with the static baseline, comma-separated, or `all`.
+    #[arg(long, default_value = "simple")]
+    scheduler: String,
+    /// The GPUs (fake:COUNTxSIZE[,...]); overrides the trace's.
+    #[arg(long, value_parser = str::parse::<GpuSpec>)]
+    gpus: Option<GpuSpec>,
+    /// Eager release (give the GPU back after every phase) instead of lazy.
+    #[arg(long)]
+    eager: bool,
+    /// Time slice for the schedulers.
+    #[arg(long, value_parser = config::parse_duration)]
+    quantum: Option<Duration>,
+    /// Host<->device bandwidth for swaps (e.g. 20GB, per second); overrides the trace's.
+    #[arg(long, value_parser = config::parse_size)]
+    swap_bandwidth: Option<u64>,
+    /// Write one timeline SVG per run into this directory (static.svg, simple.svg, ...).
+    #[arg(long)]
+    svg_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// About 15 seconds instead of about a minute (fewer, shorter work items).
+    #[arg(long)]
+    quick: bool,
+    /// Jobs (default 8).
+    #[arg(long)]
+    jobs: Option<u32>,
+    /// Simulated GPUs (default 2). On real GPUs the demo uses every GPU the driver shows.
+    #[arg(long)]
+    gpus: Option<u32>,
+    /// auto: real GPUs when the driver shows some and Python has PyTorch with CUDA and the acb
+    /// package (its jobs then run real kernels), simulated ones otherwise; simulated; or real
+    /// (an error if they cannot be had).
+    #[arg(long, default_value = "auto", value_parser = str::parse::<acb_lab::demo::real::DeviceChoice>)]
+    device: acb_lab::demo::real::DeviceChoice,
+    /// Work items per job (default 6; 3 with --quick).
+    #[arg(long)]
+    items: Option<u32>,
+    /// Each item's CPU phase (default 1200ms; 450ms with --quick).
+    #[arg(long, value_parser = config::parse_duration)]
+    cpu: Option<Duration>,
+    /// Each item's GPU phase (default 400ms; 150ms with --quick).
+    #[arg(long, value_parser = config::parse_duration)]
+    gpu: Option<Duration>,
+    /// Device memory each job keeps in libacb, swapped with its GPU (0 for none).
+    #[arg(long, value_parser = config::parse_size, default_value = "32MiB")]
+    memory: u64,
+    /// The scheduler of the brokered run.
+    #[arg(long, value_parser = parse_policy, default_value = "simple")]
+    scheduler: Policy,
+    /// Where to write the timelines (static.svg, brokered.svg).
+    #[arg(long, default_value = "acb-demo")]
+    out_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct DemoJobArgs {
+    /// Work items.
+    #[arg(long)]
+    items: u32,
+    /// Each item's CPU phase.
+    #[arg(long, value_parser = config::parse_duration)]
+    cpu: Duration,
+    /// Each item's GPU phase.
+    #[arg(long, value_parser = config::parse_duration)]
+    gpu: Duration,
+    /// Hold one GPU for the whole job (static allocation).
+    #[arg(long = "static")]
+    whole_life: bool,
+    /// Bytes of device memory the job keeps (0: none).
+    #[arg(long, value_parser = config::parse_size, default_value = "0")]
+    memory: u64,
+}
+
+// How the client subcommands reach the assigner (no doc comment: clap would take it for the
+// subcommand's about).
+#[derive(Debug, Args)]
+struct Conn {
+    /// The assigner's address (unix:/path or tcp:IP:PORT); default: $ACB_ASSIGNER, else the
+    /// default socket.
+    #[arg(long, value_parser = str::parse::<Address>)]
+    assigner: Option<Address>,
+    /// A file whose first line is the auth token the assigner requires.
+    #[arg(long, env = "ACB_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
+}
+
+fn parse_policy(s: &str) -> Result<Policy, String> {
+    s.parse::<Policy>().map_err(|e| e.to_string())
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => Err(CliError::failed(format!("cannot start the runtime: {e}"))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("acb-assigner: {e}");
+            ExitCode::from(e.status())
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.cmd {
+        Cmd::Serve(args) => serve::run(args).await,
+        Cmd::Status(args) => status::run(args).await,
+        Cmd::Watch(args) => watch::run(args).await,
+        Cmd::Timeline(args) => timeline::run(args).await,
+        Cmd::Alloc(args) => alloc::run(args).await,
+        Cmd::Bench(args) => bench::run(args).await,
+        Cmd::Simulate(args) => simulate::run(args),
+        Cmd::Demo(args) => demo::run(args).await,
+        Cmd::DemoJob(args) => demo_job::run(args).await,
+    }
+}
+
+/// Connects to the assigner `conn` names, with its token if it gives one.
+async fn connect(conn: &Conn) -> Result<connection::Rpc, CliError> {
+    let addr = match &conn.assigner {
+        Some(a) => a.clone(),
+        None => Address::from_env().map_err(CliError::failed)?,
+    };
+    let token = conn
+        .auth_token_file
+        .as_deref()
+        .map(|p| acb_client::read_token(p).map_err(|e| CliError::failed(format!("--auth-token-file: {e}"))))
+        .transpose()?;
+    Ok(connection::connect(&addr, token.as_deref(), Duration::from_secs(5)).await?)
+}

@@ -1,0 +1,74 @@
+//! `serve`: resolve the flags over the settings file, start the logs, run the daemon until a
+//! termination signal.
+
+use acb_core::Policy;
+
+use super::{CliError, ServeArgs, parse_policy};
+use crate::config::{self, Address, FileConfig, GpuSpec, LogFormat, ServeConfig};
+
+pub(super) async fn run(args: ServeArgs) -> Result<(), CliError> {
+    let cfg = resolve(args).map_err(CliError::Usage)?;
+    init_logs(cfg.log_format);
+    crate::server::serve(cfg, crate::server::termination()).await?;
+    Ok(())
+}
+
+/// Resolves `serve`'s flags over its settings file.
+fn resolve(args: ServeArgs) -> Result<ServeConfig, String> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let listen = if !args.listen.is_empty() {
+        args.listen
+    } else if let Some(l) = file.listen {
+        l.iter().map(|s| s.parse::<Address>().map_err(|e| format!("config listen: {e}"))).collect::<Result<_, _>>()?
+    } else {
+        vec![Address::default_socket()]
+    };
+    let gpus = match (args.gpus, file.gpus) {
+        (Some(g), _) => g,
+        (None, Some(s)) => s.parse().map_err(|e| format!("config gpus: {e}"))?,
+        (None, None) => GpuSpec::Auto,
+    };
+    let scheduler = match (args.scheduler, file.scheduler) {
+        (Some(p), _) => p,
+        (None, Some(s)) => parse_policy(&s).map_err(|e| format!("config scheduler: {e}"))?,
+        (None, None) => Policy::Simple,
+    };
+    let quantum = match (args.quantum, file.quantum) {
+        (Some(q), _) => Some(q),
+        (None, Some(s)) => Some(config::parse_duration(&s).map_err(|e| format!("config quantum: {e}"))?),
+        (None, None) => None,
+    };
+    let metrics = match (args.metrics, file.metrics) {
+        (Some(m), _) => Some(m),
+        (None, Some(s)) => Some(s.parse().map_err(|_| format!("config metrics: {s:?} is not IP:PORT"))?),
+        (None, None) => None,
+    };
+    let auth_token = args
+        .auth_token_file
+        .or(file.auth_token_file)
+        .map(|p| acb_client::read_token(&p).map_err(|e| format!("--auth-token-file: {e}")))
+        .transpose()?;
+    Ok(ServeConfig {
+        listen,
+        gpus,
+        scheduler,
+        quantum,
+        metrics,
+        auth_token,
+        log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+        node_name: args.node_name.or(file.node_name).unwrap_or_else(config::host_name),
+    })
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

@@ -1,0 +1,92 @@
+//! `simulate`: the acb-core simulator on a job trace, the static baseline beside each scheduler
+//! asked for, with a timeline per run on request. No GPU is used.
+
+use std::time::Duration;
+
+use acb_core::{Bytes, Policy};
+
+use super::{CliError, SimulateArgs, parse_policy};
+use crate::config::GpuSpec;
+
+pub(super) fn run(args: SimulateArgs) -> Result<(), CliError> {
+    let SimulateArgs { trace, scheduler, gpus, eager, quantum, swap_bandwidth, svg_dir } = args;
+    // Every failure here has been status 2, as for bad flags: the trace or the flags are wrong.
+    let out = simulate(&trace, &scheduler, gpus, eager, quantum, swap_bandwidth, svg_dir.as_deref())
+        .map_err(CliError::Usage)?;
+    print!("{out}");
+    Ok(())
+}
+
+fn simulate(
+    trace: &std::path::Path,
+    schedulers: &str,
+    gpus: Option<GpuSpec>,
+    eager: bool,
+    quantum: Option<Duration>,
+    swap_bandwidth: Option<u64>,
+    svg_dir: Option<&std::path::Path>,
+) -> Result<String, String> {
+    use acb_core::sim::{self, Comparison, Mode, SimConfig};
+    use acb_core::{ClientConfig, ReleaseMode, SchedulerConfig};
+    let t = acb_lab::trace::load(trace)?;
+    let policies: Vec<Policy> = if schedulers == "all" {
+        Policy::ALL.to_vec()
+    } else {
+        schedulers.split(',').map(|s| parse_policy(s.trim())).collect::<Result<_, _>>()?
+    };
+    let spec = gpus.or(t.gpus.clone()).ok_or("no GPUs: give --gpus fake:COUNTxSIZE or \"gpus\" in the trace")?;
+    let GpuSpec::Fake(_) = &spec else {
+        return Err("simulate takes simulated GPUs: --gpus fake:COUNTxSIZE[,COUNTxSIZE]".into());
+    };
+    let found = crate::discovery::discover(&spec)?;
+    let pool = crate::discovery::pool_of("simulated", &found);
+    let client =
+        ClientConfig { release: if eager { ReleaseMode::Eager } else { ReleaseMode::Lazy }, idle_timeout: None };
+    let bandwidth = swap_bandwidth.or(t.swap_bandwidth).unwrap_or(20_000_000_000);
+    let mut reports = Vec::new();
+    let modes = std::iter::once(Mode::Static).chain(policies.iter().map(|p| {
+        let mut c = SchedulerConfig::new(*p);
+        c.quantum = quantum;
+        Mode::Brokered(c)
+    }));
+    for mode in modes {
+        let mut cfg = SimConfig::new(pool.clone(), mode);
+        cfg.client = client.clone();
+        cfg.swap_bandwidth = bandwidth;
+        let report = sim::run(&cfg, &t.jobs).map_err(|e| e.to_string())?;
+        if let Some(dir) = svg_dir {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let rows: Vec<acb_lab::timeline::GpuRow> = found
+                .iter()
+                .map(|g| acb_lab::timeline::GpuRow {
+                    id: g.index,
+                    label: format!("gpu{} (simulated, {})", g.index, Bytes(g.memory)),
+                })
+                .collect();
+            let events = acb_lab::trace::events_of(&report, &t.jobs);
+            let title = format!("{}: {} (SIMULATED)", trace.display(), report.label);
+            let svg = acb_lab::timeline::render_svg(&title, &rows, &events, Some(report.makespan));
+            let path = dir.join(format!("{}.svg", report.label));
+            std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        reports.push(report);
+    }
+    let mut out = format!(
+        "SIMULATED with the acb-core simulator (no GPU used): {} jobs on {} GPU(s), swaps at {:.1} GB/s, {} release\n\n",
+        t.jobs.len(),
+        found.len(),
+        bandwidth as f64 / 1e9,
+        if eager { "eager" } else { "lazy" }
+    );
+    out.push_str(&Comparison { reports }.to_string());
+    if policies.contains(&Policy::GpuSharing) {
+        out.push_str(
+            "\nnote: the simulator does not model compute contention: under gpu-sharing, jobs on one GPU are \
+             assumed not to slow each other, so treat that column as an upper bound\n",
+        );
+    }
+    if let Some(dir) = svg_dir {
+        out.push_str(&format!("\ntimelines written to {}\n", dir.display()));
+    }
+    Ok(out)
+}

@@ -1,0 +1,93 @@
+//! `status`: the assigner's GPUs with their holders, the queue and the clients, as a table or
+//! as JSON.
+
+use acb_core::Bytes;
+
+use super::{CliError, StatusArgs, connect};
+use crate::proto;
+
+pub(super) async fn run(StatusArgs { conn, json }: StatusArgs) -> Result<(), CliError> {
+    let mut rpc = connect(&conn).await?;
+    let s = rpc.status(proto::StatusRequest {}).await?.into_inner();
+    if json {
+        println!("{}", acb_client::status_json(&s));
+    } else {
+        print!("{}", status_table(&s));
+    }
+    Ok(())
+}
+
+fn status_table(s: &proto::StatusResponse) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let simulated = s.gpus.iter().any(|g| g.fake);
+    let _ = writeln!(
+        o,
+        "acb-assigner {}, scheduler {}, up {:.1} s{}",
+        s.version,
+        s.scheduler,
+        s.uptime_ms as f64 / 1000.0,
+        if simulated { ", SIMULATED GPUs" } else { "" }
+    );
+    let _ = writeln!(o, "\nGPU  NODE:IDX        NAME                    MEMORY     GRANTED    STATE      HOLDERS");
+    for g in &s.gpus {
+        let state = if !g.healthy {
+            "LOST"
+        } else if g.holders.is_empty() {
+            "free"
+        } else if g.holders.iter().all(|h| h.idle) {
+            "idle-held"
+        } else {
+            "busy"
+        };
+        let holders: Vec<String> = g
+            .holders
+            .iter()
+            .map(|h| {
+                format!("{} (client#{}, lease#{}, {:.1} s)", h.job, h.client_id, h.lease_id, h.held_ms as f64 / 1e3)
+            })
+            .collect();
+        let name = if g.fake { format!("{} (fake)", g.name) } else { g.name.clone() };
+        let _ = writeln!(
+            o,
+            "{:<4} {:<15} {:<23} {:<10} {:<10} {:<10} {}{}",
+            g.id,
+            format!("{}:{}", g.node, g.index),
+            name,
+            Bytes(g.memory).to_string(),
+            Bytes(g.granted).to_string(),
+            state,
+            holders.join("; "),
+            if g.reserved { "  [reserved for the head of the queue]" } else { "" }
+        );
+    }
+    let _ = writeln!(o, "\nQUEUE ({} waiting)", s.queue.len());
+    for q in &s.queue {
+        let mem = q.memory_per_gpu.map(|m| format!(" memory={}", Bytes(m))).unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "  request#{} client#{} {} gpus={}{} priority={} waiting {:.1} s",
+            q.request_id,
+            q.client_id,
+            q.job,
+            q.gpus,
+            mem,
+            q.priority,
+            q.waiting_ms as f64 / 1e3
+        );
+    }
+    let _ = writeln!(o, "\nCLIENTS ({})", s.clients.len());
+    for c in &s.clients {
+        let _ = writeln!(
+            o,
+            "  client#{} {} pid {} leases {} queued {}{}",
+            c.client_id,
+            c.job,
+            c.pid,
+            c.leases,
+            c.queued,
+            if c.one_off { " (one-off)" } else { "" }
+        );
+    }
+    o
+}
