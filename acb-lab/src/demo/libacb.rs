@@ -1,54 +1,35 @@
 //! libacb loaded at run time: the demo's jobs go through the real shared library and its C ABI,
-//! exactly as a C program linked against it would (`acb-assigner` cannot link libacb, which is
-//! built on top of this crate).
+//! exactly as a C program linked against it would. The functions' types come from
+//! `include/acb.h` (`abi.rs`, generated and drift-tested by `tests/abi.rs`).
 
-use std::ffi::{c_char, c_void};
+use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 
 use libloading::Library;
 
-/// `ACB_ABI_VERSION` of the header this code was written against.
-const ABI_VERSION: u32 = 1;
 const STATUS_OK: u32 = 0;
 
-type Handle = *mut c_void;
-
-/// `acb_memory_stats`, as `include/acb.h` lays it out.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MemoryStats {
-    /// Live allocations.
-    pub allocations: u64,
-    /// Bytes mapped on the device now.
-    pub resident_bytes: u64,
-    /// Bytes in host memory only now.
-    pub swapped_bytes: u64,
-    /// Bytes copied device -> host so far.
-    pub swapped_out_total: u64,
-    /// Bytes copied host -> device so far.
-    pub swapped_in_total: u64,
-    /// Host memory held for swapped-out bytes.
-    pub host_pool_bytes: u64,
-}
+pub use super::abi::MemoryStats;
+use super::abi::{self, ABI_VERSION, Handle};
 
 /// The functions of libacb the demo's jobs call.
 #[derive(Debug)]
 pub struct Libacb {
-    abi_version: unsafe extern "C" fn() -> u32,
-    config_new: unsafe extern "C" fn(*mut Handle) -> u32,
-    config_free: unsafe extern "C" fn(Handle),
-    client_new: unsafe extern "C" fn(Handle, *mut Handle) -> u32,
-    client_free: unsafe extern "C" fn(Handle),
-    request_new: unsafe extern "C" fn(*mut Handle) -> u32,
-    request_free: unsafe extern "C" fn(Handle),
-    on_device_begin: unsafe extern "C" fn(Handle, Handle, *mut Handle) -> u32,
-    on_device_end: unsafe extern "C" fn(Handle) -> u32,
-    lease_free: unsafe extern "C" fn(Handle),
-    lease_device_index: unsafe extern "C" fn(Handle, usize, *mut u32) -> u32,
-    client_alloc: unsafe extern "C" fn(Handle, usize, *mut *mut c_void) -> u32,
-    client_memory_stats: unsafe extern "C" fn(Handle, *mut MemoryStats) -> u32,
-    error_message: unsafe extern "C" fn(*mut c_char, usize, *mut usize) -> u32,
-    status_message: unsafe extern "C" fn(u32, *mut c_char, usize, *mut usize) -> u32,
+    abi_version: abi::AbiVersion,
+    config_new: abi::ConfigNew,
+    config_free: abi::ConfigFree,
+    client_new: abi::ClientNew,
+    client_free: abi::ClientFree,
+    request_new: abi::RequestNew,
+    request_free: abi::RequestFree,
+    on_device_begin: abi::OnDeviceBegin,
+    on_device_end: abi::OnDeviceEnd,
+    lease_free: abi::LeaseFree,
+    lease_device_index: abi::LeaseDeviceIndex,
+    client_alloc: abi::ClientAlloc,
+    client_memory_stats: abi::ClientMemoryStats,
+    error_message: abi::ErrorMessage,
+    status_message: abi::StatusMessage,
     // Last: the function pointers above are valid only while the library stays loaded.
     _library: Library,
 }
@@ -72,7 +53,7 @@ pub fn locate() -> Result<PathBuf, String> {
 
 macro_rules! symbol {
     ($lib:expr, $name:literal) => {{
-        // SAFETY: the type is the one `include/acb.h` declares for this symbol.
+        // SAFETY: the type is the one `include/acb.h` declares for this symbol (`abi.rs`).
         let s = unsafe { $lib.get($name) }
             .map_err(|e| format!("libacb has no {}: {e}", String::from_utf8_lossy(&$name[..$name.len() - 1])))?;
         *s

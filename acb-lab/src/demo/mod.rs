@@ -12,6 +12,7 @@
 //! back after. On real GPUs with PyTorch ([`real`]), the jobs are `python -m acb.demo_job` and
 //! their GPU phases run real kernels.
 
+pub mod abi;
 pub mod job;
 pub mod libacb;
 pub mod real;
