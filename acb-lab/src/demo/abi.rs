@@ -52,7 +52,7 @@ pub type RequestFree = unsafe extern "C" fn(Handle);
 pub type OnDeviceBegin = unsafe extern "C" fn(Handle, Handle, *mut Handle) -> u32;
 
 /// `acb_on_device_end`.
-pub type OnDeviceEnd = unsafe extern "C" fn(Handle) -> i32;
+pub type OnDeviceEnd = unsafe extern "C" fn(Handle) -> u32;
 
 /// `acb_lease_free`.
 pub type LeaseFree = unsafe extern "C" fn(Handle);
