@@ -1,346 +1,35 @@
 //! The one place that drives [`acb_core::Scheduler`]: take a command, feed the scheduler, drain
 //! its outputs, arm one timer, wake the waiters. Services talk to it through a [`Handle`];
 //! no lock is shared, no scheduling decision is made anywhere else.
+//!
+//! `api` is what the rest of the daemon sends and hears back, `sessions` who is connected
+//! and who waits for a grant, `history` the event record.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use acb_core::record::EventKind;
 use acb_core::{
-    Affinity, ClientId, Error as CoreError, GpuId, Health, Instant as CoreInstant, LeaseId, Output, Policy, Request,
-    RequestId, Scheduler, SchedulerConfig,
+    Affinity, ClientId, GpuId, Health, Instant as CoreInstant, LeaseId, Output, Policy, Request, Scheduler,
+    SchedulerConfig,
 };
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::discovery::FoundGpu;
 use crate::metrics::Metrics;
-use acb_core::record::{Event, EventKind, YieldReason};
 
-/// How many events the record keeps (the oldest go first).
-const HISTORY: usize = 200_000;
+mod api;
+mod history;
+mod sessions;
 
-/// What went wrong, before it becomes a wire status.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DomainError {
-    /// The scheduler refused.
-    Core(CoreError),
-    /// The client token is not one the assigner gave out (or its client is gone).
-    UnknownToken,
-    /// The request was dropped because its client's session ended.
-    SessionEnded,
-    /// The assigner is shutting down.
-    ShuttingDown,
-    /// A malformed input, caught before the scheduler.
-    Invalid(String),
-}
-
-impl std::fmt::Display for DomainError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DomainError::Core(e) => write!(f, "{e}"),
-            DomainError::UnknownToken => f.write_str("client token not recognised (open a session, or send none)"),
-            DomainError::SessionEnded => f.write_str("the client's session ended"),
-            DomainError::ShuttingDown => f.write_str("the assigner is shutting down"),
-            DomainError::Invalid(why) => f.write_str(why),
-        }
-    }
-}
-
-/// What the assigner tells a session.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ToClient {
-    /// Give this lease back at the next safe point.
-    Yield {
-        /// The lease.
-        lease: u64,
-        /// Why.
-        reason: YieldReason,
-    },
-    /// This lease is gone (a GPU was lost).
-    Revoked {
-        /// The lease.
-        lease: u64,
-        /// The GPU lost.
-        gpu: u32,
-    },
-    /// The assigner is stopping.
-    ShuttingDown,
-    /// A request of this session's was granted (sent beside the call's reply, which a client
-    /// that cancelled the call in that instant never reads).
-    Granted {
-        /// The request's tag, as the client chose it.
-        tag: u64,
-        /// The grant.
-        grant: GrantInfo,
-    },
-}
-
-/// A GPU of a grant, with what a client needs to use it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GrantedGpu {
-    /// Pool id.
-    pub id: u32,
-    /// Node name.
-    pub node: String,
-    /// Index on the node.
-    pub index: u32,
-    /// Uuid.
-    pub uuid: String,
-    /// Memory, bytes.
-    pub memory: u64,
-}
-
-/// A grant, as the service returns it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GrantInfo {
-    /// The lease.
-    pub lease: u64,
-    /// Its GPUs.
-    pub gpus: Vec<GrantedGpu>,
-    /// The fence per GPU.
-    pub memory_per_gpu: u64,
-    /// Time queued.
-    pub waited: Duration,
-    /// The token to release with.
-    pub token: String,
-}
-
-/// An allocation request as it arrives.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AllocSpec {
-    /// Session token, or empty for a one-off client.
-    pub token: String,
-    /// Job name (one-off clients).
-    pub job: String,
-    /// GPUs.
-    pub gpus: u32,
-    /// Bytes per GPU.
-    pub memory_per_gpu: Option<u64>,
-    /// Priority.
-    pub priority: i32,
-    /// Only these GPU ids.
-    pub required: Vec<u32>,
-    /// These GPU ids if free.
-    pub preferred: Vec<u32>,
-    /// The client's tag for this request, echoed in [`ToClient::Granted`].
-    pub tag: u64,
-}
-
-/// One GPU in a status snapshot.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GpuSnapshot {
-    /// Pool id.
-    pub id: u32,
-    /// Node.
-    pub node: String,
-    /// Index on the node.
-    pub index: u32,
-    /// Uuid.
-    pub uuid: String,
-    /// Product name.
-    pub name: String,
-    /// Memory.
-    pub memory: u64,
-    /// Healthy.
-    pub healthy: bool,
-    /// Simulated.
-    pub fake: bool,
-    /// Memory granted.
-    pub granted: u64,
-    /// Reserved for the head of the queue.
-    pub reserved: bool,
-    /// Holders: (client, job, lease, idle, held for, memory).
-    pub holders: Vec<(u64, String, u64, bool, Duration, u64)>,
-}
-
-/// One queued request in a status snapshot.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueuedSnapshot {
-    /// Request id.
-    pub request: u64,
-    /// Client id.
-    pub client: u64,
-    /// Job.
-    pub job: String,
-    /// GPUs.
-    pub gpus: u32,
-    /// Bytes per GPU.
-    pub memory_per_gpu: Option<u64>,
-    /// Priority.
-    pub priority: i32,
-    /// Waiting for.
-    pub waiting: Duration,
-}
-
-/// One client in a status snapshot.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientSnapshot {
-    /// Client id.
-    pub client: u64,
-    /// Job.
-    pub job: String,
-    /// Process id it claimed.
-    pub pid: u32,
-    /// Leases held.
-    pub leases: u32,
-    /// Requests queued.
-    pub queued: u32,
-    /// Bytes swapped in, as reported.
-    pub swap_in: u64,
-    /// Bytes swapped out, as reported.
-    pub swap_out: u64,
-    /// One-off (no session).
-    pub one_off: bool,
-}
-
-/// The whole state, for `status`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StatusSnapshot {
-    /// Policy name.
-    pub scheduler: &'static str,
-    /// GPUs.
-    pub gpus: Vec<GpuSnapshot>,
-    /// Queue in service order.
-    pub queue: Vec<QueuedSnapshot>,
-    /// Clients.
-    pub clients: Vec<ClientSnapshot>,
-    /// Since start.
-    pub uptime: Duration,
-}
-
-type Reply<T> = oneshot::Sender<T>;
-
-/// A command for the driver.
-#[derive(Debug)]
-pub enum Command {
-    /// A session opened.
-    Connect {
-        /// Job name.
-        job: String,
-        /// Claimed pid.
-        pid: u32,
-        /// The session wants a copy of each grant ([`ToClient::Granted`]).
-        grants: bool,
-        /// Where to send what the assigner says.
-        to_client: mpsc::UnboundedSender<ToClient>,
-        /// (client id, token).
-        reply: Reply<Result<(u64, String), DomainError>>,
-    },
-    /// A session ended.
-    Disconnect {
-        /// The client.
-        client: u64,
-    },
-    /// Ask for GPUs; the reply comes when granted.
-    Allocate {
-        /// The caller's key, to withdraw the request if the caller goes away.
-        key: u64,
-        /// The request.
-        spec: AllocSpec,
-        /// The grant, or why not.
-        reply: Reply<Result<GrantInfo, DomainError>>,
-    },
-    /// The caller of `Allocate { key }` went away before its grant.
-    Abandon {
-        /// Its key.
-        key: u64,
-    },
-    /// Give a lease back.
-    Release {
-        /// Token.
-        token: String,
-        /// Lease.
-        lease: u64,
-        /// Done, or why not.
-        reply: Reply<Result<(), DomainError>>,
-    },
-    /// A phase report from a session.
-    Phase {
-        /// Client.
-        client: u64,
-        /// Lease.
-        lease: u64,
-        /// Idle (true) or busy again (false).
-        idle: bool,
-    },
-    /// Swap bytes from a session.
-    Swap {
-        /// Client.
-        client: u64,
-        /// In.
-        bytes_in: u64,
-        /// Out.
-        bytes_out: u64,
-    },
-    /// A GPU's health changed (NVML events, an executor lost).
-    Health {
-        /// GPU id.
-        gpu: u32,
-        /// Healthy now.
-        healthy: bool,
-        /// Done, or why not.
-        reply: Reply<Result<(), DomainError>>,
-    },
-    /// A status snapshot.
-    Status {
-        /// The snapshot.
-        reply: Reply<StatusSnapshot>,
-    },
-    /// Subscribe to events, optionally with the record so far.
-    Watch {
-        /// Send the record first.
-        replay: bool,
-        /// (record, live events).
-        reply: Reply<(Vec<Event>, broadcast::Receiver<Event>)>,
-    },
-    /// Tell every session the assigner stops, end every stream, stop.
-    Shutdown,
-}
-
-/// A cloneable way to send commands to the driver.
-#[derive(Clone, Debug)]
-pub struct Handle {
-    tx: mpsc::Sender<Command>,
-}
-
-impl Handle {
-    /// Sends a command; fails only when the driver has stopped.
-    pub async fn send(&self, cmd: Command) -> Result<(), DomainError> {
-        self.tx.send(cmd).await.map_err(|_| DomainError::ShuttingDown)
-    }
-
-    /// Sends without waiting (for drop guards); dropped if the queue is full or closed.
-    pub fn try_send(&self, cmd: Command) {
-        let _ = self.tx.try_send(cmd);
-    }
-
-    /// Sends a command built around a reply channel and waits for the reply.
-    pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, DomainError> {
-        let (tx, rx) = oneshot::channel();
-        self.send(make(tx)).await?;
-        rx.await.map_err(|_| DomainError::ShuttingDown)
-    }
-}
-
-#[derive(Debug)]
-struct ClientInfo {
-    job: String,
-    pid: u32,
-    token: String,
-    one_off: bool,
-    to_client: Option<mpsc::UnboundedSender<ToClient>>,
-    /// The session asked for a copy of each grant.
-    grants_on_session: bool,
-    swap_in: u64,
-    swap_out: u64,
-}
-
-struct Pending {
-    key: u64,
-    tag: u64,
-    reply: Reply<Result<GrantInfo, DomainError>>,
-}
+use api::Reply;
+pub use api::{
+    AllocSpec, ClientSnapshot, Command, DomainError, GpuSnapshot, GrantInfo, GrantedGpu, Handle, QueuedSnapshot,
+    StatusSnapshot, ToClient,
+};
+use history::History;
+use sessions::Sessions;
 
 /// The driver's state. Run it with [`spawn`].
 pub struct Driver {
@@ -348,20 +37,14 @@ pub struct Driver {
     gpus: Vec<FoundGpu>,
     node: String,
     start: Instant,
-    clients: HashMap<ClientId, ClientInfo>,
-    tokens: HashMap<String, ClientId>,
-    pending: HashMap<RequestId, Pending>,
-    by_key: HashMap<u64, (ClientId, RequestId)>,
-    next_client: u64,
-    history: VecDeque<Event>,
-    seq: u64,
-    events: broadcast::Sender<Event>,
+    sessions: Sessions,
+    history: History,
     metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Driver").field("clients", &self.clients.len()).field("pending", &self.pending.len()).finish()
+        f.debug_struct("Driver").field("sessions", &self.sessions).finish()
     }
 }
 
@@ -378,27 +61,22 @@ pub fn spawn(
     config.quantum = quantum;
     let pool = crate::discovery::pool_of(&node, &gpus);
     let (tx, rx) = mpsc::channel(4096);
-    let (events, _) = broadcast::channel(16_384);
     let driver = Driver {
         sched: Scheduler::new(config, pool),
         gpus,
         node,
         start: Instant::now(),
-        clients: HashMap::new(),
-        tokens: HashMap::new(),
-        pending: HashMap::new(),
-        by_key: HashMap::new(),
-        next_client: 1,
-        history: VecDeque::new(),
-        seq: 0,
-        events,
+        sessions: Sessions::new(),
+        history: History::new(),
         metrics,
     };
     let task = tokio::spawn(driver.run(rx));
     (Handle { tx }, task)
 }
-
 impl Driver {
+    /// The loop: one command or the timer's deadline, fed to the scheduler; then every output
+    /// drained (grants handed to their callers, sessions told); then the metrics, and the
+    /// timer armed again at the scheduler's next deadline.
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         self.metrics.update(&self.sched);
         loop {
@@ -412,24 +90,17 @@ impl Driver {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(Command::Shutdown) | None => break,
-                    Some(cmd) => self.handle(cmd),
+                    Some(cmd) => self.handle_command(cmd),
                 },
                 () = timer => {
                     let now = self.now();
                     self.sched.handle_timeout(now);
                 }
             }
-            self.drain();
+            self.drain_outputs();
             self.metrics.update(&self.sched);
         }
-        for info in self.clients.values_mut() {
-            if let Some(tx) = info.to_client.take() {
-                let _ = tx.send(ToClient::ShuttingDown);
-            }
-        }
-        for (_, p) in self.pending.drain() {
-            let _ = p.reply.send(Err(DomainError::ShuttingDown));
-        }
+        self.sessions.shut_down();
         // Dropping `self` drops the event sender and every session sender: open streams end.
     }
 
@@ -441,16 +112,10 @@ impl Driver {
         if matches!(kind, EventKind::Released { .. }) {
             self.metrics.released();
         }
-        self.seq += 1;
-        let event = Event { seq: self.seq, at: self.start.elapsed(), kind };
-        if self.history.len() == HISTORY {
-            self.history.pop_front();
-        }
-        self.history.push_back(event.clone());
-        let _ = self.events.send(event);
+        self.history.record(self.start.elapsed(), kind);
     }
 
-    fn handle(&mut self, cmd: Command) {
+    fn handle_command(&mut self, cmd: Command) {
         let now = self.now();
         match cmd {
             Command::Connect { job, pid, grants, to_client, reply } => {
@@ -463,8 +128,7 @@ impl Driver {
             Command::Disconnect { client } => self.disconnect(ClientId(client), now),
             Command::Allocate { key, spec, reply } => self.allocate(key, spec, reply, now),
             Command::Abandon { key } => {
-                let Some((client, request)) = self.by_key.remove(&key) else { return };
-                self.pending.remove(&request);
+                let Some((client, request)) = self.sessions.abandon(key) else { return };
                 if self.sched.cancel(client, request, now).is_ok() {
                     self.record(EventKind::Cancelled { client: client.0, request: request.0 });
                 }
@@ -482,9 +146,7 @@ impl Driver {
                 }
             }
             Command::Swap { client, bytes_in, bytes_out } => {
-                if let Some(info) = self.clients.get_mut(&ClientId(client)) {
-                    info.swap_in = info.swap_in.saturating_add(bytes_in);
-                    info.swap_out = info.swap_out.saturating_add(bytes_out);
+                if self.sessions.add_swap(ClientId(client), bytes_in, bytes_out) {
                     self.metrics.swap(bytes_in, bytes_out);
                 }
             }
@@ -500,8 +162,7 @@ impl Driver {
                 let _ = reply.send(self.snapshot(now));
             }
             Command::Watch { replay, reply } => {
-                let history = if replay { self.history.iter().cloned().collect() } else { Vec::new() };
-                let _ = reply.send((history, self.events.subscribe()));
+                let _ = reply.send(self.history.watch(replay));
             }
             Command::Shutdown => {}
         }
@@ -517,32 +178,17 @@ impl Driver {
         session: Option<(mpsc::UnboundedSender<ToClient>, bool)>,
         now: CoreInstant,
     ) -> Result<(ClientId, String), DomainError> {
-        let client = ClientId(self.next_client);
-        self.next_client += 1;
+        let client = self.sessions.next_id();
         self.sched.connect(client, now).map_err(DomainError::Core)?;
-        let token = new_token();
-        self.tokens.insert(token.clone(), client);
-        self.record(EventKind::Connected { client: client.0, job: job.clone() });
-        let (to_client, grants_on_session) = session.map_or((None, false), |(tx, grants)| (Some(tx), grants));
-        let info = ClientInfo {
-            job,
-            pid,
-            token: token.clone(),
-            one_off,
-            to_client,
-            grants_on_session,
-            swap_in: 0,
-            swap_out: 0,
-        };
-        self.clients.insert(client, info);
+        let token = self.sessions.add(client, job.clone(), pid, one_off, session);
+        self.record(EventKind::Connected { client: client.0, job });
         Ok((client, token))
     }
 
     fn disconnect(&mut self, client: ClientId, now: CoreInstant) {
         let Ok(gone) = self.sched.disconnect(client, now) else { return };
         for r in gone.requests {
-            if let Some(p) = self.pending.remove(&r) {
-                self.by_key.remove(&p.key);
+            if let Some(p) = self.sessions.take_waiting(r) {
                 let _ = p.reply.send(Err(DomainError::SessionEnded));
             }
             self.record(EventKind::Cancelled { client: client.0, request: r.0 });
@@ -550,9 +196,7 @@ impl Driver {
         for l in gone.leases {
             self.record(EventKind::Released { client: client.0, lease: l.0, by_disconnect: true });
         }
-        if let Some(info) = self.clients.remove(&client) {
-            self.tokens.remove(&info.token);
-        }
+        self.sessions.remove(client);
         self.record(EventKind::ClientGone { client: client.0 });
     }
 
@@ -567,15 +211,15 @@ impl Driver {
                 }
             }
         } else {
-            match self.tokens.get(&spec.token) {
-                Some(c) => *c,
+            match self.sessions.by_token(&spec.token) {
+                Some(c) => c,
                 None => {
                     let _ = reply.send(Err(DomainError::UnknownToken));
                     return;
                 }
             }
         };
-        let job = self.clients.get(&client).map(|c| c.job.clone()).unwrap_or_default();
+        let job = self.sessions.job(client);
         let ids = |v: &[u32]| v.iter().map(|g| GpuId(*g)).collect::<Vec<_>>();
         let affinity = if !spec.required.is_empty() {
             Affinity::Required(ids(&spec.required))
@@ -596,8 +240,7 @@ impl Driver {
                     memory_per_gpu: spec.memory_per_gpu,
                     priority: spec.priority,
                 });
-                self.pending.insert(request, Pending { key, tag: spec.tag, reply });
-                self.by_key.insert(key, (client, request));
+                self.sessions.wait(key, client, request, spec.tag, reply);
             }
             Err(e) => {
                 let _ = reply.send(Err(DomainError::Core(e)));
@@ -607,7 +250,7 @@ impl Driver {
     }
 
     fn release(&mut self, token: &str, lease: LeaseId, now: CoreInstant) -> Result<(), DomainError> {
-        let client = *self.tokens.get(token).ok_or(DomainError::UnknownToken)?;
+        let client = self.sessions.by_token(token).ok_or(DomainError::UnknownToken)?;
         self.sched.release(client, lease, now).map_err(DomainError::Core)?;
         self.record(EventKind::Released { client: client.0, lease: lease.0, by_disconnect: false });
         self.end_one_off_if_idle(client, now);
@@ -616,17 +259,19 @@ impl Driver {
 
     /// A one-off client lives as long as its lease or its request.
     fn end_one_off_if_idle(&mut self, client: ClientId, now: CoreInstant) {
-        let one_off = self.clients.get(&client).is_some_and(|c| c.one_off);
-        if one_off && self.sched.leases_of(client).next().is_none() && self.sched.queued_of(client).next().is_none() {
+        if self.sessions.is_one_off(client)
+            && self.sched.leases_of(client).next().is_none()
+            && self.sched.queued_of(client).next().is_none()
+        {
             self.disconnect(client, now);
         }
     }
 
-    fn drain(&mut self) {
+    fn drain_outputs(&mut self) {
         while let Some(out) = self.sched.poll_output() {
             match out {
                 Output::Granted(g) => {
-                    let job = self.clients.get(&g.client).map(|c| c.job.clone()).unwrap_or_default();
+                    let job = self.sessions.job(g.client);
                     self.metrics.granted(g.waited);
                     self.record(EventKind::Granted {
                         client: g.client.0,
@@ -637,22 +282,16 @@ impl Driver {
                         memory_per_gpu: g.memory_per_gpu,
                         waited: g.waited,
                     });
-                    let token = self.clients.get(&g.client).map(|c| c.token.clone()).unwrap_or_default();
                     let info = GrantInfo {
                         lease: g.lease.0,
                         gpus: g.gpus.iter().map(|id| self.granted_gpu(*id)).collect(),
                         memory_per_gpu: g.memory_per_gpu,
                         waited: g.waited,
-                        token,
+                        token: self.sessions.token(g.client),
                     };
-                    let delivered = match self.pending.remove(&g.request) {
+                    let delivered = match self.sessions.take_waiting(g.request) {
                         Some(p) => {
-                            self.by_key.remove(&p.key);
-                            let tx = self
-                                .clients
-                                .get(&g.client)
-                                .filter(|c| c.grants_on_session)
-                                .and_then(|c| c.to_client.as_ref());
+                            let tx = self.sessions.grant_copies(g.client);
                             let copy = tx.map(|_| info.clone());
                             let sent = p.reply.send(Ok(info)).is_ok();
                             // The reply is handed over; it can still be lost if the call is
@@ -680,15 +319,11 @@ impl Driver {
                 Output::YieldAsked { client, lease, reason } => {
                     self.metrics.yielded();
                     self.record(EventKind::YieldAsked { client: client.0, lease: lease.0, reason });
-                    if let Some(tx) = self.clients.get(&client).and_then(|c| c.to_client.as_ref()) {
-                        let _ = tx.send(ToClient::Yield { lease: lease.0, reason });
-                    }
+                    self.sessions.tell(client, ToClient::Yield { lease: lease.0, reason });
                 }
                 Output::Revoked { client, lease, gpu } => {
                     self.record(EventKind::Released { client: client.0, lease: lease.0, by_disconnect: false });
-                    if let Some(tx) = self.clients.get(&client).and_then(|c| c.to_client.as_ref()) {
-                        let _ = tx.send(ToClient::Revoked { lease: lease.0, gpu: gpu.0 });
-                    }
+                    self.sessions.tell(client, ToClient::Revoked { lease: lease.0, gpu: gpu.0 });
                     let now = self.now();
                     self.end_one_off_if_idle(client, now);
                 }
@@ -698,8 +333,7 @@ impl Driver {
                         request: request.0,
                         reason: error.to_string(),
                     });
-                    if let Some(p) = self.pending.remove(&request) {
-                        self.by_key.remove(&p.key);
+                    if let Some(p) = self.sessions.take_waiting(request) {
                         let _ = p.reply.send(Err(DomainError::Core(error)));
                     }
                     let now = self.now();
@@ -721,7 +355,6 @@ impl Driver {
     }
 
     fn snapshot(&self, now: CoreInstant) -> StatusSnapshot {
-        let job = |c: ClientId| self.clients.get(&c).map(|i| i.job.clone()).unwrap_or_default();
         let gpus = self
             .sched
             .pool()
@@ -736,7 +369,7 @@ impl Driver {
                     .filter_map(|l| self.sched.lease(*l).map(|lease| (*l, lease)))
                     .map(|(l, lease)| {
                         let mem = lease.gpus.iter().position(|x| *x == g.id).map_or(0, |i| lease.memory[i]);
-                        (lease.client.0, job(lease.client), l.0, lease.idle, now - lease.granted_at, mem)
+                        (lease.client.0, self.sessions.job(lease.client), l.0, lease.idle, now - lease.granted_at, mem)
                     })
                     .collect();
                 GpuSnapshot {
@@ -768,7 +401,7 @@ impl Driver {
             })
             .collect();
         let mut clients: Vec<ClientSnapshot> = self
-            .clients
+            .sessions
             .iter()
             .map(|(c, info)| ClientSnapshot {
                 client: c.0,
@@ -790,17 +423,4 @@ impl Driver {
             uptime: self.start.elapsed(),
         }
     }
-}
-
-/// A fresh client token: 128 random bits, hex.
-fn new_token() -> String {
-    let mut bytes = [0u8; 16];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No entropy source at all is not something to run a daemon on, but never panic:
-        // fall back to the clock mixed with the address of a stack value.
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let a = &bytes as *const _ as usize as u128;
-        bytes = (t ^ a.rotate_left(64)).to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -1,0 +1,305 @@
+//! What the rest of the daemon says to the driver and hears back: the [`Command`]s a
+//! [`Handle`] sends, the replies (grants, status snapshots, [`DomainError`]), and what the
+//! assigner tells a session ([`ToClient`]). Plain data; the service converts it to the wire.
+
+use std::time::Duration;
+
+use acb_core::Error as CoreError;
+use acb_core::record::{Event, YieldReason};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// What went wrong, before it becomes a wire status.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    /// The scheduler refused.
+    #[error("{0}")]
+    Core(CoreError),
+    /// The client token is not one the assigner gave out (or its client is gone).
+    #[error("client token not recognised (open a session, or send none)")]
+    UnknownToken,
+    /// The request was dropped because its client's session ended.
+    #[error("the client's session ended")]
+    SessionEnded,
+    /// The assigner is shutting down.
+    #[error("the assigner is shutting down")]
+    ShuttingDown,
+    /// A malformed input, caught before the scheduler.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What the assigner tells a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ToClient {
+    /// Give this lease back at the next safe point.
+    Yield {
+        /// The lease.
+        lease: u64,
+        /// Why.
+        reason: YieldReason,
+    },
+    /// This lease is gone (a GPU was lost).
+    Revoked {
+        /// The lease.
+        lease: u64,
+        /// The GPU lost.
+        gpu: u32,
+    },
+    /// The assigner is stopping.
+    ShuttingDown,
+    /// A request of this session's was granted (sent beside the call's reply, which a client
+    /// that cancelled the call in that instant never reads).
+    Granted {
+        /// The request's tag, as the client chose it.
+        tag: u64,
+        /// The grant.
+        grant: GrantInfo,
+    },
+}
+
+/// A GPU of a grant, with what a client needs to use it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantedGpu {
+    /// Pool id.
+    pub id: u32,
+    /// Node name.
+    pub node: String,
+    /// Index on the node.
+    pub index: u32,
+    /// Uuid.
+    pub uuid: String,
+    /// Memory, bytes.
+    pub memory: u64,
+}
+
+/// A grant, as the service returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantInfo {
+    /// The lease.
+    pub lease: u64,
+    /// Its GPUs.
+    pub gpus: Vec<GrantedGpu>,
+    /// The fence per GPU.
+    pub memory_per_gpu: u64,
+    /// Time queued.
+    pub waited: Duration,
+    /// The token to release with.
+    pub token: String,
+}
+
+/// An allocation request as it arrives.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllocSpec {
+    /// Session token, or empty for a one-off client.
+    pub token: String,
+    /// Job name (one-off clients).
+    pub job: String,
+    /// GPUs.
+    pub gpus: u32,
+    /// Bytes per GPU.
+    pub memory_per_gpu: Option<u64>,
+    /// Priority.
+    pub priority: i32,
+    /// Only these GPU ids.
+    pub required: Vec<u32>,
+    /// These GPU ids if free.
+    pub preferred: Vec<u32>,
+    /// The client's tag for this request, echoed in [`ToClient::Granted`].
+    pub tag: u64,
+}
+
+/// One GPU in a status snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuSnapshot {
+    /// Pool id.
+    pub id: u32,
+    /// Node.
+    pub node: String,
+    /// Index on the node.
+    pub index: u32,
+    /// Uuid.
+    pub uuid: String,
+    /// Product name.
+    pub name: String,
+    /// Memory.
+    pub memory: u64,
+    /// Healthy.
+    pub healthy: bool,
+    /// Simulated.
+    pub fake: bool,
+    /// Memory granted.
+    pub granted: u64,
+    /// Reserved for the head of the queue.
+    pub reserved: bool,
+    /// Holders: (client, job, lease, idle, held for, memory).
+    pub holders: Vec<(u64, String, u64, bool, Duration, u64)>,
+}
+
+/// One queued request in a status snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedSnapshot {
+    /// Request id.
+    pub request: u64,
+    /// Client id.
+    pub client: u64,
+    /// Job.
+    pub job: String,
+    /// GPUs.
+    pub gpus: u32,
+    /// Bytes per GPU.
+    pub memory_per_gpu: Option<u64>,
+    /// Priority.
+    pub priority: i32,
+    /// Waiting for.
+    pub waiting: Duration,
+}
+
+/// One client in a status snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientSnapshot {
+    /// Client id.
+    pub client: u64,
+    /// Job.
+    pub job: String,
+    /// Process id it claimed.
+    pub pid: u32,
+    /// Leases held.
+    pub leases: u32,
+    /// Requests queued.
+    pub queued: u32,
+    /// Bytes swapped in, as reported.
+    pub swap_in: u64,
+    /// Bytes swapped out, as reported.
+    pub swap_out: u64,
+    /// One-off (no session).
+    pub one_off: bool,
+}
+
+/// The whole state, for `status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusSnapshot {
+    /// Policy name.
+    pub scheduler: &'static str,
+    /// GPUs.
+    pub gpus: Vec<GpuSnapshot>,
+    /// Queue in service order.
+    pub queue: Vec<QueuedSnapshot>,
+    /// Clients.
+    pub clients: Vec<ClientSnapshot>,
+    /// Since start.
+    pub uptime: Duration,
+}
+
+pub(super) type Reply<T> = oneshot::Sender<T>;
+
+/// A command for the driver.
+#[derive(Debug)]
+pub enum Command {
+    /// A session opened.
+    Connect {
+        /// Job name.
+        job: String,
+        /// Claimed pid.
+        pid: u32,
+        /// The session wants a copy of each grant ([`ToClient::Granted`]).
+        grants: bool,
+        /// Where to send what the assigner says.
+        to_client: mpsc::UnboundedSender<ToClient>,
+        /// (client id, token).
+        reply: Reply<Result<(u64, String), DomainError>>,
+    },
+    /// A session ended.
+    Disconnect {
+        /// The client.
+        client: u64,
+    },
+    /// Ask for GPUs; the reply comes when granted.
+    Allocate {
+        /// The caller's key, to withdraw the request if the caller goes away.
+        key: u64,
+        /// The request.
+        spec: AllocSpec,
+        /// The grant, or why not.
+        reply: Reply<Result<GrantInfo, DomainError>>,
+    },
+    /// The caller of `Allocate { key }` went away before its grant.
+    Abandon {
+        /// Its key.
+        key: u64,
+    },
+    /// Give a lease back.
+    Release {
+        /// Token.
+        token: String,
+        /// Lease.
+        lease: u64,
+        /// Done, or why not.
+        reply: Reply<Result<(), DomainError>>,
+    },
+    /// A phase report from a session.
+    Phase {
+        /// Client.
+        client: u64,
+        /// Lease.
+        lease: u64,
+        /// Idle (true) or busy again (false).
+        idle: bool,
+    },
+    /// Swap bytes from a session.
+    Swap {
+        /// Client.
+        client: u64,
+        /// In.
+        bytes_in: u64,
+        /// Out.
+        bytes_out: u64,
+    },
+    /// A GPU's health changed (NVML events, an executor lost).
+    Health {
+        /// GPU id.
+        gpu: u32,
+        /// Healthy now.
+        healthy: bool,
+        /// Done, or why not.
+        reply: Reply<Result<(), DomainError>>,
+    },
+    /// A status snapshot.
+    Status {
+        /// The snapshot.
+        reply: Reply<StatusSnapshot>,
+    },
+    /// Subscribe to events, optionally with the record so far.
+    Watch {
+        /// Send the record first.
+        replay: bool,
+        /// (record, live events).
+        reply: Reply<(Vec<Event>, broadcast::Receiver<Event>)>,
+    },
+    /// Tell every session the assigner stops, end every stream, stop.
+    Shutdown,
+}
+
+/// A cloneable way to send commands to the driver.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    pub(super) tx: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    /// Sends a command; fails only when the driver has stopped.
+    pub async fn send(&self, cmd: Command) -> Result<(), DomainError> {
+        self.tx.send(cmd).await.map_err(|_| DomainError::ShuttingDown)
+    }
+
+    /// Sends without waiting (for drop guards); dropped if the queue is full or closed.
+    pub fn try_send(&self, cmd: Command) {
+        let _ = self.tx.try_send(cmd);
+    }
+
+    /// Sends a command built around a reply channel and waits for the reply.
+    pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, DomainError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx)).await?;
+        rx.await.map_err(|_| DomainError::ShuttingDown)
+    }
+}

@@ -1,0 +1,199 @@
+//! Who is connected and who waits for a grant: the driver's bookkeeping beside the scheduler
+//! (client ids and tokens, where each session hears from the assigner, the calls waiting for a
+//! grant). Nothing here asks the scheduler: the driver does, then records the outcome here.
+
+use std::collections::HashMap;
+
+use acb_core::{ClientId, RequestId};
+use tokio::sync::mpsc;
+
+use super::api::{DomainError, GrantInfo, Reply, ToClient};
+
+/// A client the assigner knows: a session's, or a one-off caller's that lives as long as its
+/// lease or its request.
+#[derive(Debug)]
+pub(super) struct ClientInfo {
+    pub(super) job: String,
+    pub(super) pid: u32,
+    token: String,
+    pub(super) one_off: bool,
+    to_client: Option<mpsc::UnboundedSender<ToClient>>,
+    /// The session asked for a copy of each grant.
+    grants_on_session: bool,
+    pub(super) swap_in: u64,
+    pub(super) swap_out: u64,
+}
+
+/// A call waiting for its grant.
+pub(super) struct Pending {
+    /// The caller's key, to withdraw the request if the caller goes away.
+    key: u64,
+    /// The client's tag, echoed in the session's copy of the grant.
+    pub(super) tag: u64,
+    pub(super) reply: Reply<Result<GrantInfo, DomainError>>,
+}
+
+/// The clients and the waiting calls.
+pub(super) struct Sessions {
+    clients: HashMap<ClientId, ClientInfo>,
+    tokens: HashMap<String, ClientId>,
+    pending: HashMap<RequestId, Pending>,
+    by_key: HashMap<u64, (ClientId, RequestId)>,
+    next_client: u64,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").field("clients", &self.clients.len()).field("pending", &self.pending.len()).finish()
+    }
+}
+
+impl Sessions {
+    pub(super) fn new() -> Sessions {
+        Sessions {
+            clients: HashMap::new(),
+            tokens: HashMap::new(),
+            pending: HashMap::new(),
+            by_key: HashMap::new(),
+            next_client: 1,
+        }
+    }
+
+    /// A fresh client id, used up even if the scheduler then refuses the client.
+    pub(super) fn next_id(&mut self) -> ClientId {
+        let client = ClientId(self.next_client);
+        self.next_client += 1;
+        client
+    }
+
+    /// Adds a client the scheduler accepted and returns its new token. `session`: where to send
+    /// what the assigner says, and whether the session asked for a copy of each grant (none
+    /// for a one-off client).
+    pub(super) fn add(
+        &mut self,
+        client: ClientId,
+        job: String,
+        pid: u32,
+        one_off: bool,
+        session: Option<(mpsc::UnboundedSender<ToClient>, bool)>,
+    ) -> String {
+        let token = new_token();
+        self.tokens.insert(token.clone(), client);
+        let (to_client, grants_on_session) = session.map_or((None, false), |(tx, grants)| (Some(tx), grants));
+        let info = ClientInfo {
+            job,
+            pid,
+            token: token.clone(),
+            one_off,
+            to_client,
+            grants_on_session,
+            swap_in: 0,
+            swap_out: 0,
+        };
+        self.clients.insert(client, info);
+        token
+    }
+
+    /// Forgets a client and its token (its waiting calls are the driver's to end first).
+    pub(super) fn remove(&mut self, client: ClientId) {
+        if let Some(info) = self.clients.remove(&client) {
+            self.tokens.remove(&info.token);
+        }
+    }
+
+    /// The client a token belongs to.
+    pub(super) fn by_token(&self, token: &str) -> Option<ClientId> {
+        self.tokens.get(token).copied()
+    }
+
+    /// The clients, in no order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&ClientId, &ClientInfo)> {
+        self.clients.iter()
+    }
+
+    /// A client's job name (empty for an unknown client).
+    pub(super) fn job(&self, client: ClientId) -> String {
+        self.clients.get(&client).map(|c| c.job.clone()).unwrap_or_default()
+    }
+
+    /// A client's token (empty for an unknown client).
+    pub(super) fn token(&self, client: ClientId) -> String {
+        self.clients.get(&client).map(|c| c.token.clone()).unwrap_or_default()
+    }
+
+    pub(super) fn is_one_off(&self, client: ClientId) -> bool {
+        self.clients.get(&client).is_some_and(|c| c.one_off)
+    }
+
+    /// Tells a client's session, if it has one.
+    pub(super) fn tell(&self, client: ClientId, message: ToClient) {
+        if let Some(tx) = self.clients.get(&client).and_then(|c| c.to_client.as_ref()) {
+            let _ = tx.send(message);
+        }
+    }
+
+    /// Where to send the copy of a grant, if the client's session asked for one.
+    pub(super) fn grant_copies(&self, client: ClientId) -> Option<&mpsc::UnboundedSender<ToClient>> {
+        self.clients.get(&client).filter(|c| c.grants_on_session).and_then(|c| c.to_client.as_ref())
+    }
+
+    /// Adds swapped bytes to a client's count; false for an unknown client.
+    pub(super) fn add_swap(&mut self, client: ClientId, bytes_in: u64, bytes_out: u64) -> bool {
+        let Some(info) = self.clients.get_mut(&client) else { return false };
+        info.swap_in = info.swap_in.saturating_add(bytes_in);
+        info.swap_out = info.swap_out.saturating_add(bytes_out);
+        true
+    }
+
+    /// A call now waits for `request`'s grant; `key` can withdraw it.
+    pub(super) fn wait(
+        &mut self,
+        key: u64,
+        client: ClientId,
+        request: RequestId,
+        tag: u64,
+        reply: Reply<Result<GrantInfo, DomainError>>,
+    ) {
+        self.pending.insert(request, Pending { key, tag, reply });
+        self.by_key.insert(key, (client, request));
+    }
+
+    /// The call waiting for `request`, no longer waiting.
+    pub(super) fn take_waiting(&mut self, request: RequestId) -> Option<Pending> {
+        let p = self.pending.remove(&request)?;
+        self.by_key.remove(&p.key);
+        Some(p)
+    }
+
+    /// The call with `key` went away: its client and request, no longer waiting.
+    pub(super) fn abandon(&mut self, key: u64) -> Option<(ClientId, RequestId)> {
+        let (client, request) = self.by_key.remove(&key)?;
+        self.pending.remove(&request);
+        Some((client, request))
+    }
+
+    /// Tells every session the assigner stops, and every waiting call.
+    pub(super) fn shut_down(&mut self) {
+        for info in self.clients.values_mut() {
+            if let Some(tx) = info.to_client.take() {
+                let _ = tx.send(ToClient::ShuttingDown);
+            }
+        }
+        for (_, p) in self.pending.drain() {
+            let _ = p.reply.send(Err(DomainError::ShuttingDown));
+        }
+    }
+}
+
+/// A fresh client token: 128 random bits, hex.
+fn new_token() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No entropy source at all is not something to run a daemon on, but never panic:
+        // fall back to the clock mixed with the address of a stack value.
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let a = &bytes as *const _ as usize as u128;
+        bytes = (t ^ a.rotate_left(64)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
