@@ -4,15 +4,13 @@
 //! take no client: they use the one set with `acb_allocator_set_client`.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::Ordering;
 
-use crate::client::acb_client;
+use crate::client::{ALLOCATOR_CLIENT as CLIENT, acb_client};
 use crate::device_memory::{acb_client_alloc, acb_client_dealloc};
 use crate::error::fail;
 use crate::panic::ffi_panic_boundary;
 use crate::status::acb_status;
-
-static CLIENT: AtomicPtr<acb_client> = AtomicPtr::new(std::ptr::null_mut());
 
 /// Makes `client` the one `acb_allocator_malloc`/`_free` use (NULL: none). The client must stay
 /// alive while it is set; `acb_client_free` unsets it.
@@ -45,11 +43,6 @@ pub extern "C" fn acb_allocator_try_free(ptr: *mut c_void) -> acb_status {
         }
         acb_client_dealloc(client, ptr)
     }
-}
-
-/// Unsets `client` if it is the allocator's (called by `acb_client_free`).
-pub(crate) fn forget(client: *mut acb_client) {
-    let _ = CLIENT.compare_exchange(client, std::ptr::null_mut(), Ordering::AcqRel, Ordering::Acquire);
 }
 
 /// PyTorch's `alloc_fn`: `size` bytes on the GPU of the set client's active phase, or NULL

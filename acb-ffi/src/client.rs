@@ -15,6 +15,11 @@ use crate::status::acb_status;
 #[derive(Debug)]
 pub struct acb_client(pub(crate) ::acb_client::Client);
 
+/// The client `acb_allocator_malloc`/`_free` use (`allocator.rs`); `acb_client_free` unsets it
+/// when it is the one freed.
+pub(crate) static ALLOCATOR_CLIENT: std::sync::atomic::AtomicPtr<acb_client> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
 /// Makes a client from `config` (copied; free the config whenever you like) into
 /// `*client_out`. It connects to the assigner at its first GPU phase, not here, so it works
 /// when the assigner starts later. Free it with `acb_client_free`. When `ACB_PROFILE` names a
@@ -44,7 +49,8 @@ pub extern "C" fn acb_client_free(client: *mut acb_client) {
         if client.is_null() {
             return;
         }
-        crate::allocator::forget(client);
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        let _ = ALLOCATOR_CLIENT.compare_exchange(client, std::ptr::null_mut(), AcqRel, Acquire);
         // SAFETY: made by acb_client_new, freed once, no other call in flight (the contract).
         drop(unsafe { Box::from_raw(client) });
     }
