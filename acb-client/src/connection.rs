@@ -78,15 +78,35 @@ pub async fn channel(addr: &Address, timeout: Duration) -> Result<Channel, Error
     }
 }
 
+/// The error and its sources, each said once (layers of tonic and hyper often repeat the message
+/// of the error they wrap).
 fn source_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cur = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_unreachable_socket_is_said_once() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let addr = acb_proto::Address::Unix("/nonexistent/acb/assigner.sock".into());
+        let e = rt
+            .block_on(super::channel(&addr, std::time::Duration::from_secs(2)))
+            .expect_err("nothing listens there")
+            .to_string();
+        assert!(e.starts_with("cannot reach the assigner at unix:/nonexistent/acb/assigner.sock"), "{e}");
+        assert_eq!(e.matches("No such file or directory").count(), 1, "{e}");
+    }
 }
 
 /// An open client session.
