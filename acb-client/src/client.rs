@@ -64,7 +64,7 @@ impl Client {
     pub fn new(config: Config) -> Result<Client, Error> {
         let backend: Box<dyn Backend> = match config.memory_backend {
             MemoryBackend::Host => Box::new(HostBackend::new()),
-            MemoryBackend::Cuda => Box::new(CudaBackend::new().map_err(|e| Error::NoCuda(e.to_string()))?),
+            MemoryBackend::Cuda => Box::new(CudaBackend::new()?),
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

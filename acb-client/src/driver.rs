@@ -357,17 +357,19 @@ impl Driver {
                 let now = self.now();
                 self.machine.handle_reconnected(now);
             }
-            Err(msg) => {
+            Err(e) => {
                 let now = self.now();
                 let _ = self.machine.cancel(now);
                 if let Some(r) = self.begin_reply.take() {
-                    let _ = r.send(Err(Error::Unavailable(msg)));
+                    let _ = r.send(Err(e));
                 }
             }
         }
     }
 
-    async fn connect(&self) -> Result<Session, String> {
+    /// Opens a session, with the configured retries; [`Error::Unavailable`] with the last
+    /// attempt's reason otherwise.
+    async fn connect(&self) -> Result<Session, Error> {
         let mut last = String::new();
         for attempt in 0..=self.cfg.connect_retries {
             if attempt > 0 {
@@ -391,7 +393,7 @@ impl Driver {
                 Err(_) => last = format!("the assigner at {} did not answer in time", self.cfg.assigner),
             }
         }
-        Err(format!("{last} (after {} attempts)", self.cfg.connect_retries + 1))
+        Err(Error::Unavailable(format!("{last} (after {} attempts)", self.cfg.connect_retries + 1)))
     }
 
     /// Performs the machine's actions, in order.

@@ -21,6 +21,7 @@ use cudarc::driver::sys;
 
 use super::host::host_part;
 use super::{Backend, HostBuf, MemError};
+use crate::Error;
 
 fn check(what: &str, r: sys::CUresult) -> Result<(), MemError> {
     if r == sys::CUresult::CUDA_SUCCESS {
@@ -33,12 +34,12 @@ fn check(what: &str, r: sys::CUresult) -> Result<(), MemError> {
 }
 
 /// Whether a CUDA driver can be loaded, and why not. Never panics.
-pub(crate) fn driver_present() -> Result<(), String> {
+pub(crate) fn driver_present() -> Result<(), Error> {
     // SAFETY: only tries to open the library.
     if unsafe { sys::is_culib_present() } {
         Ok(())
     } else {
-        Err("no CUDA driver: libcuda.so could not be loaded (is the NVIDIA driver installed?)".into())
+        Err(Error::NoCuda("no CUDA driver: libcuda.so could not be loaded (is the NVIDIA driver installed?)".into()))
     }
 }
 
@@ -113,17 +114,17 @@ fn open_device(device: u32) -> Result<Device, MemError> {
 
 impl CudaBackend {
     /// Loads the driver and initialises it; "no CUDA driver" or "no GPU" otherwise.
-    pub(crate) fn new() -> Result<CudaBackend, String> {
+    pub(crate) fn new() -> Result<CudaBackend, Error> {
         driver_present()?;
         // SAFETY: the library is present (checked above); cuInit may be called more than once.
         unsafe {
             let r = sys::cuInit(0);
             if r != sys::CUresult::CUDA_SUCCESS {
-                return Err(format!("the CUDA driver did not initialise: {r:?}"));
+                return Err(Error::NoCuda(format!("the CUDA driver did not initialise: {r:?}")));
             }
             let mut count = 0;
             if sys::cuDeviceGetCount(&mut count) != sys::CUresult::CUDA_SUCCESS || count <= 0 {
-                return Err("the CUDA driver sees no GPU".into());
+                return Err(Error::NoCuda("the CUDA driver sees no GPU".into()));
             }
             let mut granularity = 0usize;
             let p = prop(0);
@@ -133,7 +134,7 @@ impl CudaBackend {
                 sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
             );
             if r != sys::CUresult::CUDA_SUCCESS || granularity == 0 {
-                return Err(format!("this GPU does not support CUDA virtual memory management: {r:?}"));
+                return Err(Error::NoCuda(format!("this GPU does not support CUDA virtual memory management: {r:?}")));
             }
             Ok(CudaBackend {
                 granularity,
@@ -423,6 +424,8 @@ mod tests {
         match CudaBackend::new() {
             Ok(_) => eprintln!("a CUDA driver and GPU are present: the GPU tier runs the backend"),
             Err(e) => {
+                assert!(matches!(e, Error::NoCuda(_)), "{e:?}");
+                let e = e.to_string();
                 if driver_present().is_err() {
                     assert!(e.starts_with("no CUDA driver"), "{e}");
                 } else {
