@@ -12,15 +12,17 @@ pub use acb_proto::Address;
 
 pub use acb_core::inventory::GpuSpec;
 
+use crate::Error;
+
 /// Parses a size: `80GiB`, `512M`, `40GB`, `1024` (bytes), `1.5GiB`; the grammar is
 /// [`acb_core::units`]'s.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    acb_core::units::parse_size(s).map_err(|e| e.to_string())
+pub fn parse_size(s: &str) -> Result<u64, Error> {
+    Ok(acb_core::units::parse_size(s)?)
 }
 
 /// Parses a duration: `500ms`, `30s`, `1.5m`, `1h`; the grammar is [`acb_core::units`]'s.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    acb_core::units::parse_duration(s).map_err(|e| e.to_string())
+pub fn parse_duration(s: &str) -> Result<Duration, Error> {
+    Ok(acb_core::units::parse_duration(s)?)
 }
 
 /// Log output format.
@@ -58,9 +60,10 @@ pub struct FileConfig {
 
 impl FileConfig {
     /// Reads and parses a settings file.
-    pub fn load(path: &Path) -> Result<FileConfig, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.to_string().trim()))
+    pub fn load(path: &Path) -> Result<FileConfig, Error> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| Error::ReadSettings { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|source| Error::Settings { path: path.to_path_buf(), source })
     }
 }
 
@@ -127,14 +130,14 @@ mod tests {
 
     #[test]
     fn sizes_and_durations_parse() {
-        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
-        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
-        assert_eq!(parse_size("40GB"), Ok(40_000_000_000));
-        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_size("40GB").unwrap(), 40_000_000_000);
+        assert_eq!(parse_size("1024").unwrap(), 1024);
         assert!(parse_size("lots").is_err());
         assert!(parse_size("1e999GiB").is_err());
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("soon").is_err());
     }
 
@@ -149,7 +152,7 @@ mod tests {
         assert_eq!(cfg.scheduler.as_deref(), Some("gpu-sharing"));
         let bad = dir.join("bad.toml");
         std::fs::write(&bad, "schedular = \"simple\"\n").unwrap();
-        assert!(FileConfig::load(&bad).unwrap_err().contains("schedular"));
+        assert!(FileConfig::load(&bad).unwrap_err().to_string().contains("schedular"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -3,6 +3,7 @@
 
 use acb_core::GpuPool;
 
+use crate::Error;
 use crate::config::GpuSpec;
 
 /// One GPU found.
@@ -22,7 +23,7 @@ pub struct FoundGpu {
 
 /// Finds the GPUs `spec` names. `auto` without a working NVIDIA driver is an error whose message
 /// says what to do instead.
-pub fn discover(spec: &GpuSpec) -> Result<Vec<FoundGpu>, String> {
+pub fn discover(spec: &GpuSpec) -> Result<Vec<FoundGpu>, Error> {
     match spec {
         GpuSpec::None => Ok(Vec::new()),
         GpuSpec::Fake(groups) => {
@@ -45,20 +46,19 @@ pub fn discover(spec: &GpuSpec) -> Result<Vec<FoundGpu>, String> {
     }
 }
 
-fn nvml_gpus() -> Result<Vec<FoundGpu>, String> {
-    let hint = "use --gpus fake:COUNTxSIZE (e.g. fake:2x80GiB) to run on simulated GPUs, or --gpus none";
-    let nvml = nvml_wrapper::Nvml::init().map_err(|e| format!("no NVIDIA driver found (NVML: {e}); {hint}"))?;
-    let count = nvml.device_count().map_err(|e| format!("NVML could not count GPUs: {e}; {hint}"))?;
+fn nvml_gpus() -> Result<Vec<FoundGpu>, Error> {
+    let nvml = nvml_wrapper::Nvml::init().map_err(|e| Error::NoGpu(format!("no NVIDIA driver found (NVML: {e})")))?;
+    let count = nvml.device_count().map_err(|e| Error::NoGpu(format!("NVML could not count GPUs: {e}")))?;
     let mut out = Vec::new();
     for index in 0..count {
-        let dev = nvml.device_by_index(index).map_err(|e| format!("NVML: GPU {index}: {e}"))?;
-        let uuid = dev.uuid().map_err(|e| format!("NVML: GPU {index} uuid: {e}"))?;
+        let dev = nvml.device_by_index(index).map_err(|e| Error::Nvml(format!("GPU {index}: {e}")))?;
+        let uuid = dev.uuid().map_err(|e| Error::Nvml(format!("GPU {index} uuid: {e}")))?;
         let name = dev.name().unwrap_or_else(|_| "NVIDIA GPU".into());
-        let memory = dev.memory_info().map_err(|e| format!("NVML: GPU {index} memory: {e}"))?.total;
+        let memory = dev.memory_info().map_err(|e| Error::Nvml(format!("GPU {index} memory: {e}")))?.total;
         out.push(FoundGpu { index, uuid, name, memory, fake: false });
     }
     if out.is_empty() {
-        return Err(format!("the NVIDIA driver reports no GPU; {hint}"));
+        return Err(Error::NoGpu("the NVIDIA driver reports no GPU".into()));
     }
     Ok(out)
 }
@@ -91,7 +91,7 @@ mod tests {
         // On machines with a driver this finds real GPUs; without one it must be a clear error.
         match discover(&GpuSpec::Auto) {
             Ok(gpus) => assert!(gpus.iter().all(|g| !g.fake)),
-            Err(e) => assert!(e.contains("--gpus fake:"), "{e}"),
+            Err(e) => assert!(e.to_string().contains("--gpus fake:"), "{e}"),
         }
     }
 }

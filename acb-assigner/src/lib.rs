@@ -10,9 +10,12 @@ pub mod config;
 pub mod convert;
 pub mod discovery;
 pub mod driver;
+mod error;
 pub mod metrics;
 pub mod server;
 pub mod service;
+
+pub use error::{Error, NO_GPU_HINT};
 
 /// The wire contract (`acb-proto`'s `acb.v1`).
 pub use acb_proto::v1 as proto;

@@ -13,6 +13,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::{Request, Status};
 
+use crate::Error;
 use crate::config::{Address, ServeConfig};
 use crate::driver;
 use crate::metrics::Metrics;
@@ -63,31 +64,32 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Binds a Unix socket at `path` with [`SOCKET_MODE`], replacing a stale socket file but
 /// never a live socket or a file that is not a socket.
-pub fn bind_unix(path: &Path) -> Result<UnixListener, String> {
+pub fn bind_unix(path: &Path) -> Result<UnixListener, Error> {
+    let failed = |what: String| move |source| Error::Listen { what, source };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(failed(format!("cannot create {}", dir.display())))?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            return Err(format!("{} exists and is not a socket; not touching it", path.display()));
+            return Err(Error::SocketInUse(format!("{} exists and is not a socket; not touching it", path.display())));
         }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!("another process is listening on {}", path.display()));
+            return Err(Error::SocketInUse(format!("another process is listening on {}", path.display())));
         }
-        std::fs::remove_file(path).map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))?;
+        std::fs::remove_file(path).map_err(failed(format!("cannot remove stale socket {}", path.display())))?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(path).map_err(failed(format!("cannot listen on {}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
-        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))?;
+        .map_err(failed(format!("cannot set the mode of {}", path.display())))?;
     Ok(listener)
 }
 
 /// Runs the assigner until `stop` resolves (SIGTERM/SIGINT in the binary), then stops
 /// accepting, tells connected clients, drains and returns.
-pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>) -> Result<(), String> {
+pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>) -> Result<(), Error> {
     for a in &cfg.listen {
         if !a.is_local() && cfg.auth_token.is_none() {
-            return Err(format!("refusing to listen on {a} (not loopback) without --auth-token-file"));
+            return Err(Error::Insecure(a.clone()));
         }
     }
     let gpus = crate::discovery::discover(&cfg.gpus)?;
@@ -108,7 +110,7 @@ pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| format!("reflection: {e}"))?;
+        .map_err(|e| Error::Reflection(e.to_string()))?;
     let service = AssignerService::new(handle.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -131,7 +133,9 @@ pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>
                 servers.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown)));
             }
             Address::Tcp(sa) => {
-                let listener = TcpListener::bind(sa).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                let listener = TcpListener::bind(sa)
+                    .await
+                    .map_err(|source| Error::Listen { what: format!("cannot listen on {addr}"), source })?;
                 let incoming = TcpListenerStream::new(listener);
                 servers.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown)));
             }
@@ -142,7 +146,8 @@ pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>
         Some(addr) => {
             let shutdown = stopped(stop_rx.clone());
             // Bind now so a bad address fails the start, not later.
-            let probe = std::net::TcpListener::bind(addr).map_err(|e| format!("--metrics {addr}: {e}"))?;
+            let probe = std::net::TcpListener::bind(addr)
+                .map_err(|source| Error::Listen { what: format!("--metrics {addr}"), source })?;
             drop(probe);
             tracing::info!("metrics on http://{addr}/metrics");
             Some(tokio::spawn(crate::metrics::serve(addr, metrics, shutdown)))

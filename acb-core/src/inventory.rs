@@ -1,10 +1,12 @@
 //! Which GPUs an assigner owns, as users type it: `auto`, `none`, or simulated GPUs
 //! (`fake:2x80GiB,1x40GiB`).
 
-use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::fmt;
 use core::str::FromStr;
+
+use crate::units::ParseError;
 
 /// Which GPUs the assigner owns.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,31 +19,126 @@ pub enum GpuSpec {
     Fake(Vec<(u32, u64)>),
 }
 
+/// Why a text is not a [`GpuSpec`]: the spec as given, and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuSpecError {
+    spec: String,
+    kind: GpuSpecErrorKind,
+}
+
+/// What is wrong with a GPU spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GpuSpecErrorKind {
+    /// Neither `auto`, `none` nor `fake:...`.
+    Unknown,
+    /// A group (as written) that is not `COUNTxSIZE`.
+    NotAGroup(String),
+    /// A count (as written) that is not a number.
+    BadCount(String),
+    /// A group (as written) with no GPUs, or more than 4096.
+    CountOutOfRange(String),
+    /// A group's size is not a size.
+    BadSize(ParseError),
+    /// A group (as written) of GPUs with no memory.
+    NoMemory(String),
+}
+
+impl GpuSpecError {
+    fn new(spec: &str, kind: GpuSpecErrorKind) -> Self {
+        GpuSpecError { spec: spec.into(), kind }
+    }
+
+    /// The spec, as given.
+    pub fn spec(&self) -> &str {
+        &self.spec
+    }
+
+    /// What is wrong with it.
+    pub fn kind(&self) -> &GpuSpecErrorKind {
+        &self.kind
+    }
+}
+
+impl fmt::Display for GpuSpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.spec;
+        match &self.kind {
+            GpuSpecErrorKind::Unknown => {
+                write!(f, "{s:?}: expected auto, none, or fake:COUNTxSIZE[,COUNTxSIZE...] (e.g. fake:2x80GiB)")
+            }
+            GpuSpecErrorKind::NotAGroup(g) => write!(f, "{g:?} in {s:?}: expected COUNTxSIZE, e.g. 2x80GiB"),
+            GpuSpecErrorKind::BadCount(count) => write!(f, "{count:?} in {s:?}: not a GPU count"),
+            GpuSpecErrorKind::CountOutOfRange(g) => write!(f, "{g:?} in {s:?}: a group has 1 to 4096 GPUs"),
+            GpuSpecErrorKind::BadSize(e) => write!(f, "{e} (in {s:?})"),
+            GpuSpecErrorKind::NoMemory(g) => write!(f, "{g:?} in {s:?}: a GPU needs some memory"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for GpuSpecError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            GpuSpecErrorKind::BadSize(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl FromStr for GpuSpec {
-    type Err = String;
+    type Err = GpuSpecError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        use GpuSpecErrorKind as K;
+        let err = |kind| GpuSpecError::new(s, kind);
         match s {
             "auto" => return Ok(GpuSpec::Auto),
             "none" => return Ok(GpuSpec::None),
             _ => {}
         }
         let Some(groups) = s.strip_prefix("fake:") else {
-            return Err(format!("{s:?}: expected auto, none, or fake:COUNTxSIZE[,COUNTxSIZE...] (e.g. fake:2x80GiB)"));
+            return Err(err(K::Unknown));
         };
         let mut out = Vec::new();
         for g in groups.split(',') {
-            let (count, size) =
-                g.split_once(['x', 'X']).ok_or_else(|| format!("{g:?} in {s:?}: expected COUNTxSIZE, e.g. 2x80GiB"))?;
-            let count: u32 = count.trim().parse().map_err(|_| format!("{count:?} in {s:?}: not a GPU count"))?;
+            let (count, size) = g.split_once(['x', 'X']).ok_or_else(|| err(K::NotAGroup(g.into())))?;
+            let count: u32 = count.trim().parse().map_err(|_| err(K::BadCount(count.into())))?;
             if count == 0 || count > 4096 {
-                return Err(format!("{g:?} in {s:?}: a group has 1 to 4096 GPUs"));
+                return Err(err(K::CountOutOfRange(g.into())));
             }
-            let bytes = crate::units::parse_size(size.trim()).map_err(|e| format!("{e} (in {s:?})"))?;
+            let bytes = crate::units::parse_size(size.trim()).map_err(|e| err(K::BadSize(e)))?;
             if bytes == 0 {
-                return Err(format!("{g:?} in {s:?}: a GPU needs some memory"));
+                return Err(err(K::NoMemory(g.into())));
             }
             out.push((count, bytes));
         }
         Ok(GpuSpec::Fake(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+    use alloc::vec;
+
+    #[test]
+    fn specs_parse_and_errors_name_the_input() {
+        assert_eq!("auto".parse::<GpuSpec>(), Ok(GpuSpec::Auto));
+        assert_eq!("fake:2x80GiB,1X40GiB".parse::<GpuSpec>(), Ok(GpuSpec::Fake(vec![(2, 80 << 30), (1, 40 << 30)])));
+        let cases = [
+            ("gpu0", "\"gpu0\": expected auto, none, or fake:COUNTxSIZE[,COUNTxSIZE...] (e.g. fake:2x80GiB)"),
+            ("fake:2", "\"2\" in \"fake:2\": expected COUNTxSIZE, e.g. 2x80GiB"),
+            ("fake:ax1G", "\"a\" in \"fake:ax1G\": not a GPU count"),
+            ("fake:0x1G", "\"0x1G\" in \"fake:0x1G\": a group has 1 to 4096 GPUs"),
+            ("fake:1x0", "\"1x0\" in \"fake:1x0\": a GPU needs some memory"),
+        ];
+        for (spec, why) in cases {
+            let e = spec.parse::<GpuSpec>().unwrap_err();
+            assert_eq!(e.spec(), spec);
+            assert_eq!(e.to_string(), why);
+        }
+        let e = "fake:1x8gib".parse::<GpuSpec>().unwrap_err();
+        assert!(matches!(e.kind(), GpuSpecErrorKind::BadSize(_)), "{e:?}");
+        assert!(e.to_string().contains("unknown unit") && e.to_string().ends_with("(in \"fake:1x8gib\")"), "{e}");
     }
 }

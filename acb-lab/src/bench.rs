@@ -14,6 +14,8 @@ use acb_client::connection::{self, Session};
 use acb_proto::Address;
 use acb_proto::v1 as proto;
 
+use crate::Error;
+
 /// What one measurement gave.
 #[derive(Clone, Debug, Default)]
 pub struct Sample {
@@ -47,57 +49,54 @@ impl Sample {
     }
 }
 
-async fn echo_run(addr: &Address, clients: usize, time: Duration) -> Result<Sample, String> {
+async fn echo_run(addr: &Address, clients: usize, time: Duration) -> Result<Sample, Error> {
     let mut tasks = Vec::new();
     let start = Instant::now();
     for _ in 0..clients {
-        let channel = connection::channel(addr, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
+        let channel = connection::channel(addr, Duration::from_secs(5)).await?;
         tasks.push(tokio::spawn(async move {
             let mut h = HealthClient::new(channel);
             let mut lat = Vec::new();
             while start.elapsed() < time {
                 let t = Instant::now();
                 for _ in 0..2 {
-                    h.check(HealthCheckRequest { service: String::new() }).await.map_err(|e| e.to_string())?;
+                    h.check(HealthCheckRequest { service: String::new() }).await?;
                 }
                 lat.push(t.elapsed());
             }
-            Ok::<_, String>(lat)
+            Ok::<_, Error>(lat)
         }));
     }
     collect(tasks, start).await
 }
 
-async fn broker_run(addr: &Address, clients: usize, time: Duration) -> Result<Sample, String> {
+async fn broker_run(addr: &Address, clients: usize, time: Duration) -> Result<Sample, Error> {
     let mut tasks = Vec::new();
     let start = Instant::now();
     for i in 0..clients {
-        let rpc = connection::connect(addr, None, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
-        let mut session = Session::open(rpc, &format!("bench-{i}")).await.map_err(|e| e.message().to_string())?;
+        let rpc = connection::connect(addr, None, Duration::from_secs(5)).await?;
+        let mut session = Session::open(rpc, &format!("bench-{i}")).await?;
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             while start.elapsed() < time {
                 let t = Instant::now();
-                let g = session
-                    .allocate(proto::AllocateRequest { gpus: 1, ..Default::default() })
-                    .await
-                    .map_err(|e| e.message().to_string())?;
-                session.release(g.lease_id).await.map_err(|e| e.message().to_string())?;
+                let g = session.allocate(proto::AllocateRequest { gpus: 1, ..Default::default() }).await?;
+                session.release(g.lease_id).await?;
                 lat.push(t.elapsed());
             }
-            Ok::<_, String>(lat)
+            Ok::<_, Error>(lat)
         }));
     }
     collect(tasks, start).await
 }
 
 async fn collect(
-    tasks: Vec<tokio::task::JoinHandle<Result<Vec<Duration>, String>>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<Vec<Duration>, Error>>>,
     start: Instant,
-) -> Result<Sample, String> {
+) -> Result<Sample, Error> {
     let mut latencies = Vec::new();
     for t in tasks {
-        latencies.extend(t.await.map_err(|e| e.to_string())??);
+        latencies.extend(t.await??);
     }
     Ok(Sample { latencies, wall: start.elapsed() })
 }
@@ -109,12 +108,12 @@ fn us(d: Duration) -> f64 {
 /// Runs the benchmark against the assigner at `addr` (which the caller started, with at least
 /// one simulated GPU per client, so that it measures the broker, not queueing): for each client
 /// count, `rounds` alternations of echo and broker runs of `time` each. Returns the table.
-pub async fn run(addr: &Address, client_counts: &[usize], time: Duration, rounds: usize) -> Result<String, String> {
+pub async fn run(addr: &Address, client_counts: &[usize], time: Duration, rounds: usize) -> Result<String, Error> {
     use std::fmt::Write;
     let deadline = Instant::now() + Duration::from_secs(10);
     while connection::connect(addr, None, Duration::from_millis(200)).await.is_err() {
         if Instant::now() > deadline {
-            return Err("the benchmark's assigner did not start".into());
+            return Err(Error::Run("the benchmark's assigner did not start".into()));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -11,5 +11,8 @@
 
 pub mod bench;
 pub mod demo;
+mod error;
 pub mod timeline;
 pub mod trace;
+
+pub use error::Error;

@@ -23,13 +23,8 @@ use serde::Deserialize;
 use acb_core::inventory::GpuSpec;
 use acb_core::record::{Event, EventKind};
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    acb_core::units::parse_size(s).map_err(|e| e.to_string())
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    acb_core::units::parse_duration(s).map_err(|e| e.to_string())
-}
+use crate::Error;
+use acb_core::units::{parse_duration, parse_size};
 
 /// The most jobs a trace may describe.
 pub const MAX_JOBS: u64 = 100_000;
@@ -74,43 +69,51 @@ pub struct Trace {
 }
 
 /// Reads and checks a trace file; the message says what is wrong and where.
-pub fn load(path: &Path) -> Result<Trace, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+pub fn load(path: &Path) -> Result<Trace, Error> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(Error::io(file.clone()))?;
+    parse(&text).map_err(|e| match e {
+        Error::Trace { at, why } if at.is_empty() => Error::Trace { at: file, why },
+        Error::Trace { at, why } => Error::Trace { at: format!("{file}: {at}"), why },
+        other => other,
+    })
 }
 
 /// Parses a trace from JSON text.
-pub fn parse(text: &str) -> Result<Trace, String> {
-    let file: TraceFile = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    let gpus = file.gpus.as_deref().map(str::parse::<GpuSpec>).transpose()?;
-    let swap_bandwidth = file.swap_bandwidth.as_deref().map(parse_size).transpose()?;
+pub fn parse(text: &str) -> Result<Trace, Error> {
+    let file: TraceFile = serde_json::from_str(text).map_err(Error::trace)?;
+    let gpus = file.gpus.as_deref().map(str::parse::<GpuSpec>).transpose().map_err(Error::trace)?;
+    let swap_bandwidth = file.swap_bandwidth.as_deref().map(parse_size).transpose().map_err(Error::trace)?;
     if swap_bandwidth == Some(0) {
-        return Err("swap_bandwidth must be more than 0 bytes per second".into());
+        return Err(Error::trace("swap_bandwidth must be more than 0 bytes per second"));
     }
     if file.jobs.is_empty() {
-        return Err("the trace has no jobs".into());
+        return Err(Error::trace("the trace has no jobs"));
     }
     let total: u64 = file.jobs.iter().map(|j| u64::from(j.count.unwrap_or(1))).sum();
     if total > MAX_JOBS {
-        return Err(format!("the trace describes {total} jobs; at most {MAX_JOBS}"));
+        return Err(Error::trace(format!("the trace describes {total} jobs; at most {MAX_JOBS}")));
     }
     let mut jobs = Vec::new();
     for (i, j) in file.jobs.iter().enumerate() {
-        let at = |what: &str, e: String| format!("job {} ({:?}): {what}: {e}", i + 1, j.name);
-        let memory = parse_size(&j.memory).map_err(|e| at("memory", e))?;
-        let arrival = j.arrival.as_deref().map(parse_duration).transpose().map_err(|e| at("arrival", e))?;
+        let at = |what: &str, why: &dyn std::fmt::Display| Error::Trace {
+            at: format!("job {} ({:?}): {what}", i + 1, j.name),
+            why: why.to_string(),
+        };
+        let memory = parse_size(&j.memory).map_err(|e| at("memory", &e))?;
+        let arrival = j.arrival.as_deref().map(parse_duration).transpose().map_err(|e| at("arrival", &e))?;
         let mut phases = Vec::new();
         for (k, p) in j.phases.iter().enumerate() {
             let phase = match (&p.cpu, &p.gpu) {
-                (Some(d), None) => Phase::Cpu(parse_duration(d).map_err(|e| at(&format!("phase {}", k + 1), e))?),
-                (None, Some(d)) => Phase::Gpu(parse_duration(d).map_err(|e| at(&format!("phase {}", k + 1), e))?),
-                _ => return Err(at(&format!("phase {}", k + 1), "give exactly one of \"cpu\" or \"gpu\"".into())),
+                (Some(d), None) => Phase::Cpu(parse_duration(d).map_err(|e| at(&format!("phase {}", k + 1), &e))?),
+                (None, Some(d)) => Phase::Gpu(parse_duration(d).map_err(|e| at(&format!("phase {}", k + 1), &e))?),
+                _ => return Err(at(&format!("phase {}", k + 1), &"give exactly one of \"cpu\" or \"gpu\"")),
             };
             phases.push(phase);
         }
         let count = j.count.unwrap_or(1);
         if count == 0 {
-            return Err(at("count", "must be at least 1".into()));
+            return Err(at("count", &"must be at least 1"));
         }
         for c in 0..count {
             let name = if count == 1 { j.name.clone() } else { format!("{}-{c}", j.name) };
@@ -214,6 +217,8 @@ mod tests {
         ];
         for (text, needle) in bad {
             let e = parse(text).unwrap_err();
+            assert!(matches!(e, Error::Trace { .. }), "{text}: {e:?}");
+            let e = e.to_string();
             assert!(e.contains(needle), "{text}: {e}");
         }
     }

@@ -14,7 +14,7 @@ pub(super) async fn run(BenchArgs { clients, time, rounds }: BenchArgs) -> Resul
     Ok(())
 }
 
-async fn bench(clients: &[usize], time: Duration, rounds: usize) -> Result<String, String> {
+async fn bench(clients: &[usize], time: Duration, rounds: usize) -> Result<String, CliError> {
     let max = clients.iter().copied().max().unwrap_or(1).max(1);
     let dir = std::env::temp_dir().join(format!("acb-bench-{}", std::process::id()));
     let socket = dir.join("assigner.sock");
@@ -27,5 +27,5 @@ async fn bench(clients: &[usize], time: Duration, rounds: usize) -> Result<Strin
     let _ = stop_tx.send(());
     let _ = server.await;
     let _ = std::fs::remove_dir_all(&dir);
-    result
+    Ok(result?)
 }

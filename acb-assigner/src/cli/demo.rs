@@ -8,7 +8,8 @@ use crate::config::GpuSpec;
 
 pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
     let (jobs, gpus, items, cpu, gpu) = acb_lab::demo::DemoConfig::workload(args.quick);
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the running executable: {e}"))?;
+    let exe =
+        std::env::current_exe().map_err(|e| CliError::failed(format!("cannot find the running executable: {e}")))?;
     let mut cfg = acb_lab::demo::DemoConfig {
         jobs: args.jobs.unwrap_or(jobs),
         gpus: args.gpus.unwrap_or(gpus),
@@ -24,10 +25,15 @@ pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
         simulated_because: None,
     };
     // Bad settings first (status 2), then what is missing from the machine (status 1).
-    cfg.validate().map_err(CliError::Usage)?;
+    cfg.validate()?;
     cfg.library = acb_lab::demo::libacb::locate()?;
-    let discover =
-        |spec: &GpuSpec| crate::discovery::discover(spec).map(|found| found.into_iter().map(|g| g.name).collect());
+    // The lab says why no GPU was found, without the hint for `serve` about fake GPUs: the demo
+    // picks those itself.
+    let discover = |spec: &GpuSpec| match crate::discovery::discover(spec) {
+        Ok(found) => Ok(found.into_iter().map(|g| g.name).collect()),
+        Err(crate::Error::NoGpu(why)) => Err(acb_lab::Error::NoGpu(why)),
+        Err(e) => Err(acb_lab::Error::NoGpu(e.to_string())),
+    };
     let (real, why) = acb_lab::demo::real::detect(args.device, &cfg.exe, &cfg.library, &discover)?;
     if let Some(r) = &real {
         if args.gpus.is_some() {

@@ -3,7 +3,7 @@
 use super::{CliError, DemoJobArgs};
 
 pub(super) async fn run(DemoJobArgs { items, cpu, gpu, whole_life, memory }: DemoJobArgs) -> Result<(), CliError> {
-    let memory = usize::try_from(memory).map_err(|_| format!("--memory {memory}: too large"))?;
+    let memory = usize::try_from(memory).map_err(|_| CliError::failed(format!("--memory {memory}: too large")))?;
     let plan = acb_lab::demo::job::JobPlan {
         items,
         cpu,
@@ -15,6 +15,6 @@ pub(super) async fn run(DemoJobArgs { items, cpu, gpu, whole_life, memory }: Dem
     // libacb blocks its caller: run the job on a thread of its own, off the runtime.
     tokio::task::spawn_blocking(move || acb_lab::demo::job::run(&library, plan))
         .await
-        .map_err(|e| format!("the job's thread: {e}"))??;
+        .map_err(|e| CliError::failed(format!("the job's thread: {e}")))??;
     Ok(())
 }

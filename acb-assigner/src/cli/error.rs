@@ -44,11 +44,18 @@ impl CliError {
     }
 }
 
-/// The libraries the CLI drives report failures as text; unless a subcommand says otherwise,
-/// those are failures of the work (status 1).
-impl From<String> for CliError {
-    fn from(why: String) -> Self {
-        CliError::Failed(why)
+/// The daemon library's errors (settings, discovery, listeners): unless a subcommand says
+/// otherwise (`serve` and `simulate` call bad settings status 2), failures of the work (status 1).
+impl From<crate::Error> for CliError {
+    fn from(e: crate::Error) -> Self {
+        CliError::Failed(e.to_string())
+    }
+}
+
+/// The lab's errors: bad settings or a bad trace are status 2, the rest failures (status 1).
+impl From<acb_lab::Error> for CliError {
+    fn from(e: acb_lab::Error) -> Self {
+        if e.is_usage() { CliError::Usage(e.to_string()) } else { CliError::Failed(e.to_string()) }
     }
 }
 

@@ -248,8 +248,8 @@ struct Conn {
     auth_token_file: Option<PathBuf>,
 }
 
-fn parse_policy(s: &str) -> Result<Policy, String> {
-    s.parse::<Policy>().map_err(|e| e.to_string())
+fn parse_policy(s: &str) -> Result<Policy, acb_core::UnknownPolicy> {
+    s.parse::<Policy>()
 }
 
 /// Parses the command line and runs it.

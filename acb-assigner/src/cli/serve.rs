@@ -4,17 +4,19 @@
 use acb_core::Policy;
 
 use super::{CliError, ServeArgs, parse_policy};
+use crate::Error;
 use crate::config::{self, Address, FileConfig, GpuSpec, LogFormat, ServeConfig};
 
 pub(super) async fn run(args: ServeArgs) -> Result<(), CliError> {
-    let cfg = resolve(args).map_err(CliError::Usage)?;
+    // Bad settings are status 2, as bad flags are; what keeps the daemon from serving, 1.
+    let cfg = resolve(args).map_err(CliError::usage)?;
     init_logs(cfg.log_format);
     crate::server::serve(cfg, crate::server::termination()).await?;
     Ok(())
 }
 
 /// Resolves `serve`'s flags over its settings file.
-fn resolve(args: ServeArgs) -> Result<ServeConfig, String> {
+fn resolve(args: ServeArgs) -> Result<ServeConfig, Error> {
     let file = match &args.config {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
@@ -22,34 +24,47 @@ fn resolve(args: ServeArgs) -> Result<ServeConfig, String> {
     let listen = if !args.listen.is_empty() {
         args.listen
     } else if let Some(l) = file.listen {
-        l.iter().map(|s| s.parse::<Address>().map_err(|e| format!("config listen: {e}"))).collect::<Result<_, _>>()?
+        l.iter()
+            .map(|s| s.parse::<Address>().map_err(|e| Error::Setting { what: "config listen", why: e.to_string() }))
+            .collect::<Result<_, _>>()?
     } else {
         vec![Address::default_socket()]
     };
     let gpus = match (args.gpus, file.gpus) {
         (Some(g), _) => g,
-        (None, Some(s)) => s.parse().map_err(|e| format!("config gpus: {e}"))?,
+        (None, Some(s)) => s.parse().map_err(|e: acb_core::inventory::GpuSpecError| Error::Setting {
+            what: "config gpus",
+            why: e.to_string(),
+        })?,
         (None, None) => GpuSpec::Auto,
     };
     let scheduler = match (args.scheduler, file.scheduler) {
         (Some(p), _) => p,
-        (None, Some(s)) => parse_policy(&s).map_err(|e| format!("config scheduler: {e}"))?,
+        (None, Some(s)) => {
+            parse_policy(&s).map_err(|e| Error::Setting { what: "config scheduler", why: e.to_string() })?
+        }
         (None, None) => Policy::Simple,
     };
     let quantum = match (args.quantum, file.quantum) {
         (Some(q), _) => Some(q),
-        (None, Some(s)) => Some(config::parse_duration(&s).map_err(|e| format!("config quantum: {e}"))?),
+        (None, Some(s)) => Some(
+            config::parse_duration(&s).map_err(|e| Error::Setting { what: "config quantum", why: e.to_string() })?,
+        ),
         (None, None) => None,
     };
     let metrics = match (args.metrics, file.metrics) {
         (Some(m), _) => Some(m),
-        (None, Some(s)) => Some(s.parse().map_err(|_| format!("config metrics: {s:?} is not IP:PORT"))?),
+        (None, Some(s)) => Some(
+            s.parse().map_err(|_| Error::Setting { what: "config metrics", why: format!("{s:?} is not IP:PORT") })?,
+        ),
         (None, None) => None,
     };
     let auth_token = args
         .auth_token_file
         .or(file.auth_token_file)
-        .map(|p| acb_client::read_token(&p).map_err(|e| format!("--auth-token-file: {e}")))
+        .map(|p| {
+            acb_client::read_token(&p).map_err(|e| Error::Setting { what: "--auth-token-file", why: e.to_string() })
+        })
         .transpose()?;
     Ok(ServeConfig {
         listen,

@@ -10,13 +10,13 @@ use crate::config::GpuSpec;
 
 pub(super) fn run(args: SimulateArgs) -> Result<(), CliError> {
     let SimulateArgs { trace, scheduler, gpus, eager, quantum, swap_bandwidth, svg_dir } = args;
-    // Every failure here has been status 2, as for bad flags: the trace or the flags are wrong.
-    let out = simulate(&trace, &scheduler, gpus, eager, quantum, swap_bandwidth, svg_dir.as_deref())
-        .map_err(CliError::Usage)?;
+    let out = simulate(&trace, &scheduler, gpus, eager, quantum, swap_bandwidth, svg_dir.as_deref())?;
     print!("{out}");
     Ok(())
 }
 
+/// Every failure here is status 2, as for bad flags: the trace or the flags are wrong (a trace
+/// that cannot be read or a picture that cannot be written included, as they always were).
 fn simulate(
     trace: &std::path::Path,
     schedulers: &str,
@@ -25,20 +25,22 @@ fn simulate(
     quantum: Option<Duration>,
     swap_bandwidth: Option<u64>,
     svg_dir: Option<&std::path::Path>,
-) -> Result<String, String> {
+) -> Result<String, CliError> {
     use acb_core::sim::{self, Comparison, Mode, SimConfig};
     use acb_core::{ClientConfig, ReleaseMode, SchedulerConfig};
-    let t = acb_lab::trace::load(trace)?;
+    let t = acb_lab::trace::load(trace).map_err(CliError::usage)?;
     let policies: Vec<Policy> = if schedulers == "all" {
         Policy::ALL.to_vec()
     } else {
-        schedulers.split(',').map(|s| parse_policy(s.trim())).collect::<Result<_, _>>()?
+        schedulers.split(',').map(|s| parse_policy(s.trim())).collect::<Result<_, _>>().map_err(CliError::usage)?
     };
-    let spec = gpus.or(t.gpus.clone()).ok_or("no GPUs: give --gpus fake:COUNTxSIZE or \"gpus\" in the trace")?;
+    let spec = gpus
+        .or(t.gpus.clone())
+        .ok_or_else(|| CliError::usage("no GPUs: give --gpus fake:COUNTxSIZE or \"gpus\" in the trace"))?;
     let GpuSpec::Fake(_) = &spec else {
-        return Err("simulate takes simulated GPUs: --gpus fake:COUNTxSIZE[,COUNTxSIZE]".into());
+        return Err(CliError::usage("simulate takes simulated GPUs: --gpus fake:COUNTxSIZE[,COUNTxSIZE]"));
     };
-    let found = crate::discovery::discover(&spec)?;
+    let found = crate::discovery::discover(&spec).map_err(CliError::usage)?;
     let pool = crate::discovery::pool_of("simulated", &found);
     let client =
         ClientConfig { release: if eager { ReleaseMode::Eager } else { ReleaseMode::Lazy }, idle_timeout: None };
@@ -53,9 +55,9 @@ fn simulate(
         let mut cfg = SimConfig::new(pool.clone(), mode);
         cfg.client = client.clone();
         cfg.swap_bandwidth = bandwidth;
-        let report = sim::run(&cfg, &t.jobs).map_err(|e| e.to_string())?;
+        let report = sim::run(&cfg, &t.jobs).map_err(CliError::usage)?;
         if let Some(dir) = svg_dir {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| CliError::usage(format!("{}: {e}", dir.display())))?;
             let rows: Vec<acb_lab::timeline::GpuRow> = found
                 .iter()
                 .map(|g| acb_lab::timeline::GpuRow {
@@ -67,7 +69,7 @@ fn simulate(
             let title = format!("{}: {} (SIMULATED)", trace.display(), report.label);
             let svg = acb_lab::timeline::render_svg(&title, &rows, &events, Some(report.makespan));
             let path = dir.join(format!("{}.svg", report.label));
-            std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
+            std::fs::write(&path, svg).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
         }
         reports.push(report);
     }

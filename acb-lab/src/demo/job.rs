@@ -12,6 +12,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use super::libacb::Libacb;
+use crate::Error;
 
 /// How a job holds its GPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,21 +89,21 @@ impl std::fmt::Display for Line {
     }
 }
 
-fn say(line: Line) -> Result<(), String> {
+fn say(line: Line) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").and_then(|()| out.flush()).map_err(|e| format!("stdout: {e}"))
+    writeln!(out, "{line}").and_then(|()| out.flush()).map_err(Error::io("stdout"))
 }
 
 /// Runs the job with libacb from `library`, against the assigner in `ACB_ASSIGNER`.
-pub fn run(library: &std::path::Path, plan: JobPlan) -> Result<(), String> {
+pub fn run(library: &std::path::Path, plan: JobPlan) -> Result<(), Error> {
     let acb = Libacb::load(library)?;
     let client = acb.client()?;
-    let begin = || -> Result<(), String> {
+    let begin = || -> Result<(), Error> {
         say(Line::Want)?;
         let index = client.begin()?;
         say(Line::Got(index))
     };
-    let end = || -> Result<(), String> {
+    let end = || -> Result<(), Error> {
         client.end()?;
         say(Line::Ended)
     };
@@ -160,14 +161,14 @@ impl State {
     }
 
     /// In a GPU phase: the last phase's write and the pattern are where they were.
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), Error> {
         // SAFETY: as in `new`; the header is in the first 8 bytes, the pattern after.
         let phase = unsafe { self.base.cast::<u64>().read_unaligned() };
         let intact = (8..self.len).step_by(STRIDE).all(|i| unsafe { self.base.add(i).read() } == pattern(i));
         if phase == self.phase && intact {
             Ok(())
         } else {
-            Err(format!("device memory came back changed (phase {phase}, expected {})", self.phase))
+            Err(Error::MemoryChanged { found: phase, expected: self.phase })
         }
     }
 

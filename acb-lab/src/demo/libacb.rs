@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use libloading::Library;
 
+use crate::Error;
+
 const STATUS_OK: u32 = 0;
 
 pub use super::abi::MemoryStats;
@@ -36,35 +38,41 @@ pub struct Libacb {
 
 /// Where to look for libacb: `ACB_LIBRARY`, else beside the running executable (where
 /// `cargo build` puts both), else in its `deps/` (where `cargo test` leaves it).
-pub fn locate() -> Result<PathBuf, String> {
+pub fn locate() -> Result<PathBuf, Error> {
     if let Some(path) = std::env::var_os("ACB_LIBRARY") {
         let path = PathBuf::from(path);
-        return if path.is_file() { Ok(path) } else { Err(format!("ACB_LIBRARY={} is not a file", path.display())) };
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(Error::Libacb(format!("ACB_LIBRARY={} is not a file", path.display())))
+        };
     }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the running executable: {e}"))?;
+    let exe = std::env::current_exe().map_err(Error::io("cannot find the running executable"))?;
     let dir = exe.parent().unwrap_or(Path::new("."));
     [dir.join("libacb.so"), dir.join("deps").join("libacb.so")].into_iter().find(|p| p.is_file()).ok_or_else(|| {
-        format!(
+        Error::Libacb(format!(
             "libacb.so is not beside {}: build it with `cargo build --release -p acb-ffi`, or set ACB_LIBRARY",
             exe.display()
-        )
+        ))
     })
 }
 
 macro_rules! symbol {
     ($lib:expr, $name:literal) => {{
         // SAFETY: the type is the one `include/acb.h` declares for this symbol (`abi.rs`).
-        let s = unsafe { $lib.get($name) }
-            .map_err(|e| format!("libacb has no {}: {e}", String::from_utf8_lossy(&$name[..$name.len() - 1])))?;
+        let s = unsafe { $lib.get($name) }.map_err(|e| {
+            Error::Libacb(format!("libacb has no {}: {e}", String::from_utf8_lossy(&$name[..$name.len() - 1])))
+        })?;
         *s
     }};
 }
 
 impl Libacb {
     /// Loads libacb from `path` and checks its ABI version.
-    pub fn load(path: &Path) -> Result<Libacb, String> {
+    pub fn load(path: &Path) -> Result<Libacb, Error> {
         // SAFETY: loading libacb runs no initialiser with preconditions.
-        let lib = unsafe { Library::new(path) }.map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+        let lib =
+            unsafe { Library::new(path) }.map_err(|e| Error::Libacb(format!("cannot load {}: {e}", path.display())))?;
         let acb = Libacb {
             abi_version: symbol!(lib, b"acb_abi_version\0"),
             config_new: symbol!(lib, b"acb_config_new\0"),
@@ -86,13 +94,16 @@ impl Libacb {
         // SAFETY: no arguments.
         let version = unsafe { (acb.abi_version)() };
         if version != ABI_VERSION {
-            return Err(format!("{} has ABI version {version}; this acb-assigner needs {ABI_VERSION}", path.display()));
+            return Err(Error::Libacb(format!(
+                "{} has ABI version {version}; this acb-assigner needs {ABI_VERSION}",
+                path.display()
+            )));
         }
         Ok(acb)
     }
 
     /// Why the last call failed: the thread's error message, else the status's text.
-    fn failure(&self, what: &str, status: u32) -> String {
+    fn failure(&self, what: &str, status: u32) -> Error {
         let mut buf = [0u8; 512];
         let mut n = 0usize;
         // SAFETY: `buf` has room for its length; `n` is a valid out-pointer.
@@ -106,11 +117,11 @@ impl Libacb {
         } else {
             String::new()
         };
-        format!("{what} failed (status {status}): {text}")
+        Error::Libacb(format!("{what} failed (status {status}): {text}"))
     }
 
     /// A client configured from the environment (`ACB_ASSIGNER`, `ACB_JOB_ID`).
-    pub fn client(&self) -> Result<Client<'_>, String> {
+    pub fn client(&self) -> Result<Client<'_>, Error> {
         let mut config: Handle = std::ptr::null_mut();
         // SAFETY: a valid out-pointer.
         let st = unsafe { (self.config_new)(&mut config) };
@@ -147,7 +158,7 @@ pub struct Client<'a> {
 
 impl Client<'_> {
     /// `acb_on_device_begin`: blocks until a GPU is granted; returns its index.
-    pub fn begin(&self) -> Result<u32, String> {
+    pub fn begin(&self) -> Result<u32, Error> {
         let mut lease: Handle = std::ptr::null_mut();
         // SAFETY: live handles made by libacb; a valid out-pointer.
         let st = unsafe { (self.acb.on_device_begin)(self.client, self.request, &mut lease) };
@@ -166,7 +177,7 @@ impl Client<'_> {
     }
 
     /// `acb_client_alloc`: swappable device memory, in a GPU phase. Freed with the client.
-    pub fn alloc(&self, size: usize) -> Result<*mut u8, String> {
+    pub fn alloc(&self, size: usize) -> Result<*mut u8, Error> {
         let mut p: *mut c_void = std::ptr::null_mut();
         // SAFETY: a live handle; a valid out-pointer.
         let st = unsafe { (self.acb.client_alloc)(self.client, size, &mut p) };
@@ -174,7 +185,7 @@ impl Client<'_> {
     }
 
     /// `acb_client_memory_stats`.
-    pub fn memory_stats(&self) -> Result<MemoryStats, String> {
+    pub fn memory_stats(&self) -> Result<MemoryStats, Error> {
         let mut s = MemoryStats::default();
         // SAFETY: a live handle; `s` has the header's layout.
         let st = unsafe { (self.acb.client_memory_stats)(self.client, &mut s) };
@@ -182,7 +193,7 @@ impl Client<'_> {
     }
 
     /// `acb_on_device_end`.
-    pub fn end(&self) -> Result<(), String> {
+    pub fn end(&self) -> Result<(), Error> {
         // SAFETY: a live handle made by libacb.
         let st = unsafe { (self.acb.on_device_end)(self.client) };
         if st == STATUS_OK { Ok(()) } else { Err(self.acb.failure("acb_on_device_end", st)) }

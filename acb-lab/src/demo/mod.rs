@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 
 use self::job::{Holding, Line};
 use self::report::{RunStats, Stamped};
+use crate::Error;
 use crate::timeline::{self, Busy, GpuRow};
 use acb_core::record::{Event, EventKind};
 use acb_proto::Address;
@@ -76,22 +77,22 @@ impl DemoConfig {
     }
 
     /// Checks the numbers: a clear message for anything out of range.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
         if !(1..=64).contains(&self.jobs) {
-            return Err(format!("--jobs {}: from 1 to 64", self.jobs));
+            return Err(Error::Usage(format!("--jobs {}: from 1 to 64", self.jobs)));
         }
         if !(1..=16).contains(&self.gpus) {
-            return Err(format!("--gpus {}: from 1 to 16 simulated GPUs", self.gpus));
+            return Err(Error::Usage(format!("--gpus {}: from 1 to 16 simulated GPUs", self.gpus)));
         }
         if !(1..=1000).contains(&self.items) {
-            return Err(format!("--items {}: from 1 to 1000", self.items));
+            return Err(Error::Usage(format!("--items {}: from 1 to 1000", self.items)));
         }
         if self.memory != 0 && !(4096..=1 << 30).contains(&self.memory) {
-            return Err(format!("--memory {}: 0 (none), or from 4KiB to 1GiB per job", self.memory));
+            return Err(Error::Usage(format!("--memory {}: 0 (none), or from 4KiB to 1GiB per job", self.memory)));
         }
         let minute = Duration::from_secs(60);
         if self.cpu > minute || self.gpu > minute || self.gpu.is_zero() {
-            return Err("--cpu and --gpu: phases up to 60s, and a GPU phase longer than 0".into());
+            return Err(Error::Usage("--cpu and --gpu: phases up to 60s, and a GPU phase longer than 0".into()));
         }
         Ok(())
     }
@@ -103,11 +104,11 @@ impl DemoConfig {
 }
 
 /// Runs the demo and prints its progress, table and pictures' paths on stdout.
-pub async fn run(cfg: &DemoConfig) -> Result<(), String> {
+pub async fn run(cfg: &DemoConfig) -> Result<(), Error> {
     cfg.validate()?;
     // Fail now, not in eight child processes, if libacb will not load.
     libacb::Libacb::load(&cfg.library)?;
-    std::fs::create_dir_all(&cfg.out_dir).map_err(|e| format!("{}: {e}", cfg.out_dir.display()))?;
+    std::fs::create_dir_all(&cfg.out_dir).map_err(Error::io(cfg.out_dir.display().to_string()))?;
     let share = cfg.gpu.as_secs_f64() / (cfg.cpu + cfg.gpu).as_secs_f64() * 100.0;
     if let Some(why) = &cfg.simulated_because {
         println!("acb demo: on SIMULATED GPUs, because {why}.");
@@ -156,7 +157,7 @@ pub async fn run(cfg: &DemoConfig) -> Result<(), String> {
         let title = format!("acb demo, {label}: {} jobs on {where_}", cfg.jobs);
         let svg = timeline::render_svg_with_busy(&title, &outcome.rows, &outcome.events, outcome.span, &outcome.busy);
         let path = cfg.out_dir.join(format!("{name}.svg"));
-        std::fs::write(&path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(&path, svg).map_err(Error::io(path.display().to_string()))?;
         pictures.push(path);
         stats.push(outcome.stats);
     }
@@ -205,7 +206,7 @@ struct Outcome {
 
 enum Report {
     Line(usize, Instant, Line),
-    Exit(usize, Instant, Result<std::process::ExitStatus, String>, String),
+    Exit(usize, Instant, std::io::Result<std::process::ExitStatus>, String),
 }
 
 /// One run: an assigner, `jobs` job processes, their lines, the assigner's record.
@@ -215,9 +216,9 @@ async fn run_once(
     label: &str,
     holding: Holding,
     policy: Policy,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, Error> {
     let dir = std::env::temp_dir().join(format!("acb-demo-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(Error::io(dir.display().to_string()))?;
     let socket = dir.join("assigner.sock");
     let outcome = match start_assigner(cfg, &socket, policy).await {
         Ok(mut assigner) => {
@@ -232,14 +233,9 @@ async fn run_once(
 }
 
 /// The jobs of one run against a started assigner, and what its record says of them.
-async fn run_jobs(
-    cfg: &DemoConfig,
-    label: &str,
-    holding: Holding,
-    socket: &std::path::Path,
-) -> Result<Outcome, String> {
+async fn run_jobs(cfg: &DemoConfig, label: &str, holding: Holding, socket: &std::path::Path) -> Result<Outcome, Error> {
     let (mut stats, t0) = drive_jobs(cfg, label, holding, socket).await?;
-    let record = read_record(socket).await.map_err(|e| format!("reading the assigner's record: {e}"))?;
+    let record = read_record(socket).await.map_err(|e| Error::Record(Box::new(e)))?;
     stats.grants = record.events.iter().filter(|e| matches!(e.kind, EventKind::Granted { .. })).count() as u64;
     // The record counts from the assigner's start: the run started `uptime - (asked - t0)` into it.
     let run_start = record.uptime.saturating_sub(record.asked.saturating_duration_since(t0));
@@ -255,7 +251,7 @@ async fn run_jobs(
     Ok(Outcome { span, stats, rows: record.rows, events: record.events, busy })
 }
 
-async fn start_assigner(cfg: &DemoConfig, socket: &std::path::Path, policy: Policy) -> Result<Child, String> {
+async fn start_assigner(cfg: &DemoConfig, socket: &std::path::Path, policy: Policy) -> Result<Child, Error> {
     let mut child = Command::new(&cfg.exe)
         .arg("serve")
         .arg("--listen")
@@ -275,15 +271,15 @@ async fn start_assigner(cfg: &DemoConfig, socket: &std::path::Path, policy: Poli
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot start {} serve: {e}", cfg.exe.display()))?;
-    let stdout = child.stdout.take().ok_or("the assigner has no stdout")?;
+        .map_err(Error::io(format!("cannot start {} serve", cfg.exe.display())))?;
+    let stdout = child.stdout.take().ok_or_else(|| Error::Run("the assigner has no stdout".into()))?;
     let mut lines = BufReader::new(stdout).lines();
     let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
     match ready {
         Ok(Ok(Some(line))) if line.starts_with("acb-assigner ready") => Ok(child),
-        Ok(Ok(other)) => Err(format!("the demo's assigner did not start (it said {other:?})")),
-        Ok(Err(e)) => Err(format!("the demo's assigner: {e}")),
-        Err(_) => Err("the demo's assigner did not say it was ready within 30 s".into()),
+        Ok(Ok(other)) => Err(Error::Run(format!("the demo's assigner did not start (it said {other:?})"))),
+        Ok(Err(e)) => Err(Error::Io { what: "the demo's assigner".into(), source: e }),
+        Err(_) => Err(Error::Run("the demo's assigner did not say it was ready within 30 s".into())),
     }
 }
 
@@ -304,7 +300,7 @@ async fn drive_jobs(
     label: &str,
     holding: Holding,
     socket: &std::path::Path,
-) -> Result<(RunStats, Instant), String> {
+) -> Result<(RunStats, Instant), Error> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
     let t0 = Instant::now();
     let mut children = Vec::new();
@@ -343,9 +339,9 @@ async fn drive_jobs(
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("cannot start job {j}: {e}"))?;
+            .map_err(Error::io(format!("cannot start job {j}")))?;
         let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
-            return Err(format!("job {j} has no stdout or stderr"));
+            return Err(Error::Run(format!("job {j} has no stdout or stderr")));
         };
         let tx = tx.clone();
         children.push(tokio::spawn(async move {
@@ -360,7 +356,7 @@ async fn drive_jobs(
                     let _ = tx.send(Report::Line(j, Instant::now(), line));
                 }
             }
-            let status = child.wait().await.map_err(|e| e.to_string());
+            let status = child.wait().await;
             let errors = errors.await.unwrap_or_default();
             let _ = tx.send(Report::Exit(j, Instant::now(), status, errors));
         }));
@@ -399,14 +395,19 @@ async fn drive_jobs(
                     c.abort();
                 }
                 progress.finish(t0.elapsed());
-                return Err(format!("the jobs did not finish within {} s", limit.as_secs()));
+                return Err(Error::Run(format!("the jobs did not finish within {} s", limit.as_secs())));
             }
         }
     }
     let makespan = last_exit - t0;
     progress.finish(makespan);
     if !failures.is_empty() {
-        return Err(format!("{} of {} jobs failed:\n  {}", failures.len(), cfg.jobs, failures.join("\n  ")));
+        return Err(Error::Run(format!(
+            "{} of {} jobs failed:\n  {}",
+            failures.len(),
+            cfg.jobs,
+            failures.join("\n  ")
+        )));
     }
     Ok((RunStats::read(label, cfg.gpus, cfg.jobs as usize, makespan, &lines), t0))
 }
@@ -423,16 +424,14 @@ struct Record {
     asked: Instant,
 }
 
-async fn read_record(socket: &std::path::Path) -> Result<Record, String> {
+async fn read_record(socket: &std::path::Path) -> Result<Record, Error> {
     let addr = Address::Unix(socket.to_path_buf());
-    let mut rpc =
-        acb_client::connection::connect(&addr, None, Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
-    let status = rpc.status(proto::StatusRequest {}).await.map_err(|e| e.message().to_string())?.into_inner();
+    let mut rpc = acb_client::connection::connect(&addr, None, Duration::from_secs(5)).await?;
+    let status = rpc.status(proto::StatusRequest {}).await?.into_inner();
     let asked = Instant::now();
-    let mut stream =
-        rpc.watch(proto::WatchRequest { replay: true }).await.map_err(|e| e.message().to_string())?.into_inner();
+    let mut stream = rpc.watch(proto::WatchRequest { replay: true }).await?.into_inner();
     let mut events = Vec::new();
-    while let Some(e) = stream.message().await.map_err(|e| e.message().to_string())? {
+    while let Some(e) = stream.message().await? {
         if matches!(e.kind, Some(proto::event::Kind::HistoryEnd(_))) {
             break;
         }

@@ -7,6 +7,8 @@ use std::process::Command;
 
 use acb_core::inventory::GpuSpec;
 
+use crate::Error;
+
 /// What `--device` asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceChoice {
@@ -19,14 +21,14 @@ pub enum DeviceChoice {
 }
 
 impl std::str::FromStr for DeviceChoice {
-    type Err = String;
+    type Err = Error;
 
-    fn from_str(s: &str) -> Result<DeviceChoice, String> {
+    fn from_str(s: &str) -> Result<DeviceChoice, Error> {
         match s {
             "auto" => Ok(DeviceChoice::Auto),
             "simulated" => Ok(DeviceChoice::Simulated),
             "real" => Ok(DeviceChoice::Real),
-            other => Err(format!("{other:?}: expected auto, simulated or real")),
+            other => Err(Error::Usage(format!("{other:?}: expected auto, simulated or real"))),
         }
     }
 }
@@ -54,8 +56,9 @@ impl RealJobs {
 }
 
 /// How the demo finds GPUs: the assigner's discovery (NVML, or `fake:` GPUs) as the names of
-/// the GPUs a spec gives. The CLI passes it in: this crate has no NVML.
-pub type Discover<'a> = &'a dyn Fn(&GpuSpec) -> Result<Vec<String>, String>;
+/// the GPUs a spec gives, or why none can be found ([`Error::NoGpu`], without the hints for
+/// `serve`). The CLI passes it in: this crate has no NVML.
+pub type Discover<'a> = &'a dyn Fn(&GpuSpec) -> Result<Vec<String>, Error>;
 
 /// Decides where the demo runs: `Ok((Some(jobs), _))` on real GPUs, `Ok((None, why))` on
 /// simulated ones (with the reason when real ones were looked for), `Err` when `Real` was asked
@@ -65,26 +68,27 @@ pub fn detect(
     exe: &Path,
     library: &Path,
     discover: Discover<'_>,
-) -> Result<(Option<RealJobs>, Option<String>), String> {
+) -> Result<(Option<RealJobs>, Option<String>), Error> {
     if choice == DeviceChoice::Simulated {
         return Ok((None, None));
     }
     let fail = |why: String| match choice {
-        DeviceChoice::Real => Err(format!("--device real: {why}")),
+        DeviceChoice::Real => Err(Error::NoRealGpu(why)),
         _ => Ok((None, Some(why))),
     };
     // Tests without a GPU stand simulated GPUs in for the driver's (and the CPU in for CUDA,
     // with ACB_TORCH_DEVICE=cpu); the demo then still labels every GPU as simulated.
     let (gpus, names) = match std::env::var("ACB_DEMO_TEST_GPUS") {
         Ok(spec) => {
-            let parsed: GpuSpec = spec.parse().map_err(|e| format!("ACB_DEMO_TEST_GPUS: {e}"))?;
+            let parsed: GpuSpec = spec.parse().map_err(|e| Error::NoGpu(format!("ACB_DEMO_TEST_GPUS: {e}")))?;
             let found = discover(&parsed)?;
             (spec, found.into_iter().map(|name| format!("{name} (SIMULATED)")).collect::<Vec<_>>())
         }
         Err(_) => match discover(&GpuSpec::Auto) {
             Ok(found) => ("auto".to_owned(), found),
-            // (Without the hint for `serve` about fake GPUs: the demo picks those itself.)
-            Err(e) => return fail(format!("no GPU was found: {}", e.split("; use --gpus").next().unwrap_or(&e))),
+            // (Without the hint for `serve` about fake GPUs, which `discover` leaves out: the demo
+            // picks those itself.)
+            Err(e) => return fail(format!("no GPU was found: {e}")),
         },
     };
     let python = PathBuf::from(std::env::var_os("ACB_PYTHON").unwrap_or_else(|| "python3".into()));
@@ -111,7 +115,7 @@ pub fn detect(
         }
         Ok(_) => {}
     }
-    let count = u32::try_from(names.len()).map_err(|_| "too many GPUs".to_owned())?;
+    let count = u32::try_from(names.len()).map_err(|_| Error::NoGpu("too many GPUs".to_owned()))?;
     Ok((Some(RealJobs { python, pythonpath, gpus, count, names }), None))
 }
 
@@ -130,10 +134,11 @@ mod tests {
 
     #[test]
     fn device_choices_parse_and_bad_ones_say_what_is_expected() {
-        assert_eq!("auto".parse::<DeviceChoice>(), Ok(DeviceChoice::Auto));
-        assert_eq!("real".parse::<DeviceChoice>(), Ok(DeviceChoice::Real));
-        assert_eq!("simulated".parse::<DeviceChoice>(), Ok(DeviceChoice::Simulated));
-        assert!("gpu".parse::<DeviceChoice>().unwrap_err().contains("auto, simulated or real"));
+        assert_eq!("auto".parse::<DeviceChoice>().unwrap(), DeviceChoice::Auto);
+        assert_eq!("real".parse::<DeviceChoice>().unwrap(), DeviceChoice::Real);
+        assert_eq!("simulated".parse::<DeviceChoice>().unwrap(), DeviceChoice::Simulated);
+        let e = "gpu".parse::<DeviceChoice>().unwrap_err();
+        assert!(matches!(e, Error::Usage(_)) && e.to_string().contains("auto, simulated or real"), "{e:?}");
     }
 
     #[test]
