@@ -163,11 +163,6 @@ typedef struct {
   uint64_t host_pool_bytes;
 } acb_memory_stats;
 
-/*
- Every status, for tests and bindings.
- */
-#define acb_status_ALL { acb_status_Ok, acb_status_NullParameter, acb_status_InvalidArgument, acb_status_Unavailable, acb_status_Timeout, acb_status_AlreadyActive, acb_status_NotActive, acb_status_Rejected, acb_status_PermissionDenied, acb_status_LeaseRevoked, acb_status_BufferTooSmall, acb_status_OutOfRange, acb_status_Internal, acb_status_Panic, acb_status_OutOfMemory, acb_status_NoCuda, }
-
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
