@@ -227,8 +227,9 @@ impl Driver {
         if ended {
             self.owner = None;
             if let Err(e) = self.machine.end(now) {
-                // The lease went away under the phase (revoked, or the assigner vanished).
-                tracing_free_log(&e);
+                // The lease went away under the phase (revoked, or the assigner vanished): the
+                // next begin starts afresh.
+                tracing::debug!("a phase's end found no phase: {e}");
             }
         }
     }
@@ -555,12 +556,6 @@ async fn next_event(session: &mut Option<Session>) -> Option<proto::SessionEvent
         Some(s) => s.events.message().await.ok().flatten(),
         None => std::future::pending().await,
     }
-}
-
-/// An end that found no phase (its lease was revoked or dropped under it) needs no more than a
-/// debug line: the next begin starts afresh.
-fn tracing_free_log(e: &ClientError) {
-    tracing::debug!("a phase's end found no phase: {e}");
 }
 
 /// The error a caller gets for what the machine refused; `rejected` says how the assigner's
