@@ -223,8 +223,12 @@ pub struct ClientMachine {
     config: ClientConfig,
     state: State,
     connected: bool,
-    /// The connection dropped during the current phase: the assigner no longer knows the lease.
+    /// The connection dropped during the current phase: the assigner no longer knows the lease
+    /// (unless a resumed session claims it back: [`ClientMachine::handle_resumed`]).
     orphaned: bool,
+    /// The connection dropped while a lease was held: the next session should resume the old
+    /// one soon, to claim the lease of a phase still running or to free one swapped out.
+    resume_wanted: bool,
     held: Option<Held>,
     /// The demand of the phase being requested, or to request once a release or a reconnect
     /// completes.
@@ -259,6 +263,7 @@ impl ClientMachine {
             state: State::Idle,
             connected: true,
             orphaned: false,
+            resume_wanted: false,
             held: None,
             pending: None,
             current: None,
@@ -296,6 +301,23 @@ impl ClientMachine {
     /// holds none (see the polling order on [`ClientMachine`]).
     pub fn is_connected(&self) -> bool {
         self.connected
+    }
+
+    /// Whether a lost session held a lease: the owner should open a session soon (without
+    /// waiting for a phase) and resume the old one, claiming [`resume_claim`](Self::resume_claim).
+    /// A restarted assigner holds the old session's leases for a grace period; this lets it free
+    /// a swapped-out one at once, and keep the GPU of a phase still running for it.
+    pub fn wants_resume(&self) -> bool {
+        !self.connected && self.resume_wanted
+    }
+
+    /// The lease a resumed session should claim: that of a phase still running since the
+    /// session was lost (none when its memory was swapped out).
+    pub fn resume_claim(&self) -> Option<LeaseId> {
+        match (self.connected, self.state, self.orphaned) {
+            (false, State::Active, true) => self.held.as_ref().map(|h| h.lease),
+            _ => None,
+        }
     }
 
     /// Where the session is.
@@ -528,6 +550,7 @@ impl ClientMachine {
         }
         self.connected = false;
         self.new_session();
+        self.resume_wanted = self.held.is_some();
         match self.state {
             State::Idle => self.state = State::Disconnected,
             State::Requesting => {
@@ -567,11 +590,33 @@ impl ClientMachine {
             return;
         }
         self.connected = true;
+        self.resume_wanted = false;
         self.new_session();
         if self.state == State::Disconnected {
             self.state = State::Idle;
             if let Some(demand) = self.pending.take() {
                 self.request(demand);
+            }
+        }
+    }
+
+    /// The session just opened (after [`handle_reconnected`](Self::handle_reconnected)) resumed
+    /// the lost one: the assigner kept `kept` for this client. The phase that was running goes on
+    /// under its lease, no longer orphaned (its end reports and releases as usual); any other
+    /// lease kept is one this client no longer uses, and is given back.
+    pub fn handle_resumed(&mut self, kept: &[LeaseId], _now: Instant) {
+        if !self.connected {
+            return;
+        }
+        let running = match (self.state, self.orphaned) {
+            (State::Active, true) => self.held.as_ref().map(|h| h.lease),
+            _ => None,
+        };
+        for lease in kept {
+            if Some(*lease) == running {
+                self.orphaned = false;
+            } else {
+                self.actions.push_back(Action::SendRelease { lease: *lease });
             }
         }
     }

@@ -57,6 +57,16 @@ pub enum Error {
     UnknownRequest(RequestId),
     /// The request belongs to another client.
     NotRequestOwner(RequestId),
+    /// A lease to restore has an id that is already held.
+    LeaseExists(LeaseId),
+    /// A lease to restore does not fit its GPU now: the GPU is lost, held by another lease
+    /// under an exclusive policy, or has too little memory left.
+    RestoreConflict {
+        /// The lease.
+        lease: LeaseId,
+        /// The GPU it does not fit.
+        gpu: GpuId,
+    },
 }
 
 /// The class of an [`Error`], for mapping onto a wire protocol's status codes.
@@ -88,8 +98,8 @@ impl Error {
             | Error::UnknownGpu(_) => ErrorKind::InvalidArgument,
             Error::UnknownClient(_) | Error::UnknownLease(_) | Error::UnknownRequest(_) => ErrorKind::NotFound,
             Error::NotOwner(_) | Error::NotRequestOwner(_) => ErrorKind::PermissionDenied,
-            Error::AlreadyReleased(_) => ErrorKind::FailedPrecondition,
-            Error::ClientExists(_) => ErrorKind::AlreadyExists,
+            Error::AlreadyReleased(_) | Error::RestoreConflict { .. } => ErrorKind::FailedPrecondition,
+            Error::ClientExists(_) | Error::LeaseExists(_) => ErrorKind::AlreadyExists,
             Error::TooManyQueued { .. } => ErrorKind::ResourceExhausted,
         }
     }
@@ -127,6 +137,10 @@ impl fmt::Display for Error {
             Error::AlreadyReleased(l) => write!(f, "{l} was already released"),
             Error::UnknownRequest(r) => write!(f, "{r} is not queued"),
             Error::NotRequestOwner(r) => write!(f, "{r} belongs to another client"),
+            Error::LeaseExists(l) => write!(f, "{l} is already held"),
+            Error::RestoreConflict { lease, gpu } => {
+                write!(f, "{lease} cannot be restored on {gpu}: it is lost, held by another lease, or too full")
+            }
         }
     }
 }

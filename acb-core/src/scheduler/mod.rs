@@ -37,6 +37,7 @@ mod policy;
 mod queue;
 mod reclaim;
 mod reservation;
+mod restore;
 mod validation;
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -48,6 +49,7 @@ pub use self::output::{Grant, Output, YieldReason};
 pub use self::policy::{Policy, UnknownPolicy};
 use self::queue::QueueKey;
 pub use self::queue::QueuedRequest;
+pub use self::restore::RestoredLease;
 use self::reservation::Reservation;
 use self::validation::HealthySummary;
 use crate::{ClientId, Error, GpuId, GpuPool, Health, Instant, LeaseId, Request, RequestId};
