@@ -70,7 +70,8 @@ enum acb_status
    */
   ACB_STATUS_REJECTED = 7,
   /*
-   The assigner refused the caller's identity.
+   The assigner refused the caller's identity, or the client refused the assigner's: its
+   socket is owned by a user other than root, the caller's or `ACB_ASSIGNER_UID`.
    */
   ACB_STATUS_PERMISSION_DENIED = 8,
   /*
@@ -101,6 +102,11 @@ enum acb_status
    The CUDA memory backend was asked for, but there is no CUDA driver or GPU.
    */
   ACB_STATUS_NO_CUDA = 15,
+  /*
+   The client was made by another process: this one is a fork of it. Make a new client in
+   the child; `acb_client_free` on the inherited one returns at once and only forgets it.
+   */
+  ACB_STATUS_FORKED = 16,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -255,8 +261,11 @@ acb_status acb_client_status_json(const acb_client *client, char *buf, size_t le
 
 /*
  Makes a config from the environment (`ACB_ASSIGNER`, `ACB_JOB_ID`, `ACB_AUTH_TOKEN_FILE`,
- `ACB_MEMORY_BACKEND`, `ACB_EAGER_RELEASE`, `ACB_PIN_GPUS`) into `*config_out`. Free it with `acb_config_free`. A malformed `ACB_ASSIGNER` gives
- `ACB_STATUS_INVALID_ARGUMENT`.
+ `ACB_MEMORY_BACKEND`, `ACB_EAGER_RELEASE`, `ACB_PIN_GPUS`, `ACB_ASSIGNER_UID`) into
+ `*config_out`. Free it with `acb_config_free`. A malformed setting gives
+ `ACB_STATUS_INVALID_ARGUMENT`, and `acb_error_message` names it: an `ACB_ASSIGNER` that is not
+ an address, an `ACB_JOB_ID` the assigner would refuse (over 256 bytes, control characters),
+ an `ACB_ASSIGNER_UID` that is not a number.
  */
 acb_status acb_config_new(acb_config **config_out);
 
@@ -271,9 +280,19 @@ void acb_config_free(acb_config *config);
 acb_status acb_config_set_assigner(acb_config *config, const char *addr, size_t len);
 
 /*
- Sets the job's name (`len` bytes of UTF-8 at `job`, at most 256, no control characters).
+ Sets the job's name (`len` bytes of UTF-8 at `job`: 1 to 256, no control characters, the
+ assigner's rule; `ACB_STATUS_INVALID_ARGUMENT` otherwise, with the limit named).
  */
 acb_status acb_config_set_job(acb_config *config, const char *job, size_t len);
+
+/*
+ Allows uid `uid` to own the assigner's Unix socket, besides root and the caller's own user
+ (as `ACB_ASSIGNER_UID` does): for an assigner run by a service account. Before connecting,
+ the client checks the socket's owner and refuses anyone else (`ACB_STATUS_PERMISSION_DENIED`
+ from `acb_client_status_json`, `ACB_STATUS_UNAVAILABLE` from `acb_on_device_begin`, with the
+ owner named). `UINT32_MAX` allows none besides those two.
+ */
+acb_status acb_config_set_assigner_uid(acb_config *config, uint32_t uid);
 
 /*
  Sets the auth token the assigner requires (`len` bytes at `token`).

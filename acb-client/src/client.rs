@@ -45,6 +45,10 @@ pub struct Client {
     profile: Option<Profile>,
     /// The job's swappable device memory (shared with the driver, which swaps it).
     memory: SharedMemory,
+    /// The process that made the client. In a forked child (another pid) every call fails with
+    /// [`Error::Forked`] and dropping leaks: the child has none of the runtime's threads, and its
+    /// copies of the connection's descriptors and of the epoll set are shared with the parent.
+    pid: u32,
 }
 
 impl std::fmt::Debug for Client {
@@ -69,6 +73,8 @@ impl Client {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("acb-client")
+            // Its threads write into the assigner's socket, which may be closed under them.
+            .on_thread_start(crate::sigpipe::block_in_this_thread)
             .enable_all()
             .build()
             .map_err(|e| Error::Internal(format!("cannot start the client's runtime: {e}")))?;
@@ -78,7 +84,7 @@ impl Client {
         let memory = SharedMemory::new(Memory::new(backend));
         let start = runtime.block_on(async { tokio::time::Instant::now() });
         let driver = Driver::new(config.clone(), kept.clone(), memory.clone(), itx, start);
-        runtime.spawn(driver.run(cmds, irx));
+        runtime.spawn(crate::socket_owner::with_assigner_uid(config.assigner_uid, driver.run(cmds, irx)));
         let profile = Profile::from_env(&config.job);
         let client = Client {
             tx,
@@ -89,9 +95,25 @@ impl Client {
             begins: Default::default(),
             profile,
             memory,
+            pid: std::process::id(),
         };
         client.mark(Mark::Start);
         Ok(client)
+    }
+
+    /// [`Error::Forked`] when called in another process than the one that made the client (a
+    /// fork's child): what every call checks first.
+    pub fn ensure_same_process(&self) -> Result<(), Error> {
+        let here = std::process::id();
+        if here == self.pid {
+            return Ok(());
+        }
+        Err(Error::Forked(format!(
+            "this client was made by process {}, and this is process {here}, a fork of it: a forked child \
+             cannot use its parent's client; make a new one in the child (freeing the inherited one only \
+             forgets it)",
+            self.pid
+        )))
     }
 
     /// The settings the client was made with.
@@ -121,6 +143,7 @@ impl Client {
     /// (request withdrawn), [`Error::Rejected`] (the assigner refused the request),
     /// [`Error::OutOfMemory`] (the job's memory could not come back).
     pub fn begin(&self, request: &Request) -> Result<Lease, Error> {
+        self.ensure_same_process()?;
         if request.gpus == 0 {
             return Err(Error::InvalidArgument("a request asks for at least one GPU".into()));
         }
@@ -178,6 +201,7 @@ impl Client {
     /// Ends the GPU phase. Under lazy release the GPU is kept until another job waits for it
     /// (or the idle timeout passes); under eager release it goes back now.
     pub fn end(&self) -> Result<(), Error> {
+        self.ensure_same_process()?;
         if self.phase.compare_exchange(ACTIVE, IDLE, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return Err(Error::NotActive("on_device_end called without on_device_begin".into()));
         }
@@ -208,6 +232,7 @@ impl Client {
     /// Errors: [`Error::NotActive`] outside a GPU phase, [`Error::OutOfMemory`] past the lease's
     /// memory per GPU (the fence), [`Error::InvalidArgument`] for 0 bytes.
     pub fn alloc(&self, size: usize) -> Result<std::ptr::NonNull<u8>, Error> {
+        self.ensure_same_process()?;
         if !self.in_phase() {
             return Err(Error::from(crate::memory::MemError::NoLease));
         }
@@ -218,16 +243,19 @@ impl Client {
     /// Frees memory from [`Client::alloc`], resident or swapped out. A pointer the client did
     /// not hand out (or a second free) is [`Error::InvalidArgument`].
     pub fn free(&self, ptr: *mut u8) -> Result<(), Error> {
+        self.ensure_same_process()?;
         Ok(self.memory.lock().free(ptr as usize)?)
     }
 
     /// Marks an allocation read-only (weights): once copied to host memory its copy is kept,
     /// and later swap-outs skip it. Mark it writable (`read_only` false) before writing it.
     pub fn set_read_only(&self, ptr: *mut u8, read_only: bool) -> Result<(), Error> {
+        self.ensure_same_process()?;
         Ok(self.memory.lock().set_read_only(ptr as usize, read_only)?)
     }
 
-    /// The client's memory figures.
+    /// The client's memory figures. (In a forked child, check [`Client::ensure_same_process`]
+    /// first: the lock may have been held by the parent's driver thread at the fork.)
     pub fn memory_stats(&self) -> MemoryStats {
         self.memory.lock().stats()
     }
@@ -235,21 +263,34 @@ impl Client {
     /// What the assigner offers (its `status --json`: scheduler, GPUs with holders, queue,
     /// clients), over one connection attempt within the connect timeout.
     pub fn status_json(&self) -> Result<String, Error> {
+        self.ensure_same_process()?;
         let rt = self.runtime.as_ref().ok_or_else(|| Error::Internal("the client is closed".into()))?;
         let cfg = &self.config;
-        rt.block_on(async {
+        // The connection is made, and its HTTP/2 preface written, on this (the caller's) thread.
+        let _sigpipe = crate::sigpipe::Suppressed::new();
+        rt.block_on(crate::socket_owner::with_assigner_uid(cfg.assigner_uid, async {
             let mut rpc =
                 crate::connection::connect(&cfg.assigner, cfg.auth_token.as_deref(), cfg.connect_timeout).await?;
             let status =
-                rpc.status(proto::StatusRequest {}).await.map_err(|e| Error::Unavailable(e.message().to_string()))?;
+                rpc.status(proto::StatusRequest::default()).await.map_err(|e| Error::Unavailable(e.message().to_string()))?;
             Ok(crate::status::status_json(&status.into_inner()))
-        })
+        }))
     }
 }
 
 impl Drop for Client {
     /// Releases a lease the client holds, closes its session and stops its thread.
     fn drop(&mut self) {
+        if self.ensure_same_process().is_err() {
+            // A fork's child: nothing here is its own. Shutting the runtime down would wait for
+            // threads the child does not have and deregister the parent's sockets from the
+            // epoll set both share; dropping the sender could wake the parent's driver. Leak.
+            std::mem::forget(self.runtime.take());
+            let (closed, _) = mpsc::unbounded_channel();
+            std::mem::forget(std::mem::replace(&mut self.tx, closed));
+            std::mem::forget(self.profile.take());
+            return;
+        }
         self.mark(Mark::Stop);
         let (tx, rx) = std_mpsc::channel();
         if self.tx.send(Cmd::Close { reply: tx }).is_ok() {

@@ -29,6 +29,9 @@ pub struct Config {
     pub memory_backend: MemoryBackend,
     /// Every phase after the first asks for the GPUs of the first grant.
     pub pin_gpus: bool,
+    /// The uid allowed to own the assigner's Unix socket besides root and the client's own
+    /// (`ACB_ASSIGNER_UID`): see [`crate::socket_owner`].
+    pub assigner_uid: Option<u32>,
 }
 
 /// Where `acb_client_alloc` memory lives.
@@ -55,13 +58,24 @@ impl Config {
     /// The settings the environment gives: `ACB_ASSIGNER` (else the default socket),
     /// `ACB_JOB_ID` (else a generated id), `ACB_AUTH_TOKEN_FILE`, `ACB_MEMORY_BACKEND` (`host`,
     /// the default, or `cuda`), `ACB_EAGER_RELEASE` (`1` for eager release; lazy by default),
-    /// `ACB_PIN_GPUS` (`1`: every phase on the GPUs of the first).
+    /// `ACB_PIN_GPUS` (`1`: every phase on the GPUs of the first), `ACB_ASSIGNER_UID` (the uid
+    /// that may own the assigner's socket besides root and this user).
+    ///
+    /// A job id the assigner would refuse (over [`acb_proto::MAX_JOB_BYTES`] bytes, control
+    /// characters, not UTF-8) is [`Error::InvalidArgument`] here, naming the limit.
     pub fn from_env() -> Result<Config, Error> {
         let assigner = Address::from_env().map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let job = match std::env::var("ACB_JOB_ID") {
-            Ok(j) if !j.is_empty() => j,
-            _ => generated_job_id(),
+            Ok(j) if !j.is_empty() => {
+                check_job(&j).map_err(|e| Error::InvalidArgument(format!("ACB_JOB_ID: {e}")))?;
+                j
+            }
+            Ok(_) | Err(std::env::VarError::NotPresent) => generated_job_id(),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(Error::InvalidArgument("ACB_JOB_ID: a job name is UTF-8".into()));
+            }
         };
+        let assigner_uid = crate::socket_owner::uid_from_env()?;
         let auth_token = match std::env::var_os("ACB_AUTH_TOKEN_FILE") {
             Some(p) => Some(read_token(std::path::Path::new(&p))?),
             None => None,
@@ -84,8 +98,18 @@ impl Config {
             auth_token,
             memory_backend,
             pin_gpus,
+            assigner_uid,
         })
     }
+}
+
+/// A job's name as the assigner accepts it: 1 to [`acb_proto::MAX_JOB_BYTES`] bytes, no control
+/// characters ([`acb_proto::check_job_name`], the assigner's own rule). The error names the limit.
+pub fn check_job(job: &str) -> Result<(), Error> {
+    if job.is_empty() {
+        return Err(Error::InvalidArgument("a job name has at least 1 byte".into()));
+    }
+    acb_proto::check_job_name(job).map_err(|e| Error::InvalidArgument(e.to_string()))
 }
 
 /// A yes/no setting from the environment: `1`/`true`/`yes`, `0`/`false`/`no`/empty/unset.

@@ -55,8 +55,11 @@ fn keepalive(e: Endpoint) -> Endpoint {
 }
 
 /// A gRPC channel to `addr` (tonic's own `unix:` endpoints for Unix sockets), connected within
-/// `timeout`.
+/// `timeout`. A Unix socket's owner is checked first ([`crate::socket_owner::check`]).
 pub async fn channel(addr: &Address, timeout: Duration) -> Result<Channel, Error> {
+    if let Address::Unix(path) = addr {
+        crate::socket_owner::check(path)?;
+    }
     let uri = match addr {
         Address::Unix(path) => format!(
             "unix:{}",

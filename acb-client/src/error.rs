@@ -22,7 +22,8 @@ pub enum Error {
     /// The assigner refused the request.
     #[error("{0}")]
     Rejected(String),
-    /// The assigner refused this client's identity.
+    /// The assigner refused this client's identity, or the client refused the assigner's (its
+    /// socket is owned by a user not allowed: see [`crate::socket_owner`]).
     #[error("{0}")]
     PermissionDenied(String),
     /// The lease was revoked: a GPU it used was lost.
@@ -37,6 +38,10 @@ pub enum Error {
     /// A fault inside the client or the assigner.
     #[error("{0}")]
     Internal(String),
+    /// The client was made by another process: this one is a fork of it. The child cannot use
+    /// its parent's connection or threads; it makes a client of its own.
+    #[error("{0}")]
+    Forked(String),
 }
 
 impl From<crate::memory::MemError> for Error {

@@ -27,12 +27,14 @@ pub mod events;
 mod lease;
 mod memory;
 mod profile;
+mod sigpipe;
+pub mod socket_owner;
 mod status;
 
 pub use acb_core::ReleaseMode;
 pub use acb_proto::Address;
 pub use client::Client;
-pub use config::{Config, MemoryBackend, read_token};
+pub use config::{Config, MemoryBackend, check_job, read_token};
 pub use error::Error;
 pub use lease::{Device, Lease, Request};
 pub use memory::MemoryStats;

@@ -27,8 +27,11 @@ pub(crate) fn str_arg<'a>(s: *const c_char, len: usize, what: &str) -> Result<&'
 }
 
 /// Makes a config from the environment (`ACB_ASSIGNER`, `ACB_JOB_ID`, `ACB_AUTH_TOKEN_FILE`,
-/// `ACB_MEMORY_BACKEND`, `ACB_EAGER_RELEASE`, `ACB_PIN_GPUS`) into `*config_out`. Free it with `acb_config_free`. A malformed `ACB_ASSIGNER` gives
-/// `ACB_STATUS_INVALID_ARGUMENT`.
+/// `ACB_MEMORY_BACKEND`, `ACB_EAGER_RELEASE`, `ACB_PIN_GPUS`, `ACB_ASSIGNER_UID`) into
+/// `*config_out`. Free it with `acb_config_free`. A malformed setting gives
+/// `ACB_STATUS_INVALID_ARGUMENT`, and `acb_error_message` names it: an `ACB_ASSIGNER` that is not
+/// an address, an `ACB_JOB_ID` the assigner would refuse (over 256 bytes, control characters),
+/// an `ACB_ASSIGNER_UID` that is not a number.
 #[unsafe(no_mangle)]
 pub extern "C" fn acb_config_new(config_out: *mut *mut acb_config) -> acb_status {
     ffi_panic_boundary! {
@@ -68,16 +71,31 @@ pub extern "C" fn acb_config_set_assigner(config: *mut acb_config, addr: *const 
     }
 }
 
-/// Sets the job's name (`len` bytes of UTF-8 at `job`, at most 256, no control characters).
+/// Sets the job's name (`len` bytes of UTF-8 at `job`: 1 to 256, no control characters, the
+/// assigner's rule; `ACB_STATUS_INVALID_ARGUMENT` otherwise, with the limit named).
 #[unsafe(no_mangle)]
 pub extern "C" fn acb_config_set_job(config: *mut acb_config, job: *const c_char, len: usize) -> acb_status {
     ffi_panic_boundary! {
         let cfg = &mut try_mut!(config).0;
         let s = match str_arg(job, len, "job") { Ok(s) => s, Err(st) => return st };
-        if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) {
-            return fail(acb_status::InvalidArgument, "a job name has 1 to 256 bytes and no control characters");
+        if let Err(e) = ::acb_client::check_job(s) {
+            return crate::error::fail_with(&e);
         }
         cfg.job = s.to_string();
+        acb_status::Ok
+    }
+}
+
+/// Allows uid `uid` to own the assigner's Unix socket, besides root and the caller's own user
+/// (as `ACB_ASSIGNER_UID` does): for an assigner run by a service account. Before connecting,
+/// the client checks the socket's owner and refuses anyone else (`ACB_STATUS_PERMISSION_DENIED`
+/// from `acb_client_status_json`, `ACB_STATUS_UNAVAILABLE` from `acb_on_device_begin`, with the
+/// owner named). `UINT32_MAX` allows none besides those two.
+#[unsafe(no_mangle)]
+pub extern "C" fn acb_config_set_assigner_uid(config: *mut acb_config, uid: u32) -> acb_status {
+    ffi_panic_boundary! {
+        let cfg = &mut try_mut!(config).0;
+        cfg.assigner_uid = (uid != u32::MAX).then_some(uid);
         acb_status::Ok
     }
 }

@@ -100,6 +100,9 @@ pub extern "C" fn acb_client_memory_stats(client: *const acb_client, stats_out: 
     ffi_panic_boundary! {
         let c = try_ref!(client);
         check_out!(stats_out);
+        if let Err(e) = c.0.ensure_same_process() {
+            return crate::error::fail_with(&e);
+        }
         // SAFETY: checked non-NULL.
         unsafe { *stats_out = c.0.memory_stats().into() };
         acb_status::Ok

@@ -39,6 +39,7 @@ pub(crate) fn fail_with(e: &::acb_client::Error) -> acb_status {
         E::OutOfMemory(_) => acb_status::OutOfMemory,
         E::NoCuda(_) => acb_status::NoCuda,
         E::Internal(_) => acb_status::Internal,
+        E::Forked(_) => acb_status::Forked,
     };
     fail(status, e.to_string())
 }

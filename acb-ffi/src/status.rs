@@ -23,7 +23,8 @@ pub enum acb_status {
     NotActive = 6,
     /// The assigner refused the request (more GPUs or memory than it has, ...).
     Rejected = 7,
-    /// The assigner refused the caller's identity.
+    /// The assigner refused the caller's identity, or the client refused the assigner's: its
+    /// socket is owned by a user other than root, the caller's or `ACB_ASSIGNER_UID`.
     PermissionDenied = 8,
     /// The lease's GPU was lost while in use.
     LeaseRevoked = 9,
@@ -39,6 +40,9 @@ pub enum acb_status {
     OutOfMemory = 14,
     /// The CUDA memory backend was asked for, but there is no CUDA driver or GPU.
     NoCuda = 15,
+    /// The client was made by another process: this one is a fork of it. Make a new client in
+    /// the child; `acb_client_free` on the inherited one returns at once and only forgets it.
+    Forked = 16,
 }
 
 impl acb_status {
@@ -46,7 +50,7 @@ impl acb_status {
     /// their Rust names, which compiled nowhere).
     ///
     /// cbindgen:ignore
-    pub const ALL: [acb_status; 16] = [
+    pub const ALL: [acb_status; 17] = [
         acb_status::Ok,
         acb_status::NullParameter,
         acb_status::InvalidArgument,
@@ -63,6 +67,7 @@ impl acb_status {
         acb_status::Panic,
         acb_status::OutOfMemory,
         acb_status::NoCuda,
+        acb_status::Forked,
     ];
 
     /// The status with this number, if any.
@@ -81,7 +86,9 @@ impl acb_status {
             acb_status::AlreadyActive => "a GPU phase is already active: call acb_on_device_end first",
             acb_status::NotActive => "no GPU phase is active: call acb_on_device_begin first",
             acb_status::Rejected => "the assigner refused the request",
-            acb_status::PermissionDenied => "the assigner refused this client's identity",
+            acb_status::PermissionDenied => {
+                "permission denied: the assigner refused this client's identity, or the assigner's socket has an owner not allowed"
+            }
             acb_status::LeaseRevoked => "the lease was revoked: a GPU it used was lost",
             acb_status::BufferTooSmall => "the output buffer is too small",
             acb_status::OutOfRange => "an index is out of range",
@@ -89,6 +96,7 @@ impl acb_status {
             acb_status::Panic => "a panic inside libacb (a bug)",
             acb_status::OutOfMemory => "out of device memory: the allocation would pass the lease's memory",
             acb_status::NoCuda => "no CUDA driver or GPU for the CUDA memory backend",
+            acb_status::Forked => "the client was made by another process (before a fork): make a new client here",
         }
     }
 }

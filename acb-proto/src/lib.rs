@@ -4,15 +4,18 @@
 //!   .proto, so no build runs protoc. `ACB_REGENERATE=1 cargo test -p acb-proto --test
 //!   generated` rewrites it after a change of the .proto.
 //! - [`Address`]: where an assigner listens (`unix:/path`, `tcp:IP:PORT`).
+//! - [`job`]: the rule for a job's name (length, characters), one copy for daemon and clients.
 //! - [`reason`]: machine-readable error reasons (`google.rpc.ErrorInfo` in the status details),
 //!   so that clients never match message text.
 //!
 //! Depends on prost and tonic only: never on the daemon, the core or the client.
 
 pub mod address;
+pub mod job;
 pub mod reason;
 
 pub use address::{Address, AddressError};
+pub use job::{JobNameError, MAX_JOB_BYTES, check_job_name};
 pub use reason::{ErrorReason, reason_of, status_with_reason};
 
 /// The generated types and services of `acb.v1`.

@@ -21,6 +21,7 @@ fn client(assigner: &Assigner, job: &str) -> Client {
         auth_token: None,
         memory_backend: MemoryBackend::Host,
         pin_gpus: false,
+        assigner_uid: None,
     };
     Client::new(config).unwrap()
 }
@@ -78,6 +79,7 @@ fn no_assigner_is_unavailable_after_the_retries() {
         auth_token: None,
         memory_backend: MemoryBackend::Host,
         pin_gpus: false,
+        assigner_uid: None,
     };
     let c = Client::new(config).unwrap();
     match c.begin(&Request::default()) {
