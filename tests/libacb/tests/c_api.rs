@@ -3,40 +3,14 @@
 //! then run as real processes against a real assigner on a temporary Unix socket.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use acb_core::record::EventKind;
-use common::{Assigner, lib_dir, scratch};
+use common::{Assigner, compile, lib_dir, root, scratch};
 
 mod common;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Compiles `src` (C, or C++ for .cpp) into `out` against libacb, strict and sanitized.
-fn compile(src: &Path, out: &Path) {
-    let cpp = src.extension().is_some_and(|e| e == "cpp");
-    let lib = lib_dir();
-    assert!(lib.join("libacb.so").exists(), "libacb.so not built in {}", lib.display());
-    let status = Command::new(if cpp { "g++" } else { "gcc" })
-        .args(if cpp { ["-std=c++17"] } else { ["-std=c11"] })
-        .args(["-Wall", "-Wextra", "-Werror", "-Wpedantic", "-g", "-fsanitize=address,undefined"])
-        .arg("-fno-sanitize-recover=all")
-        .arg(format!("-I{}", root().join("include").display()))
-        .arg(format!("-I{}", root().join("bindings/c/include").display()))
-        .arg(src)
-        .arg("-o")
-        .arg(out)
-        .arg(format!("-L{}", lib.display()))
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .arg("-lacb")
-        .status()
-        .unwrap();
-    assert!(status.success(), "compiling {} failed", src.display());
-}
 
 fn run(bin: &Path, args: &[&str], assigner: Option<&str>) -> Output {
     let mut cmd = Command::new(bin);

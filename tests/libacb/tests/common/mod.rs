@@ -1,7 +1,8 @@
 //! A real assigner in a thread of the test process, on a temporary socket.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use acb_assigner::config::{Address, GpuSpec, ServeConfig};
@@ -18,6 +19,36 @@ pub fn lib_dir() -> PathBuf {
         .into_iter()
         .find(|d| d.join("libacb.so").exists() && d.join("libacb.a").exists())
         .unwrap_or_else(|| panic!("libacb.so and libacb.a not built next to {}", exe.display()))
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Compiles `src` (C, or C++ for .cpp) into `out` against this run's libacb, strict and
+/// sanitized.
+pub fn compile(src: &Path, out: &Path) {
+    let cpp = src.extension().is_some_and(|e| e == "cpp");
+    let lib = lib_dir();
+    assert!(lib.join("libacb.so").exists(), "libacb.so not built in {}", lib.display());
+    let status = Command::new(if cpp { "g++" } else { "gcc" })
+        .args(if cpp { ["-std=c++17"] } else { ["-std=c11"] })
+        .args(["-Wall", "-Wextra", "-Werror", "-Wpedantic", "-g", "-fsanitize=address,undefined"])
+        .arg("-fno-sanitize-recover=all")
+        .arg(format!("-I{}", root().join("include").display()))
+        .arg(format!("-I{}", root().join("bindings/c/include").display()))
+        .arg(src)
+        .arg("-o")
+        .arg(out)
+        .arg(format!("-L{}", lib.display()))
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        // DT_RPATH, not RUNPATH: it comes before LD_LIBRARY_PATH, which `cargo test` sets to
+        // target/<profile> too, where an older libacb.so from `cargo build` may linger.
+        .arg("-Wl,--disable-new-dtags")
+        .arg("-lacb")
+        .status()
+        .unwrap();
+    assert!(status.success(), "compiling {} failed", src.display());
 }
 
 pub fn scratch(tag: &str) -> PathBuf {
@@ -64,21 +95,26 @@ impl Assigner {
 
     /// The assigner's event record so far.
     pub fn events(&self) -> Vec<acb_core::record::Event> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let addr: Address = self.addr().parse().unwrap();
-            let mut rpc = ::acb_client::connection::connect(&addr, None, Duration::from_secs(5)).await.unwrap();
-            let mut s = rpc.watch(proto::WatchRequest { replay: true }).await.unwrap().into_inner();
-            let mut out = Vec::new();
-            while let Some(e) = s.message().await.unwrap() {
-                if matches!(e.kind, Some(proto::event::Kind::HistoryEnd(_))) {
-                    break;
-                }
-                out.extend(::acb_client::events::from_proto(e));
-            }
-            out
-        })
+        events_at(&self.addr())
     }
+}
+
+/// The event record so far of the assigner at `addr`.
+pub fn events_at(addr: &str) -> Vec<acb_core::record::Event> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let addr: Address = addr.parse().unwrap();
+        let mut rpc = ::acb_client::connection::connect(&addr, None, Duration::from_secs(5)).await.unwrap();
+        let mut s = rpc.watch(proto::WatchRequest { replay: true }).await.unwrap().into_inner();
+        let mut out = Vec::new();
+        while let Some(e) = s.message().await.unwrap() {
+            if matches!(e.kind, Some(proto::event::Kind::HistoryEnd(_))) {
+                break;
+            }
+            out.extend(::acb_client::events::from_proto(e));
+        }
+        out
+    })
 }
 
 impl Drop for Assigner {
