@@ -3,7 +3,7 @@ PyTorch in the same run (rounds alternate plain and auto; medians). Goal: at mos
 white paper reports about 5%). Each job times its own loop, after a warm-up, so process
 start-up is not counted.
 
-    ACB_ASSIGNER=unix:/tmp/acb.sock python gpu-tier/overhead.py
+    ACB_ASSIGNER=unix:/tmp/acb/assigner.sock python gpu-tier/overhead.py
 """
 import argparse
 import sys

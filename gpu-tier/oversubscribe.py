@@ -2,7 +2,7 @@
 GPU in auto mode, more than the GPU has, all at once; beside the same jobs run one at a time
 without acb. Every job's result must be identical both ways.
 
-    ACB_ASSIGNER=unix:/tmp/acb.sock python gpu-tier/oversubscribe.py [--jobs 4] [--gib 30]
+    ACB_ASSIGNER=unix:/tmp/acb/assigner.sock python gpu-tier/oversubscribe.py [--jobs 4] [--gib 30]
 """
 import argparse
 import os

@@ -3,7 +3,7 @@ pinned copy (PyTorch, cudaMemcpyAsync) in the same run, for 1, 4 and 16 GiB
 (ACB_BW_GIB=1,4,16). Goal: at least 90% of the plain copy. The bytes are checked after the
 last swap-in.
 
-    ACB_ASSIGNER=unix:/tmp/acb.sock python gpu-tier/swap_bandwidth.py
+    ACB_ASSIGNER=unix:/tmp/acb/assigner.sock python gpu-tier/swap_bandwidth.py
 """
 import ctypes
 import os

@@ -56,6 +56,18 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     /// Like `--node-name`.
     pub node_name: Option<String>,
+    /// Like `--max-connections`.
+    pub max_connections: Option<usize>,
+    /// Like `--handshake-timeout`.
+    pub handshake_timeout: Option<String>,
+    /// Like `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// Like `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// Like `--tls-client-ca`.
+    pub tls_client_ca: Option<PathBuf>,
+    /// Like `--insecure`.
+    pub insecure: Option<bool>,
 }
 
 impl FileConfig {
@@ -86,6 +98,16 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     /// This node's name in the pool.
     pub node_name: String,
+    /// Where the token came from (warned about when group or others can read it).
+    pub auth_token_file: Option<PathBuf>,
+    /// Open connections at most, all listeners together (lowered to fit the descriptor limit).
+    pub max_connections: usize,
+    /// Time a new connection has to start talking (and to finish a TLS handshake).
+    pub handshake_timeout: Duration,
+    /// TLS for the TCP listeners.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Allows a non-loopback TCP listener without TLS (`--insecure`).
+    pub insecure: bool,
 }
 
 impl ServeConfig {
@@ -101,6 +123,11 @@ impl ServeConfig {
             auth_token: None,
             log_format: LogFormat::Text,
             node_name: "simulated".into(),
+            auth_token_file: None,
+            max_connections: crate::listener::DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: crate::listener::DEFAULT_HANDSHAKE_TIMEOUT,
+            tls: None,
+            insecure: false,
         }
     }
 }

@@ -58,6 +58,12 @@ pub enum Error {
     /// A non-loopback address without a token.
     #[error("refusing to listen on {0} (not loopback) without --auth-token-file")]
     Insecure(Address),
+    /// A non-loopback address without TLS or `--insecure`.
+    #[error(
+        "refusing to listen on {0} (not loopback) in plaintext: give --tls-cert and --tls-key, or --insecure to \
+         send the token in the clear"
+    )]
+    Plaintext(Address),
     /// A listener (a socket, the metrics endpoint) could not be set up: what was being done,
     /// and the system's reason.
     #[error("{what}: {source}")]
@@ -70,6 +76,13 @@ pub enum Error {
     /// A Unix socket path taken by something that must not be replaced.
     #[error("{0}")]
     SocketInUse(String),
+    /// A socket directory another local user could use to take the socket's place (a symlink,
+    /// not ours, writable by others), or a socket path with no file name.
+    #[error("{0}")]
+    SocketDir(String),
+    /// A TLS certificate, key or CA file that cannot be read or used.
+    #[error("{0}")]
+    Tls(String),
     /// The gRPC reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(String),

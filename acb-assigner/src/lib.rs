@@ -11,9 +11,12 @@ pub mod convert;
 pub mod discovery;
 pub mod driver;
 mod error;
+pub mod listener;
 pub mod metrics;
 pub mod server;
 pub mod service;
+pub mod tls;
+pub mod unix_socket;
 
 pub use error::{Error, NO_GPU_HINT};
 

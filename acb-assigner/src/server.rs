@@ -1,13 +1,10 @@
 //! Listeners, authentication, health and reflection, and graceful shutdown.
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
@@ -20,9 +17,7 @@ use crate::metrics::Metrics;
 use crate::proto::assigner_server::AssignerServer;
 use crate::service::AssignerService;
 
-/// Mode of the Unix socket: owner and group may connect. Put the users of the GPUs in the
-/// daemon's group.
-pub const SOCKET_MODE: u32 = 0o660;
+pub use crate::unix_socket::{SOCKET_MODE, bind_unix};
 
 /// Checks `authorization: Bearer TOKEN` on every call when a token is configured.
 #[derive(Clone, Debug)]
@@ -62,36 +57,54 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Binds a Unix socket at `path` with [`SOCKET_MODE`], replacing a stale socket file but
-/// never a live socket or a file that is not a socket.
-pub fn bind_unix(path: &Path) -> Result<UnixListener, Error> {
-    let failed = |what: String| move |source| Error::Listen { what, source };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(failed(format!("cannot create {}", dir.display())))?;
-    }
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(Error::SocketInUse(format!("{} exists and is not a socket; not touching it", path.display())));
+/// Refuses a non-loopback TCP listener without a token, or without TLS unless `insecure`.
+pub fn check_exposure(listen: &[Address], token: bool, tls: bool, insecure: bool) -> Result<(), Error> {
+    for a in listen.iter().filter(|a| !a.is_local()) {
+        if !token {
+            return Err(Error::Insecure(a.clone()));
         }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(Error::SocketInUse(format!("another process is listening on {}", path.display())));
+        if !tls && !insecure {
+            return Err(Error::Plaintext(a.clone()));
         }
-        std::fs::remove_file(path).map_err(failed(format!("cannot remove stale socket {}", path.display())))?;
     }
-    let listener = UnixListener::bind(path).map_err(failed(format!("cannot listen on {}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
-        .map_err(failed(format!("cannot set the mode of {}", path.display())))?;
-    Ok(listener)
+    Ok(())
+}
+
+/// Server HTTP/2 keepalive: a ping every 10 s, unanswered for 20 s ends the connection, so a
+/// client whose host vanished loses its session (and so its leases) within about 30 s.
+pub const HTTP2_KEEPALIVE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(20));
+
+/// The error and its sources, each said once.
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = inner.source();
+    }
+    s
 }
 
 /// Runs the assigner until `stop` resolves (SIGTERM/SIGINT in the binary), then stops
 /// accepting, tells connected clients, drains and returns.
 pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>) -> Result<(), Error> {
-    for a in &cfg.listen {
-        if !a.is_local() && cfg.auth_token.is_none() {
-            return Err(Error::Insecure(a.clone()));
-        }
+    check_exposure(&cfg.listen, cfg.auth_token.is_some(), cfg.tls.is_some(), cfg.insecure)?;
+    if let Some(p) = &cfg.auth_token_file {
+        crate::tls::warn_if_readable_by_others(p, "the auth token file");
     }
+    if let Some(t) = &cfg.tls {
+        crate::tls::warn_if_readable_by_others(&t.key, "the TLS key");
+    }
+    let tls = cfg.tls.as_ref().map(|t| t.server_config(cfg.handshake_timeout)).transpose()?;
+    if tls.is_some() && cfg.listen.iter().all(|a| matches!(a, Address::Unix(_))) {
+        tracing::warn!("--tls-cert given but no TCP listener: Unix sockets do not use TLS");
+    }
+    let limits =
+        crate::listener::Limits::new(cfg.max_connections, cfg.handshake_timeout, crate::listener::raise_fd_limit());
     let gpus = crate::discovery::discover(&cfg.gpus)?;
     let fake = gpus.iter().filter(|g| g.fake).count();
     tracing::info!(
@@ -120,7 +133,13 @@ pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>
     let mut servers = Vec::new();
     let mut sockets = Vec::new();
     for addr in &cfg.listen {
-        let router = Server::builder()
+        let mut builder = Server::builder()
+            .http2_keepalive_interval(Some(HTTP2_KEEPALIVE.0))
+            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE.1));
+        if let (Address::Tcp(_), Some(tls)) = (addr, &tls) {
+            builder = builder.tls_config(tls.clone()).map_err(|e| Error::Tls(format!("TLS: {}", source_chain(&e))))?;
+        }
+        let router = builder
             .add_service(InterceptedService::new(AssignerServer::new(service.clone()), auth.clone()))
             .add_service(InterceptedService::new(health.clone(), auth.clone()))
             .add_service(InterceptedService::new(reflection.clone(), auth.clone()));
@@ -129,14 +148,14 @@ pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>
             Address::Unix(path) => {
                 let listener = bind_unix(path)?;
                 sockets.push(path.clone());
-                let incoming = UnixListenerStream::new(listener);
+                let incoming = crate::listener::incoming(listener, limits.clone(), addr.to_string());
                 servers.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown)));
             }
             Address::Tcp(sa) => {
                 let listener = TcpListener::bind(sa)
                     .await
                     .map_err(|source| Error::Listen { what: format!("cannot listen on {addr}"), source })?;
-                let incoming = TcpListenerStream::new(listener);
+                let incoming = crate::listener::incoming(listener, limits.clone(), addr.to_string());
                 servers.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown)));
             }
         }

@@ -1,4 +1,5 @@
-//! The connection to an assigner: connect over Unix or TCP (with the bearer token), and the
+//! The connection to an assigner: connect over Unix or TCP (with the bearer token; over TLS when
+//! `ACB_TLS_CA` is set, see [`crate::tls`]), and the
 //! session (`Session`: hello, allocate, release, phase and swap reports, events). The driver
 //! uses it; so do the assigner's CLI, bench and demo.
 
@@ -54,9 +55,25 @@ fn keepalive(e: Endpoint) -> Endpoint {
         .keep_alive_while_idle(true)
 }
 
-/// A gRPC channel to `addr` (tonic's own `unix:` endpoints for Unix sockets), connected within
-/// `timeout`. A Unix socket's owner is checked first ([`crate::socket_owner::check`]).
+/// A gRPC channel to `addr` (tonic's own `unix:` endpoints for Unix sockets; TLS to a TCP
+/// address when the environment says so, see [`crate::tls`]), connected within `timeout`. A
+/// Unix socket's owner is checked first ([`crate::socket_owner::check`]).
 pub async fn channel(addr: &Address, timeout: Duration) -> Result<Channel, Error> {
+    let tls = match addr {
+        Address::Tcp(_) => crate::tls::TlsEnv::from_env()?,
+        Address::Unix(_) => None,
+    };
+    channel_with(addr, timeout, tls.as_ref()).await
+}
+
+/// [`channel`] with TLS settings given rather than read from the environment (`None`:
+/// plaintext; ignored for Unix sockets).
+pub async fn channel_with(
+    addr: &Address,
+    timeout: Duration,
+    tls: Option<&crate::tls::TlsEnv>,
+) -> Result<Channel, Error> {
+    let tls = if matches!(addr, Address::Tcp(_)) { tls } else { None };
     if let Address::Unix(path) = addr {
         crate::socket_owner::check(path)?;
     }
@@ -66,10 +83,14 @@ pub async fn channel(addr: &Address, timeout: Duration) -> Result<Channel, Error
             path.to_str()
                 .ok_or_else(|| Error::InvalidArgument(format!("{}: a socket path must be UTF-8", path.display())))?
         ),
+        Address::Tcp(sa) if tls.is_some() => format!("https://{sa}"),
         Address::Tcp(sa) => format!("http://{sa}"),
     };
-    let endpoint = keepalive(Endpoint::from_shared(uri).map_err(|e| Error::InvalidArgument(e.to_string()))?)
+    let mut endpoint = keepalive(Endpoint::from_shared(uri).map_err(|e| Error::InvalidArgument(e.to_string()))?)
         .connect_timeout(timeout);
+    if let (Some(tls), Address::Tcp(sa)) = (tls, addr) {
+        endpoint = with_tls(endpoint, tls, sa.ip())?;
+    }
     // tonic bounds a TCP connect by `connect_timeout`, not a Unix one: bound the whole attempt.
     match tokio::time::timeout(timeout, endpoint.connect()).await {
         Ok(Ok(channel)) => Ok(channel),
@@ -79,6 +100,21 @@ pub async fn channel(addr: &Address, timeout: Duration) -> Result<Channel, Error
             timeout.as_millis()
         ))),
     }
+}
+
+#[cfg(feature = "tls")]
+fn with_tls(endpoint: Endpoint, tls: &crate::tls::TlsEnv, ip: std::net::IpAddr) -> Result<Endpoint, Error> {
+    endpoint
+        .tls_config(tls.client_config(ip)?)
+        .map_err(|e| Error::InvalidArgument(format!("TLS settings ({}): {}", crate::tls::CA_VAR, source_chain(&e))))
+}
+
+#[cfg(not(feature = "tls"))]
+fn with_tls(_: Endpoint, _: &crate::tls::TlsEnv, _: std::net::IpAddr) -> Result<Endpoint, Error> {
+    Err(Error::InvalidArgument(format!(
+        "{} is set but this client was built without TLS (acb-client's feature `tls`)",
+        crate::tls::CA_VAR
+    )))
 }
 
 /// The error and its sources, each said once (layers of tonic and hyper often repeat the message

@@ -29,6 +29,7 @@ mod memory;
 mod profile;
 mod sigpipe;
 pub mod socket_owner;
+pub mod tls;
 mod status;
 
 pub use acb_core::ReleaseMode;

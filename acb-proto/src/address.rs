@@ -38,11 +38,34 @@ pub enum AddressError {
 }
 
 impl Address {
-    /// The default: a Unix socket at `$XDG_RUNTIME_DIR/acb/assigner.sock`, or
-    /// `/tmp/acb/assigner.sock` where `XDG_RUNTIME_DIR` is unset.
+    /// The system socket, where a system daemon (running as root) listens.
+    pub const SYSTEM_SOCKET: &'static str = "/run/acb/assigner.sock";
+
+    /// The per-user socket, `$XDG_RUNTIME_DIR/acb/assigner.sock`: only for a process that is not
+    /// root and has an absolute `XDG_RUNTIME_DIR` (a directory only its user can write, so no
+    /// other local user can take the socket's place there).
+    pub fn user_socket() -> Option<Address> {
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            return None;
+        }
+        let dir = PathBuf::from(std::env::var_os("XDG_RUNTIME_DIR")?);
+        dir.is_absolute().then(|| Address::Unix(dir.join("acb").join("assigner.sock")))
+    }
+
+    /// Where a daemon listens by default: [`Address::user_socket`] for a daemon run by a user
+    /// other than root, else [`Address::SYSTEM_SOCKET`].
+    pub fn default_listen() -> Address {
+        Address::user_socket().unwrap_or_else(|| Address::Unix(PathBuf::from(Self::SYSTEM_SOCKET)))
+    }
+
+    /// Where a client looks by default: its user's own socket ([`Address::user_socket`]) if one
+    /// exists there, else [`Address::SYSTEM_SOCKET`].
     pub fn default_socket() -> Address {
-        let dir = std::env::var_os("XDG_RUNTIME_DIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
-        Address::Unix(dir.join("acb").join("assigner.sock"))
+        match Address::user_socket() {
+            Some(Address::Unix(p)) if std::fs::symlink_metadata(&p).is_ok() => Address::Unix(p),
+            _ => Address::Unix(PathBuf::from(Self::SYSTEM_SOCKET)),
+        }
     }
 
     /// Where clients look: `ACB_ASSIGNER` if set, else [`Address::default_socket`].
@@ -107,5 +130,21 @@ mod tests {
         assert!(Address::Unix("/x".into()).is_local());
         assert!("tcp:[::1]:1".parse::<Address>().unwrap().is_local());
         assert!(!"tcp:10.0.0.1:1".parse::<Address>().unwrap().is_local());
+    }
+
+    #[test]
+    fn the_defaults_are_the_system_socket_unless_a_user_runs_it() {
+        // Whoever runs the tests: root gets the system socket whatever XDG_RUNTIME_DIR says.
+        let system = Address::Unix(Address::SYSTEM_SOCKET.into());
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            assert_eq!(Address::user_socket(), None);
+            assert_eq!(Address::default_listen(), system);
+            assert_eq!(Address::default_socket(), system);
+        } else if let Some(Address::Unix(p)) = Address::user_socket() {
+            assert_eq!(Address::default_listen(), Address::Unix(p.clone()));
+            let expected = if p.exists() { Address::Unix(p) } else { system };
+            assert_eq!(Address::default_socket(), expected);
+        }
     }
 }

@@ -3,7 +3,7 @@
  * search) without a GPU, then a GPU phase (structure inference) with one, through libacb.
  *
  *   cc -std=c11 fold.c -I../../include -L../../target/release -Wl,-rpath,$PWD/../../target/release -lacb -o fold
- *   ACB_ASSIGNER=unix:/tmp/acb.sock ACB_JOB_ID=fold-c ./fold [PROTEINS] [MSA_MS] [FOLD_MS]
+ *   ACB_ASSIGNER=unix:/tmp/acb/assigner.sock ACB_JOB_ID=fold-c ./fold [PROTEINS] [MSA_MS] [FOLD_MS]
  *
  * Both phases are sleeps here (the GPU phase is SIMULATED); a real job runs its search where the
  * first sleep is and launches its kernels on the granted device where the second is.

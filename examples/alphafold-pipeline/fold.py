@@ -1,7 +1,7 @@
 """An AlphaFold2-like job in manual mode: per protein, a long CPU phase (MSA and template
 search) without a GPU, then a GPU phase (structure inference) with one.
 
-    agarun --assigner unix:/tmp/acb.sock --job fold-1 -- python fold.py [--proteins N] [--msa S] [--fold S]
+    agarun --assigner unix:/tmp/acb/assigner.sock --job fold-1 -- python fold.py [--proteins N] [--msa S] [--fold S]
 
 The MSA search is a sleep standing in for jackhmmer/HHblits. When PyTorch with CUDA is
 installed, the GPU phase runs a real model on the granted GPU: `acb.torch.on_device(model)`

@@ -1,6 +1,6 @@
 """The AlphaFold2-like job with no acb in it, for auto mode: a plain PyTorch program.
 
-    agarun --mode auto --assigner unix:/tmp/acb.sock --job fold-auto-1 -- python fold_auto.py
+    agarun --mode auto --assigner unix:/tmp/acb/assigner.sock --job fold-auto-1 -- python fold_auto.py
 
 Under `agarun --mode auto` its CUDA memory is libacb's and its CUDA operations are gated: the
 first one after each MSA search waits for a GPU (and for the job's memory, swapped back in at

@@ -36,7 +36,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the assigner daemon.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show GPUs with their holders, the queue and the clients.
     Status(StatusArgs),
     /// Print one line per event, live.
@@ -61,8 +61,10 @@ enum Cmd {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Where to listen: unix:/path/to.sock or tcp:IP:PORT; repeatable. Default: the default
-    /// socket ($XDG_RUNTIME_DIR/acb/assigner.sock, or /tmp/acb/assigner.sock).
+    /// Where to listen: unix:/path/to.sock or tcp:IP:PORT; repeatable. Default:
+    /// /run/acb/assigner.sock, or $XDG_RUNTIME_DIR/acb/assigner.sock for a daemon not run as
+    /// root. A socket's directory is created (0755) if missing, and refused if it is a symlink,
+    /// not this user's, or writable by group or others.
     #[arg(long, value_parser = str::parse::<Address>)]
     listen: Vec<Address>,
     /// The GPUs: auto (NVML), none, or fake:COUNTxSIZE[,COUNTxSIZE] (simulated). Default: auto.
@@ -89,6 +91,27 @@ struct ServeArgs {
     /// This node's name (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
+    /// Open connections at most, all listeners together; past it new ones are closed at once.
+    /// Default 4096, lowered to fit the file descriptor limit.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// A new connection that sends nothing (no HTTP/2 preface, no TLS hello) for this long is
+    /// closed. Default: 10s.
+    #[arg(long, value_parser = config::parse_duration)]
+    handshake_timeout: Option<Duration>,
+    /// TLS on the TCP listeners: the server's certificate chain (PEM). Needs --tls-key.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// TLS on the TCP listeners: the server's private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: TCP clients must present a certificate signed by this CA (PEM).
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
+    /// Allow a non-loopback TCP listener without TLS (the token then crosses the network in
+    /// the clear).
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Debug, Args)]
@@ -270,7 +293,7 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.cmd {
-        Cmd::Serve(args) => serve::run(args).await,
+        Cmd::Serve(args) => serve::run(*args).await,
         Cmd::Status(args) => status::run(args).await,
         Cmd::Watch(args) => watch::run(args).await,
         Cmd::Timeline(args) => timeline::run(args).await,

@@ -28,7 +28,7 @@ fn resolve(args: ServeArgs) -> Result<ServeConfig, Error> {
             .map(|s| s.parse::<Address>().map_err(|e| Error::Setting { what: "config listen", why: e.to_string() }))
             .collect::<Result<_, _>>()?
     } else {
-        vec![Address::default_socket()]
+        vec![Address::default_listen()]
     };
     let gpus = match (args.gpus, file.gpus) {
         (Some(g), _) => g,
@@ -59,13 +59,41 @@ fn resolve(args: ServeArgs) -> Result<ServeConfig, Error> {
         ),
         (None, None) => None,
     };
-    let auth_token = args
-        .auth_token_file
-        .or(file.auth_token_file)
+    let auth_token_file = args.auth_token_file.or(file.auth_token_file);
+    let auth_token = auth_token_file
+        .as_ref()
         .map(|p| {
-            acb_client::read_token(&p).map_err(|e| Error::Setting { what: "--auth-token-file", why: e.to_string() })
+            acb_client::read_token(p).map_err(|e| Error::Setting { what: "--auth-token-file", why: e.to_string() })
         })
         .transpose()?;
+    let handshake_timeout = match (args.handshake_timeout, file.handshake_timeout) {
+        (Some(t), _) => t,
+        (None, Some(s)) => config::parse_duration(&s)
+            .map_err(|e| Error::Setting { what: "config handshake_timeout", why: e.to_string() })?,
+        (None, None) => crate::listener::DEFAULT_HANDSHAKE_TIMEOUT,
+    };
+    if handshake_timeout.is_zero() {
+        return Err(Error::Setting { what: "--handshake-timeout", why: "must be more than 0".into() });
+    }
+    let max_connections =
+        args.max_connections.or(file.max_connections).unwrap_or(crate::listener::DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        return Err(Error::Setting { what: "--max-connections", why: "must be at least 1".into() });
+    }
+    let tls = match (args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)) {
+        (Some(cert), Some(key)) => {
+            Some(crate::tls::TlsFiles { cert, key, client_ca: args.tls_client_ca.or(file.tls_client_ca) })
+        }
+        (None, None) if args.tls_client_ca.is_none() && file.tls_client_ca.is_none() => None,
+        _ => {
+            return Err(Error::Setting {
+                what: "TLS",
+                why: "--tls-cert and --tls-key go together (and --tls-client-ca needs both)".into(),
+            });
+        }
+    };
+    let insecure = args.insecure || file.insecure.unwrap_or(false);
+    crate::server::check_exposure(&listen, auth_token.is_some(), tls.is_some(), insecure)?;
     Ok(ServeConfig {
         listen,
         gpus,
@@ -75,6 +103,11 @@ fn resolve(args: ServeArgs) -> Result<ServeConfig, Error> {
         auth_token,
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         node_name: args.node_name.or(file.node_name).unwrap_or_else(config::host_name),
+        auth_token_file,
+        max_connections,
+        handshake_timeout,
+        tls,
+        insecure,
     })
 }
 

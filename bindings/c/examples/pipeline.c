@@ -3,7 +3,7 @@
  * GPU only for the GPU phases. The phases here are sleeps of the given lengths, so that the
  * example runs anywhere; a real job puts its CPU work and its kernels where the sleeps are.
  *
- *   ACB_ASSIGNER=unix:/tmp/acb.sock ./pipeline [PHASES] [CPU_MS] [GPU_MS]
+ *   ACB_ASSIGNER=unix:/tmp/acb/assigner.sock ./pipeline [PHASES] [CPU_MS] [GPU_MS]
  *
  * Prints one line per GPU phase; exits 0 when every phase ran, 1 otherwise.
  */

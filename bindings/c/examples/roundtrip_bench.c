@@ -3,7 +3,7 @@
  * through the assigner). Prints "p50_us=... mean_us=..." for the benchmark driver
  * (cargo run --release -p acb-ffi --example roundtrip_bench).
  *
- *   ACB_ASSIGNER=unix:/tmp/acb.sock ./roundtrip_bench N [lazy|eager] [GAP_US]
+ *   ACB_ASSIGNER=unix:/tmp/acb/assigner.sock ./roundtrip_bench N [lazy|eager] [GAP_US]
  *
  * With "lazy", release is lazy and nobody else waits: after the first phase the GPU is kept,
  * so a cycle makes no call to the assigner and measures libacb's own overhead. GAP_US is a

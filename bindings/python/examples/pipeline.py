@@ -1,7 +1,7 @@
 """A pipeline job in Python, manual mode: CPU phases without a GPU, GPU phases with one.
 
-    ACB_ASSIGNER=unix:/tmp/acb.sock python pipeline.py [PHASES] [CPU_MS] [GPU_MS]
-    agarun --assigner unix:/tmp/acb.sock -- python pipeline.py
+    ACB_ASSIGNER=unix:/tmp/acb/assigner.sock python pipeline.py [PHASES] [CPU_MS] [GPU_MS]
+    agarun --assigner unix:/tmp/acb/assigner.sock -- python pipeline.py
 
 The phases are sleeps so that it runs anywhere; a real job puts its work there.
 """
