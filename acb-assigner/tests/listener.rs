@@ -314,6 +314,9 @@ fn over_mutual_tls_a_client_with_its_certificate_is_served_and_plaintext_or_no_c
     let p = pki(&dir.0);
     let port = common::free_port();
     let tcp = format!("tcp:127.0.0.1:{port}");
+    // The client CA comes from the settings file, the rest from flags: both paths are used.
+    let settings = dir.0.join("acb.toml");
+    std::fs::write(&settings, format!("tls_client_ca = {:?}\n", p.ca.display().to_string())).unwrap();
     let _d = Daemon::start(&[
         "--gpus",
         "fake:1x8GiB",
@@ -323,8 +326,8 @@ fn over_mutual_tls_a_client_with_its_certificate_is_served_and_plaintext_or_no_c
         p.server_cert.to_str().unwrap(),
         "--tls-key",
         p.server_key.to_str().unwrap(),
-        "--tls-client-ca",
-        p.ca.to_str().unwrap(),
+        "--config",
+        settings.to_str().unwrap(),
     ]);
     let full = [("ACB_TLS_CA", p.ca.as_path()), ("ACB_TLS_CERT", &p.client_cert), ("ACB_TLS_KEY", &p.client_key)];
     let (ok, err) = status_over_tcp(&tcp, &full);
@@ -366,6 +369,22 @@ fn a_non_loopback_listener_needs_tls_or_insecure_and_a_readable_token_file_is_wa
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("in plaintext") && err.contains("--tls-cert") && err.contains("--insecure"), "{err}");
+
+    // The settings file has the same keys: a certificate without its key is a usage error.
+    let settings = dir.0.join("acb.toml");
+    std::fs::write(
+        &settings,
+        format!(
+            "listen = [\"tcp:0.0.0.0:0\"]\nauth_token_file = {:?}\ntls_cert = {:?}\nhandshake_timeout = \"5s\"\n",
+            token.display().to_string(),
+            dir.0.join("server.pem").display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["serve", "--gpus", "none", "--config"]).arg(&settings).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--tls-cert and --tls-key go together"), "{err}");
 
     // A token file others can read: the daemon starts, and says so.
     let socket = dir.0.join("assigner.sock");
