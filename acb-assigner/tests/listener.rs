@@ -406,3 +406,31 @@ fn a_non_loopback_listener_needs_tls_or_insecure_and_a_readable_token_file_is_wa
     let _ = child.wait();
     assert!(err.contains("can be read by group or others (mode 0644)"), "{err}");
 }
+
+#[test]
+fn a_tcp_peer_that_stops_answering_is_dropped_by_http2_keepalive() {
+    // A peer that did its HTTP/2 handshake and then went silent, as a vanished host does: it
+    // never answers the server's pings. Before, nothing ever closed such a connection (or ended
+    // its session and leases).
+    let port = common::free_port();
+    let _d = Daemon::start(&["--gpus", "fake:1x8GiB", "--listen", &format!("tcp:127.0.0.1:{port}")]);
+    let mut peer = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // The client preface and an empty SETTINGS frame; nothing after, not even acknowledgements.
+    std::io::Write::write_all(&mut peer, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    let mut closed = false;
+    // At most 90 s: the keepalive ends it after about 30 s (a ping every 10 s, 20 s to answer).
+    for _ in 0..90 {
+        match std::io::Read::read(&mut peer, &mut buf) {
+            Ok(0) => closed = true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(_) => closed = true,
+        }
+        break;
+    }
+    println!("a silent HTTP/2 peer was closed after {:.1} s", started.elapsed().as_secs_f64());
+    assert!(closed, "a peer that never answers pings is still connected after 90 s");
+}
