@@ -56,6 +56,8 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     /// Like `--node-name`.
     pub node_name: Option<String>,
+    /// Like `--max-one-off-clients`.
+    pub max_one_off_clients: Option<usize>,
     /// Like `--max-connections`.
     pub max_connections: Option<usize>,
     /// Like `--handshake-timeout`.
@@ -98,6 +100,8 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     /// This node's name in the pool.
     pub node_name: String,
+    /// The most one-off clients waiting for a grant at once.
+    pub max_one_off_clients: usize,
     /// Where the token came from (warned about when group or others can read it).
     pub auth_token_file: Option<PathBuf>,
     /// Open connections at most, all listeners together (lowered to fit the descriptor limit).
@@ -109,6 +113,9 @@ pub struct ServeConfig {
     /// Allows a non-loopback TCP listener without TLS (`--insecure`).
     pub insecure: bool,
 }
+
+/// The default of `--max-one-off-clients`.
+pub const DEFAULT_MAX_ONE_OFF_CLIENTS: usize = 1024;
 
 impl ServeConfig {
     /// An assigner on one Unix socket with simulated GPUs (`fake:COUNTx80GiB`) under `policy`,
@@ -123,6 +130,7 @@ impl ServeConfig {
             auth_token: None,
             log_format: LogFormat::Text,
             node_name: "simulated".into(),
+            max_one_off_clients: DEFAULT_MAX_ONE_OFF_CLIENTS,
             auth_token_file: None,
             max_connections: crate::listener::DEFAULT_MAX_CONNECTIONS,
             handshake_timeout: crate::listener::DEFAULT_HANDSHAKE_TIMEOUT,

@@ -34,6 +34,7 @@ pub fn to_status(e: DomainError) -> Status {
         DomainError::SessionEnded => (Code::Aborted, R::SessionEnded),
         DomainError::ShuttingDown => (Code::Unavailable, R::ShuttingDown),
         DomainError::Invalid(_) => (Code::InvalidArgument, R::InvalidArgument),
+        DomainError::LimitReached(_) => (Code::ResourceExhausted, R::LimitReached),
     };
     acb_proto::status_with_reason(code, e.to_string(), reason)
 }
@@ -66,8 +67,9 @@ pub fn grant_to_proto(g: GrantInfo) -> proto::AllocateResponse {
     }
 }
 
-/// What the assigner tells a session, on the wire.
-pub fn to_client_to_proto(m: ToClient) -> proto::SessionEvent {
+/// What the assigner tells a session, on the wire; the session's end ([`ToClient::Ended`]) is
+/// the error status its stream ends with.
+pub fn to_client_to_proto(m: ToClient) -> Result<proto::SessionEvent, Status> {
     use proto::session_event::Event as E;
     let event = match m {
         ToClient::Yield { lease, reason } => {
@@ -80,13 +82,33 @@ pub fn to_client_to_proto(m: ToClient) -> proto::SessionEvent {
         ToClient::Granted { tag, grant } => {
             E::Granted(proto::LeaseGranted { request_tag: tag, grant: Some(grant_to_proto(grant)) })
         }
+        ToClient::Ended { reason } => return Err(to_status(DomainError::LimitReached(reason))),
     };
-    proto::SessionEvent { event: Some(event) }
+    Ok(proto::SessionEvent { event: Some(event) })
 }
 
-/// A status snapshot on the wire.
-pub fn status_to_proto(s: StatusSnapshot) -> proto::StatusResponse {
+/// Queued requests and clients a status lists when the caller names no limit.
+pub const STATUS_DEFAULT_LIMIT: u32 = 1_000;
+/// The most of each a status lists, whatever the caller asks: 5,000 queued requests and 5,000
+/// clients with 256-byte job names come to about 3 MB, under gRPC's 4 MiB message limit.
+pub const STATUS_MAX_LIMIT: u32 = 5_000;
+
+/// How many entries a status lists for a requested limit (0: the default).
+pub fn status_limit(asked: u32) -> usize {
+    let n = if asked == 0 { STATUS_DEFAULT_LIMIT } else { asked.min(STATUS_MAX_LIMIT) };
+    n as usize
+}
+
+/// A status snapshot on the wire, listing the first queued requests and clients within the
+/// request's limits; the totals count them all.
+pub fn status_to_proto(mut s: StatusSnapshot, limits: &proto::StatusRequest) -> proto::StatusResponse {
+    let total = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let (queue_total, clients_total) = (total(s.queue.len()), total(s.clients.len()));
+    s.queue.truncate(status_limit(limits.queue_limit));
+    s.clients.truncate(status_limit(limits.client_limit));
     proto::StatusResponse {
+        queue_total,
+        clients_total,
         scheduler: s.scheduler.into(),
         gpus: s
             .gpus

@@ -25,6 +25,7 @@ pub struct Metrics {
     yields: Counter,
     swap_in: Counter,
     swap_out: Counter,
+    sessions_ended_behind: Counter,
 }
 
 impl Default for Metrics {
@@ -49,6 +50,7 @@ impl Metrics {
             yields: Counter::default(),
             swap_in: Counter::default(),
             swap_out: Counter::default(),
+            sessions_ended_behind: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("gpus_held", "GPUs with at least one holder in a GPU phase", m.gpus_held.clone());
@@ -66,6 +68,11 @@ impl Metrics {
         registry.register("yields", "Holders asked to yield", m.yields.clone());
         registry.register("swap_in_bytes", "Bytes swapped into GPUs, as clients report", m.swap_in.clone());
         registry.register("swap_out_bytes", "Bytes swapped out of GPUs, as clients report", m.swap_out.clone());
+        registry.register(
+            "sessions_ended_behind",
+            "Sessions the assigner ended because they left too many events unread",
+            m.sessions_ended_behind.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -107,10 +114,18 @@ impl Metrics {
         self.yields.inc();
     }
 
-    /// Swap bytes reported by a client.
+    /// Swap bytes reported by a client (checked at the edge: see `service::check_swap`). The
+    /// counters stop at `u64::MAX` rather than wrap.
     pub fn swap(&self, bytes_in: u64, bytes_out: u64) {
-        self.swap_in.inc_by(bytes_in);
-        self.swap_out.inc_by(bytes_out);
+        for (counter, bytes) in [(&self.swap_in, bytes_in), (&self.swap_out, bytes_out)] {
+            // Only the driver adds, so nothing moves between the read and the add.
+            counter.inc_by(bytes.min(u64::MAX - counter.get()));
+        }
+    }
+
+    /// A session was ended for leaving too many events unread.
+    pub fn session_ended_behind(&self) {
+        self.sessions_ended_behind.inc();
     }
 
     /// The Prometheus text exposition.
@@ -144,4 +159,17 @@ pub async fn serve(
     );
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swap_counters_stop_at_the_top_instead_of_wrapping() {
+        let m = Metrics::new();
+        m.swap(u64::MAX - 1, 5);
+        m.swap(10, 7);
+        assert_eq!((m.swap_in.get(), m.swap_out.get()), (u64::MAX, 12));
+    }
 }

@@ -4,8 +4,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{BroadcastStream, UnboundedReceiverStream};
+use tokio::sync::Semaphore;
+use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -23,12 +23,22 @@ const MAX_AFFINITY: usize = 4096;
 pub struct AssignerService {
     handle: Handle,
     next_key: Arc<AtomicU64>,
+    /// One permit per one-off client waiting for its grant (`--max-one-off-clients`).
+    one_off: Arc<Semaphore>,
 }
 
 impl AssignerService {
     /// A service that asks `handle`'s driver.
     pub fn new(handle: Handle) -> Self {
-        AssignerService { handle, next_key: Arc::new(AtomicU64::new(1)) }
+        AssignerService { handle, next_key: Arc::new(AtomicU64::new(1)), one_off: Arc::new(Semaphore::new(0)) }
+            .with_max_one_off_clients(crate::config::DEFAULT_MAX_ONE_OFF_CLIENTS)
+    }
+
+    /// At most `max` one-off clients (calls with no session) wait for a grant at once; the
+    /// next gets RESOURCE_EXHAUSTED with reason LIMIT_REACHED.
+    pub fn with_max_one_off_clients(mut self, max: usize) -> Self {
+        self.one_off = Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)));
+        self
     }
 }
 
@@ -40,6 +50,21 @@ fn check_job(job: &str) -> Result<(), Status> {
         return Err(crate::convert::invalid("job name contains control characters"));
     }
     Ok(())
+}
+
+/// The most bytes one swap report may count, each way: 1 PiB, far beyond what a client moves
+/// between two reports. Garbage above it once made `acb_swap_in_bytes_total` read 2^64 - 2.
+pub const MAX_SWAP_REPORT: u64 = 1 << 50;
+
+/// A swap report's figures, or why they are not believable.
+fn check_swap(s: &proto::SwapReport) -> Result<(u64, u64), String> {
+    if s.bytes_in > MAX_SWAP_REPORT || s.bytes_out > MAX_SWAP_REPORT {
+        return Err(format!(
+            "{} bytes in, {} bytes out: more than {MAX_SWAP_REPORT} (1 PiB) in one report",
+            s.bytes_in, s.bytes_out
+        ));
+    }
+    Ok((s.bytes_in, s.bytes_out))
 }
 
 fn flatten<T>(r: Result<Result<T, DomainError>, DomainError>) -> Result<T, Status> {
@@ -62,10 +87,10 @@ impl Drop for AbandonGuard {
         match rx.try_recv() {
             Ok(Ok(grant)) => {
                 let (tx, _) = tokio::sync::oneshot::channel();
-                self.handle.try_send(Command::Release { token: grant.token, lease: grant.lease, reply: tx });
+                self.handle.send_later(Command::Release { token: grant.token, lease: grant.lease, reply: tx });
             }
             Ok(Err(_)) => {}
-            Err(_) => self.handle.try_send(Command::Abandon { key: self.key }),
+            Err(_) => self.handle.send_later(Command::Abandon { key: self.key }),
         }
     }
 }
@@ -87,7 +112,7 @@ impl proto::assigner_server::Assigner for AssignerService {
             return Err(crate::convert::invalid("the first message of a session must be Hello"));
         };
         check_job(&hello.job)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = crate::driver::session_channel();
         let (client, token) = flatten(
             self.handle
                 .ask(|reply| Command::Connect {
@@ -108,10 +133,12 @@ impl proto::assigner_server::Assigner for AssignerService {
                     Ok(Some(proto::SessionRequest { msg: Some(Msg::Phase(p)) })) => {
                         let _ = handle.send(Command::Phase { client, lease: p.lease_id, idle: p.idle }).await;
                     }
-                    Ok(Some(proto::SessionRequest { msg: Some(Msg::Swap(s)) })) => {
-                        let cmd = Command::Swap { client, bytes_in: s.bytes_in, bytes_out: s.bytes_out };
-                        let _ = handle.send(cmd).await;
-                    }
+                    Ok(Some(proto::SessionRequest { msg: Some(Msg::Swap(s)) })) => match check_swap(&s) {
+                        Ok((bytes_in, bytes_out)) => {
+                            let _ = handle.send(Command::Swap { client, bytes_in, bytes_out }).await;
+                        }
+                        Err(why) => tracing::warn!(client, "swap report ignored: {why}"),
+                    },
                     Ok(Some(_)) => tracing::debug!(client, "ignored a second Hello or an empty message"),
                     Ok(None) | Err(_) => break,
                 }
@@ -125,7 +152,8 @@ impl proto::assigner_server::Assigner for AssignerService {
                 client_token: token,
             })),
         };
-        let rest = UnboundedReceiverStream::new(rx).map(|m| Ok(to_client_to_proto(m)));
+        // The stream ends with an error status after ToClient::Ended (a session too far behind).
+        let rest = ReceiverStream::new(rx).map(to_client_to_proto);
         Ok(Response::new(Box::pin(tokio_stream::once(Ok(welcome)).chain(rest))))
     }
 
@@ -141,6 +169,17 @@ impl proto::assigner_server::Assigner for AssignerService {
         if r.client_token.len() > 128 {
             return Err(to_status(DomainError::UnknownToken));
         }
+        // Held until the call returns: a one-off client waits only inside its call.
+        let _one_off = if r.client_token.is_empty() {
+            Some(self.one_off.clone().try_acquire_owned().map_err(|_| {
+                to_status(DomainError::LimitReached(
+                    "too many one-off clients wait for a grant (--max-one-off-clients); retry later or open a session"
+                        .into(),
+                ))
+            })?)
+        } else {
+            None
+        };
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let spec = AllocSpec {
             token: r.client_token,
@@ -173,9 +212,10 @@ impl proto::assigner_server::Assigner for AssignerService {
         Ok(Response::new(proto::ReleaseResponse {}))
     }
 
-    async fn status(&self, _: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
+    async fn status(&self, request: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {
+        let limits = request.into_inner();
         let snapshot = self.handle.ask(|reply| Command::Status { reply }).await.map_err(to_status)?;
-        Ok(Response::new(status_to_proto(snapshot)))
+        Ok(Response::new(status_to_proto(snapshot, &limits)))
     }
 
     async fn watch(&self, request: Request<proto::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {

@@ -213,7 +213,7 @@ fn grants_and_yields_come_over_the_session_and_a_cancelled_call_leaves_the_queue
         let mut status_rpc = rpc.clone();
         let deadline = tokio::time::Instant::now() + T;
         loop {
-            let s = status_rpc.status(proto::StatusRequest {}).await.unwrap().into_inner();
+            let s = status_rpc.status(proto::StatusRequest::default()).await.unwrap().into_inner();
             if s.queue.is_empty() {
                 break;
             }

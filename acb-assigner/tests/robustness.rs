@@ -110,7 +110,7 @@ fn absurd_but_valid_messages_get_errors_and_the_daemon_keeps_serving() {
         // Everyone who left is gone: no leaked clients or leases.
         let deadline = tokio::time::Instant::now() + T;
         loop {
-            let st = raw.status(proto::StatusRequest {}).await.unwrap().into_inner();
+            let st = raw.status(proto::StatusRequest::default()).await.unwrap().into_inner();
             if st.clients.is_empty() {
                 assert!(st.gpus.iter().all(|g| g.holders.is_empty()));
                 assert!(st.queue.is_empty());

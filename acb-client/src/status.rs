@@ -40,9 +40,12 @@ pub fn status_json(s: &proto::StatusResponse) -> String {
             })
         })
         .collect();
+    // `queue` and `clients` list the first of them (the assigner summarises its reply);
+    // the totals count them all.
     serde_json::json!({
         "version": s.version, "scheduler": s.scheduler, "uptime_ms": s.uptime_ms,
         "gpus": gpus, "queue": queue, "clients": clients,
+        "queue_total": s.queue_total, "clients_total": s.clients_total,
     })
     .to_string()
 }

@@ -91,6 +91,10 @@ struct ServeArgs {
     /// This node's name (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
+    /// The most one-off clients (calls with no session) waiting for a grant at once; past it a
+    /// call fails with RESOURCE_EXHAUSTED, reason LIMIT_REACHED. Default: 1024.
+    #[arg(long)]
+    max_one_off_clients: Option<usize>,
     /// Open connections at most, all listeners together; past it new ones are closed at once.
     /// Default 4096, lowered to fit the file descriptor limit.
     #[arg(long)]
@@ -121,6 +125,10 @@ struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// List at most this many queued requests and this many clients (default 1000, at most
+    /// 5000); the totals are always shown.
+    #[arg(long)]
+    limit: Option<u32>,
 }
 
 #[derive(Debug, Args)]

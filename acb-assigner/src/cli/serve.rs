@@ -103,6 +103,10 @@ fn resolve(args: ServeArgs) -> Result<ServeConfig, Error> {
         auth_token,
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         node_name: args.node_name.or(file.node_name).unwrap_or_else(config::host_name),
+        max_one_off_clients: args
+            .max_one_off_clients
+            .or(file.max_one_off_clients)
+            .unwrap_or(config::DEFAULT_MAX_ONE_OFF_CLIENTS),
         auth_token_file,
         max_connections,
         handshake_timeout,

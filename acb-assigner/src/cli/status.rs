@@ -6,9 +6,10 @@ use acb_core::Bytes;
 use super::{CliError, StatusArgs, connect};
 use crate::proto;
 
-pub(super) async fn run(StatusArgs { conn, json }: StatusArgs) -> Result<(), CliError> {
+pub(super) async fn run(StatusArgs { conn, json, limit }: StatusArgs) -> Result<(), CliError> {
     let mut rpc = connect(&conn).await?;
-    let s = rpc.status(proto::StatusRequest {}).await?.into_inner();
+    let limit = limit.unwrap_or(0);
+    let s = rpc.status(proto::StatusRequest { queue_limit: limit, client_limit: limit }).await?.into_inner();
     if json {
         println!("{}", acb_client::status_json(&s));
     } else {
@@ -61,7 +62,7 @@ fn status_table(s: &proto::StatusResponse) -> String {
             if g.reserved { "  [reserved for the head of the queue]" } else { "" }
         );
     }
-    let _ = writeln!(o, "\nQUEUE ({} waiting)", s.queue.len());
+    let _ = writeln!(o, "\nQUEUE ({} waiting)", s.queue_total);
     for q in &s.queue {
         let mem = q.memory_per_gpu.map(|m| format!(" memory={}", Bytes(m))).unwrap_or_default();
         let _ = writeln!(
@@ -76,7 +77,8 @@ fn status_table(s: &proto::StatusResponse) -> String {
             q.waiting_ms as f64 / 1e3
         );
     }
-    let _ = writeln!(o, "\nCLIENTS ({})", s.clients.len());
+    more(&mut o, s.queue_total, s.queue.len(), "queued requests");
+    let _ = writeln!(o, "\nCLIENTS ({})", s.clients_total);
     for c in &s.clients {
         let _ = writeln!(
             o,
@@ -89,5 +91,16 @@ fn status_table(s: &proto::StatusResponse) -> String {
             if c.one_off { " (one-off)" } else { "" }
         );
     }
+    more(&mut o, s.clients_total, s.clients.len(), "clients");
     o
+}
+
+/// The line saying how many of a list the assigner left out (its reply is summarised).
+fn more(o: &mut String, total: u32, listed: usize, what: &str) {
+    use std::fmt::Write;
+    let left = (total as usize).saturating_sub(listed);
+    if left > 0 {
+        let max = crate::convert::STATUS_MAX_LIMIT;
+        let _ = writeln!(o, "  ... and {left} more {what} (--limit N lists up to {max})");
+    }
 }

@@ -10,7 +10,7 @@ use crate::proto;
 
 pub(super) async fn run(TimelineArgs { conn, out }: TimelineArgs) -> Result<(), CliError> {
     let mut rpc = connect(&conn).await?;
-    let status = rpc.status(proto::StatusRequest {}).await?.into_inner();
+    let status = rpc.status(proto::StatusRequest::default()).await?.into_inner();
     let mut stream = rpc.watch(proto::WatchRequest { replay: true }).await?.into_inner();
     let mut events = Vec::new();
     while let Some(e) = stream.message().await? {

@@ -26,6 +26,9 @@ pub enum DomainError {
     /// A malformed input, caught before the scheduler.
     #[error("{0}")]
     Invalid(String),
+    /// One of the assigner's limits was reached (the message names it).
+    #[error("{0}")]
+    LimitReached(String),
 }
 
 /// What the assigner tells a session.
@@ -55,6 +58,25 @@ pub enum ToClient {
         /// The grant.
         grant: GrantInfo,
     },
+    /// The assigner ended this session (its last message; the stream ends with an error).
+    Ended {
+        /// Why, for people.
+        reason: String,
+    },
+}
+
+/// The most events a session may leave unread. A session that never reads its events would
+/// otherwise grow the daemon without bound (~380 B a grant); past this many it is ended (its
+/// leases released and its requests dropped, as when it disconnects) and told why.
+pub const SESSION_EVENTS: usize = 1024;
+
+/// Where the assigner sends what it tells a session: room for [`SESSION_EVENTS`] events and,
+/// in the last slot, the [`ToClient::Ended`] that says the session fell too far behind.
+pub type SessionSender = mpsc::Sender<ToClient>;
+
+/// A session's event queue (see [`SessionSender`]).
+pub fn session_channel() -> (SessionSender, mpsc::Receiver<ToClient>) {
+    mpsc::channel(SESSION_EVENTS + 1)
 }
 
 /// A GPU of a grant, with what a client needs to use it.
@@ -204,7 +226,7 @@ pub enum Command {
         /// The session wants a copy of each grant ([`ToClient::Granted`]).
         grants: bool,
         /// Where to send what the assigner says.
-        to_client: mpsc::UnboundedSender<ToClient>,
+        to_client: SessionSender,
         /// (client id, token).
         reply: Reply<Result<(u64, String), DomainError>>,
     },
@@ -283,17 +305,42 @@ pub enum Command {
 #[derive(Clone, Debug)]
 pub struct Handle {
     pub(super) tx: mpsc::Sender<Command>,
+    /// Commands from places that cannot wait (drop guards), on their way into `tx`.
+    later: mpsc::UnboundedSender<Command>,
 }
 
 impl Handle {
+    /// A handle on the driver's command queue `tx`. Spawns the task that moves
+    /// [`Handle::send_later`]'s commands into it (on the current runtime).
+    pub(super) fn new(tx: mpsc::Sender<Command>) -> Handle {
+        let (later, mut waiting) = mpsc::unbounded_channel::<Command>();
+        let to_driver = tx.clone();
+        tokio::spawn(async move {
+            // Waits for room in the driver's queue as long as it takes: back-pressure, never
+            // a drop. Ends when every handle is gone (or the driver stopped).
+            while let Some(cmd) = waiting.recv().await {
+                if to_driver.send(cmd).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Handle { tx, later }
+    }
+
     /// Sends a command; fails only when the driver has stopped.
     pub async fn send(&self, cmd: Command) -> Result<(), DomainError> {
         self.tx.send(cmd).await.map_err(|_| DomainError::ShuttingDown)
     }
 
-    /// Sends without waiting (for drop guards); dropped if the queue is full or closed.
-    pub fn try_send(&self, cmd: Command) {
-        let _ = self.tx.try_send(cmd);
+    /// Sends a command that changes state (a withdrawal, a release) from a place that cannot
+    /// wait, such as a drop guard: it is never dropped, even when the driver's queue is full
+    /// (a client killed with 20,000 requests queued withdraws them all). It waits in an
+    /// unbounded queue whose length is bounded by construction: each call waiting for a grant
+    /// sends at most one, and those calls are capped (`--max-one-off-clients`, and the scheduler's
+    /// 64 queued requests per client).
+    pub fn send_later(&self, cmd: Command) {
+        // Fails only when the forwarder has stopped, after the driver: nothing left to change.
+        let _ = self.later.send(cmd);
     }
 
     /// Sends a command built around a reply channel and waits for the reply.

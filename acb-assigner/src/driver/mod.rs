@@ -20,13 +20,14 @@ use crate::discovery::FoundGpu;
 use crate::metrics::Metrics;
 
 mod api;
+mod bounds;
 mod history;
 mod sessions;
 
 use api::Reply;
 pub use api::{
     AllocSpec, ClientSnapshot, Command, DomainError, GpuSnapshot, GrantInfo, GrantedGpu, Handle, QueuedSnapshot,
-    StatusSnapshot, ToClient,
+    SESSION_EVENTS, SessionSender, StatusSnapshot, ToClient, session_channel,
 };
 use history::History;
 use sessions::Sessions;
@@ -71,7 +72,7 @@ pub fn spawn(
         metrics,
     };
     let task = tokio::spawn(driver.run(rx));
-    (Handle { tx }, task)
+    (Handle::new(tx), task)
 }
 impl Driver {
     /// The loop: one command or the timer's deadline, fed to the scheduler; then every output
@@ -98,6 +99,7 @@ impl Driver {
                 }
             }
             self.drain_outputs();
+            self.end_sessions_behind();
             self.metrics.update(&self.sched);
         }
         self.sessions.shut_down();
@@ -175,7 +177,7 @@ impl Driver {
         job: String,
         pid: u32,
         one_off: bool,
-        session: Option<(mpsc::UnboundedSender<ToClient>, bool)>,
+        session: Option<(SessionSender, bool)>,
         now: CoreInstant,
     ) -> Result<(ClientId, String), DomainError> {
         let client = self.sessions.next_id();
@@ -291,13 +293,12 @@ impl Driver {
                     };
                     let delivered = match self.sessions.take_waiting(g.request) {
                         Some(p) => {
-                            let tx = self.sessions.grant_copies(g.client);
-                            let copy = tx.map(|_| info.clone());
+                            let copy = self.sessions.wants_grant_copies(g.client).then(|| info.clone());
                             let sent = p.reply.send(Ok(info)).is_ok();
                             // The reply is handed over; it can still be lost if the call is
                             // cancelled now. The session's copy cannot.
-                            if let (true, Some(tx), Some(grant)) = (sent, tx, copy) {
-                                let _ = tx.send(ToClient::Granted { tag: p.tag, grant });
+                            if let (true, Some(grant)) = (sent, copy) {
+                                self.sessions.tell(g.client, ToClient::Granted { tag: p.tag, grant });
                             }
                             sent
                         }

@@ -5,9 +5,8 @@
 use std::collections::HashMap;
 
 use acb_core::{ClientId, RequestId};
-use tokio::sync::mpsc;
 
-use super::api::{DomainError, GrantInfo, Reply, ToClient};
+use super::api::{DomainError, GrantInfo, Reply, SESSION_EVENTS, SessionSender, ToClient};
 
 /// A client the assigner knows: a session's, or a one-off caller's that lives as long as its
 /// lease or its request.
@@ -17,7 +16,7 @@ pub(super) struct ClientInfo {
     pub(super) pid: u32,
     token: String,
     pub(super) one_off: bool,
-    to_client: Option<mpsc::UnboundedSender<ToClient>>,
+    to_client: Option<SessionSender>,
     /// The session asked for a copy of each grant.
     grants_on_session: bool,
     pub(super) swap_in: u64,
@@ -40,6 +39,8 @@ pub(super) struct Sessions {
     pending: HashMap<RequestId, Pending>,
     by_key: HashMap<u64, (ClientId, RequestId)>,
     next_client: u64,
+    /// Sessions that left [`SESSION_EVENTS`] events unread, for the driver to end.
+    behind: Vec<ClientId>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -56,6 +57,7 @@ impl Sessions {
             pending: HashMap::new(),
             by_key: HashMap::new(),
             next_client: 1,
+            behind: Vec::new(),
         }
     }
 
@@ -75,7 +77,7 @@ impl Sessions {
         job: String,
         pid: u32,
         one_off: bool,
-        session: Option<(mpsc::UnboundedSender<ToClient>, bool)>,
+        session: Option<(SessionSender, bool)>,
     ) -> String {
         let token = new_token();
         self.tokens.insert(token.clone(), client);
@@ -125,16 +127,33 @@ impl Sessions {
         self.clients.get(&client).is_some_and(|c| c.one_off)
     }
 
-    /// Tells a client's session, if it has one.
-    pub(super) fn tell(&self, client: ClientId, message: ToClient) {
-        if let Some(tx) = self.clients.get(&client).and_then(|c| c.to_client.as_ref()) {
-            let _ = tx.send(message);
+    /// Tells a client's session, if it has one. A session that left [`SESSION_EVENTS`] events
+    /// unread gets, instead, the last one it will get ([`ToClient::Ended`], in the slot kept for
+    /// it), hears nothing more, and waits in [`Sessions::take_behind`] for the driver to end it.
+    pub(super) fn tell(&mut self, client: ClientId, message: ToClient) {
+        let Some(info) = self.clients.get_mut(&client) else { return };
+        let Some(tx) = info.to_client.as_ref() else { return };
+        if tx.is_closed() {
+            return; // the session is ending; its Disconnect is on its way
         }
+        if tx.capacity() > 1 {
+            let _ = tx.try_send(message);
+            return;
+        }
+        let reason = format!("the session left {SESSION_EVENTS} events unread; the assigner ended it");
+        let _ = tx.try_send(ToClient::Ended { reason });
+        info.to_client = None;
+        self.behind.push(client);
     }
 
-    /// Where to send the copy of a grant, if the client's session asked for one.
-    pub(super) fn grant_copies(&self, client: ClientId) -> Option<&mpsc::UnboundedSender<ToClient>> {
-        self.clients.get(&client).filter(|c| c.grants_on_session).and_then(|c| c.to_client.as_ref())
+    /// The sessions that fell too far behind since the last call.
+    pub(super) fn take_behind(&mut self) -> Vec<ClientId> {
+        std::mem::take(&mut self.behind)
+    }
+
+    /// Whether the client's session asked for a copy of each grant.
+    pub(super) fn wants_grant_copies(&self, client: ClientId) -> bool {
+        self.clients.get(&client).is_some_and(|c| c.grants_on_session && c.to_client.is_some())
     }
 
     /// Adds swapped bytes to a client's count; false for an unknown client.
@@ -176,7 +195,7 @@ impl Sessions {
     pub(super) fn shut_down(&mut self) {
         for info in self.clients.values_mut() {
             if let Some(tx) = info.to_client.take() {
-                let _ = tx.send(ToClient::ShuttingDown);
+                let _ = tx.try_send(ToClient::ShuttingDown);
             }
         }
         for (_, p) in self.pending.drain() {

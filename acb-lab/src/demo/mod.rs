@@ -427,7 +427,7 @@ struct Record {
 async fn read_record(socket: &std::path::Path) -> Result<Record, Error> {
     let addr = Address::Unix(socket.to_path_buf());
     let mut rpc = acb_client::connection::connect(&addr, None, Duration::from_secs(5)).await?;
-    let status = rpc.status(proto::StatusRequest {}).await?.into_inner();
+    let status = rpc.status(proto::StatusRequest::default()).await?.into_inner();
     let asked = Instant::now();
     let mut stream = rpc.watch(proto::WatchRequest { replay: true }).await?.into_inner();
     let mut events = Vec::new();

@@ -190,9 +190,17 @@ pub struct ReleaseRequest {
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ReleaseResponse {}
+/// Status is summarised so that its reply always fits a gRPC message (4 MiB): at most this many
+/// queued requests and clients are listed (0: the assigner's default, 1,000; at most 5,000),
+/// in service order and by client id; StatusResponse's totals say how many there are in all.
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct StatusRequest {}
+pub struct StatusRequest {
+    #[prost(uint32, tag = "1")]
+    pub queue_limit: u32,
+    #[prost(uint32, tag = "2")]
+    pub client_limit: u32,
+}
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Holder {
@@ -290,6 +298,12 @@ pub struct StatusResponse {
     pub uptime_ms: u64,
     #[prost(string, tag = "6")]
     pub version: ::prost::alloc::string::String,
+    /// Requests queued and clients connected in all; `queue` and `clients` list the first of them
+    /// (StatusRequest's limits).
+    #[prost(uint32, tag = "7")]
+    pub queue_total: u32,
+    #[prost(uint32, tag = "8")]
+    pub clients_total: u32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -496,6 +510,10 @@ pub enum ErrorReason {
     ResourceExhausted = 9,
     /// A missing or wrong bearer token on a call to an assigner that requires one.
     Unauthenticated = 10,
+    /// A limit of the assigner's was reached: one-off clients waiting at once, requests queued by
+    /// one client, or events a session left unread (the session is then ended). The message names
+    /// the limit. Retry later (read the session's events).
+    LimitReached = 11,
 }
 impl ErrorReason {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -515,6 +533,7 @@ impl ErrorReason {
             Self::AlreadyExists => "ALREADY_EXISTS",
             Self::ResourceExhausted => "RESOURCE_EXHAUSTED",
             Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::LimitReached => "LIMIT_REACHED",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -531,6 +550,7 @@ impl ErrorReason {
             "ALREADY_EXISTS" => Some(Self::AlreadyExists),
             "RESOURCE_EXHAUSTED" => Some(Self::ResourceExhausted),
             "UNAUTHENTICATED" => Some(Self::Unauthenticated),
+            "LIMIT_REACHED" => Some(Self::LimitReached),
             _ => None,
         }
     }

@@ -66,7 +66,7 @@ fn queue_len(a: &Assigner) -> usize {
     rt.block_on(async {
         let addr = a.addr().parse().unwrap();
         let mut rpc = ::acb_client::connection::connect(&addr, None, Duration::from_secs(5)).await.unwrap();
-        rpc.status(acb_assigner::proto::StatusRequest {}).await.unwrap().into_inner().queue.len()
+        rpc.status(acb_assigner::proto::StatusRequest::default()).await.unwrap().into_inner().queue.len()
     })
 }
 
