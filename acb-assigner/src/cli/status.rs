@@ -62,7 +62,8 @@ fn status_table(s: &proto::StatusResponse) -> String {
             if g.reserved { "  [reserved for the head of the queue]" } else { "" }
         );
     }
-    let _ = writeln!(o, "\nQUEUE ({} waiting)", s.queue_total);
+    // An assigner older than the totals sends none: then the list is all there is.
+    let _ = writeln!(o, "\nQUEUE ({} waiting)", s.queue_total.max(s.queue.len() as u32));
     for q in &s.queue {
         let mem = q.memory_per_gpu.map(|m| format!(" memory={}", Bytes(m))).unwrap_or_default();
         let _ = writeln!(
@@ -78,7 +79,7 @@ fn status_table(s: &proto::StatusResponse) -> String {
         );
     }
     more(&mut o, s.queue_total, s.queue.len(), "queued requests");
-    let _ = writeln!(o, "\nCLIENTS ({})", s.clients_total);
+    let _ = writeln!(o, "\nCLIENTS ({})", s.clients_total.max(s.clients.len() as u32));
     for c in &s.clients {
         let _ = writeln!(
             o,
