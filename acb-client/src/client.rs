@@ -271,8 +271,10 @@ impl Client {
         rt.block_on(crate::socket_owner::with_assigner_uid(cfg.assigner_uid, async {
             let mut rpc =
                 crate::connection::connect(&cfg.assigner, cfg.auth_token.as_deref(), cfg.connect_timeout).await?;
-            let status =
-                rpc.status(proto::StatusRequest::default()).await.map_err(|e| Error::Unavailable(e.message().to_string()))?;
+            let status = rpc
+                .status(proto::StatusRequest::default())
+                .await
+                .map_err(|e| Error::Unavailable(e.message().to_string()))?;
             Ok(crate::status::status_json(&status.into_inner()))
         }))
     }

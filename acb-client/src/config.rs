@@ -140,3 +140,18 @@ pub fn read_token(path: &std::path::Path) -> Result<String, Error> {
     }
     Ok(token)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_name_is_checked_as_the_assigner_checks_it() {
+        assert_eq!(check_job("train-7"), Ok(()));
+        let empty = check_job("").expect_err("empty").to_string();
+        assert!(empty.contains("at least 1 byte"), "{empty}");
+        let long = check_job(&"j".repeat(300)).expect_err("300 bytes").to_string();
+        assert!(long.contains("at most 256 bytes, not 300"), "{long}");
+        assert!(check_job("a\tb").is_err());
+    }
+}

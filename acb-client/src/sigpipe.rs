@@ -47,8 +47,8 @@ pub(crate) fn block_in_this_thread() {
 /// meantime and restores the thread's previous mask. Not `Send`: it must end on its thread.
 pub(crate) struct Suppressed {
     old: libc::sigset_t,
-    /// SIGPIPE was already pending or blocked before: it is the host's, left as it was.
-    hosts_own: bool,
+    /// SIGPIPE was already pending before: one pending after may be the host's, so it is left.
+    was_pending: bool,
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
@@ -57,19 +57,20 @@ impl Suppressed {
         let was_pending = sigpipe_pending();
         let set = sigpipe_set();
         // SAFETY: valid sets; `old` receives the previous mask.
-        let (old, was_blocked) = unsafe {
+        let old = unsafe {
             let mut old: libc::sigset_t = std::mem::zeroed();
             libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-            let was_blocked = libc::sigismember(&old, libc::SIGPIPE) == 1;
-            (old, was_blocked)
+            old
         };
-        Suppressed { old, hosts_own: was_pending || was_blocked, _not_send: std::marker::PhantomData }
+        Suppressed { old, was_pending, _not_send: std::marker::PhantomData }
     }
 }
 
 impl Drop for Suppressed {
     fn drop(&mut self) {
-        if !self.hosts_own && sigpipe_pending() {
+        // Pending now and not before: raised by this scope's writes (even where the host blocks
+        // SIGPIPE itself, it did not ask for this one).
+        if !self.was_pending && sigpipe_pending() {
             let set = sigpipe_set();
             let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
             // A bounded loop: sigtimedwait fails with EINTR only when another signal's handler
@@ -115,6 +116,32 @@ mod tests {
                 libc::sigismember(&cur, libc::SIGPIPE) == 1
             };
             assert!(!blocked, "the mask is restored");
+        })
+        .join()
+        .expect("the test thread");
+    }
+
+    /// A host that blocks SIGPIPE itself keeps it blocked, and gets no SIGPIPE it did not cause.
+    #[test]
+    fn a_host_that_blocks_sigpipe_keeps_its_mask_and_gets_no_stray_signal() {
+        std::thread::spawn(|| {
+            block_in_this_thread();
+            let (a, b) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+            drop(b);
+            {
+                let _s = Suppressed::new();
+                // SAFETY: as above.
+                let n = unsafe { libc::write(std::os::fd::AsRawFd::as_raw_fd(&a), b"x".as_ptr().cast(), 1) };
+                assert_eq!(n, -1);
+            }
+            assert!(!sigpipe_pending(), "the scope's SIGPIPE was taken back");
+            // SAFETY: reads this thread's mask.
+            let blocked = unsafe {
+                let mut cur: libc::sigset_t = std::mem::zeroed();
+                libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur);
+                libc::sigismember(&cur, libc::SIGPIPE) == 1
+            };
+            assert!(blocked, "still blocked, as the host had it");
         })
         .join()
         .expect("the test thread");
