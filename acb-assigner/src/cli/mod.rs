@@ -271,7 +271,8 @@ struct DemoJobArgs {
 #[derive(Debug, Args)]
 struct Conn {
     /// The assigner's address (unix:/path or tcp:IP:PORT); default: $ACB_ASSIGNER, else the
-    /// default socket.
+    /// default socket. A tcp: address is reached over TLS when ACB_TLS_CA names the assigner's
+    /// CA (PEM); ACB_TLS_CERT and ACB_TLS_KEY give this client's certificate for mutual TLS.
     #[arg(long, value_parser = str::parse::<Address>)]
     assigner: Option<Address>,
     /// A file whose first line is the auth token the assigner requires.
