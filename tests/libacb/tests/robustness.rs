@@ -196,11 +196,12 @@ fn twenty_c_clients_survive_a_restart_of_the_assigner() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// The signals thread `tid` of this process blocks, from /proc (`SigBlk`: bit n-1 is signal n).
-fn blocked_signals(tid: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+/// The signals thread `tid` of this process blocks, from /proc (`SigBlk`: bit n-1 is signal n);
+/// `None` if the thread has ended meanwhile (other tests' clients come and go).
+fn blocked_signals(tid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
     let mask = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).expect("a SigBlk line");
-    u64::from_str_radix(mask.trim(), 16).unwrap()
+    Some(u64::from_str_radix(mask.trim(), 16).unwrap())
 }
 
 /// The ids of this process's threads named `name`.
@@ -221,7 +222,7 @@ fn every_thread_libacb_starts_blocks_sigpipe() {
     let a = Assigner::start("sigmask", "fake:1x80GiB");
     // SAFETY: gettid has no preconditions.
     let me = unsafe { libc::gettid() }.to_string();
-    let before = blocked_signals(&me);
+    let before = blocked_signals(&me).expect("this thread");
     let job = common::Job::new(&a.addr(), "sigmask");
     job.begin();
     job.end();
@@ -229,14 +230,14 @@ fn every_thread_libacb_starts_blocks_sigpipe() {
     let mut n = 0usize;
     let st = acb::client::acb_client_status_json(job.0, buf.as_mut_ptr().cast(), buf.len(), &mut n);
     assert_eq!(st, acb::acb_status::Ok);
-    let threads = threads_named("acb-client");
-    assert!(!threads.is_empty(), "the client's runtime threads are named acb-client");
     let pipe = 1u64 << (libc::SIGPIPE - 1);
-    for tid in &threads {
-        let mask = blocked_signals(tid);
+    let threads: Vec<(String, u64)> =
+        threads_named("acb-client").into_iter().filter_map(|t| blocked_signals(&t).map(|m| (t, m))).collect();
+    assert!(!threads.is_empty(), "the client's runtime threads are named acb-client");
+    for (tid, mask) in &threads {
         assert!(mask & pipe != 0, "libacb thread {tid} does not block SIGPIPE (SigBlk {mask:x})");
     }
-    assert_eq!(blocked_signals(&me), before, "the calling thread's mask is as it was");
+    assert_eq!(blocked_signals(&me), Some(before), "the calling thread's mask is as it was");
     eprintln!("{} libacb threads, each blocking SIGPIPE; the caller's mask unchanged", threads.len());
 }
 
