@@ -31,14 +31,16 @@ pub struct TlsEnv {
     pub server_name: Option<String>,
 }
 
-fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|s| !s.trim().is_empty())
-}
-
 impl TlsEnv {
     /// The settings, `None` when `ACB_TLS_CA` is unset; a certificate without its key (or the
     /// other way round) is an error.
     pub fn from_env() -> Result<Option<TlsEnv>, Error> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`TlsEnv::from_env`] over any source of variables (empty values count as unset).
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Option<TlsEnv>, Error> {
+        let var = |name: &str| get(name).filter(|s| !s.trim().is_empty());
         let identity = match (var(CERT_VAR), var(KEY_VAR)) {
             (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
             (None, None) => None,
@@ -67,5 +69,34 @@ impl TlsEnv {
             config = config.identity(Identity::from_pem(read(cert, CERT_VAR)?, read(key, KEY_VAR)?));
         }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(set: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let set: Vec<(String, String)> = set.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        move |name| set.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn tls_is_on_with_a_ca_and_a_half_identity_is_an_error() {
+        assert_eq!(TlsEnv::from_vars(vars(&[])), Ok(None));
+        assert_eq!(TlsEnv::from_vars(vars(&[(CA_VAR, " ")])), Ok(None));
+        let on = TlsEnv::from_vars(vars(&[(CA_VAR, "/ca.pem"), (CERT_VAR, "/c.pem"), (KEY_VAR, "/c.key")]));
+        assert_eq!(
+            on,
+            Ok(Some(TlsEnv {
+                ca: "/ca.pem".into(),
+                identity: Some(("/c.pem".into(), "/c.key".into())),
+                server_name: None
+            }))
+        );
+        let half = TlsEnv::from_vars(vars(&[(CA_VAR, "/ca.pem"), (CERT_VAR, "/c.pem")])).unwrap_err().to_string();
+        assert!(half.contains("ACB_TLS_CERT and ACB_TLS_KEY go together"), "{half}");
+        let no_ca = TlsEnv::from_vars(vars(&[(CERT_VAR, "/c.pem"), (KEY_VAR, "/c.key")])).unwrap_err().to_string();
+        assert!(no_ca.contains("needs ACB_TLS_CA"), "{no_ca}");
     }
 }
