@@ -56,8 +56,6 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     /// Like `--node-name`.
     pub node_name: Option<String>,
-    /// Like `--max-one-off-clients`.
-    pub max_one_off_clients: Option<usize>,
     /// Like `--max-connections`.
     pub max_connections: Option<usize>,
     /// Like `--handshake-timeout`.
@@ -70,6 +68,16 @@ pub struct FileConfig {
     pub tls_client_ca: Option<PathBuf>,
     /// Like `--insecure`.
     pub insecure: Option<bool>,
+    /// Like `--max-one-off-clients`.
+    pub max_one_off_clients: Option<usize>,
+    /// Like `--state-dir` (`"none"`: save nothing).
+    pub state_dir: Option<String>,
+    /// Like `--reclaim-grace`.
+    pub reclaim_grace: Option<String>,
+    /// Like `--one-off-ttl`.
+    pub one_off_ttl: Option<String>,
+    /// Like `--admin-uid`.
+    pub admin_uid: Option<u32>,
 }
 
 impl FileConfig {
@@ -100,8 +108,6 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     /// This node's name in the pool.
     pub node_name: String,
-    /// The most one-off clients waiting for a grant at once.
-    pub max_one_off_clients: usize,
     /// Where the token came from (warned about when group or others can read it).
     pub auth_token_file: Option<PathBuf>,
     /// Open connections at most, all listeners together (lowered to fit the descriptor limit).
@@ -112,7 +118,22 @@ pub struct ServeConfig {
     pub tls: Option<crate::tls::TlsFiles>,
     /// Allows a non-loopback TCP listener without TLS (`--insecure`).
     pub insecure: bool,
+    /// The most one-off clients waiting for a grant at once.
+    pub max_one_off_clients: usize,
+    /// Where the leases are saved across restarts (`None`: nowhere).
+    pub state_dir: Option<PathBuf>,
+    /// How long a restarted assigner holds its previous run's session leases for their clients.
+    pub reclaim_grace: Duration,
+    /// How long a one-off lease lives without a renewal.
+    pub one_off_ttl: Duration,
+    /// The uid that may release any lease (`acb-assigner release --lease N`).
+    pub admin_uid: u32,
 }
+
+/// The default of `--reclaim-grace`.
+pub const DEFAULT_RECLAIM_GRACE: Duration = Duration::from_secs(30);
+/// The default of `--one-off-ttl`.
+pub const DEFAULT_ONE_OFF_TTL: Duration = Duration::from_secs(300);
 
 /// The default of `--max-one-off-clients`.
 pub const DEFAULT_MAX_ONE_OFF_CLIENTS: usize = 1024;
@@ -130,12 +151,16 @@ impl ServeConfig {
             auth_token: None,
             log_format: LogFormat::Text,
             node_name: "simulated".into(),
-            max_one_off_clients: DEFAULT_MAX_ONE_OFF_CLIENTS,
             auth_token_file: None,
             max_connections: crate::listener::DEFAULT_MAX_CONNECTIONS,
             handshake_timeout: crate::listener::DEFAULT_HANDSHAKE_TIMEOUT,
             tls: None,
             insecure: false,
+            max_one_off_clients: DEFAULT_MAX_ONE_OFF_CLIENTS,
+            state_dir: None,
+            reclaim_grace: DEFAULT_RECLAIM_GRACE,
+            one_off_ttl: DEFAULT_ONE_OFF_TTL,
+            admin_uid: 0,
         }
     }
 }

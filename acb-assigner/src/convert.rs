@@ -35,6 +35,7 @@ pub fn to_status(e: DomainError) -> Status {
         DomainError::ShuttingDown => (Code::Unavailable, R::ShuttingDown),
         DomainError::Invalid(_) => (Code::InvalidArgument, R::InvalidArgument),
         DomainError::LimitReached(_) => (Code::ResourceExhausted, R::LimitReached),
+        DomainError::PermissionDenied(_) => (Code::PermissionDenied, R::PermissionDenied),
     };
     acb_proto::status_with_reason(code, e.to_string(), reason)
 }
@@ -64,6 +65,7 @@ pub fn grant_to_proto(g: GrantInfo) -> proto::AllocateResponse {
         memory_per_gpu: g.memory_per_gpu,
         waited_us: us(g.waited),
         client_token: g.token,
+        expires_in_ms: g.expires.map_or(0, |d| ms(d).max(1)),
     }
 }
 
@@ -75,8 +77,9 @@ pub fn to_client_to_proto(m: ToClient) -> Result<proto::SessionEvent, Status> {
         ToClient::Yield { lease, reason } => {
             E::YieldRequest(proto::YieldRequest { lease_id: lease, reason: yield_reason(reason).into() })
         }
-        ToClient::Revoked { lease, gpu } => {
-            E::Revoked(proto::LeaseRevoked { lease_id: lease, gpu_id: gpu, reason: format!("gpu#{gpu} was lost") })
+        ToClient::Revoked { lease, gpu, why } => {
+            let reason = why.unwrap_or_else(|| format!("gpu#{gpu} was lost"));
+            E::Revoked(proto::LeaseRevoked { lease_id: lease, gpu_id: gpu, reason })
         }
         ToClient::ShuttingDown => E::ShuttingDown(proto::ShuttingDown { reason: "the assigner is stopping".into() }),
         ToClient::Granted { tag, grant } => {
@@ -127,13 +130,16 @@ pub fn status_to_proto(mut s: StatusSnapshot, limits: &proto::StatusRequest) -> 
                 holders: g
                     .holders
                     .into_iter()
-                    .map(|(client_id, job, lease_id, idle, held, memory)| proto::Holder {
-                        client_id,
-                        job,
-                        lease_id,
-                        idle,
-                        held_ms: ms(held),
-                        memory,
+                    .map(|h| proto::Holder {
+                        client_id: h.client,
+                        job: h.job,
+                        lease_id: h.lease,
+                        idle: h.idle,
+                        held_ms: ms(h.held),
+                        memory: h.memory,
+                        uid: h.uid,
+                        pid: h.pid,
+                        expires_in_ms: h.expires.map_or(0, |d| ms(d).max(1)),
                     })
                     .collect(),
             })
@@ -163,6 +169,8 @@ pub fn status_to_proto(mut s: StatusSnapshot, limits: &proto::StatusRequest) -> 
                 swap_bytes_in: c.swap_in,
                 swap_bytes_out: c.swap_out,
                 one_off: c.one_off,
+                uid: c.uid,
+                orphan: c.orphan,
             })
             .collect(),
         uptime_ms: ms(s.uptime),
@@ -201,6 +209,9 @@ pub fn event_to_proto(e: Event) -> proto::Event {
         }
         EventKind::Released { client, lease, by_disconnect } => {
             K::Released(proto::Released { client_id: client, lease_id: lease, by_disconnect })
+        }
+        EventKind::TakenBack { client, lease, reason } => {
+            K::TakenBack(proto::TakenBack { client_id: client, lease_id: lease, reason })
         }
         EventKind::Cancelled { client, request } => {
             K::Cancelled(proto::Cancelled { client_id: client, request_id: request })

@@ -83,6 +83,9 @@ pub enum Error {
     /// A TLS certificate, key or CA file that cannot be read or used.
     #[error("{0}")]
     Tls(String),
+    /// The state directory cannot be used (locked by another daemon, unsafe, unreadable file).
+    #[error("{0}")]
+    State(#[from] crate::driver::StateError),
     /// The gRPC reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(String),

@@ -13,6 +13,7 @@ pub mod driver;
 mod error;
 pub mod listener;
 pub mod metrics;
+pub mod peer;
 pub mod server;
 pub mod service;
 pub mod tls;

@@ -116,7 +116,9 @@ pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>
         if fake > 0 { " (SIMULATED GPUs)" } else { "" }
     );
     let metrics = Arc::new(Metrics::new());
-    let (handle, driver_task) = driver::spawn(cfg.scheduler, cfg.quantum, cfg.node_name.clone(), gpus, metrics.clone());
+    let persistence = persistence(&cfg)?;
+    let (handle, driver_task) =
+        driver::spawn(cfg.scheduler, cfg.quantum, cfg.node_name.clone(), gpus, metrics.clone(), persistence);
     let auth = cfg.auth_token.as_deref().map_or_else(Auth::none, Auth::token);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<AssignerServer<AssignerService>>().await;
@@ -196,6 +198,22 @@ pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// Opens (and locks) the state directory and reads what the previous run saved.
+fn persistence(cfg: &ServeConfig) -> Result<driver::Persistence, Error> {
+    let store = cfg.state_dir.as_deref().map(driver::Store::open).transpose()?;
+    let saved = store.as_ref().map(driver::Store::load).transpose()?.flatten();
+    if let Some(s) = &store {
+        tracing::info!("saving leases in {}", s.path().display());
+    }
+    Ok(driver::Persistence {
+        store,
+        saved,
+        reclaim_grace: cfg.reclaim_grace,
+        one_off_ttl: cfg.one_off_ttl,
+        admin_uid: cfg.admin_uid,
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called (inside a

@@ -42,16 +42,6 @@ impl AssignerService {
     }
 }
 
-fn check_job(job: &str) -> Result<(), Status> {
-    if job.len() > MAX_JOB {
-        return Err(crate::convert::invalid(format!("job name longer than {MAX_JOB} bytes")));
-    }
-    if job.chars().any(char::is_control) {
-        return Err(crate::convert::invalid("job name contains control characters"));
-    }
-    Ok(())
-}
-
 /// The most bytes one swap report may count, each way: 1 PiB, far beyond what a client moves
 /// between two reports. Garbage above it once made `acb_swap_in_bytes_total` read 2^64 - 2.
 pub const MAX_SWAP_REPORT: u64 = 1 << 50;
@@ -65,6 +55,16 @@ fn check_swap(s: &proto::SwapReport) -> Result<(u64, u64), String> {
         ));
     }
     Ok((s.bytes_in, s.bytes_out))
+}
+
+fn check_job(job: &str) -> Result<(), Status> {
+    if job.len() > MAX_JOB {
+        return Err(crate::convert::invalid(format!("job name longer than {MAX_JOB} bytes")));
+    }
+    if job.chars().any(char::is_control) {
+        return Err(crate::convert::invalid("job name contains control characters"));
+    }
+    Ok(())
 }
 
 fn flatten<T>(r: Result<Result<T, DomainError>, DomainError>) -> Result<T, Status> {
@@ -87,7 +87,8 @@ impl Drop for AbandonGuard {
         match rx.try_recv() {
             Ok(Ok(grant)) => {
                 let (tx, _) = tokio::sync::oneshot::channel();
-                self.handle.send_later(Command::Release { token: grant.token, lease: grant.lease, reply: tx });
+                let (token, lease) = (grant.token, grant.lease);
+                self.handle.send_later(Command::Release { token, lease, uid: None, reply: tx });
             }
             Ok(Err(_)) => {}
             Err(_) => self.handle.send_later(Command::Abandon { key: self.key }),
@@ -106,25 +107,33 @@ impl proto::assigner_server::Assigner for AssignerService {
         &self,
         request: Request<Streaming<proto::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let creds = crate::peer::of(&request, 0);
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| crate::convert::invalid("a session starts with Hello"))?;
         let Some(Msg::Hello(hello)) = first.msg else {
             return Err(crate::convert::invalid("the first message of a session must be Hello"));
         };
         check_job(&hello.job)?;
+        if hello.resume_token.len() > 128 || hello.held_leases.len() > 64 {
+            return Err(crate::convert::invalid("a resume_token of at most 128 bytes and at most 64 held_leases"));
+        }
+        let peer = crate::peer::or_claimed(creds, hello.pid);
         let (tx, rx) = crate::driver::session_channel();
-        let (client, token) = flatten(
+        let welcomed = flatten(
             self.handle
                 .ask(|reply| Command::Connect {
                     job: hello.job.clone(),
-                    pid: hello.pid,
                     grants: hello.grants_on_session,
                     to_client: tx,
+                    peer,
+                    resume_token: hello.resume_token.clone(),
+                    held: hello.held_leases.clone(),
                     reply,
                 })
                 .await,
         )?;
-        tracing::info!(client, job = %hello.job, pid = hello.pid, "session opened");
+        let client = welcomed.client;
+        tracing::info!(client, job = %hello.job, pid = peer.pid, uid = ?peer.uid, resumed = welcomed.resumed, "session opened");
         let handle = self.handle.clone();
         tokio::spawn(async move {
             // The session lives as long as the client's half of the stream.
@@ -149,7 +158,9 @@ impl proto::assigner_server::Assigner for AssignerService {
         let welcome = proto::SessionEvent {
             event: Some(proto::session_event::Event::Welcome(proto::Welcome {
                 client_id: client,
-                client_token: token,
+                client_token: welcomed.token,
+                resumed: welcomed.resumed,
+                kept_leases: welcomed.kept,
             })),
         };
         // The stream ends with an error status after ToClient::Ended (a session too far behind).
@@ -161,6 +172,7 @@ impl proto::assigner_server::Assigner for AssignerService {
         &self,
         request: Request<proto::AllocateRequest>,
     ) -> Result<Response<proto::AllocateResponse>, Status> {
+        let peer = crate::peer::of(&request, 0);
         let r = request.into_inner();
         check_job(&r.job)?;
         if r.required_gpus.len() > MAX_AFFINITY || r.preferred_gpus.len() > MAX_AFFINITY {
@@ -187,6 +199,7 @@ impl proto::assigner_server::Assigner for AssignerService {
             gpus: r.gpus,
             memory_per_gpu: r.memory_per_gpu,
             priority: r.priority,
+            peer,
             required: r.required_gpus,
             preferred: r.preferred_gpus,
             tag: r.request_tag,
@@ -206,10 +219,23 @@ impl proto::assigner_server::Assigner for AssignerService {
         &self,
         request: Request<proto::ReleaseRequest>,
     ) -> Result<Response<proto::ReleaseResponse>, Status> {
+        let uid = crate::peer::of(&request, 0).uid;
         let r = request.into_inner();
         let token = r.client_token;
-        flatten(self.handle.ask(|reply| Command::Release { token, lease: r.lease_id, reply }).await)?;
+        flatten(self.handle.ask(|reply| Command::Release { token, lease: r.lease_id, uid, reply }).await)?;
         Ok(Response::new(proto::ReleaseResponse {}))
+    }
+
+    async fn renew(&self, request: Request<proto::RenewRequest>) -> Result<Response<proto::RenewResponse>, Status> {
+        let uid = crate::peer::of(&request, 0).uid;
+        let r = request.into_inner();
+        if r.client_token.is_empty() || r.client_token.len() > 128 {
+            return Err(to_status(DomainError::UnknownToken));
+        }
+        let token = r.client_token;
+        let left = flatten(self.handle.ask(|reply| Command::Renew { token, lease: r.lease_id, uid, reply }).await)?;
+        let expires_in_ms = left.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
+        Ok(Response::new(proto::RenewResponse { expires_in_ms }))
     }
 
     async fn status(&self, request: Request<proto::StatusRequest>) -> Result<Response<proto::StatusResponse>, Status> {

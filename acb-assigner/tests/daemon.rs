@@ -248,7 +248,7 @@ fn grants_come_over_a_session_only_when_it_asks() {
     rt().block_on(async {
         let mut rpc = client::connect(&addr, None, T).await.unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let hello = proto::Hello { job: "old".into(), pid: 1, grants_on_session: false };
+        let hello = proto::Hello { job: "old".into(), pid: 1, ..Default::default() };
         tx.send(proto::SessionRequest { msg: Some(proto::session_request::Msg::Hello(hello)) }).await.unwrap();
         let mut events = rpc.session(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
         let Some(proto::session_event::Event::Welcome(w)) = events.message().await.unwrap().unwrap().event else {

@@ -157,6 +157,10 @@ pub struct Session {
     pub token: String,
     /// What the assigner says: yield requests, revocations, shutdown.
     pub events: Streaming<proto::SessionEvent>,
+    /// This session resumed a lost one (see [`Session::resume`]).
+    pub resumed: bool,
+    /// The leases of the resumed session the assigner kept for this client.
+    pub kept_leases: Vec<u64>,
     rpc: Rpc,
     tx: mpsc::Sender<proto::SessionRequest>,
 }
@@ -169,13 +173,31 @@ impl Session {
 
     /// Opens a session for `job`; with `grants`, its events also carry a copy of each grant
     /// (`LeaseGranted`). Ask only if you read the events: unread ones pile up in the assigner.
-    pub async fn open_with(mut rpc: Rpc, job: &str, grants: bool) -> Result<Session, Status> {
+    pub async fn open_with(rpc: Rpc, job: &str, grants: bool) -> Result<Session, Status> {
+        Self::resume(rpc, job, grants, "", &[]).await
+    }
+
+    /// Opens a session for `job` that resumes the lost session whose token was `resume_token`
+    /// (after a restart of the assigner, or a dropped connection), claiming the leases in `held`
+    /// (those of GPU phases still running). The assigner resumes it only if it still holds that
+    /// session's leases (a restarted assigner does, for its grace period); `resumed` and
+    /// `kept_leases` say what it did. Otherwise this is a new session, as with
+    /// [`Session::open_with`].
+    pub async fn resume(
+        mut rpc: Rpc,
+        job: &str,
+        grants: bool,
+        resume_token: &str,
+        held: &[u64],
+    ) -> Result<Session, Status> {
         let (tx, rx) = mpsc::channel(64);
         let hello = proto::SessionRequest {
             msg: Some(proto::session_request::Msg::Hello(proto::Hello {
                 job: job.into(),
                 pid: std::process::id(),
                 grants_on_session: grants,
+                resume_token: resume_token.into(),
+                held_leases: held.to_vec(),
             })),
         };
         tx.send(hello).await.map_err(|_| Status::internal("session channel closed"))?;
@@ -184,7 +206,15 @@ impl Session {
         let Some(proto::session_event::Event::Welcome(w)) = first.event else {
             return Err(Status::internal("the assigner did not answer Welcome"));
         };
-        Ok(Session { client_id: w.client_id, token: w.client_token, events, rpc, tx })
+        Ok(Session {
+            client_id: w.client_id,
+            token: w.client_token,
+            events,
+            resumed: w.resumed,
+            kept_leases: w.kept_leases,
+            rpc,
+            tx,
+        })
     }
 
     /// Asks for GPUs and waits for the grant.

@@ -83,6 +83,12 @@ pub(crate) fn lock(k: &SharedKept) -> std::sync::MutexGuard<'_, Kept> {
 /// How often the driver looks for claims and ends while it holds a lease.
 const TICK: Duration = Duration::from_millis(2);
 
+/// The first wait between attempts to resume a lost session (doubling up to [`RESUME_MAX`]).
+const RESUME_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between attempts to resume a lost session: a restarted assigner holds the
+/// lost session's leases for its grace period (30 s by default), well beyond it.
+const RESUME_MAX: Duration = Duration::from_secs(2);
+
 enum Event {
     Cmd(Option<Cmd>),
     Internal(Option<Internal>),
@@ -116,6 +122,11 @@ pub(crate) struct Driver {
     memory: SharedMemory,
     /// Why the last swap-in failed; the begin waiting for it gets the error.
     swap_failure: Option<String>,
+    /// The token of the last session, to resume it once it is lost (see
+    /// [`ClientMachine::wants_resume`]).
+    last_token: String,
+    /// When to try to resume next, and the wait after that.
+    resume_at: Option<(tokio::time::Instant, Duration)>,
 }
 
 impl Driver {
@@ -150,6 +161,8 @@ impl Driver {
             internal,
             memory,
             swap_failure: None,
+            last_token: String::new(),
+            resume_at: None,
         }
     }
 
@@ -167,6 +180,9 @@ impl Driver {
             if self.machine.lease().is_some() {
                 let tick = tokio::time::Instant::now() + TICK;
                 deadline = Some(deadline.map_or(tick, |d| d.min(tick)));
+            }
+            if let (true, Some((at, _))) = (self.session.is_none() && self.machine.wants_resume(), self.resume_at) {
+                deadline = Some(deadline.map_or(at, |d| d.min(at)));
             }
             let timer = async {
                 match deadline {
@@ -345,19 +361,26 @@ impl Driver {
     /// Brings the session in line with the machine: while the machine counts on none, hold
     /// none (its calls die with it); when a phase waits for a connection, connect (with the
     /// configured retries), or fail the phase.
+    ///
+    /// A session lost while a lease was held is resumed without waiting for a phase (one
+    /// attempt at a time, backing off while the assigner is away): the restarted assigner keeps
+    /// the lease of a phase still running for this client, and frees at once one swapped out.
     async fn follow_session(&mut self) {
         if !self.machine.is_connected() && self.session.take().is_some() {
             self.abort_alloc();
         }
-        if self.session.is_some() || self.machine.state() != State::Disconnected || self.begin_reply.is_none() {
+        if self.session.is_some() {
+            return;
+        }
+        let phase_waits = self.machine.state() == State::Disconnected && self.begin_reply.is_some();
+        if !phase_waits {
+            if self.machine.wants_resume() {
+                self.try_resume().await;
+            }
             return;
         }
         match self.connect().await {
-            Ok(s) => {
-                self.session = Some(s);
-                let now = self.now();
-                self.machine.handle_reconnected(now);
-            }
+            Ok(s) => self.attach(s),
             Err(e) => {
                 let now = self.now();
                 let _ = self.machine.cancel(now);
@@ -365,6 +388,56 @@ impl Driver {
                     let _ = r.send(Err(e));
                 }
             }
+        }
+    }
+
+    /// One attempt to resume the lost session, when its time has come; the next is scheduled
+    /// if it fails.
+    async fn try_resume(&mut self) {
+        let now = tokio::time::Instant::now();
+        let (at, wait) = *self.resume_at.get_or_insert((now, RESUME_FIRST));
+        if at > now {
+            return;
+        }
+        match self.open_session().await {
+            Ok(s) => self.attach(s),
+            Err(e) => {
+                tracing::debug!("resuming the session failed (retrying in {wait:?}): {e}");
+                self.resume_at = Some((now + wait, (wait * 2).min(RESUME_MAX)));
+            }
+        }
+    }
+
+    /// Takes a session just opened: the machine hears of it, and of what it resumed.
+    fn attach(&mut self, s: Session) {
+        let now = self.now();
+        let (resumed, kept) = (s.resumed, s.kept_leases.clone());
+        self.last_token.clone_from(&s.token);
+        self.session = Some(s);
+        self.resume_at = None;
+        self.machine.handle_reconnected(now);
+        if resumed {
+            let kept: Vec<LeaseId> = kept.into_iter().map(LeaseId).collect();
+            tracing::debug!(?kept, "the assigner resumed this client's session");
+            self.machine.handle_resumed(&kept, now);
+        }
+    }
+
+    /// One attempt to open a session, resuming the last one (its token, and the lease of a
+    /// phase still running).
+    async fn open_session(&self) -> Result<Session, Error> {
+        let rpc =
+            connection::connect(&self.cfg.assigner, self.cfg.auth_token.as_deref(), self.cfg.connect_timeout).await?;
+        let held: Vec<u64> = self.machine.resume_claim().map(|l| l.0).into_iter().collect();
+        let open = Session::resume(rpc, &self.cfg.job, true, &self.last_token, &held);
+        match tokio::time::timeout(self.cfg.connect_timeout, open).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(status)) => Err(Error::Unavailable(format!(
+                "the assigner at {} refused the session: {}",
+                self.cfg.assigner,
+                status.message()
+            ))),
+            Err(_) => Err(Error::Unavailable(format!("the assigner at {} did not answer in time", self.cfg.assigner))),
         }
     }
 
@@ -376,22 +449,9 @@ impl Driver {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            let rpc =
-                match connection::connect(&self.cfg.assigner, self.cfg.auth_token.as_deref(), self.cfg.connect_timeout)
-                    .await
-                {
-                    Ok(rpc) => rpc,
-                    Err(e) => {
-                        last = e.to_string();
-                        continue;
-                    }
-                };
-            match tokio::time::timeout(self.cfg.connect_timeout, Session::open_with(rpc, &self.cfg.job, true)).await {
-                Ok(Ok(s)) => return Ok(s),
-                Ok(Err(status)) => {
-                    last = format!("the assigner at {} refused the session: {}", self.cfg.assigner, status.message())
-                }
-                Err(_) => last = format!("the assigner at {} did not answer in time", self.cfg.assigner),
+            match self.open_session().await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = e.to_string(),
             }
         }
         Err(Error::Unavailable(format!("{last} (after {} attempts)", self.cfg.connect_retries + 1)))

@@ -37,6 +37,7 @@ pub fn from_proto(e: proto::Event) -> Option<Event> {
             EventKind::Released { client: r.client_id, lease: r.lease_id, by_disconnect: r.by_disconnect }
         }
         K::Cancelled(c) => EventKind::Cancelled { client: c.client_id, request: c.request_id },
+        K::TakenBack(t) => EventKind::TakenBack { client: t.client_id, lease: t.lease_id, reason: t.reason },
         K::Rejected(r) => EventKind::Rejected { client: r.client_id, request: r.request_id, reason: r.reason },
         K::ClientGone(c) => EventKind::ClientGone { client: c.client_id },
         K::GpuHealth(g) => EventKind::GpuHealth { gpu: g.gpu_id, healthy: g.healthy },
@@ -73,6 +74,9 @@ pub fn to_json(e: &Event) -> serde_json::Value {
             ("released", json!({"client": client, "lease": lease, "by_disconnect": by_disconnect}))
         }
         EventKind::Cancelled { client, request } => ("cancelled", json!({"client": client, "request": request})),
+        EventKind::TakenBack { client, lease, reason } => {
+            ("taken-back", json!({"client": client, "lease": lease, "reason": reason}))
+        }
         EventKind::Rejected { client, request, reason } => {
             ("rejected", json!({"client": client, "request": request, "reason": reason}))
         }

@@ -15,7 +15,8 @@ pub fn status_json(s: &proto::StatusResponse) -> String {
                 "reserved": g.reserved,
                 "holders": g.holders.iter().map(|h| serde_json::json!({
                     "client": h.client_id, "job": h.job, "lease": h.lease_id, "idle": h.idle,
-                    "held_ms": h.held_ms, "memory": h.memory,
+                    "held_ms": h.held_ms, "memory": h.memory, "uid": h.uid, "pid": h.pid,
+                    "expires_in_ms": (h.expires_in_ms > 0).then_some(h.expires_in_ms),
                 })).collect::<Vec<_>>(),
             })
         })
@@ -37,6 +38,7 @@ pub fn status_json(s: &proto::StatusResponse) -> String {
             serde_json::json!({
                 "client": c.client_id, "job": c.job, "pid": c.pid, "leases": c.leases, "queued": c.queued,
                 "swap_bytes_in": c.swap_bytes_in, "swap_bytes_out": c.swap_bytes_out, "one_off": c.one_off,
+                "uid": c.uid, "orphan": c.orphan,
             })
         })
         .collect();

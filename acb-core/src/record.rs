@@ -69,6 +69,17 @@ pub enum EventKind {
         /// Ended because the client's session ended.
         by_disconnect: bool,
     },
+    /// The assigner took a lease back without its holder's release (a `Released` event with
+    /// `by_disconnect` follows): a one-off lease not renewed in time, a lease of a previous run
+    /// not reclaimed within the grace period after a restart, or an admin's release.
+    TakenBack {
+        /// Client id.
+        client: u64,
+        /// The lease.
+        lease: u64,
+        /// Why, for people.
+        reason: String,
+    },
     /// A queued request was withdrawn (the caller gave up).
     Cancelled {
         /// Client id.
@@ -139,6 +150,9 @@ impl fmt::Display for Event {
                 "released    client#{client} lease#{lease}{}",
                 if *by_disconnect { " (session ended)" } else { "" }
             ),
+            EventKind::TakenBack { client, lease, reason } => {
+                write!(f, "taken-back  client#{client} lease#{lease}: {reason}")
+            }
             EventKind::Cancelled { client, request } => write!(f, "cancelled   client#{client} request#{request}"),
             EventKind::Rejected { client, request, reason } => {
                 write!(f, "rejected    client#{client} request#{request}: {reason}")

@@ -11,14 +11,7 @@ use acb_core::{ClientId, Error, GpuId, LeaseId, Policy, YieldReason};
 use harness::{GIB, Harness};
 
 fn restored(lease: u64, client: ClientId, gpu: u32, gib: u64, idle: bool) -> RestoredLease {
-    RestoredLease {
-        lease: LeaseId(lease),
-        client,
-        gpus: vec![GpuId(gpu)],
-        memory: vec![gib * GIB],
-        priority: 0,
-        idle,
-    }
+    RestoredLease { lease: LeaseId(lease), client, gpus: vec![GpuId(gpu)], memory: vec![gib * GIB], priority: 0, idle }
 }
 
 #[test]

@@ -17,6 +17,7 @@ mod bench;
 mod demo;
 mod demo_job;
 mod error;
+mod release;
 mod serve;
 mod simulate;
 mod status;
@@ -43,6 +44,8 @@ enum Cmd {
     Watch(WatchArgs),
     /// Draw who held which GPU when, from the assigner's event record, as SVG.
     Timeline(TimelineArgs),
+    /// Give a lease back: any lease, as the admin (the assigner's admin uid, over its Unix socket).
+    Release(ReleaseArgs),
     /// Ask for GPUs, print the lease, hold it, give it back (a debugging aid; also used by tests).
     Alloc(AllocArgs),
     /// Benchmark grant+release round trips beside a bare tonic unary call, same run.
@@ -91,10 +94,6 @@ struct ServeArgs {
     /// This node's name (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
-    /// The most one-off clients (calls with no session) waiting for a grant at once; past it a
-    /// call fails with RESOURCE_EXHAUSTED, reason LIMIT_REACHED. Default: 1024.
-    #[arg(long)]
-    max_one_off_clients: Option<usize>,
     /// Open connections at most, all listeners together; past it new ones are closed at once.
     /// Default 4096, lowered to fit the file descriptor limit.
     #[arg(long)]
@@ -116,6 +115,28 @@ struct ServeArgs {
     /// the clear).
     #[arg(long)]
     insecure: bool,
+    /// The most one-off clients (calls with no session) waiting for a grant at once; past it a
+    /// call fails with RESOURCE_EXHAUSTED, reason LIMIT_REACHED. Default: 1024.
+    #[arg(long)]
+    max_one_off_clients: Option<usize>,
+    /// Where the leases are saved, so that a restarted assigner does not grant a GPU a client
+    /// still computes on; `none` saves nothing. Default, for a daemon on the default socket:
+    /// /var/lib/acb as root, else $XDG_STATE_HOME/acb or ~/.local/state/acb; on any other
+    /// socket, none (give one).
+    #[arg(long)]
+    state_dir: Option<String>,
+    /// How long a restarted assigner holds its previous run's session leases for their clients
+    /// to resume them (e.g. 30s). Default: 30s.
+    #[arg(long, value_parser = config::parse_duration)]
+    reclaim_grace: Option<Duration>,
+    /// How long a one-off lease (AllocRequest without a session) lives unless its holder renews
+    /// it (Renew). Default: 5m.
+    #[arg(long, value_parser = config::parse_duration)]
+    one_off_ttl: Option<Duration>,
+    /// The uid that may release any lease over the Unix socket (`acb-assigner release --lease N`).
+    /// Default: 0.
+    #[arg(long)]
+    admin_uid: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -129,6 +150,18 @@ struct StatusArgs {
     /// 5000); the totals are always shown.
     #[arg(long)]
     limit: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+struct ReleaseArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// The lease (its id in `status`).
+    #[arg(long)]
+    lease: u64,
+    /// The holder's client token; without it the assigner allows only its admin uid.
+    #[arg(long)]
+    token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -305,6 +338,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Serve(args) => serve::run(*args).await,
         Cmd::Status(args) => status::run(args).await,
         Cmd::Watch(args) => watch::run(args).await,
+        Cmd::Release(args) => release::run(args).await,
         Cmd::Timeline(args) => timeline::run(args).await,
         Cmd::Alloc(args) => alloc::run(args).await,
         Cmd::Bench(args) => bench::run(args).await,

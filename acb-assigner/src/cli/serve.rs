@@ -94,6 +94,7 @@ fn resolve(args: ServeArgs) -> Result<ServeConfig, Error> {
     };
     let insecure = args.insecure || file.insecure.unwrap_or(false);
     crate::server::check_exposure(&listen, auth_token.is_some(), tls.is_some(), insecure)?;
+    let default_socket = listen == [Address::default_listen()];
     Ok(ServeConfig {
         listen,
         gpus,
@@ -103,16 +104,52 @@ fn resolve(args: ServeArgs) -> Result<ServeConfig, Error> {
         auth_token,
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         node_name: args.node_name.or(file.node_name).unwrap_or_else(config::host_name),
-        max_one_off_clients: args
-            .max_one_off_clients
-            .or(file.max_one_off_clients)
-            .unwrap_or(config::DEFAULT_MAX_ONE_OFF_CLIENTS),
         auth_token_file,
         max_connections,
         handshake_timeout,
         tls,
         insecure,
+        max_one_off_clients: args
+            .max_one_off_clients
+            .or(file.max_one_off_clients)
+            .unwrap_or(config::DEFAULT_MAX_ONE_OFF_CLIENTS),
+        state_dir: match args.state_dir.or(file.state_dir) {
+            Some(d) if d == "none" => None,
+            Some(d) if d.is_empty() => {
+                return Err(Error::Setting { what: "--state-dir", why: "empty (give a directory, or none)".into() });
+            }
+            Some(d) => Some(d.into()),
+            // The default directory goes with the default socket: daemons on other sockets
+            // (tests, a second daemon for other GPUs) would otherwise share it and lock each
+            // other out.
+            None if default_socket => crate::driver::default_state_dir(),
+            None => None,
+        },
+        reclaim_grace: duration_setting(args.reclaim_grace, file.reclaim_grace, "config reclaim_grace")?
+            .unwrap_or(config::DEFAULT_RECLAIM_GRACE),
+        one_off_ttl: match duration_setting(args.one_off_ttl, file.one_off_ttl, "config one_off_ttl")? {
+            Some(d) if d.is_zero() => {
+                return Err(Error::Setting { what: "--one-off-ttl", why: "must be more than 0".into() });
+            }
+            d => d.unwrap_or(config::DEFAULT_ONE_OFF_TTL),
+        },
+        admin_uid: args.admin_uid.or(file.admin_uid).unwrap_or(0),
     })
+}
+
+/// A duration from its flag, else from the settings file (`what` names the key in errors).
+fn duration_setting(
+    flag: Option<std::time::Duration>,
+    file: Option<String>,
+    what: &'static str,
+) -> Result<Option<std::time::Duration>, Error> {
+    match (flag, file) {
+        (Some(d), _) => Ok(Some(d)),
+        (None, Some(s)) => {
+            config::parse_duration(&s).map(Some).map_err(|e| Error::Setting { what, why: e.to_string() })
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 fn init_logs(format: LogFormat) {

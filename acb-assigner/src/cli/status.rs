@@ -45,7 +45,20 @@ fn status_table(s: &proto::StatusResponse) -> String {
             .holders
             .iter()
             .map(|h| {
-                format!("{} (client#{}, lease#{}, {:.1} s)", h.job, h.client_id, h.lease_id, h.held_ms as f64 / 1e3)
+                let uid = h.uid.map(|u| format!(", uid {u}")).unwrap_or_default();
+                let ttl = if h.expires_in_ms > 0 {
+                    format!(", ends in {:.0} s unless renewed", h.expires_in_ms as f64 / 1e3)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{} (client#{}, lease#{}, {:.1} s{uid}, pid {}{ttl})",
+                    h.job,
+                    h.client_id,
+                    h.lease_id,
+                    h.held_ms as f64 / 1e3,
+                    h.pid
+                )
             })
             .collect();
         let name = if g.fake { format!("{} (fake)", g.name) } else { g.name.clone() };
@@ -81,15 +94,18 @@ fn status_table(s: &proto::StatusResponse) -> String {
     more(&mut o, s.queue_total, s.queue.len(), "queued requests");
     let _ = writeln!(o, "\nCLIENTS ({})", s.clients_total.max(s.clients.len() as u32));
     for c in &s.clients {
+        // Over TCP there are no credentials: no uid, and the pid is what the client said.
+        let uid = c.uid.map_or_else(|| "uid ? (TCP)".to_string(), |u| format!("uid {u}"));
         let _ = writeln!(
             o,
-            "  client#{} {} pid {} leases {} queued {}{}",
+            "  client#{} {} {uid} pid {} leases {} queued {}{}{}",
             c.client_id,
             c.job,
             c.pid,
             c.leases,
             c.queued,
-            if c.one_off { " (one-off)" } else { "" }
+            if c.one_off { " (one-off)" } else { "" },
+            if c.orphan { " (restored after a restart; waiting for its client to resume)" } else { "" }
         );
     }
     more(&mut o, s.clients_total, s.clients.len(), "clients");

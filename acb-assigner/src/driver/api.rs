@@ -29,6 +29,9 @@ pub enum DomainError {
     /// One of the assigner's limits was reached (the message names it).
     #[error("{0}")]
     LimitReached(String),
+    /// The caller's uid (SO_PEERCRED) may not do this (the message says why).
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 /// What the assigner tells a session.
@@ -45,8 +48,10 @@ pub enum ToClient {
     Revoked {
         /// The lease.
         lease: u64,
-        /// The GPU lost.
+        /// The GPU lost (the lease's first GPU when it was taken back otherwise).
         gpu: u32,
+        /// Why, when not a lost GPU (an admin's release).
+        why: Option<String>,
     },
     /// The assigner is stopping.
     ShuttingDown,
@@ -107,6 +112,8 @@ pub struct GrantInfo {
     pub waited: Duration,
     /// The token to release with.
     pub token: String,
+    /// A one-off lease ends this long from now unless renewed; `None` for a session's.
+    pub expires: Option<Duration>,
 }
 
 /// An allocation request as it arrives.
@@ -122,6 +129,8 @@ pub struct AllocSpec {
     pub memory_per_gpu: Option<u64>,
     /// Priority.
     pub priority: i32,
+    /// The caller's uid and pid from SO_PEERCRED (Unix socket); no uid over TCP.
+    pub peer: Peer,
     /// Only these GPU ids.
     pub required: Vec<u32>,
     /// These GPU ids if free.
@@ -153,8 +162,54 @@ pub struct GpuSnapshot {
     pub granted: u64,
     /// Reserved for the head of the queue.
     pub reserved: bool,
-    /// Holders: (client, job, lease, idle, held for, memory).
-    pub holders: Vec<(u64, String, u64, bool, Duration, u64)>,
+    /// Holders.
+    pub holders: Vec<HolderSnapshot>,
+}
+
+/// A lease on a GPU in a status snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HolderSnapshot {
+    /// Client id.
+    pub client: u64,
+    /// Job.
+    pub job: String,
+    /// Lease id.
+    pub lease: u64,
+    /// Reported idle.
+    pub idle: bool,
+    /// Held for.
+    pub held: Duration,
+    /// Memory counted on this GPU.
+    pub memory: u64,
+    /// The holder's uid (SO_PEERCRED), when it connected over a Unix socket.
+    pub uid: Option<u32>,
+    /// The holder's pid.
+    pub pid: u32,
+    /// A one-off lease's time left unless renewed.
+    pub expires: Option<Duration>,
+}
+
+/// Who called, as the Unix socket says (SO_PEERCRED); over TCP there are no credentials: no
+/// uid, and the pid is what the client said (0 when it said nothing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// Uid, when known.
+    pub uid: Option<u32>,
+    /// Process id (0: unknown).
+    pub pid: u32,
+}
+
+/// What a session's opener hears back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Welcomed {
+    /// Client id.
+    pub client: u64,
+    /// Token.
+    pub token: String,
+    /// The session resumed a lost one (after a restart).
+    pub resumed: bool,
+    /// The leases of the resumed session kept for it.
+    pub kept: Vec<u64>,
 }
 
 /// One queued request in a status snapshot.
@@ -183,8 +238,12 @@ pub struct ClientSnapshot {
     pub client: u64,
     /// Job.
     pub job: String,
-    /// Process id it claimed.
+    /// Process id (SO_PEERCRED's over a Unix socket; what Hello said over TCP).
     pub pid: u32,
+    /// Uid (SO_PEERCRED), when it connected over a Unix socket.
+    pub uid: Option<u32>,
+    /// A session of the previous run not resumed yet (restored after a restart).
+    pub orphan: bool,
     /// Leases held.
     pub leases: u32,
     /// Requests queued.
@@ -221,14 +280,18 @@ pub enum Command {
     Connect {
         /// Job name.
         job: String,
-        /// Claimed pid.
-        pid: u32,
         /// The session wants a copy of each grant ([`ToClient::Granted`]).
         grants: bool,
         /// Where to send what the assigner says.
         to_client: SessionSender,
-        /// (client id, token).
-        reply: Reply<Result<(u64, String), DomainError>>,
+        /// Who connected.
+        peer: Peer,
+        /// The token of a lost session to resume (empty: none).
+        resume_token: String,
+        /// The leases of that session still in use.
+        held: Vec<u64>,
+        /// Who the client is now.
+        reply: Reply<Result<Welcomed, DomainError>>,
     },
     /// A session ended.
     Disconnect {
@@ -255,8 +318,21 @@ pub enum Command {
         token: String,
         /// Lease.
         lease: u64,
+        /// The caller's uid (SO_PEERCRED), when known: it must be the holder's, or the admin's.
+        uid: Option<u32>,
         /// Done, or why not.
         reply: Reply<Result<(), DomainError>>,
+    },
+    /// Keep a one-off lease alive.
+    Renew {
+        /// Token.
+        token: String,
+        /// Lease.
+        lease: u64,
+        /// The caller's uid, when known.
+        uid: Option<u32>,
+        /// The time left now (`None`: a session's lease, which needs no renewal).
+        reply: Reply<Result<Option<Duration>, DomainError>>,
     },
     /// A phase report from a session.
     Phase {

@@ -22,15 +22,20 @@ use crate::metrics::Metrics;
 mod api;
 mod bounds;
 mod history;
+mod restart;
 mod sessions;
+mod state;
 
 use api::Reply;
 pub use api::{
     AllocSpec, ClientSnapshot, Command, DomainError, GpuSnapshot, GrantInfo, GrantedGpu, Handle, QueuedSnapshot,
     SESSION_EVENTS, SessionSender, StatusSnapshot, ToClient, session_channel,
 };
+pub use api::{HolderSnapshot, Peer, Welcomed};
 use history::History;
+pub use restart::Persistence;
 use sessions::Sessions;
+pub use state::{StateError, Store, default_dir as default_state_dir};
 
 /// The driver's state. Run it with [`spawn`].
 pub struct Driver {
@@ -41,6 +46,8 @@ pub struct Driver {
     sessions: Sessions,
     history: History,
     metrics: Arc<Metrics>,
+    /// Saved leases, restart grace, one-off leases' time to live, the admin uid.
+    keeping: restart::Keeping,
 }
 
 impl std::fmt::Debug for Driver {
@@ -57,12 +64,13 @@ pub fn spawn(
     node: String,
     gpus: Vec<FoundGpu>,
     metrics: Arc<Metrics>,
+    mut persistence: Persistence,
 ) -> (Handle, tokio::task::JoinHandle<()>) {
     let mut config = SchedulerConfig::new(policy);
     config.quantum = quantum;
     let pool = crate::discovery::pool_of(&node, &gpus);
     let (tx, rx) = mpsc::channel(4096);
-    let driver = Driver {
+    let mut driver = Driver {
         sched: Scheduler::new(config, pool),
         gpus,
         node,
@@ -70,7 +78,12 @@ pub fn spawn(
         sessions: Sessions::new(),
         history: History::new(),
         metrics,
+        keeping: restart::Keeping::new(&mut persistence),
     };
+    if let Some(saved) = persistence.saved.take() {
+        driver.restore_state(saved);
+    }
+    driver.save_state();
     let task = tokio::spawn(driver.run(rx));
     (Handle::new(tx), task)
 }
@@ -81,7 +94,11 @@ impl Driver {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         self.metrics.update(&self.sched);
         loop {
-            let deadline = self.sched.poll_timeout().map(|t| self.start + Duration::from_nanos(t.as_nanos()));
+            let sched_deadline = self.sched.poll_timeout().map(|t| self.start + Duration::from_nanos(t.as_nanos()));
+            let deadline = match (sched_deadline, self.keeping_deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let timer = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -96,10 +113,14 @@ impl Driver {
                 () = timer => {
                     let now = self.now();
                     self.sched.handle_timeout(now);
+                    self.keeping_timers();
                 }
             }
             self.drain_outputs();
             self.end_sessions_behind();
+            if self.keeping.dirty {
+                self.save_state();
+            }
             self.metrics.update(&self.sched);
         }
         self.sessions.shut_down();
@@ -114,17 +135,20 @@ impl Driver {
         if matches!(kind, EventKind::Released { .. }) {
             self.metrics.released();
         }
+        if matches!(kind, EventKind::Released { .. } | EventKind::Granted { .. }) {
+            self.keeping.dirty = true;
+        }
         self.history.record(self.start.elapsed(), kind);
     }
 
     fn handle_command(&mut self, cmd: Command) {
         let now = self.now();
         match cmd {
-            Command::Connect { job, pid, grants, to_client, reply } => {
-                let r = self.connect(job, pid, false, Some((to_client, grants)), now);
-                if let Err(Ok((client, _))) = reply.send(r.map(|(c, t)| (c.0, t))) {
+            Command::Connect { job, grants, to_client, peer, resume_token, held, reply } => {
+                let r = self.open_session(job, peer, &resume_token, &held, (to_client, grants), now);
+                if let Err(Ok(w)) = reply.send(r) {
                     // The session's opener went away before Welcome: nobody will end it.
-                    self.disconnect(ClientId(client), now);
+                    self.disconnect(ClientId(w.client), now);
                 }
             }
             Command::Disconnect { client } => self.disconnect(ClientId(client), now),
@@ -136,13 +160,23 @@ impl Driver {
                 }
                 self.end_one_off_if_idle(client, now);
             }
-            Command::Release { token, lease, reply } => {
-                let r = self.release(&token, LeaseId(lease), now);
+            Command::Release { token, lease, uid, reply } => {
+                let r = if token.is_empty() {
+                    self.admin_release(LeaseId(lease), uid, now)
+                } else {
+                    self.release(&token, LeaseId(lease), uid, now)
+                };
                 let _ = reply.send(r);
+            }
+            Command::Renew { token, lease, uid, reply } => {
+                let _ = reply.send(self.renew(&token, LeaseId(lease), uid));
             }
             Command::Phase { client, lease, idle } => {
                 let (c, l) = (ClientId(client), LeaseId(lease));
                 let r = if idle { self.sched.report_idle(c, l, now) } else { self.sched.report_busy(c, l, now) };
+                // Not saved for this alone: a client whose lease was idle when the assigner
+                // stopped swaps out and frees it as it resumes; the idle flag saved with the next
+                // grant or release is enough for one that never comes back.
                 if let Err(e) = r {
                     tracing::debug!(client, lease, "phase report ignored: {e}");
                 }
@@ -196,6 +230,7 @@ impl Driver {
             self.record(EventKind::Cancelled { client: client.0, request: r.0 });
         }
         for l in gone.leases {
+            self.keeping.expiry.remove(&l);
             self.record(EventKind::Released { client: client.0, lease: l.0, by_disconnect: true });
         }
         self.sessions.remove(client);
@@ -205,8 +240,11 @@ impl Driver {
     fn allocate(&mut self, key: u64, spec: AllocSpec, reply: Reply<Result<GrantInfo, DomainError>>, now: CoreInstant) {
         let client = if spec.token.is_empty() {
             let job = if spec.job.is_empty() { "one-off".to_string() } else { spec.job.clone() };
-            match self.connect(job, 0, true, None, now) {
-                Ok((c, _)) => c,
+            match self.connect(job, spec.peer.pid, true, None, now) {
+                Ok((c, _)) => {
+                    self.sessions.set_peer(c, spec.peer.uid, spec.peer.pid);
+                    c
+                }
                 Err(e) => {
                     let _ = reply.send(Err(e));
                     return;
@@ -251,9 +289,11 @@ impl Driver {
         }
     }
 
-    fn release(&mut self, token: &str, lease: LeaseId, now: CoreInstant) -> Result<(), DomainError> {
+    fn release(&mut self, token: &str, lease: LeaseId, uid: Option<u32>, now: CoreInstant) -> Result<(), DomainError> {
         let client = self.sessions.by_token(token).ok_or(DomainError::UnknownToken)?;
+        self.check_uid(client, uid, "release")?;
         self.sched.release(client, lease, now).map_err(DomainError::Core)?;
+        self.keeping.expiry.remove(&lease);
         self.record(EventKind::Released { client: client.0, lease: lease.0, by_disconnect: false });
         self.end_one_off_if_idle(client, now);
         Ok(())
@@ -290,9 +330,13 @@ impl Driver {
                         memory_per_gpu: g.memory_per_gpu,
                         waited: g.waited,
                         token: self.sessions.token(g.client),
+                        expires: self.start_ttl(g.client, g.lease),
                     };
                     let delivered = match self.sessions.take_waiting(g.request) {
                         Some(p) => {
+                            // Saved before the holder hears of it: a restarted assigner knows
+                            // every lease a client may be using.
+                            self.save_state();
                             let copy = self.sessions.wants_grant_copies(g.client).then(|| info.clone());
                             let sent = p.reply.send(Ok(info)).is_ok();
                             // The reply is handed over; it can still be lost if the call is
@@ -324,7 +368,7 @@ impl Driver {
                 }
                 Output::Revoked { client, lease, gpu } => {
                     self.record(EventKind::Released { client: client.0, lease: lease.0, by_disconnect: false });
-                    self.sessions.tell(client, ToClient::Revoked { lease: lease.0, gpu: gpu.0 });
+                    self.sessions.tell(client, ToClient::Revoked { lease: lease.0, gpu: gpu.0, why: None });
                     let now = self.now();
                     self.end_one_off_if_idle(client, now);
                 }
@@ -370,7 +414,18 @@ impl Driver {
                     .filter_map(|l| self.sched.lease(*l).map(|lease| (*l, lease)))
                     .map(|(l, lease)| {
                         let mem = lease.gpus.iter().position(|x| *x == g.id).map_or(0, |i| lease.memory[i]);
-                        (lease.client.0, self.sessions.job(lease.client), l.0, lease.idle, now - lease.granted_at, mem)
+                        let info = self.sessions.info(lease.client);
+                        HolderSnapshot {
+                            client: lease.client.0,
+                            job: self.sessions.job(lease.client),
+                            lease: l.0,
+                            idle: lease.idle,
+                            held: now - lease.granted_at,
+                            memory: mem,
+                            uid: info.and_then(|i| i.uid),
+                            pid: info.map_or(0, |i| i.pid),
+                            expires: self.keeping.expiry.get(&l).map(|at| at.saturating_duration_since(Instant::now())),
+                        }
                     })
                     .collect();
                 GpuSnapshot {
@@ -413,6 +468,8 @@ impl Driver {
                 swap_in: info.swap_in,
                 swap_out: info.swap_out,
                 one_off: info.one_off,
+                uid: info.uid,
+                orphan: info.orphan,
             })
             .collect();
         clients.sort_by_key(|c| c.client);

@@ -14,13 +14,17 @@ use super::api::{DomainError, GrantInfo, Reply, SESSION_EVENTS, SessionSender, T
 pub(super) struct ClientInfo {
     pub(super) job: String,
     pub(super) pid: u32,
-    token: String,
+    pub(super) token: String,
     pub(super) one_off: bool,
     to_client: Option<SessionSender>,
     /// The session asked for a copy of each grant.
     grants_on_session: bool,
     pub(super) swap_in: u64,
     pub(super) swap_out: u64,
+    /// The uid of the process that connected (SO_PEERCRED), when it came over a Unix socket.
+    pub(super) uid: Option<u32>,
+    /// A session of the previous run, restored after a restart and not resumed yet.
+    pub(super) orphan: bool,
 }
 
 /// A call waiting for its grant.
@@ -91,9 +95,83 @@ impl Sessions {
             grants_on_session,
             swap_in: 0,
             swap_out: 0,
+            uid: None,
+            orphan: false,
         };
         self.clients.insert(client, info);
         token
+    }
+
+    /// Records who connected: the uid and pid from SO_PEERCRED (Unix socket), or no uid and the
+    /// pid the client said (TCP).
+    pub(super) fn set_peer(&mut self, client: ClientId, uid: Option<u32>, pid: u32) {
+        if let Some(info) = self.clients.get_mut(&client) {
+            info.uid = uid;
+            info.pid = pid;
+        }
+    }
+
+    /// Puts back a client of the previous run with its id and token: a session's as an orphan
+    /// (no session until one resumes it), a one-off client's as it was.
+    pub(super) fn restore(&mut self, client: ClientId, saved: &super::state::SavedClient) {
+        self.tokens.insert(saved.token.clone(), client);
+        let info = ClientInfo {
+            job: saved.job.clone(),
+            pid: saved.pid,
+            token: saved.token.clone(),
+            one_off: saved.one_off,
+            to_client: None,
+            grants_on_session: false,
+            swap_in: 0,
+            swap_out: 0,
+            uid: saved.uid,
+            orphan: !saved.one_off,
+        };
+        self.clients.insert(client, info);
+        self.next_client = self.next_client.max(client.0.saturating_add(1));
+    }
+
+    /// Client ids from now on are at least `next`.
+    pub(super) fn skip_ids_to(&mut self, next: u64) {
+        self.next_client = self.next_client.max(next);
+    }
+
+    /// The id the next client gets.
+    pub(super) fn peek_next_id(&self) -> u64 {
+        self.next_client
+    }
+
+    /// The orphan whose token is `token`, if the caller (`uid`, when known on both sides) may
+    /// resume it.
+    pub(super) fn orphan_by_token(&self, token: &str, uid: Option<u32>) -> Option<ClientId> {
+        let client = self.by_token(token)?;
+        let info = self.clients.get(&client)?;
+        let same_user = match (info.uid, uid) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        (info.orphan && same_user).then_some(client)
+    }
+
+    /// A session resumes the orphan `client`: it is a session's client again.
+    pub(super) fn attach(&mut self, client: ClientId, session: (SessionSender, bool), uid: Option<u32>, pid: u32) {
+        if let Some(info) = self.clients.get_mut(&client) {
+            info.orphan = false;
+            info.to_client = Some(session.0);
+            info.grants_on_session = session.1;
+            info.uid = uid.or(info.uid);
+            info.pid = pid;
+        }
+    }
+
+    /// The orphans (sessions of the previous run not resumed).
+    pub(super) fn orphans(&self) -> Vec<ClientId> {
+        self.clients.iter().filter(|(_, i)| i.orphan).map(|(c, _)| *c).collect()
+    }
+
+    /// A client's bookkeeping.
+    pub(super) fn info(&self, client: ClientId) -> Option<&ClientInfo> {
+        self.clients.get(&client)
     }
 
     /// Forgets a client and its token (its waiting calls are the driver's to end first).

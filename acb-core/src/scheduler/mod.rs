@@ -49,8 +49,8 @@ pub use self::output::{Grant, Output, YieldReason};
 pub use self::policy::{Policy, UnknownPolicy};
 use self::queue::QueueKey;
 pub use self::queue::QueuedRequest;
-pub use self::restore::RestoredLease;
 use self::reservation::Reservation;
+pub use self::restore::RestoredLease;
 use self::validation::HealthySummary;
 use crate::{ClientId, Error, GpuId, GpuPool, Health, Instant, LeaseId, Request, RequestId};
 

@@ -115,7 +115,8 @@ impl Record {
                         lost.push(Lost { gpu: *gpu, from, to: at });
                     }
                 }
-                EventKind::YieldAsked { .. } => {}
+                // A Released event follows, which ends the hold.
+                EventKind::YieldAsked { .. } | EventKind::TakenBack { .. } => {}
             }
         }
         holds.extend(open_holds.into_values());

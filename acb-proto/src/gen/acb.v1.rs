@@ -31,6 +31,16 @@ pub struct Hello {
     /// not ask: a client that does not know the event may take it for the session's end.
     #[prost(bool, tag = "3")]
     pub grants_on_session: bool,
+    /// The client_token of a session this client lost (the assigner restarted or the connection
+    /// dropped). A restarted assigner holds the leases of its previous run's sessions for a grace
+    /// period: if the token is one of them (and, over the Unix socket, the uid is the same), this
+    /// session resumes it (same client id and token, Welcome.resumed) and keeps the leases in
+    /// held_leases; the others are released at once. An unknown token opens a new session.
+    #[prost(string, tag = "4")]
+    pub resume_token: ::prost::alloc::string::String,
+    /// The leases of the lost session this client still uses (a GPU phase still running).
+    #[prost(uint64, repeated, tag = "5")]
+    pub held_leases: ::prost::alloc::vec::Vec<u64>,
 }
 /// A holder's GPU phase ended (idle = true; it keeps the lease under lazy release) or began
 /// again on a kept lease (idle = false).
@@ -81,6 +91,12 @@ pub struct Welcome {
     pub client_id: u64,
     #[prost(string, tag = "2")]
     pub client_token: ::prost::alloc::string::String,
+    /// This session resumed the one Hello.resume_token named.
+    #[prost(bool, tag = "3")]
+    pub resumed: bool,
+    /// The leases of the resumed session kept for this client (those of held_leases it held).
+    #[prost(uint64, repeated, tag = "4")]
+    pub kept_leases: ::prost::alloc::vec::Vec<u64>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -178,6 +194,25 @@ pub struct AllocateResponse {
     /// The token to release the lease with (the one-off client's, or the session's).
     #[prost(string, tag = "5")]
     pub client_token: ::prost::alloc::string::String,
+    /// A one-off lease ends this many milliseconds from now unless renewed (Renew); 0 for a
+    /// session's lease, which lives as long as the session.
+    #[prost(uint64, tag = "6")]
+    pub expires_in_ms: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RenewRequest {
+    #[prost(string, tag = "1")]
+    pub client_token: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub lease_id: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RenewResponse {
+    /// The lease now ends this many milliseconds from now unless renewed again.
+    #[prost(uint64, tag = "1")]
+    pub expires_in_ms: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -216,6 +251,14 @@ pub struct Holder {
     pub held_ms: u64,
     #[prost(uint64, tag = "6")]
     pub memory: u64,
+    /// The holder's uid and pid (see ClientStatus).
+    #[prost(uint32, optional, tag = "7")]
+    pub uid: ::core::option::Option<u32>,
+    #[prost(uint32, tag = "8")]
+    pub pid: u32,
+    /// A one-off lease's time left before it ends unless renewed; 0 for a session's lease.
+    #[prost(uint64, tag = "9")]
+    pub expires_in_ms: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -282,6 +325,15 @@ pub struct ClientStatus {
     /// Opened no session: lives as long as its lease.
     #[prost(bool, tag = "8")]
     pub one_off: bool,
+    /// The uid of the process that connected, from the Unix socket's SO_PEERCRED; unset over TCP,
+    /// which carries no credentials (the token is the only identity there). `pid` is SO_PEERCRED's
+    /// too over the Unix socket, and what Hello said only over TCP.
+    #[prost(uint32, optional, tag = "9")]
+    pub uid: ::core::option::Option<u32>,
+    /// A session of the assigner's previous run, restored after a restart and not yet resumed: its
+    /// leases are held for the reclaim grace period.
+    #[prost(bool, tag = "10")]
+    pub orphan: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -320,7 +372,7 @@ pub struct Event {
     /// Microseconds since the assigner started.
     #[prost(uint64, tag = "2")]
     pub at_us: u64,
-    #[prost(oneof = "event::Kind", tags = "3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
+    #[prost(oneof = "event::Kind", tags = "3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13")]
     pub kind: ::core::option::Option<event::Kind>,
 }
 /// Nested message and enum types in `Event`.
@@ -348,6 +400,8 @@ pub mod event {
         HistoryEnd(super::HistoryEnd),
         #[prost(message, tag = "12")]
         Cancelled(super::Cancelled),
+        #[prost(message, tag = "13")]
+        TakenBack(super::TakenBack),
     }
 }
 #[allow(clippy::all)]
@@ -412,6 +466,19 @@ pub struct Released {
     /// Released because the client's session ended, not by a Release call.
     #[prost(bool, tag = "3")]
     pub by_disconnect: bool,
+}
+/// The assigner took a lease back without its holder's release (a Released event with
+/// by_disconnect follows): a one-off lease not renewed in time, a lease of the previous run not
+/// reclaimed within the grace period after a restart, or an admin's release.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TakenBack {
+    #[prost(uint64, tag = "1")]
+    pub client_id: u64,
+    #[prost(uint64, tag = "2")]
+    pub lease_id: u64,
+    #[prost(string, tag = "3")]
+    pub reason: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -700,7 +767,8 @@ pub mod assigner_client {
                 .insert(GrpcMethod::new("acb.v1.Assigner", "AllocRequest"));
             self.inner.unary(req, path, codec).await
         }
-        /// Gives a lease back.
+        /// Gives a lease back. Over the Unix socket the caller's uid must be the lease holder's
+        /// (SO_PEERCRED); the admin uid (default 0) may release any lease with an empty client_token.
         pub async fn release(
             &mut self,
             request: impl tonic::IntoRequest<super::ReleaseRequest>,
@@ -720,6 +788,26 @@ pub mod assigner_client {
             let path = http::uri::PathAndQuery::from_static("/acb.v1.Assigner/Release");
             let mut req = request.into_request();
             req.extensions_mut().insert(GrpcMethod::new("acb.v1.Assigner", "Release"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Keeps a one-off client's lease alive: one-off leases end at their expiry
+        /// (AllocateResponse.expires_in_ms) unless renewed. Session leases need no renewal.
+        pub async fn renew(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RenewRequest>,
+        ) -> std::result::Result<tonic::Response<super::RenewResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/acb.v1.Assigner/Renew");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("acb.v1.Assigner", "Renew"));
             self.inner.unary(req, path, codec).await
         }
         /// GPUs with holders, the queue, the clients.
@@ -804,11 +892,18 @@ pub mod assigner_server {
             tonic::Response<super::AllocateResponse>,
             tonic::Status,
         >;
-        /// Gives a lease back.
+        /// Gives a lease back. Over the Unix socket the caller's uid must be the lease holder's
+        /// (SO_PEERCRED); the admin uid (default 0) may release any lease with an empty client_token.
         async fn release(
             &self,
             request: tonic::Request<super::ReleaseRequest>,
         ) -> std::result::Result<tonic::Response<super::ReleaseResponse>, tonic::Status>;
+        /// Keeps a one-off client's lease alive: one-off leases end at their expiry
+        /// (AllocateResponse.expires_in_ms) unless renewed. Session leases need no renewal.
+        async fn renew(
+            &self,
+            request: tonic::Request<super::RenewRequest>,
+        ) -> std::result::Result<tonic::Response<super::RenewResponse>, tonic::Status>;
         /// GPUs with holders, the queue, the clients.
         async fn status(
             &self,
@@ -1021,6 +1116,49 @@ pub mod assigner_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ReleaseSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/acb.v1.Assigner/Renew" => {
+                    #[allow(non_camel_case_types)]
+                    struct RenewSvc<T: Assigner>(pub Arc<T>);
+                    impl<T: Assigner> tonic::server::UnaryService<super::RenewRequest>
+                    for RenewSvc<T> {
+                        type Response = super::RenewResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RenewRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Assigner>::renew(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RenewSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -31,7 +31,9 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn serve(socket: PathBuf) {
-    let cfg = ServeConfig::simulated(socket, 1, acb_core::Policy::Simple);
+    let mut cfg = ServeConfig::simulated(socket, 1, acb_core::Policy::Simple);
+    // ACB_BENCH_STATE_DIR: save the leases there (what each grant and release then costs).
+    cfg.state_dir = std::env::var_os("ACB_BENCH_STATE_DIR").map(PathBuf::from);
     let rt = tokio::runtime::Runtime::new().unwrap();
     // termination() installs signal handlers, so it must be called inside the runtime.
     rt.block_on(async { acb_assigner::server::serve(cfg, acb_assigner::server::termination()).await }).unwrap();
