@@ -293,6 +293,9 @@ impl Drop for Client {
             std::mem::forget(self.profile.take());
             return;
         }
+        // The shutdown below drops the connection's tasks from here; none is known to write on
+        // the way out, but the host must not die of SIGPIPE if one did.
+        let _sigpipe = crate::sigpipe::Suppressed::new();
         self.mark(Mark::Stop);
         let (tx, rx) = std_mpsc::channel();
         if self.tx.send(Cmd::Close { reply: tx }).is_ok() {
