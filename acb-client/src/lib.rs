@@ -29,8 +29,8 @@ mod memory;
 mod profile;
 mod sigpipe;
 pub mod socket_owner;
-pub mod tls;
 mod status;
+pub mod tls;
 
 pub use acb_core::ReleaseMode;
 pub use acb_proto::Address;
