@@ -18,6 +18,7 @@ pub mod server;
 pub mod service;
 pub mod tls;
 pub mod unix_socket;
+pub mod validate;
 
 pub use error::{Error, NO_GPU_HINT};
 

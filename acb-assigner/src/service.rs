@@ -13,11 +13,6 @@ use crate::convert::{event_to_proto, grant_to_proto, status_to_proto, to_client_
 use crate::driver::{AllocSpec, Command, DomainError, Handle};
 use crate::proto::{self, session_request::Msg};
 
-/// The longest job name accepted.
-const MAX_JOB: usize = 256;
-/// The most GPU ids in an affinity list.
-const MAX_AFFINITY: usize = 4096;
-
 /// The `acb.v1.Assigner` service.
 #[derive(Clone, Debug)]
 pub struct AssignerService {
@@ -55,16 +50,6 @@ fn check_swap(s: &proto::SwapReport) -> Result<(u64, u64), String> {
         ));
     }
     Ok((s.bytes_in, s.bytes_out))
-}
-
-fn check_job(job: &str) -> Result<(), Status> {
-    if job.len() > MAX_JOB {
-        return Err(crate::convert::invalid(format!("job name longer than {MAX_JOB} bytes")));
-    }
-    if job.chars().any(char::is_control) {
-        return Err(crate::convert::invalid("job name contains control characters"));
-    }
-    Ok(())
 }
 
 fn flatten<T>(r: Result<Result<T, DomainError>, DomainError>) -> Result<T, Status> {
@@ -110,10 +95,7 @@ impl proto::assigner_server::Assigner for AssignerService {
         let creds = crate::peer::of(&request, 0);
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| crate::convert::invalid("a session starts with Hello"))?;
-        let Some(Msg::Hello(hello)) = first.msg else {
-            return Err(crate::convert::invalid("the first message of a session must be Hello"));
-        };
-        check_job(&hello.job)?;
+        let hello = crate::validate::hello(first)?;
         if hello.resume_token.len() > 128 || hello.held_leases.len() > 64 {
             return Err(crate::convert::invalid("a resume_token of at most 128 bytes and at most 64 held_leases"));
         }
@@ -174,13 +156,7 @@ impl proto::assigner_server::Assigner for AssignerService {
     ) -> Result<Response<proto::AllocateResponse>, Status> {
         let peer = crate::peer::of(&request, 0);
         let r = request.into_inner();
-        check_job(&r.job)?;
-        if r.required_gpus.len() > MAX_AFFINITY || r.preferred_gpus.len() > MAX_AFFINITY {
-            return Err(crate::convert::invalid(format!("at most {MAX_AFFINITY} GPU ids in an affinity list")));
-        }
-        if r.client_token.len() > 128 {
-            return Err(to_status(DomainError::UnknownToken));
-        }
+        crate::validate::validate_alloc(&r)?;
         // Held until the call returns: a one-off client waits only inside its call.
         let _one_off = if r.client_token.is_empty() {
             Some(self.one_off.clone().try_acquire_owned().map_err(|_| {

@@ -25,6 +25,7 @@ mod timeline;
 mod watch;
 
 pub use error::CliError;
+pub use serve::resolve_settings;
 
 /// The acb GPU assigner: owns a node's GPUs and grants them to jobs by policy.
 #[derive(Debug, Parser)]

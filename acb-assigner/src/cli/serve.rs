@@ -21,6 +21,20 @@ fn resolve(args: ServeArgs) -> Result<ServeConfig, Error> {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
+    resolve_with(args, file)
+}
+
+/// Resolves a settings file's values as `serve --config FILE` does with no other flag: what the
+/// settings fuzz target (`fuzz/`) runs on every input.
+pub fn resolve_settings(file: FileConfig) -> Result<ServeConfig, Error> {
+    use clap::{Args, FromArgMatches};
+    let no_flags = |e: clap::Error| Error::Setting { what: "serve flags", why: e.to_string() };
+    let matches =
+        ServeArgs::augment_args(clap::Command::new("serve")).try_get_matches_from(["serve"]).map_err(no_flags)?;
+    resolve_with(ServeArgs::from_arg_matches(&matches).map_err(no_flags)?, file)
+}
+
+fn resolve_with(args: ServeArgs, file: FileConfig) -> Result<ServeConfig, Error> {
     let listen = if !args.listen.is_empty() {
         args.listen
     } else if let Some(l) = file.listen {
