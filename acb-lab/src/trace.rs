@@ -28,6 +28,9 @@ use acb_core::units::{parse_duration, parse_size};
 
 /// The most jobs a trace may describe.
 pub const MAX_JOBS: u64 = 100_000;
+/// The most phases a trace may describe in all, each job's counted once per copy (`count`):
+/// every copy holds its own list, so a 4 KB trace once asked for 745 MB.
+pub const MAX_PHASES: u64 = 1_000_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +96,16 @@ pub fn parse(text: &str) -> Result<Trace, Error> {
     let total: u64 = file.jobs.iter().map(|j| u64::from(j.count.unwrap_or(1))).sum();
     if total > MAX_JOBS {
         return Err(Error::trace(format!("the trace describes {total} jobs; at most {MAX_JOBS}")));
+    }
+    let phases: u64 = file
+        .jobs
+        .iter()
+        .map(|j| u64::from(j.count.unwrap_or(1)).saturating_mul(u64::try_from(j.phases.len()).unwrap_or(u64::MAX)))
+        .fold(0, u64::saturating_add);
+    if phases > MAX_PHASES {
+        return Err(Error::trace(format!(
+            "the trace describes {phases} phases in all (each job's times its count); at most {MAX_PHASES}"
+        )));
     }
     let mut jobs = Vec::new();
     for (i, j) in file.jobs.iter().enumerate() {
@@ -205,6 +218,12 @@ mod tests {
 
     #[test]
     fn bad_traces_say_what_and_where() {
+        // Found while fuzzing the parser: each of 100,000 copies held its own 300 phases, so a
+        // 4 KB trace took 745 MB (fuzz/corpus/trace/regression-phases). Here 11 phases each.
+        let many_phases = format!(
+            r#"{{"jobs": [{{"name": "x", "count": 100000, "memory": "1", "phases": [{}]}}]}}"#,
+            [r#"{"gpu": "1s"}"#; 11].join(", ")
+        );
         let bad = [
             (r#"{"jobs": []}"#, "no jobs"),
             (r#"{"jobs": [{"name": "x", "memory": "lots", "phases": []}]}"#, "memory"),
@@ -212,6 +231,7 @@ mod tests {
             (r#"{"jobs": [{"name": "x", "memory": "1GiB", "phases": [{"gpu": "soon"}]}]}"#, "phase 1"),
             (r#"{"jobs": [{"name": "x", "memory": "1GiB", "phases": [], "colour": 3}]}"#, "colour"),
             (r#"{"jobs": [{"name": "x", "count": 200000, "memory": "1GiB", "phases": []}]}"#, "at most"),
+            (many_phases.as_str(), "1100000 phases in all (each job's times its count); at most 1000000"),
             (r#"{"swap_bandwidth": "0", "jobs": [{"name": "x", "memory": "1GiB", "phases": []}]}"#, "more than 0"),
             ("not json", "expected"),
         ];
