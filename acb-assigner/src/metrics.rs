@@ -114,7 +114,7 @@ impl Metrics {
         self.yields.inc();
     }
 
-    /// Swap bytes reported by a client (checked at the edge: see `service::check_swap`). The
+    /// Swap bytes reported by a client (checked at the edge: see `validate::check_swap`). The
     /// counters stop at `u64::MAX` rather than wrap.
     pub fn swap(&self, bytes_in: u64, bytes_out: u64) {
         for (counter, bytes) in [(&self.swap_in, bytes_in), (&self.swap_out, bytes_out)] {

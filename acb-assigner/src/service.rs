@@ -37,20 +37,8 @@ impl AssignerService {
     }
 }
 
-/// The most bytes one swap report may count, each way: 1 PiB, far beyond what a client moves
-/// between two reports. Garbage above it once made `acb_swap_in_bytes_total` read 2^64 - 2.
-pub const MAX_SWAP_REPORT: u64 = 1 << 50;
-
-/// A swap report's figures, or why they are not believable.
-fn check_swap(s: &proto::SwapReport) -> Result<(u64, u64), String> {
-    if s.bytes_in > MAX_SWAP_REPORT || s.bytes_out > MAX_SWAP_REPORT {
-        return Err(format!(
-            "{} bytes in, {} bytes out: more than {MAX_SWAP_REPORT} (1 PiB) in one report",
-            s.bytes_in, s.bytes_out
-        ));
-    }
-    Ok((s.bytes_in, s.bytes_out))
-}
+pub use crate::validate::MAX_SWAP_REPORT;
+use crate::validate::check_swap;
 
 fn flatten<T>(r: Result<Result<T, DomainError>, DomainError>) -> Result<T, Status> {
     r.and_then(|x| x).map_err(to_status)
@@ -96,9 +84,6 @@ impl proto::assigner_server::Assigner for AssignerService {
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| crate::convert::invalid("a session starts with Hello"))?;
         let hello = crate::validate::hello(first)?;
-        if hello.resume_token.len() > 128 || hello.held_leases.len() > 64 {
-            return Err(crate::convert::invalid("a resume_token of at most 128 bytes and at most 64 held_leases"));
-        }
         let peer = crate::peer::or_claimed(creds, hello.pid);
         let (tx, rx) = crate::driver::session_channel();
         let welcomed = flatten(

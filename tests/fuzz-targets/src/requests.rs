@@ -8,13 +8,19 @@ use acb_assigner::validate;
 use acb_proto::v1 as proto;
 use prost::Message;
 
-/// Decodes `data` as a `SessionRequest` (a session's first message), an `AllocateRequest`, a
-/// `ReleaseRequest`, a `StatusRequest` and a `WatchRequest`, validating the first two as the
-/// daemon does. Accepted: a `Hello` or an `AllocateRequest` passed validation.
+/// Decodes `data` as a `SessionRequest` (as a session's first message, and a swap report as a
+/// later one), an `AllocateRequest`, a `ReleaseRequest`, a `StatusRequest` and a `WatchRequest`,
+/// validating the first two as the daemon does. Accepted: a `Hello` or an `AllocateRequest`
+/// passed validation.
 pub fn requests(data: &[u8]) -> bool {
     let mut accepted = false;
-    if let Some(first) = decode::<proto::SessionRequest>(data) {
-        accepted |= validate::hello(first).is_ok();
+    if let Some(message) = decode::<proto::SessionRequest>(data) {
+        if let Some(proto::session_request::Msg::Swap(report)) = &message.msg
+            && let Ok((bytes_in, bytes_out)) = validate::check_swap(report)
+        {
+            assert!(bytes_in.max(bytes_out) <= validate::MAX_SWAP_REPORT, "an unbelievable swap report passed");
+        }
+        accepted |= validate::hello(message).is_ok();
     }
     if let Some(alloc) = decode::<proto::AllocateRequest>(data) {
         accepted |= validate::validate_alloc(&alloc).is_ok();
