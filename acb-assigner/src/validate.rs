@@ -1,6 +1,6 @@
 //! What the service checks in a request before the driver sees it: job names, affinity lists,
-//! token lengths, a session's first message, swap reports. Pure functions of the decoded message, so the fuzz
-//! targets (`fuzz/`) run exactly what the daemon runs.
+//! token lengths, a session's first message, swap reports. Pure functions of the decoded
+//! message, so the fuzz targets (`fuzz/`) run exactly what the daemon runs.
 
 use tonic::Status;
 
