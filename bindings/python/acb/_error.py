@@ -52,6 +52,10 @@ class NoCuda(AcbError):
     """The CUDA memory backend was asked for, but there is no CUDA driver or GPU."""
 
 
+class Forked(AcbError):
+    """A client made before fork() was used in the child: make a new Client in the child."""
+
+
 _BY_NAME = {
     "ACB_STATUS_INVALID_ARGUMENT": InvalidRequest,
     "ACB_STATUS_UNAVAILABLE": AssignerUnavailable,
@@ -63,6 +67,7 @@ _BY_NAME = {
     "ACB_STATUS_LEASE_REVOKED": LeaseRevoked,
     "ACB_STATUS_OUT_OF_MEMORY": OutOfMemory,
     "ACB_STATUS_NO_CUDA": NoCuda,
+    "ACB_STATUS_FORKED": Forked,
 }
 _BY_STATUS = {_ffi.CONSTANTS[name]: cls for name, cls in _BY_NAME.items()}
 OK = _ffi.CONSTANTS["ACB_STATUS_OK"]

@@ -2,6 +2,7 @@
 Rust test suite runs it (tests/libacb/tests/python.rs)."""
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -112,6 +113,37 @@ def test_status_says_what_the_assigner_offers():
         s = c.status()
     assert s["scheduler"] == "simple"
     assert len(s["gpus"]) == 2 and all(g["simulated"] for g in s["gpus"])
+
+
+@needs_assigner
+def test_a_client_used_after_fork_raises_forked_in_the_child():
+    with acb.Client(assigner=ASSIGNER, job="parent") as c:
+        with c.on_device():
+            pass
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: only os._exit, never the parent's finalizers
+            os.close(r)
+            try:
+                c.on_device_begin(timeout=5)
+                out = "no error"
+            except acb.Forked as e:
+                out = "Forked: " + str(e)
+            except BaseException as e:  # noqa: BLE001 - reported to the parent
+                out = type(e).__name__ + ": " + str(e)
+            os.write(w, out.encode())
+            os._exit(0)
+        os.close(w)
+        ready, _, _ = select.select([r], [], [], 30)  # bounded: before libacb saw forks, begin hung
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        with os.fdopen(r) as f:
+            said = f.read() if ready else "the child hung"
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        assert said.startswith("Forked: ") and "make a new one in the child" in said, said
+        with c.on_device():  # the parent's client goes on
+            pass
 
 
 def agarun(*args, **kw):
