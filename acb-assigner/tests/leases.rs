@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use acb_assigner::proto;
 use acb_client::events::from_proto;
 use acb_core::record::EventKind;
-use common::{BIN, Daemon};
+use common::Daemon;
 
 /// The second local user the tests play (nobody).
 const OTHER: u32 = 65534;
@@ -38,8 +38,10 @@ fn can_play_another_user(test: &str) -> bool {
 /// `acb-assigner ARGS --assigner ADDR` as the second user.
 fn as_other(d: &Daemon, args: &[&str]) -> std::process::Output {
     let (uid, gid) = (format!("--reuid={OTHER}"), format!("--regid={OTHER}"));
+    let (bin, _copy) = common::bin_for_others();
     Command::new("setpriv")
-        .args([uid.as_str(), gid.as_str(), "--clear-groups", BIN])
+        .args([uid.as_str(), gid.as_str(), "--clear-groups"])
+        .arg(&bin)
         .args(args)
         .arg("--assigner")
         .arg(d.addr())
@@ -194,8 +196,11 @@ fn status_shows_the_uid_and_pid_of_another_users_holder() {
     let d = Daemon::start(&["--gpus", "fake:1x1GiB"]);
     std::fs::set_permissions(&d.socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
     let (uid, gid) = (format!("--reuid={OTHER}"), format!("--regid={OTHER}"));
+    let (bin, _copy) = common::bin_for_others();
     let mut child = Command::new("setpriv")
-        .args([uid.as_str(), gid.as_str(), "--clear-groups", BIN, "alloc", "--hold", "20s", "--job", "nobodys"])
+        .args([uid.as_str(), gid.as_str(), "--clear-groups"])
+        .arg(&bin)
+        .args(["alloc", "--hold", "20s", "--job", "nobodys"])
         .arg("--assigner")
         .arg(d.addr())
         .stdout(std::process::Stdio::piped())

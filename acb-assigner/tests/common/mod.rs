@@ -27,6 +27,25 @@ impl Drop for TempDir {
     }
 }
 
+/// The daemon binary as a path another local user (uid 65534, played with `setpriv`) may run.
+/// `BIN` itself when every directory above it lets others through; otherwise (a checkout under
+/// `/root`, mode 0700) a copy in a 0755 temporary directory, removed with the returned guard.
+pub fn bin_for_others() -> (PathBuf, Option<TempDir>) {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = PathBuf::from(BIN);
+    let reachable =
+        bin.ancestors().skip(1).all(|dir| std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+    if reachable {
+        return (bin, None);
+    }
+    let dir = TempDir::new("bin");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.0.join("acb-assigner");
+    std::fs::copy(&bin, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (copy, Some(dir))
+}
+
 /// Lines a child prints, read on a thread so that waits can time out.
 pub struct Lines(mpsc::Receiver<String>);
 
