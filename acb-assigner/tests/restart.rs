@@ -190,6 +190,7 @@ fn restart_under_clients(signal: i32) {
     wait_exit(&mut first.0, Duration::from_secs(15));
     let events1 = watcher.join().unwrap();
     let (mut second, _lines2) = serve(&socket, &state_arg);
+    let started = Instant::now();
 
     // The waiter asks for A's GPU at once on the new daemon.
     let granted_at: Arc<Mutex<Option<Instant>>> = Arc::default();
@@ -217,6 +218,7 @@ fn restart_under_clients(signal: i32) {
         assert!(Instant::now() < deadline, "the clients did not resume: {s:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    let resumed_after = started.elapsed();
     std::thread::sleep(Duration::from_millis(300));
     assert!(granted_at.lock().unwrap().is_none(), "the waiter was granted A's GPU while A's phase runs");
     assert!(intact(pa, 0xa1), "A's memory changed under its phase");
@@ -236,6 +238,16 @@ fn restart_under_clients(signal: i32) {
     check_one_holder(&events1, &events2);
     let restored = events2.iter().filter(|e| matches!(e.kind, EventKind::Granted { request: 0, .. })).count();
     assert_eq!(restored, 2, "A's and C's leases are restored: {events2:?}");
+    println!(
+        "restart by signal {signal}: the clients resumed {:.0} ms after the new daemon was ready; the \
+         waiter was granted {:.1} ms after A's phase ended; {} bytes of 3 clients compared, 0 changed; \
+         {} + {} events, no GPU with two holders",
+        resumed_after.as_secs_f64() * 1e3,
+        (w - a_ended).as_secs_f64() * 1e3,
+        3 * SIZE,
+        events1.len(),
+        events2.len()
+    );
     drop((a, b, c));
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(second.0.id() as i32, libc::SIGTERM) };
