@@ -353,15 +353,19 @@ fn a_settings_file_configures_serve() {
 #[test]
 fn the_benchmark_runs_and_prints_both_sides() {
     let out = Command::new(BIN)
-        .args(["bench", "--clients", "1,2", "--time", "100ms", "--rounds", "1"])
+        .args(["bench", "--clients", "1,2", "--time", "100ms", "--rounds", "1", "--regrant-rounds", "2"])
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("echo p50 us") && text.contains("cycles /s"), "{text}");
+    assert!(text.contains("echo p50 us") && text.contains("cycles /s") && text.contains("saved/cycle"), "{text}");
     let rows: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with(['1', '2'])).collect();
     assert_eq!(rows.len(), 2, "{text}");
+    // Every row has the three sides: echo, cycles, and cycles of the assigner that saves.
+    assert!(rows.iter().all(|r| r.matches('x').count() == 3), "{text}");
+    let regrant = text.lines().find(|l| l.starts_with("regrant (2 rounds")).unwrap_or_default();
+    assert!(regrant.contains("SIGKILLed -> waiter granted p50") && regrant.contains("ratio"), "{text}");
     let bad = Command::new(BIN).args(["bench", "--clients", "0"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }

@@ -105,17 +105,34 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// Runs the benchmark against the assigner at `addr` (which the caller started, with at least
-/// one simulated GPU per client, so that it measures the broker, not queueing): for each client
-/// count, `rounds` alternations of echo and broker runs of `time` each. Returns the table.
-pub async fn run(addr: &Address, client_counts: &[usize], time: Duration, rounds: usize) -> Result<String, Error> {
-    use std::fmt::Write;
+/// Waits, bounded, until the assigner at `addr` answers.
+pub async fn wait_ready(addr: &Address) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while connection::connect(addr, None, Duration::from_millis(200)).await.is_err() {
         if Instant::now() > deadline {
             return Err(Error::Run("the benchmark's assigner did not start".into()));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Runs the benchmark against the assigner at `addr` (which the caller started, with at least
+/// one simulated GPU per client, so that it measures the broker, not queueing): for each client
+/// count, `rounds` alternations of echo and broker runs of `time` each. With `saving`, a second
+/// such assigner that saves its leases (a state directory), whose cycles are measured in the
+/// same alternation: what saving costs a grant. Returns the table.
+pub async fn run(
+    addr: &Address,
+    saving: Option<&Address>,
+    client_counts: &[usize],
+    time: Duration,
+    rounds: usize,
+) -> Result<String, Error> {
+    use std::fmt::Write;
+    wait_ready(addr).await?;
+    if let Some(saving) = saving {
+        wait_ready(saving).await?;
     }
     let mut out = String::new();
     let _ = writeln!(
@@ -124,7 +141,14 @@ pub async fn run(addr: &Address, client_counts: &[usize], time: Duration, rounds
          (grpc.health.v1.Check), same run, {rounds} alternations of {:.1} s each; SIMULATED GPUs",
         time.as_secs_f64()
     );
-    let _ = writeln!(
+    if saving.is_some() {
+        let _ = writeln!(
+            out,
+            "saved: the same cycles against an assigner that saves its leases (--state-dir) before \
+             each grant's reply and after each release"
+        );
+    }
+    let _ = write!(
         out,
         "{:>7}  {:>12} {:>12}  {:>12} {:>12}  {:>9}  {:>12} {:>12}  {:>9}",
         "clients",
@@ -137,15 +161,22 @@ pub async fn run(addr: &Address, client_counts: &[usize], time: Duration, rounds
         "cycles /s",
         "thr ratio"
     );
+    if saving.is_some() {
+        let _ = write!(out, "  {:>12} {:>12}  {:>11}", "saved p50 us", "saved /s", "saved/cycle");
+    }
+    let _ = writeln!(out);
     for &n in client_counts {
-        let (mut echo, mut broker) = (Sample::default(), Sample::default());
+        let (mut echo, mut broker, mut saved) = (Sample::default(), Sample::default(), Sample::default());
         for _ in 0..rounds {
             echo.merge(echo_run(addr, n, time).await?);
             broker.merge(broker_run(addr, n, time).await?);
+            if let Some(saving) = saving {
+                saved.merge(broker_run(saving, n, time).await?);
+            }
         }
         let ratio = us(broker.quantile(0.5)) / us(echo.quantile(0.5)).max(f64::MIN_POSITIVE);
         let thr = broker.throughput() / echo.throughput().max(f64::MIN_POSITIVE);
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{n:>7}  {:>12.1} {:>12.1}  {:>12.1} {:>12.1}  {:>8.2}x  {:>12.0} {:>12.0}  {:>8.2}x",
             us(echo.quantile(0.5)),
@@ -157,6 +188,118 @@ pub async fn run(addr: &Address, client_counts: &[usize], time: Duration, rounds
             broker.throughput(),
             thr
         );
+        if saving.is_some() {
+            let cost = us(saved.quantile(0.5)) / us(broker.quantile(0.5)).max(f64::MIN_POSITIVE);
+            let _ = write!(out, "  {:>12.1} {:>12.0}  {:>10.2}x", us(saved.quantile(0.5)), saved.throughput(), cost);
+        }
+        let _ = writeln!(out);
     }
     Ok(out)
+}
+
+/// The time from ending a holder to its waiter's grant, `rounds` times each way, against an
+/// assigner with one GPU at `addr`: a holder process (`exe alloc`, the acb-assigner binary)
+/// SIGKILLed, and beside it a holder in this process that calls Release. Returns the line.
+pub async fn regrant(addr: &Address, exe: &std::path::Path, rounds: usize) -> Result<String, Error> {
+    use std::fmt::Write;
+    wait_ready(addr).await?;
+    let (mut killed, mut released) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        // A holder process, then a waiter queued behind it; the time runs from the SIGKILL.
+        let mut holder = holder_process(addr, exe).await?;
+        let waiter = queued_waiter(addr).await;
+        let t0 = Instant::now();
+        let kill = holder.kill();
+        let _ = tokio::task::spawn_blocking(move || holder.wait()).await;
+        kill.map_err(Error::io("SIGKILL of the holder process"))?;
+        killed.push(granted(waiter?, t0).await?);
+        // The same with a holder that releases.
+        let rpc = connection::connect(addr, None, Duration::from_secs(5)).await?;
+        let mut holder = Session::open(rpc, "regrant-holder").await?;
+        let lease = holder.allocate(proto::AllocateRequest { gpus: 1, ..Default::default() }).await?.lease_id;
+        let waiter = queued_waiter(addr).await?;
+        let t0 = Instant::now();
+        holder.release(lease).await?;
+        released.push(granted(waiter, t0).await?);
+    }
+    let k = Sample { latencies: killed, wall: Duration::ZERO };
+    let r = Sample { latencies: released, wall: Duration::ZERO };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "regrant ({rounds} rounds each way, one SIMULATED GPU): holder process SIGKILLed -> waiter granted \
+         p50 {:.1} us (max {:.1}); holder calls Release -> waiter granted p50 {:.1} us (max {:.1}); \
+         kill/release p50 ratio {:.2}x",
+        us(k.quantile(0.5)),
+        us(k.quantile(1.0)),
+        us(r.quantile(0.5)),
+        us(r.quantile(1.0)),
+        us(k.quantile(0.5)) / us(r.quantile(0.5)).max(f64::MIN_POSITIVE)
+    );
+    Ok(out)
+}
+
+/// `exe alloc --assigner ADDR`, once it says it holds the GPU.
+async fn holder_process(addr: &Address, exe: &std::path::Path) -> Result<std::process::Child, Error> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(exe)
+        .args(["alloc", "--job", "regrant-holder", "--assigner"])
+        .arg(addr.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(Error::io(format!("starting {}", exe.display())))?;
+    let out = child.stdout.take();
+    let line = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            out.map(|o| std::io::BufReader::new(o).read_line(&mut line));
+            line
+        }),
+    )
+    .await;
+    match line {
+        Ok(Ok(line)) if line.starts_with("granted lease") => Ok(child),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(Error::Run("the holder process did not get the GPU within 30 s".into()))
+        }
+    }
+}
+
+type Waiter = tokio::task::JoinHandle<Result<(Session, u64, Instant), Error>>;
+
+/// A session whose request for the (only) GPU is queued when this returns; its task ends with
+/// the grant's time.
+async fn queued_waiter(addr: &Address) -> Result<Waiter, Error> {
+    let rpc = connection::connect(addr, None, Duration::from_secs(5)).await?;
+    let mut probe = rpc.clone();
+    let mut session = Session::open(rpc, "regrant-waiter").await?;
+    let task = tokio::spawn(async move {
+        let g = session.allocate(proto::AllocateRequest { gpus: 1, ..Default::default() }).await?;
+        Ok::<_, Error>((session, g.lease_id, Instant::now()))
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = probe.status(proto::StatusRequest::default()).await?.into_inner();
+        if s.queue_total > 0 {
+            return Ok(task);
+        }
+        if Instant::now() > deadline || task.is_finished() {
+            task.abort();
+            return Err(Error::Run("the waiter's request was not queued behind the holder".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Waits (bounded) for the waiter's grant; gives its lease back; the time since `t0`.
+async fn granted(waiter: Waiter, t0: Instant) -> Result<Duration, Error> {
+    let (mut session, lease, at) = tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .map_err(|_| Error::Run("the waiter was not granted within 30 s".into()))???;
+    session.release(lease).await?;
+    Ok(at.saturating_duration_since(t0))
 }

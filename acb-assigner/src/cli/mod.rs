@@ -218,6 +218,10 @@ struct BenchArgs {
     /// Alternations of echo and broker runs per client count.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
+    /// Rounds of the regrant measurement (a holder process SIGKILLed beside a holder that
+    /// releases; 0 skips it).
+    #[arg(long, default_value_t = 20)]
+    regrant_rounds: usize,
 }
 
 #[derive(Debug, Args)]
