@@ -278,3 +278,38 @@ fn a_second_daemon_on_the_same_state_directory_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another acb-assigner is using it"), "{err}");
 }
+
+/// The lease ids `leases.json` in `state` lists.
+fn saved_leases(state: &Path) -> BTreeSet<u64> {
+    let text = std::fs::read_to_string(state.join("leases.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let clients = v["clients"].as_array().cloned().unwrap_or_default();
+    clients
+        .iter()
+        .flat_map(|c| c["leases"].as_array().cloned().unwrap_or_default())
+        .filter_map(|l| l["id"].as_u64())
+        .collect()
+}
+
+#[test]
+fn a_grant_is_saved_before_its_reply_and_a_release_soon_after() {
+    let dir = TempDir::new("restart-save");
+    let socket = dir.0.join("assigner.sock");
+    let state = dir.0.join("state");
+    let (_daemon, _lines) = serve(&socket, &state.display().to_string());
+    runtime().block_on(async {
+        let mut s = acb_client::connection::Session::open(rpc(&socket).await, "saver").await.unwrap();
+        for _ in 0..20 {
+            let g = s.allocate(proto::AllocateRequest { gpus: 1, ..Default::default() }).await.unwrap();
+            // Read as soon as the reply is here: the file must already hold the lease.
+            assert!(saved_leases(&state).contains(&g.lease_id), "lease {} not saved before its reply", g.lease_id);
+            s.release(g.lease_id).await.unwrap();
+        }
+        // Releases are saved together, within a bounded time.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !saved_leases(&state).is_empty() {
+            assert!(Instant::now() < deadline, "released leases still saved after 5 s: {:?}", saved_leases(&state));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}

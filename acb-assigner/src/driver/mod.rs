@@ -118,10 +118,11 @@ impl Driver {
             }
             self.drain_outputs();
             self.end_sessions_behind();
-            if self.keeping.dirty {
-                self.save_state();
-            }
+            self.schedule_save();
             self.metrics.update(&self.sched);
+        }
+        if self.keeping.save_due.is_some() {
+            self.save_state();
         }
         self.sessions.shut_down();
         // Dropping `self` drops the event sender and every session sender: open streams end.
@@ -336,7 +337,7 @@ impl Driver {
                         Some(p) => {
                             // Saved before the holder hears of it: a restarted assigner knows
                             // every lease a client may be using.
-                            self.save_state();
+                            self.save_before_grant(g.lease);
                             let copy = self.sessions.wants_grant_copies(g.client).then(|| info.clone());
                             let sent = p.reply.send(Ok(info)).is_ok();
                             // The reply is handed over; it can still be lost if the call is

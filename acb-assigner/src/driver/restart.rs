@@ -2,7 +2,7 @@
 //! orphans held for the reclaim grace period, resumed by their clients or ended after it), the
 //! one-off leases' time to live, and who may release what (SO_PEERCRED's uid, the admin uid).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use acb_core::record::EventKind;
@@ -13,6 +13,9 @@ use tokio::time::Instant;
 use super::Driver;
 use super::api::{DomainError, Peer, SessionSender, Welcomed};
 use super::state::{SavedClient, SavedLease, SavedState, Store};
+
+/// How long a change that needs no immediate save (a release) waits to be saved with others.
+const SAVE_DELAY: Duration = Duration::from_millis(100);
 
 /// What the driver keeps beyond a session: where it saves its leases, how long it holds a
 /// restarted run's leases, how long a one-off lease lives unrenewed, who is the admin.
@@ -48,6 +51,10 @@ pub(super) struct Keeping {
     pub(super) store: Option<Store>,
     /// Holders changed since the last save.
     pub(super) dirty: bool,
+    /// When the changes since the last save are saved, if no grant saves them first.
+    pub(super) save_due: Option<Instant>,
+    /// The leases the last save wrote: a grant of one of them needs no new save.
+    pub(super) saved: HashSet<LeaseId>,
     pub(super) grace: Duration,
     pub(super) ttl: Duration,
     pub(super) admin_uid: u32,
@@ -62,6 +69,8 @@ impl Keeping {
         Keeping {
             store: p.store.take(),
             dirty: false,
+            save_due: None,
+            saved: HashSet::new(),
             grace: p.reclaim_grace,
             ttl: p.one_off_ttl,
             admin_uid: p.admin_uid,
@@ -72,19 +81,39 @@ impl Keeping {
 }
 
 impl Driver {
-    /// The earliest of the grace period's end and the one-off leases' expiries.
+    /// The earliest of the grace period's end, the one-off leases' expiries and the deferred
+    /// save.
     pub(super) fn keeping_deadline(&self) -> Option<Instant> {
         let first_expiry = self.keeping.expiry.values().min().copied();
-        match (self.keeping.grace_end, first_expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [self.keeping.grace_end, first_expiry, self.keeping.save_due].into_iter().flatten().min()
+    }
+
+    /// After each command: changes that need no save before a reply (releases, reused leases,
+    /// resumes) are saved within [`SAVE_DELAY`], together. A file that still lists a released
+    /// lease is safe: after a restart that lease is held until its client resumes without it,
+    /// or the grace period ends. It can never miss a lease a client uses: grants save first.
+    pub(super) fn schedule_save(&mut self) {
+        if self.keeping.dirty && self.keeping.save_due.is_none() && self.keeping.store.is_some() {
+            self.keeping.save_due = Some(Instant::now() + SAVE_DELAY);
         }
     }
 
-    /// Ends what is due: the orphans after the grace period, the one-off leases not renewed.
+    /// Before a grant's reply: saves unless the last save already holds `lease` (a lease kept
+    /// between phases, or granted in the same batch of changes).
+    pub(super) fn save_before_grant(&mut self, lease: LeaseId) {
+        if self.keeping.store.is_some() && !self.keeping.saved.contains(&lease) {
+            self.save_state();
+        }
+    }
+
+    /// Ends what is due: the orphans after the grace period, the one-off leases not renewed;
+    /// and saves the changes whose save was deferred.
     pub(super) fn keeping_timers(&mut self) {
         let now_t = Instant::now();
         let now = self.now();
+        if self.keeping.save_due.is_some_and(|due| due <= now_t) {
+            self.save_state();
+        }
         if self.keeping.grace_end.is_some_and(|end| end <= now_t) {
             self.keeping.grace_end = None;
             for client in self.sessions.orphans() {
@@ -235,6 +264,7 @@ impl Driver {
     /// goes on: losing the file only loses the protection across a restart).
     pub(super) fn save_state(&mut self) {
         self.keeping.dirty = false;
+        self.keeping.save_due = None;
         let Some(store) = &self.keeping.store else { return };
         let mut by_client: HashMap<ClientId, Vec<SavedLease>> = HashMap::new();
         for (id, l) in self.sched.leases() {
@@ -268,8 +298,16 @@ impl Driver {
             next_lease: self.sched.next_lease_id().0,
             clients,
         };
-        if let Err(e) = store.save(&state) {
-            tracing::error!("cannot save the leases: {e}");
+        match store.save(&state) {
+            Ok(()) => {
+                let saved = state.clients.iter().flat_map(|c| c.leases.iter().map(|l| LeaseId(l.id)));
+                self.keeping.saved = saved.collect();
+            }
+            Err(e) => {
+                // Nothing counts as saved: the next grant tries again.
+                self.keeping.saved.clear();
+                tracing::error!("cannot save the leases: {e}");
+            }
         }
     }
 
