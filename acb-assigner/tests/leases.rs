@@ -7,46 +7,17 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use acb_assigner::proto;
 use acb_client::events::from_proto;
 use acb_core::record::EventKind;
-use common::Daemon;
-
-/// The second local user the tests play (nobody).
-const OTHER: u32 = 65534;
-
-/// Whether this run can play a second local user (root, with setpriv). Under
-/// `ACB_REQUIRE_ROOT=1` (CI), not being able to is a failure, not a skip.
-fn can_play_another_user(test: &str) -> bool {
-    // SAFETY: geteuid(2) has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let setpriv = Command::new("setpriv").arg("--version").output().is_ok_and(|o| o.status.success());
-    if root && setpriv {
-        return true;
-    }
-    let why = if root { "setpriv (util-linux) is missing" } else { "not root" };
-    if std::env::var("ACB_REQUIRE_ROOT").is_ok_and(|v| v == "1") {
-        panic!("{test}: ACB_REQUIRE_ROOT=1 but {why}");
-    }
-    eprintln!("skipping {test}: {why}");
-    false
-}
+use common::{Daemon, OTHER, can_play_another_user, setpriv_other};
 
 /// `acb-assigner ARGS --assigner ADDR` as the second user.
 fn as_other(d: &Daemon, args: &[&str]) -> std::process::Output {
-    let (uid, gid) = (format!("--reuid={OTHER}"), format!("--regid={OTHER}"));
     let (bin, _copy) = common::bin_for_others();
-    Command::new("setpriv")
-        .args([uid.as_str(), gid.as_str(), "--clear-groups"])
-        .arg(&bin)
-        .args(args)
-        .arg("--assigner")
-        .arg(d.addr())
-        .output()
-        .unwrap()
+    setpriv_other().arg(&bin).args(args).arg("--assigner").arg(d.addr()).output().unwrap()
 }
 
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -195,10 +166,8 @@ fn status_shows_the_uid_and_pid_of_another_users_holder() {
     }
     let d = Daemon::start(&["--gpus", "fake:1x1GiB"]);
     std::fs::set_permissions(&d.socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
-    let (uid, gid) = (format!("--reuid={OTHER}"), format!("--regid={OTHER}"));
     let (bin, _copy) = common::bin_for_others();
-    let mut child = Command::new("setpriv")
-        .args([uid.as_str(), gid.as_str(), "--clear-groups"])
+    let mut child = setpriv_other()
         .arg(&bin)
         .args(["alloc", "--hold", "20s", "--job", "nobodys"])
         .arg("--assigner")

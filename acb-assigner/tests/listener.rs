@@ -10,32 +10,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{BIN, Daemon, Lines, TempDir, wait_exit};
-
-/// The uid and gid the second local user gets (`nobody`).
-const OTHER: u32 = 65534;
-
-/// Whether the tests that play a second user can run: root and `setpriv`. With
-/// `ACB_REQUIRE_ROOT=1` (CI), not being able to is a failure, not a skip.
-fn can_play_another_user(test: &str) -> bool {
-    // SAFETY: geteuid(2) has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let setpriv = Command::new("setpriv").arg("--version").output().is_ok_and(|o| o.status.success());
-    if root && setpriv {
-        return true;
-    }
-    let why = if root { "setpriv (util-linux) is missing" } else { "not root" };
-    if std::env::var("ACB_REQUIRE_ROOT").is_ok_and(|v| v == "1") {
-        panic!("{test}: ACB_REQUIRE_ROOT=1 but {why}");
-    }
-    eprintln!("skipping {test}: {why}");
-    false
-}
+use common::{BIN, Daemon, Lines, OTHER, TempDir, can_play_another_user, setpriv_other, wait_exit};
 
 /// Runs `args` as the second user.
 fn as_other(args: &[&str]) {
-    let (uid, gid) = (format!("--reuid={OTHER}"), format!("--regid={OTHER}"));
-    let out = Command::new("setpriv").args([uid.as_str(), gid.as_str(), "--clear-groups"]).args(args).output().unwrap();
+    let out = setpriv_other().args(args).output().unwrap();
     assert!(out.status.success(), "{args:?} as uid {OTHER}: {}", String::from_utf8_lossy(&out.stderr));
 }
 

@@ -27,6 +27,33 @@ impl Drop for TempDir {
     }
 }
 
+/// The uid and gid the second local user gets (`nobody`).
+pub const OTHER: u32 = 65534;
+
+/// Whether the tests that play a second local user can run: root and `setpriv`. With
+/// `ACB_REQUIRE_ROOT=1` (CI), not being able to is a failure, not a skip.
+pub fn can_play_another_user(test: &str) -> bool {
+    // SAFETY: geteuid(2) has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let setpriv = Command::new("setpriv").arg("--version").output().is_ok_and(|o| o.status.success());
+    if root && setpriv {
+        return true;
+    }
+    let why = if root { "setpriv (util-linux) is missing" } else { "not root" };
+    if std::env::var("ACB_REQUIRE_ROOT").is_ok_and(|v| v == "1") {
+        panic!("{test}: ACB_REQUIRE_ROOT=1 but {why}");
+    }
+    eprintln!("skipping {test}: {why}");
+    false
+}
+
+/// `setpriv` with the second user's uid and gid and no groups; its program and arguments follow.
+pub fn setpriv_other() -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([format!("--reuid={OTHER}"), format!("--regid={OTHER}"), "--clear-groups".to_owned()]);
+    c
+}
+
 /// The daemon binary as a path another local user (uid 65534, played with `setpriv`) may run.
 /// `BIN` itself when every directory above it lets others through; otherwise (a checkout under
 /// `/root`, mode 0700) a copy in a 0755 temporary directory, removed with the returned guard.
