@@ -67,6 +67,70 @@ pub struct SavedState {
     pub clients: Vec<SavedClient>,
 }
 
+/// The largest id a saved state may name: far beyond what a daemon hands out, far below where
+/// counting on from it could overflow.
+pub(super) const MAX_ID: u64 = 1 << 53;
+
+/// The largest state file read (a file is about 200 bytes a lease).
+pub(super) const MAX_FILE_BYTES: u64 = 256 << 20;
+
+/// Whether `token` can be one this daemon gave out: 1 to 128 printable ASCII characters.
+fn token_ok(token: &str) -> bool {
+    !token.is_empty() && token.len() <= 128 && token.bytes().all(|b| b.is_ascii_graphic())
+}
+
+impl SavedState {
+    /// The state with every entry that this daemon could not have written left out, and why
+    /// each was; an error when the file as a whole cannot be trusted (ids at or past
+    /// [`MAX_ID`]). Clients: id from 1 below `next_client`, a token of the daemon's form and
+    /// not another client's, a valid job name, ids not repeated. Leases: id from 1 below
+    /// `next_lease`, not repeated. (GPUs and memory are checked by the scheduler on restore.)
+    pub fn checked(self) -> Result<(SavedState, Vec<String>), String> {
+        use std::collections::HashSet;
+        if self.next_client > MAX_ID || self.next_lease > MAX_ID {
+            return Err(format!(
+                "next_client {} or next_lease {} is over {MAX_ID}: not written by an assigner",
+                self.next_client, self.next_lease
+            ));
+        }
+        let mut dropped = Vec::new();
+        let (mut ids, mut tokens, mut lease_ids) = (HashSet::new(), HashSet::new(), HashSet::new());
+        let mut clients = Vec::new();
+        for mut c in self.clients {
+            let why = if c.id == 0 || c.id >= self.next_client {
+                Some(format!("client#{}: its id is not between 1 and next_client {}", c.id, self.next_client))
+            } else if !token_ok(&c.token) {
+                Some(format!("client#{}: its token is not one an assigner makes", c.id))
+            } else if let Err(e) = acb_proto::check_job_name(&c.job) {
+                Some(format!("client#{}: {e}", c.id))
+            } else if !ids.insert(c.id) {
+                Some(format!("client#{}: a client id twice", c.id))
+            } else if !tokens.insert(c.token.clone()) {
+                Some(format!("client#{}: the token of another client", c.id))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                dropped.push(why);
+                continue;
+            }
+            let mut kept = Vec::new();
+            for l in std::mem::take(&mut c.leases) {
+                if l.id == 0 || l.id >= self.next_lease {
+                    dropped.push(format!("lease#{}: its id is not between 1 and next_lease {}", l.id, self.next_lease));
+                } else if !lease_ids.insert(l.id) {
+                    dropped.push(format!("lease#{}: a lease id twice", l.id));
+                } else {
+                    kept.push(l);
+                }
+            }
+            c.leases = kept;
+            clients.push(c);
+        }
+        Ok((SavedState { clients, ..self }, dropped))
+    }
+}
+
 /// Why the state directory cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -116,6 +180,16 @@ impl Store {
         if meta.uid() != euid {
             return Err(StateError::Unsafe(dir.to_path_buf(), format!("owned by uid {}, not {euid}", meta.uid())));
         }
+        if meta.mode() & 0o022 != 0 {
+            // Others could have planted a leases.json (or a temporary file) in it already.
+            return Err(StateError::Unsafe(
+                dir.to_path_buf(),
+                format!(
+                    "group or others may write it (mode {:o}); use a directory only this user can write",
+                    meta.mode() & 0o7777
+                ),
+            ));
+        }
         if meta.mode() & 0o077 != 0 {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io("cannot chmod 0700"))?;
         }
@@ -136,6 +210,18 @@ impl Store {
                 _ => Err(StateError::Io { path: lock_path, what: "cannot lock", source: e }),
             };
         }
+        // A daemon that cannot save would quietly lose the protection across restarts: find
+        // out now, not at the first grant.
+        let probe = dir.join("leases.json.tmp");
+        let _ = std::fs::remove_file(&probe);
+        OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&probe)
+            .and_then(|_| std::fs::remove_file(&probe))
+            .map_err(io("cannot write in it"))?;
         Ok(Store { dir: dir.to_path_buf(), _lock: lock })
     }
 
@@ -144,18 +230,46 @@ impl Store {
         self.dir.join("leases.json")
     }
 
-    /// The saved state, if there is a file.
+    /// The saved state, if there is a file: only a file of this user's that no one else may
+    /// write, at most [`MAX_FILE_BYTES`]; its entries checked ([`SavedState::checked`]).
     pub fn load(&self) -> Result<Option<SavedState>, StateError> {
+        use std::io::Read;
         let path = self.path();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StateError::Io { path, what: "cannot read it", source }),
+        let io = |what| {
+            let path = path.clone();
+            move |source| StateError::Io { path, what, source }
         };
+        let file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StateError::Io { path, what: "cannot read it (a symlink?)", source }),
+        };
+        let meta = file.metadata().map_err(io("cannot stat it"))?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        if !meta.is_file() || meta.uid() != euid || meta.mode() & 0o022 != 0 {
+            return Err(StateError::Unsafe(
+                path,
+                format!(
+                    "not a regular file of uid {euid} that only it may write (uid {}, mode {:o}); not trusted",
+                    meta.uid(),
+                    meta.mode() & 0o7777
+                ),
+            ));
+        }
+        let mut text = String::new();
+        file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text).map_err(io("cannot read it"))?;
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(StateError::Corrupt(path, format!("over {MAX_FILE_BYTES} bytes")));
+        }
         let state: SavedState =
             serde_json::from_str(&text).map_err(|e| StateError::Corrupt(path.clone(), e.to_string()))?;
         if state.format != FORMAT {
             return Err(StateError::Corrupt(path, format!("format {} (this assigner reads {FORMAT})", state.format)));
+        }
+        let (state, dropped) = state.checked().map_err(|why| StateError::Corrupt(path.clone(), why))?;
+        for why in dropped {
+            tracing::warn!("state file {}: {why}; skipped", path.display());
         }
         Ok(Some(state))
     }
@@ -171,9 +285,15 @@ impl Store {
         let mut state = state.clone();
         state.format = FORMAT;
         let bytes = serde_json::to_vec(&state).map_err(|e| StateError::Corrupt(path.clone(), e.to_string()))?;
+        // A new file each time (O_EXCL): never one someone else opened before.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("cannot remove the old temporary file")(e));
+            }
+            _ => {}
+        }
         let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .write(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -219,7 +339,7 @@ mod tests {
             next_lease: 9,
             clients: vec![SavedClient {
                 id: 3,
-                token: "t".into(),
+                token: "0123456789abcdef0123456789abcdef".into(),
                 job: "j".into(),
                 pid: 42,
                 uid: Some(1000),
@@ -256,6 +376,81 @@ mod tests {
         std::fs::write(store.path(), "{not json").unwrap();
         let e = store.load().unwrap_err().to_string();
         assert!(e.contains("leases.json"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn client(id: u64, token: &str, job: &str, leases: &[u64]) -> SavedClient {
+        SavedClient {
+            id,
+            token: token.into(),
+            job: job.into(),
+            pid: 1,
+            uid: Some(0),
+            one_off: false,
+            leases: leases
+                .iter()
+                .map(|&id| SavedLease { id, gpus: vec![0], memory: vec![1], priority: 0, idle: false })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn entries_no_assigner_writes_are_left_out_and_huge_ids_refused() {
+        let huge = SavedState { format: FORMAT, next_client: u64::MAX, next_lease: 2, clients: vec![] };
+        assert!(huge.checked().unwrap_err().contains("over"));
+        let huge = SavedState { format: FORMAT, next_client: 2, next_lease: MAX_ID + 1, clients: vec![] };
+        assert!(huge.checked().is_err());
+        let state = SavedState {
+            format: FORMAT,
+            next_client: 10,
+            next_lease: 10,
+            clients: vec![
+                client(1, "aaaa", "good", &[1, 0, 10, 2]),
+                client(0, "bbbb", "id zero", &[3]),
+                client(10, "cccc", "id at next", &[4]),
+                client(2, "", "empty token", &[5]),
+                client(3, "dd dd", "space in token", &[5]),
+                client(4, "eeee", "new\nline", &[5]),
+                client(5, "ffff", &"x".repeat(300), &[5]),
+                client(1, "gggg", "id twice", &[6]),
+                client(6, "aaaa", "token twice", &[7]),
+                client(7, "hhhh", "lease twice", &[2, 8]),
+            ],
+        };
+        let (kept, dropped) = state.checked().unwrap();
+        let kept: Vec<(u64, Vec<u64>)> =
+            kept.clients.iter().map(|c| (c.id, c.leases.iter().map(|l| l.id).collect())).collect();
+        assert_eq!(kept, vec![(1, vec![1, 2]), (7, vec![8])], "{dropped:?}");
+        // Two bad leases of client 1, eight bad clients, client 7's repeated lease.
+        assert_eq!(dropped.len(), 11, "{dropped:?}");
+        assert!(dropped.iter().any(|d| d.contains("the token of another client")), "{dropped:?}");
+    }
+
+    #[test]
+    fn a_directory_others_may_write_and_a_file_not_ours_alone_are_refused() {
+        let dir = temp_dir("loose");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = Store::open(&dir).unwrap_err().to_string();
+        assert!(e.contains("group or others may write it"), "{e}");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let store = Store::open(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        std::fs::write(store.path(), r#"{"format":1,"next_client":1,"next_lease":1,"clients":[]}"#).unwrap();
+        std::fs::set_permissions(store.path(), std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = store.load().unwrap_err().to_string();
+        assert!(e.contains("not trusted"), "{e}");
+        std::fs::set_permissions(store.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(store.load().unwrap().is_some());
+        // A temporary file left (or planted) there is replaced by a new one, never written through.
+        let planted = dir.join("leases.json.tmp");
+        std::fs::write(&planted, "planted").unwrap();
+        let held = std::fs::File::open(&planted).unwrap();
+        store.save(&SavedState { format: FORMAT, next_client: 1, next_lease: 1, clients: vec![] }).unwrap();
+        let mut seen = String::new();
+        std::io::Read::read_to_string(&mut &held, &mut seen).unwrap();
+        assert_eq!(seen, "planted");
+        drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
