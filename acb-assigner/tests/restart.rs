@@ -313,3 +313,37 @@ fn a_grant_is_saved_before_its_reply_and_a_release_soon_after() {
         }
     });
 }
+
+#[test]
+fn a_phase_whose_lease_the_restarted_assigner_did_not_keep_ends_with_lease_revoked() {
+    // The restarted daemon saved nothing, as when a client stalled past the grace period: the
+    // client's running phase has no lease on the new daemon, which may give its GPU away.
+    let dir = TempDir::new("restart-lost");
+    let socket = dir.0.join("assigner.sock");
+    let (mut first, _lines) = serve(&socket, "none");
+    let a = client(&socket, "mid-phase");
+    let timed = Request { timeout: Some(Duration::from_secs(20)), ..Request::default() };
+    a.begin(&timed).unwrap();
+    let p = fill(&a, 0x5a);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(first.0.id() as i32, libc::SIGKILL) };
+    wait_exit(&mut first.0, Duration::from_secs(15));
+    let (_second, _lines2) = serve(&socket, "none");
+    // The client opens a new session on its own (it holds a lease, so it does not wait for a
+    // phase): then the new daemon lists it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !status(&socket).clients.iter().any(|c| c.job == "mid-phase") {
+        assert!(Instant::now() < deadline, "the client did not reconnect");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let ended = a.end();
+    assert!(
+        matches!(ended, Err(acb_client::Error::LeaseRevoked(ref m)) if m.contains("not kept through the phase")),
+        "{ended:?}"
+    );
+    // The memory is kept, and the next phase is a normal one.
+    a.begin(&timed).unwrap();
+    assert!(intact(p, 0x5a), "the memory came back changed");
+    a.end().unwrap();
+}

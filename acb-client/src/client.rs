@@ -161,6 +161,8 @@ impl Client {
         // Fast path: the GPU kept from the last phase fits; take it here (see `driver::Kept`).
         {
             let mut k = lock(&self.kept);
+            // A loss said for an earlier phase whose end came first is not this phase's.
+            k.lost_mid_phase = None;
             if k.lease.as_ref().is_some_and(|(d, _)| *d == demand)
                 && let Some((d, lease)) = k.lease.take()
             {
@@ -216,6 +218,15 @@ impl Client {
         };
         if wake && self.tx.send(Cmd::Wake).is_err() {
             return Err(stopped());
+        }
+        // Taken at every end, so that one phase's loss is never said at a later one's.
+        let lost = lock(&self.kept).lost_mid_phase.take();
+        if let Some(lease) = lost {
+            return Err(Error::LeaseRevoked(format!(
+                "lease#{lease} was not kept through the phase: the assigner restarted and did not resume this \
+                 client's session (its grace period ended, or it saved no leases), so another job may have used \
+                 the GPU during the phase; the phase has ended and its memory is kept, but its results may be wrong"
+            )));
         }
         Ok(())
     }

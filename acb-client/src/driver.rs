@@ -72,6 +72,10 @@ pub(crate) struct Kept {
     pub(crate) claimed: Option<(GpuDemand, u64)>,
     pub(crate) end_pending: bool,
     pub(crate) yield_pending: bool,
+    /// The lease of the phase still running when a new session did not keep it (the assigner
+    /// restarted and did not resume the lost session: its grace ended, or it saved nothing):
+    /// its GPU may have gone to another job during the phase. The phase's end says so.
+    pub(crate) lost_mid_phase: Option<u64>,
 }
 
 pub(crate) type SharedKept = std::sync::Arc<std::sync::Mutex<Kept>>;
@@ -412,10 +416,19 @@ impl Driver {
     fn attach(&mut self, s: Session) {
         let now = self.now();
         let (resumed, kept) = (s.resumed, s.kept_leases.clone());
+        let running = self.machine.resume_claim();
         self.last_token.clone_from(&s.token);
         self.session = Some(s);
         self.resume_at = None;
         self.machine.handle_reconnected(now);
+        if let Some(lease) = running.filter(|l| !(resumed && kept.contains(&l.0))) {
+            tracing::warn!(
+                lease = lease.0,
+                "the assigner did not keep the lease of the phase still running (its session was not resumed \
+                 in time, or the assigner saved no leases): another job may be given its GPU before the phase ends"
+            );
+            lock(&self.kept).lost_mid_phase = Some(lease.0);
+        }
         if resumed {
             let kept: Vec<LeaseId> = kept.into_iter().map(LeaseId).collect();
             tracing::debug!(?kept, "the assigner resumed this client's session");
