@@ -136,5 +136,39 @@ pub fn check_dir(dir: &Path) -> Result<(), Error> {
     if mode & 0o022 != 0 {
         return refuse(format!("group or others can write it (mode {mode:04o})"));
     }
+    if let Some(why) = unsafe_ancestor(dir, me) {
+        return refuse(why);
+    }
     Ok(())
+}
+
+/// Why a directory above `dir` would let another user move `dir` away (and put their own in
+/// its place), if one would: every directory above it, as the path is written and as it
+/// resolves, must be root's or this user's, and not writable by group or others unless sticky
+/// (like /tmp, where only an entry's owner may move it). Symlinks on the way must be root's or
+/// this user's too.
+fn unsafe_ancestor(dir: &Path, me: u32) -> Option<String> {
+    let trusted = |uid: u32| uid == 0 || uid == me;
+    let dir = std::path::absolute(dir).ok()?;
+    for a in dir.ancestors().skip(1) {
+        let meta = std::fs::symlink_metadata(a).ok()?;
+        if meta.file_type().is_symlink() && !trusted(meta.uid()) {
+            return Some(format!("{} above it is a symlink of uid {}", a.display(), meta.uid()));
+        }
+    }
+    let real = std::fs::canonicalize(dir.parent()?).ok()?;
+    for a in real.ancestors() {
+        let meta = std::fs::metadata(a).ok()?;
+        let mode = meta.mode() & 0o7777;
+        if !trusted(meta.uid()) {
+            return Some(format!("{} above it is owned by uid {}, who could move it away", a.display(), meta.uid()));
+        }
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Some(format!(
+                "{} above it can be written by group or others (mode {mode:04o}, not sticky), who could move it away",
+                a.display()
+            ));
+        }
+    }
+    None
 }

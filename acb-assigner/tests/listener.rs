@@ -80,6 +80,31 @@ fn a_socket_directory_that_is_a_symlink_to_another_users_directory_is_refused() 
 }
 
 #[test]
+fn a_socket_directory_below_one_another_user_owns_is_refused() {
+    if !can_play_another_user("grandparent squat") {
+        return;
+    }
+    // The other user owns a directory above the socket's: they could rename the daemon's
+    // directory away and put their own in its place.
+    let base = shared_dir("above");
+    let theirs = base.0.join("gp");
+    as_other(&["mkdir", "-m", "0755", theirs.to_str().unwrap()]);
+    as_other(&["mkdir", "-m", "0755", theirs.join("sub").to_str().unwrap()]);
+    std::fs::create_dir(theirs.join("sub").join("acb")).ok();
+    let (status, err) = serve_refused(&theirs.join("sub").join("acb").join("assigner.sock"));
+    assert_eq!(status, 1, "{err}");
+    assert!(err.contains("above it is owned by uid 65534"), "{err}");
+    // A symlink of theirs on the way is refused too, even to a directory of ours.
+    let ours = base.0.join("ours");
+    std::fs::create_dir(&ours).unwrap();
+    let link = base.0.join("link");
+    as_other(&["ln", "-s", ours.to_str().unwrap(), link.to_str().unwrap()]);
+    let (status, err) = serve_refused(&link.join("acb").join("assigner.sock"));
+    assert_eq!(status, 1, "{err}");
+    assert!(err.contains("is a symlink of uid 65534"), "{err}");
+}
+
+#[test]
 fn a_missing_socket_directory_is_created_owned_and_closed_and_the_socket_has_its_mode() {
     let base = TempDir::new("fresh");
     let dir = base.0.join("run").join("acb");
