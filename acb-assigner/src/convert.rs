@@ -109,6 +109,9 @@ pub fn status_to_proto(mut s: StatusSnapshot, limits: &proto::StatusRequest) -> 
     let (queue_total, clients_total) = (total(s.queue.len()), total(s.clients.len()));
     s.queue.truncate(status_limit(limits.queue_limit));
     s.clients.truncate(status_limit(limits.client_limit));
+    // Holders share the clients' budget across the GPUs (a GPU shared by thousands of leases
+    // must not push the reply past gRPC's limit either).
+    let mut holders_left = status_limit(limits.client_limit);
     proto::StatusResponse {
         queue_total,
         clients_total,
@@ -116,7 +119,14 @@ pub fn status_to_proto(mut s: StatusSnapshot, limits: &proto::StatusRequest) -> 
         gpus: s
             .gpus
             .into_iter()
-            .map(|g| proto::GpuStatus {
+            .map(|mut g| {
+                let holders_total = total(g.holders.len());
+                g.holders.truncate(holders_left);
+                holders_left -= g.holders.len();
+                (g, holders_total)
+            })
+            .map(|(g, holders_total)| proto::GpuStatus {
+                holders_total,
                 id: g.id,
                 node: g.node,
                 index: g.index,

@@ -12,7 +12,7 @@ pub fn status_json(s: &proto::StatusResponse) -> String {
             serde_json::json!({
                 "id": g.id, "node": g.node, "index": g.index, "uuid": g.uuid, "name": g.name,
                 "memory": g.memory, "healthy": g.healthy, "simulated": g.fake, "granted": g.granted,
-                "reserved": g.reserved,
+                "reserved": g.reserved, "holders_total": g.holders_total,
                 "holders": g.holders.iter().map(|h| serde_json::json!({
                     "client": h.client_id, "job": h.job, "lease": h.lease_id, "idle": h.idle,
                     "held_ms": h.held_ms, "memory": h.memory, "uid": h.uid, "pid": h.pid,

@@ -42,7 +42,7 @@ pub enum Error {
     },
     /// A GPU id that is not in the pool.
     UnknownGpu(GpuId),
-    /// The client already has as many requests queued as allowed.
+    /// The client already has as many requests queued and leases held, together, as allowed.
     TooManyQueued {
         /// The limit.
         limit: usize,
@@ -130,7 +130,7 @@ impl fmt::Display for Error {
             ),
             Error::UnknownGpu(g) => write!(f, "{g} is not in the pool"),
             Error::TooManyQueued { limit } => {
-                write!(f, "this client already has {limit} requests queued (the limit)")
+                write!(f, "this client already has {limit} requests queued and leases held together (the limit)")
             }
             Error::UnknownLease(l) => write!(f, "{l} was never granted"),
             Error::NotOwner(l) => write!(f, "{l} belongs to another client"),

@@ -32,16 +32,18 @@ fn status_table(s: &proto::StatusResponse) -> String {
     );
     let _ = writeln!(o, "\nGPU  NODE:IDX        NAME                    MEMORY     GRANTED    STATE      HOLDERS");
     for g in &s.gpus {
+        // An assigner older than the totals sends none: then the list is all there is.
+        let held_by = (g.holders_total as usize).max(g.holders.len());
         let state = if !g.healthy {
             "LOST"
-        } else if g.holders.is_empty() {
+        } else if held_by == 0 {
             "free"
         } else if g.holders.iter().all(|h| h.idle) {
             "idle-held"
         } else {
             "busy"
         };
-        let holders: Vec<String> = g
+        let mut holders: Vec<String> = g
             .holders
             .iter()
             .map(|h| {
@@ -61,6 +63,9 @@ fn status_table(s: &proto::StatusResponse) -> String {
                 )
             })
             .collect();
+        if held_by > g.holders.len() {
+            holders.push(format!("... and {} more holders (--limit)", held_by - g.holders.len()));
+        }
         let name = if g.fake { format!("{} (fake)", g.name) } else { g.name.clone() };
         let _ = writeln!(
             o,

@@ -63,7 +63,7 @@ pub struct SchedulerConfig {
     /// not above the head's, is asked to yield once it has held its lease this long. `None`:
     /// holders are only asked when idle.
     pub quantum: Option<Duration>,
-    /// How many requests one client may have queued at once.
+    /// How many requests one client may have queued and leases held, together, at once.
     pub max_queued_per_client: usize,
     /// How many requests behind the head one pass tries to backfill (like Slurm's
     /// `bf_max_job_test`): bounds the cost of a pass when the queue is long.
@@ -274,7 +274,9 @@ impl Scheduler {
     /// Queues a request. It may be granted at once: drain [`poll_output`](Self::poll_output).
     pub fn submit(&mut self, request: Request, now: Instant) -> Result<RequestId, Error> {
         let client = self.clients.get(&request.client).ok_or(Error::UnknownClient(request.client))?;
-        if client.queued.len() >= self.config.max_queued_per_client {
+        // Queued requests and held leases together: a client cannot pile up leases either
+        // (with gpu-sharing, tiny requests could otherwise take thousands).
+        if client.queued.len() + client.leases.len() >= self.config.max_queued_per_client {
             return Err(Error::TooManyQueued { limit: self.config.max_queued_per_client });
         }
         self.validate(&request)?;

@@ -284,8 +284,12 @@ pub struct GpuStatus {
     pub granted: u64,
     #[prost(bool, tag = "10")]
     pub reserved: bool,
+    /// The first holders, within the request's client_limit (shared by all GPUs);
+    /// holders_total counts them all.
     #[prost(message, repeated, tag = "11")]
     pub holders: ::prost::alloc::vec::Vec<Holder>,
+    #[prost(uint32, tag = "12")]
+    pub holders_total: u32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
