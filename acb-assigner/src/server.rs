@@ -213,6 +213,7 @@ fn persistence(cfg: &ServeConfig) -> Result<driver::Persistence, Error> {
         reclaim_grace: cfg.reclaim_grace,
         one_off_ttl: cfg.one_off_ttl,
         admin_uid: cfg.admin_uid,
+        max_one_off_clients: cfg.max_one_off_clients,
     })
 }
 

@@ -311,3 +311,69 @@ fn http_get(port: u16, path: &str) -> String {
     s.read_to_string(&mut out).unwrap();
     out
 }
+
+/// A client may not pile up leases (queued requests and held leases count together, 64), and a
+/// GPU shared by thousands of leases still gives a status within its limits: the holders share
+/// the clients' budget, with a total per GPU. (Before, one session held 3,000 tiny leases under
+/// gpu-sharing, and 20,000 holders made every status fail at gRPC's 4 MiB limit.)
+#[test]
+fn leases_per_client_are_capped_and_holders_are_summarised_in_status() {
+    let d = Daemon::start(&["--gpus", "fake:1x80GiB", "--scheduler", "gpu-sharing"]);
+    let (sessions, per) = (40, 50);
+    rt().block_on(async {
+        let mut held = Vec::new();
+        for i in 0..sessions {
+            let mut s = Session::open(connect(&d).await, &format!("sharer-{i}")).await.unwrap();
+            for _ in 0..per {
+                let req = proto::AllocateRequest { gpus: 1, memory_per_gpu: Some(1), ..Default::default() };
+                s.allocate(req).await.unwrap();
+            }
+            held.push(s);
+        }
+        // The cap: 64 for one client, leases held and requests queued together.
+        let s = &mut held[0];
+        for _ in per..64 {
+            s.allocate(proto::AllocateRequest { gpus: 1, memory_per_gpu: Some(1), ..Default::default() })
+                .await
+                .unwrap();
+        }
+        let e = s.allocate(proto::AllocateRequest { gpus: 1, memory_per_gpu: Some(1), ..Default::default() }).await;
+        let e = e.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+        assert!(e.message().contains("64 requests queued and leases held"), "{e:?}");
+        let total = (sessions - 1) * per + 64;
+        let mut rpc = connect(&d).await;
+        let st = rpc.status(proto::StatusRequest { queue_limit: 0, client_limit: 10 }).await.unwrap().into_inner();
+        assert_eq!((st.gpus[0].holders.len(), st.gpus[0].holders_total as usize), (10, total));
+        let st = rpc.status(proto::StatusRequest::default()).await.unwrap().into_inner();
+        assert_eq!((st.gpus[0].holders.len(), st.gpus[0].holders_total as usize), (1_000, total));
+        let table = d.cli(&["status", "--limit", "5"]);
+        let text = String::from_utf8_lossy(&table.stdout);
+        assert!(text.contains(&format!("... and {} more holders", total - 5)), "{text:.2000}");
+        assert_eq!(d.status_json()["gpus"][0]["holders_total"], total);
+        drop(held);
+    });
+}
+
+/// One-off clients that hold leases count against `--max-one-off-clients` too, not only those
+/// waiting: under gpu-sharing, tiny one-off grants could otherwise make clients without bound
+/// (each lives until its TTL). A released lease frees its client's place.
+#[test]
+fn one_off_clients_holding_leases_count_against_the_cap() {
+    let d = Daemon::start(&["--gpus", "fake:1x80GiB", "--scheduler", "gpu-sharing", "--max-one-off-clients", "20"]);
+    rt().block_on(async {
+        let mut rpc = connect(&d).await;
+        let tiny =
+            || proto::AllocateRequest { job: "tiny".into(), gpus: 1, memory_per_gpu: Some(1), ..Default::default() };
+        let mut grants = Vec::new();
+        for _ in 0..20 {
+            grants.push(rpc.alloc_request(tiny()).await.unwrap().into_inner());
+        }
+        let e = rpc.alloc_request(tiny()).await.unwrap_err();
+        assert!(limit_reached(&e), "{e:?}");
+        assert!(e.message().contains("20 one-off clients wait or hold leases"), "{}", e.message());
+        let g = grants.pop().unwrap();
+        rpc.release(proto::ReleaseRequest { client_token: g.client_token, lease_id: g.lease_id }).await.unwrap();
+        rpc.alloc_request(tiny()).await.unwrap();
+    });
+}

@@ -240,6 +240,14 @@ impl Driver {
 
     fn allocate(&mut self, key: u64, spec: AllocSpec, reply: Reply<Result<GrantInfo, DomainError>>, now: CoreInstant) {
         let client = if spec.token.is_empty() {
+            if self.sessions.one_offs() >= self.keeping.max_one_off {
+                let _ = reply.send(Err(DomainError::LimitReached(format!(
+                    "{} one-off clients wait or hold leases already (--max-one-off-clients); retry later or open a \
+                     session",
+                    self.sessions.one_offs()
+                ))));
+                return;
+            }
             let job = if spec.job.is_empty() { "one-off".to_string() } else { spec.job.clone() };
             match self.connect(job, spec.peer.pid, true, None, now) {
                 Ok((c, _)) => {

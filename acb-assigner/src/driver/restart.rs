@@ -31,6 +31,8 @@ pub struct Persistence {
     pub one_off_ttl: Duration,
     /// The uid that may release any lease (with an empty token, over the Unix socket).
     pub admin_uid: u32,
+    /// One-off clients at most, waiting or holding.
+    pub max_one_off_clients: usize,
 }
 
 impl Default for Persistence {
@@ -41,6 +43,7 @@ impl Default for Persistence {
             reclaim_grace: Duration::from_secs(30),
             one_off_ttl: Duration::from_secs(300),
             admin_uid: 0,
+            max_one_off_clients: crate::config::DEFAULT_MAX_ONE_OFF_CLIENTS,
         }
     }
 }
@@ -58,6 +61,8 @@ pub(super) struct Keeping {
     pub(super) grace: Duration,
     pub(super) ttl: Duration,
     pub(super) admin_uid: u32,
+    /// One-off clients at most, waiting or holding.
+    pub(super) max_one_off: usize,
     /// When the orphans not resumed by then are ended.
     pub(super) grace_end: Option<Instant>,
     /// When each one-off lease ends unless renewed.
@@ -74,6 +79,7 @@ impl Keeping {
             grace: p.reclaim_grace,
             ttl: p.one_off_ttl,
             admin_uid: p.admin_uid,
+            max_one_off: p.max_one_off_clients,
             grace_end: None,
             expiry: HashMap::new(),
         }

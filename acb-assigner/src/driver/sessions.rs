@@ -43,6 +43,8 @@ pub(super) struct Sessions {
     pending: HashMap<RequestId, Pending>,
     by_key: HashMap<u64, (ClientId, RequestId)>,
     next_client: u64,
+    /// One-off clients now (waiting or holding).
+    one_offs: usize,
     /// Sessions that left [`SESSION_EVENTS`] events unread, for the driver to end.
     behind: Vec<ClientId>,
 }
@@ -60,6 +62,7 @@ impl Sessions {
             tokens: HashMap::new(),
             pending: HashMap::new(),
             by_key: HashMap::new(),
+            one_offs: 0,
             next_client: 1,
             behind: Vec::new(),
         }
@@ -85,6 +88,7 @@ impl Sessions {
     ) -> String {
         let token = new_token();
         self.tokens.insert(token.clone(), client);
+        self.one_offs += usize::from(one_off);
         let (to_client, grants_on_session) = session.map_or((None, false), |(tx, grants)| (Some(tx), grants));
         let info = ClientInfo {
             job,
@@ -127,7 +131,10 @@ impl Sessions {
             uid: saved.uid,
             orphan: !saved.one_off,
         };
-        self.clients.insert(client, info);
+        if let Some(old) = self.clients.insert(client, info) {
+            self.one_offs -= usize::from(old.one_off);
+        }
+        self.one_offs += usize::from(saved.one_off);
         self.next_client = self.next_client.max(client.0.saturating_add(1));
     }
 
@@ -178,7 +185,13 @@ impl Sessions {
     pub(super) fn remove(&mut self, client: ClientId) {
         if let Some(info) = self.clients.remove(&client) {
             self.tokens.remove(&info.token);
+            self.one_offs -= usize::from(info.one_off);
         }
+    }
+
+    /// One-off clients now (waiting for a grant or holding a lease).
+    pub(super) fn one_offs(&self) -> usize {
+        self.one_offs
     }
 
     /// The client a token belongs to.
