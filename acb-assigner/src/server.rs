@@ -171,6 +171,12 @@ pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>
                 .map_err(|source| Error::Listen { what: format!("--metrics {addr}"), source })?;
             drop(probe);
             tracing::info!("metrics on http://{addr}/metrics");
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    "--metrics {addr} is not a loopback address: anyone who can reach it reads the job names, \
+                     clients and counters (no token, no TLS); put it behind a firewall or a proxy"
+                );
+            }
             Some(tokio::spawn(crate::metrics::serve(addr, metrics, shutdown)))
         }
         None => None,
