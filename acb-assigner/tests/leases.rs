@@ -184,3 +184,40 @@ fn status_shows_the_uid_and_pid_of_another_users_holder() {
     let _ = child.wait();
     assert_eq!(seen, (Some(u64::from(OTHER)), Some(u64::from(child.id())), Some("nobodys")), "{h:?}");
 }
+
+/// A daemon that cannot write its state directory refuses to start, instead of granting
+/// without saving (it only logged an error at each grant). Played by uid 65534 on a directory
+/// of its own with mode 0500 (root could write anywhere).
+#[test]
+fn a_state_directory_the_daemon_cannot_write_refuses_the_start() {
+    if !can_play_another_user("a_state_directory_the_daemon_cannot_write_refuses_the_start") {
+        return;
+    }
+    let base = common::TempDir::new("ro-state");
+    std::fs::set_permissions(&base.0, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    let state = base.0.join("state");
+    // As left by an earlier run (its lock file there), then made read-only.
+    let made = setpriv_other()
+        .args(["sh", "-c", "mkdir -m 0700 \"$0\" && touch \"$0/lock\" && chmod 0500 \"$0\""])
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (bin, _copy) = common::bin_for_others();
+    let mut child = setpriv_other()
+        .arg(&bin)
+        .args(["serve", "--gpus", "fake:1x1GiB", "--state-dir"])
+        .arg(&state)
+        .arg("--listen")
+        .arg(format!("unix:{}", base.0.join("acb").join("a.sock").display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let status = common::wait_exit(&mut child, Duration::from_secs(20));
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut err, &mut text).unwrap();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("cannot write in it"), "{text}");
+}
