@@ -74,6 +74,7 @@ fn bad_flags_and_addresses_are_one_line_errors_with_status_2() {
         vec!["serve", "--gpus", "fake:two"],
         vec!["serve", "--scheduler", "fifo"],
         vec!["serve", "--quantum", "soon"],
+        vec!["serve", "--gpus", "fake:2x80"],
         vec!["status", "--assigner", "tcp:localhost"],
         vec!["no-such-command"],
     ] {
@@ -88,6 +89,31 @@ fn bad_flags_and_addresses_are_one_line_errors_with_status_2() {
     let out = Command::new(BIN).args(["serve", "--config"]).arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("config scheduler"));
+    // A time slice of 0 would ask every holder to yield at once.
+    let out = Command::new(BIN).args(["serve", "--gpus", "fake:1x1GiB", "--quantum", "0s"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give a time slice over 0"));
+}
+
+#[test]
+fn logs_to_a_file_or_pipe_carry_no_colour_codes() {
+    let dir = TempDir::new("nocolour");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--gpus", "fake:1x1GiB", "--listen"])
+        .arg(format!("unix:{}", dir.0.join("acb").join("a.sock").display()))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = common::Lines::new(child.stdout.take().unwrap());
+    lines.wait_for("ready", T);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    wait_exit(&mut child, T);
+    assert!(err.contains("INFO") && !err.contains('\x1b'), "{err:?}");
 }
 
 #[test]

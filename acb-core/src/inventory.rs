@@ -41,6 +41,8 @@ pub enum GpuSpecErrorKind {
     BadSize(ParseError),
     /// A group (as written) of GPUs with no memory.
     NoMemory(String),
+    /// A group (as written) whose memory has no unit (`2x80`: 80 bytes was never meant).
+    NoUnit(String),
 }
 
 impl GpuSpecError {
@@ -71,6 +73,9 @@ impl fmt::Display for GpuSpecError {
             GpuSpecErrorKind::CountOutOfRange(g) => write!(f, "{g:?} in {s:?}: a group has 1 to 4096 GPUs"),
             GpuSpecErrorKind::BadSize(e) => write!(f, "{e} (in {s:?})"),
             GpuSpecErrorKind::NoMemory(g) => write!(f, "{g:?} in {s:?}: a GPU needs some memory"),
+            GpuSpecErrorKind::NoUnit(g) => {
+                write!(f, "{g:?} in {s:?}: give the memory with a unit, e.g. 80GiB (a bare number would be bytes)")
+            }
         }
     }
 }
@@ -105,6 +110,9 @@ impl FromStr for GpuSpec {
             if count == 0 || count > 4096 {
                 return Err(err(K::CountOutOfRange(g.into())));
             }
+            if size.trim() != "0" && size.trim().ends_with(|c: char| c.is_ascii_digit()) {
+                return Err(err(K::NoUnit(g.into())));
+            }
             let bytes = crate::units::parse_size(size.trim()).map_err(|e| err(K::BadSize(e)))?;
             if bytes == 0 {
                 return Err(err(K::NoMemory(g.into())));
@@ -128,6 +136,10 @@ mod tests {
         let cases = [
             ("gpu0", "\"gpu0\": expected auto, none, or fake:COUNTxSIZE[,COUNTxSIZE...] (e.g. fake:2x80GiB)"),
             ("fake:2", "\"2\" in \"fake:2\": expected COUNTxSIZE, e.g. 2x80GiB"),
+            (
+                "fake:2x80",
+                "\"2x80\" in \"fake:2x80\": give the memory with a unit, e.g. 80GiB (a bare number would be bytes)",
+            ),
             ("fake:ax1G", "\"a\" in \"fake:ax1G\": not a GPU count"),
             ("fake:0x1G", "\"0x1G\" in \"fake:0x1G\": a group has 1 to 4096 GPUs"),
             ("fake:1x0", "\"1x0\" in \"fake:1x0\": a GPU needs some memory"),

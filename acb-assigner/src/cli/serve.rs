@@ -66,6 +66,12 @@ fn resolve_with(args: ServeArgs, file: FileConfig) -> Result<ServeConfig, Error>
         ),
         (None, None) => None,
     };
+    if quantum == Some(std::time::Duration::ZERO) {
+        return Err(Error::Setting {
+            what: "quantum",
+            why: "0s would ask every holder to yield at once; give a time slice over 0, or none".into(),
+        });
+    }
     let metrics = match (args.metrics, file.metrics) {
         (Some(m), _) => Some(m),
         (None, Some(s)) => Some(
@@ -169,7 +175,9 @@ fn duration_setting(
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a terminal: logs sent to a file or a journal carry no escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
