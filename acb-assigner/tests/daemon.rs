@@ -323,6 +323,8 @@ fn watch_timeline_and_metrics_show_what_happened() {
     let granted = lines.wait_for("\"granted\"", T);
     assert!(granted.contains("\"job\":\"first\""), "{granted}");
     lines.wait_for("\"released\"", T);
+    // The replayed record ends with a marker; live events follow it.
+    lines.wait_for("\"history-end\"", T);
     let _ = watch.kill();
     let _ = watch.wait();
 

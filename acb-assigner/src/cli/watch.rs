@@ -9,6 +9,15 @@ pub(super) async fn run(WatchArgs { conn, replay, json }: WatchArgs) -> Result<(
     let mut rpc = connect(&conn).await?;
     let mut stream = rpc.watch(proto::WatchRequest { replay }).await?.into_inner();
     while let Some(e) = stream.message().await? {
+        // The end of the replayed record: what follows happens now.
+        if matches!(e.kind, Some(proto::event::Kind::HistoryEnd(_))) {
+            if json {
+                println!("{{\"event\":\"history-end\"}}");
+            } else {
+                println!("--- end of the record; live from here ---");
+            }
+            continue;
+        }
         if let Some(event) = event_from_proto(e) {
             if json {
                 println!("{}", acb_client::events::to_json(&event));
