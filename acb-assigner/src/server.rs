@@ -126,7 +126,7 @@ pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| Error::Reflection(e.to_string()))?;
-    let service = AssignerService::new(handle.clone()).with_max_one_off_clients(cfg.max_one_off_clients);
+    let service = AssignerService::new(handle.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

@@ -4,7 +4,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::Semaphore;
 use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -18,22 +17,12 @@ use crate::proto::{self, session_request::Msg};
 pub struct AssignerService {
     handle: Handle,
     next_key: Arc<AtomicU64>,
-    /// One permit per one-off client waiting for its grant (`--max-one-off-clients`).
-    one_off: Arc<Semaphore>,
 }
 
 impl AssignerService {
     /// A service that asks `handle`'s driver.
     pub fn new(handle: Handle) -> Self {
-        AssignerService { handle, next_key: Arc::new(AtomicU64::new(1)), one_off: Arc::new(Semaphore::new(0)) }
-            .with_max_one_off_clients(crate::config::DEFAULT_MAX_ONE_OFF_CLIENTS)
-    }
-
-    /// At most `max` one-off clients (calls with no session) wait for a grant at once; the
-    /// next gets RESOURCE_EXHAUSTED with reason LIMIT_REACHED.
-    pub fn with_max_one_off_clients(mut self, max: usize) -> Self {
-        self.one_off = Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)));
-        self
+        AssignerService { handle, next_key: Arc::new(AtomicU64::new(1)) }
     }
 }
 
@@ -142,17 +131,6 @@ impl proto::assigner_server::Assigner for AssignerService {
         let peer = crate::peer::of(&request, 0);
         let r = request.into_inner();
         crate::validate::validate_alloc(&r)?;
-        // Held until the call returns: a one-off client waits only inside its call.
-        let _one_off = if r.client_token.is_empty() {
-            Some(self.one_off.clone().try_acquire_owned().map_err(|_| {
-                to_status(DomainError::LimitReached(
-                    "too many one-off clients wait for a grant (--max-one-off-clients); retry later or open a session"
-                        .into(),
-                ))
-            })?)
-        } else {
-            None
-        };
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let spec = AllocSpec {
             token: r.client_token,
