@@ -123,35 +123,34 @@ pub fn status_to_proto(mut s: StatusSnapshot, limits: &proto::StatusRequest) -> 
                 let holders_total = total(g.holders.len());
                 g.holders.truncate(holders_left);
                 holders_left -= g.holders.len();
-                (g, holders_total)
-            })
-            .map(|(g, holders_total)| proto::GpuStatus {
-                holders_total,
-                id: g.id,
-                node: g.node,
-                index: g.index,
-                uuid: g.uuid,
-                name: g.name,
-                memory: g.memory,
-                healthy: g.healthy,
-                fake: g.fake,
-                granted: g.granted,
-                reserved: g.reserved,
-                holders: g
-                    .holders
-                    .into_iter()
-                    .map(|h| proto::Holder {
-                        client_id: h.client,
-                        job: h.job,
-                        lease_id: h.lease,
-                        idle: h.idle,
-                        held_ms: ms(h.held),
-                        memory: h.memory,
-                        uid: h.uid,
-                        pid: h.pid,
-                        expires_in_ms: h.expires.map_or(0, |d| ms(d).max(1)),
-                    })
-                    .collect(),
+                proto::GpuStatus {
+                    holders_total,
+                    id: g.id,
+                    node: g.node,
+                    index: g.index,
+                    uuid: g.uuid,
+                    name: g.name,
+                    memory: g.memory,
+                    healthy: g.healthy,
+                    fake: g.fake,
+                    granted: g.granted,
+                    reserved: g.reserved,
+                    holders: g
+                        .holders
+                        .into_iter()
+                        .map(|h| proto::Holder {
+                            client_id: h.client,
+                            job: h.job,
+                            lease_id: h.lease,
+                            idle: h.idle,
+                            held_ms: ms(h.held),
+                            memory: h.memory,
+                            uid: h.uid,
+                            pid: h.pid,
+                            expires_in_ms: h.expires.map_or(0, |d| ms(d).max(1)),
+                        })
+                        .collect(),
+                }
             })
             .collect(),
         queue: s

@@ -210,24 +210,36 @@ impl Store {
                 _ => Err(StateError::Io { path: lock_path, what: "cannot lock", source: e }),
             };
         }
+        let store = Store { dir: dir.to_path_buf(), _lock: lock };
         // A daemon that cannot save would quietly lose the protection across restarts: find
         // out now, not at the first grant.
-        let probe = dir.join("leases.json.tmp");
-        let _ = std::fs::remove_file(&probe);
-        OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&probe)
-            .and_then(|_| std::fs::remove_file(&probe))
-            .map_err(io("cannot write in it"))?;
-        Ok(Store { dir: dir.to_path_buf(), _lock: lock })
+        store.fresh_tmp().and_then(|_| std::fs::remove_file(store.tmp_path())).map_err(io("cannot write in it"))?;
+        Ok(store)
     }
 
     /// Where the leases are saved.
     pub fn path(&self) -> PathBuf {
         self.dir.join("leases.json")
+    }
+
+    fn tmp_path(&self) -> PathBuf {
+        self.dir.join("leases.json.tmp")
+    }
+
+    /// The temporary file, made anew (`O_EXCL`, after removing any left there): never one
+    /// someone else opened before.
+    fn fresh_tmp(&self) -> std::io::Result<File> {
+        let tmp = self.tmp_path();
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
     }
 
     /// The saved state, if there is a file: only a file of this user's that no one else may
@@ -277,7 +289,6 @@ impl Store {
     /// Replaces the file with `state`, atomically (a temporary file, then a rename).
     pub fn save(&self, state: &SavedState) -> Result<(), StateError> {
         let path = self.path();
-        let tmp = self.dir.join("leases.json.tmp");
         let io = |what| {
             let path = path.clone();
             move |source| StateError::Io { path, what, source }
@@ -285,23 +296,10 @@ impl Store {
         let mut state = state.clone();
         state.format = FORMAT;
         let bytes = serde_json::to_vec(&state).map_err(|e| StateError::Corrupt(path.clone(), e.to_string()))?;
-        // A new file each time (O_EXCL): never one someone else opened before.
-        match std::fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io("cannot remove the old temporary file")(e));
-            }
-            _ => {}
-        }
-        let mut f = OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-            .map_err(io("cannot write a temporary file"))?;
+        let mut f = self.fresh_tmp().map_err(io("cannot write a temporary file"))?;
         f.write_all(&bytes).map_err(io("cannot write a temporary file"))?;
         drop(f);
-        std::fs::rename(&tmp, &path).map_err(io("cannot rename the temporary file over it"))
+        std::fs::rename(self.tmp_path(), &path).map_err(io("cannot rename the temporary file over it"))
     }
 }
 
