@@ -95,11 +95,14 @@ fn bad_flags_and_addresses_are_one_line_errors_with_status_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("give a time slice over 0"));
 }
 
-#[test]
-fn logs_to_a_file_or_pipe_carry_no_colour_codes() {
-    let dir = TempDir::new("nocolour");
+/// `serve ARGS` on a socket of its own with `RUST_LOG=info` and stderr piped, stopped by
+/// SIGTERM once ready: its exit status and what it logged.
+fn serve_logs(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let dir = TempDir::new("logs");
     let mut child = Command::new(BIN)
-        .args(["serve", "--gpus", "fake:1x1GiB", "--listen"])
+        .arg("serve")
+        .args(args)
+        .arg("--listen")
         .arg(format!("unix:{}", dir.0.join("acb").join("a.sock").display()))
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::piped())
@@ -112,7 +115,12 @@ fn logs_to_a_file_or_pipe_carry_no_colour_codes() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    wait_exit(&mut child, T);
+    (wait_exit(&mut child, T), err)
+}
+
+#[test]
+fn logs_to_a_file_or_pipe_carry_no_colour_codes() {
+    let (_, err) = serve_logs(&["--gpus", "fake:1x1GiB"]);
     assert!(err.contains("INFO") && !err.contains('\x1b'), "{err:?}");
 }
 
@@ -473,23 +481,8 @@ fn simulate_predicts_static_vs_brokered_on_the_alphafold2_trace() {
 
 #[test]
 fn logs_can_be_json_lines_filtered_by_rust_log() {
-    let dir = TempDir::new("jsonlog");
-    let sock = dir.0.join("s.sock");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--gpus", "fake:1x8GiB", "--log-format", "json", "--listen"])
-        .arg(format!("unix:{}", sock.display()))
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = common::Lines::new(child.stdout.take().unwrap());
-    lines.wait_for("ready", T);
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (status, stderr) = serve_logs(&["--gpus", "fake:1x8GiB", "--log-format", "json"]);
+    assert!(status.success());
     let records: Vec<serde_json::Value> = stderr.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(
         records
