@@ -55,7 +55,9 @@ impl MemoryBackend {
 }
 
 impl Config {
-    /// The settings the environment gives: `ACB_ASSIGNER` (else the default socket),
+    /// The settings the environment gives: `ACB_ASSIGNER` (else Fujitsu ACB's
+    /// `AGA_GPU_ALLOC_SERVER_ADDRESS`/`AGA_GPU_ALLOC_SERVER_PORT`, see [`aga_address`]; else the
+    /// default socket),
     /// `ACB_JOB_ID` (else a generated id), `ACB_AUTH_TOKEN_FILE`, `ACB_MEMORY_BACKEND` (`host`,
     /// the default, or `cuda`), `ACB_EAGER_RELEASE` (`1` for eager release; lazy by default),
     /// `ACB_PIN_GPUS` (`1`: every phase on the GPUs of the first), `ACB_ASSIGNER_UID` (the uid
@@ -64,7 +66,17 @@ impl Config {
     /// A job id the assigner would refuse (over [`acb_proto::MAX_JOB_BYTES`] bytes, control
     /// characters, not UTF-8) is [`Error::InvalidArgument`] here, naming the limit.
     pub fn from_env() -> Result<Config, Error> {
-        let assigner = Address::from_env().map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let acb_assigner_set = std::env::var_os("ACB_ASSIGNER").is_some_and(|v| !v.is_empty());
+        let aga = if acb_assigner_set {
+            None // ACB_ASSIGNER wins over Fujitsu ACB's variables
+        } else {
+            let var = |name| std::env::var(name).ok().filter(|v: &String| !v.trim().is_empty());
+            aga_address(var("AGA_GPU_ALLOC_SERVER_ADDRESS").as_deref(), var("AGA_GPU_ALLOC_SERVER_PORT").as_deref())?
+        };
+        let assigner = match aga {
+            Some(a) => a,
+            None => Address::from_env().map_err(|e| Error::InvalidArgument(e.to_string()))?,
+        };
         let job = match std::env::var("ACB_JOB_ID") {
             Ok(j) if !j.is_empty() => {
                 check_job(&j).map_err(|e| Error::InvalidArgument(format!("ACB_JOB_ID: {e}")))?;
@@ -100,6 +112,48 @@ impl Config {
             pin_gpus,
             assigner_uid,
         })
+    }
+}
+
+/// The port of an assigner named by `AGA_GPU_ALLOC_SERVER_ADDRESS` alone (and the port
+/// `gpu_assigner --address A start` listens on): acb's choice, since Fujitsu's documentation
+/// gives none. The Python `gpu_assigner` has the same number (a test compares them).
+pub const AGA_DEFAULT_PORT: u16 = 50051;
+
+/// The assigner that Fujitsu ACB's variables name, for its users' scripts to run unchanged:
+/// `AGA_GPU_ALLOC_SERVER_ADDRESS` (an IP or a host name, resolved here; default `127.0.0.1`)
+/// and `AGA_GPU_ALLOC_SERVER_PORT` (default [`AGA_DEFAULT_PORT`]) make `tcp:ADDRESS:PORT`.
+/// `None` when neither is given. `ACB_ASSIGNER`, when set, wins (see [`Config::from_env`]).
+pub fn aga_address(address: Option<&str>, port: Option<&str>) -> Result<Option<Address>, Error> {
+    use std::net::ToSocketAddrs;
+
+    if address.is_none() && port.is_none() {
+        return Ok(None);
+    }
+    let port = match port.map(str::trim) {
+        None => AGA_DEFAULT_PORT,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "AGA_GPU_ALLOC_SERVER_PORT={p:?}: expected a port number, 1 to 65535"
+                )));
+            }
+        },
+    };
+    let host = address.map_or("127.0.0.1", str::trim);
+    // An IPv6 address may come bracketed ([::1]), as in a URL.
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let resolved = (bare, port).to_socket_addrs().map_err(|e| {
+        Error::InvalidArgument(format!(
+            "AGA_GPU_ALLOC_SERVER_ADDRESS={host:?}: not an IP address or a known host ({e})"
+        ))
+    })?;
+    let mut addrs: Vec<_> = resolved.collect();
+    addrs.sort_by_key(|a| !a.is_ipv4()); // IPv4 first, as gpu_assigner resolves for its listener
+    match addrs.first() {
+        Some(a) => Ok(Some(Address::Tcp(*a))),
+        None => Err(Error::InvalidArgument(format!("AGA_GPU_ALLOC_SERVER_ADDRESS={host:?}: the host has no address"))),
     }
 }
 
@@ -153,5 +207,22 @@ mod tests {
         let long = check_job(&"j".repeat(300)).expect_err("300 bytes").to_string();
         assert!(long.contains("at most 256 bytes, not 300"), "{long}");
         assert!(check_job("a\tb").is_err());
+    }
+
+    #[test]
+    fn fujitsu_acb_variables_name_a_tcp_assigner() {
+        let tcp = |s: &str| Some(s.parse::<Address>().expect("an address"));
+        assert_eq!(aga_address(None, None), Ok(None));
+        assert_eq!(aga_address(Some("10.1.2.3"), Some("7000")), Ok(tcp("tcp:10.1.2.3:7000")));
+        assert_eq!(aga_address(Some("localhost"), Some("7000")), Ok(tcp("tcp:127.0.0.1:7000")));
+        assert_eq!(aga_address(Some("[::1]"), Some("9")), Ok(tcp("tcp:[::1]:9")));
+        assert_eq!(aga_address(None, Some(" 7000 ")), Ok(tcp("tcp:127.0.0.1:7000")));
+        assert_eq!(aga_address(Some("10.1.2.3"), None), Ok(tcp(&format!("tcp:10.1.2.3:{AGA_DEFAULT_PORT}"))));
+        for bad in ["0", "65536", "http", "-1"] {
+            let e = aga_address(None, Some(bad)).expect_err(bad).to_string();
+            assert!(e.contains("AGA_GPU_ALLOC_SERVER_PORT") && e.contains("1 to 65535"), "{e}");
+        }
+        let e = aga_address(Some("no such host.invalid"), Some("1")).expect_err("unresolvable").to_string();
+        assert!(e.contains("AGA_GPU_ALLOC_SERVER_ADDRESS"), "{e}");
     }
 }
