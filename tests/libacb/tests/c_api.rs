@@ -46,6 +46,8 @@ fn the_cpp_wrapper_works_under_sanitizers() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    let passed: u32 = stdout.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(passed >= 38, "{stdout}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
