@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes one target for SECONDS with libFuzzer (cargo-fuzz), on the stable toolchain:
 #   fuzz/run.sh TARGET SECONDS [libFuzzer flags...]
-# TARGET: requests, trace, settings or c_abi. Needs `cargo install cargo-fuzz`.
+# TARGET: requests, trace, settings, c_abi or authority. Needs `cargo install cargo-fuzz`.
 # Inputs it finds go to fuzz/corpus-full/TARGET (not committed); the committed corpus
 # (fuzz/corpus/TARGET) is read, never written. A crash is saved in fuzz/artifacts/TARGET and
 # makes the script exit non-zero. Minimise into the committed corpus afterwards with:
@@ -14,11 +14,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 target_dir=${CARGO_TARGET_DIR:-$PWD/../target}/fuzz
 
-usage() { echo "usage: fuzz/run.sh TARGET SECONDS [libFuzzer flags...]; TARGET: requests, trace, settings, c_abi" >&2; exit 2; }
+usage() { echo "usage: fuzz/run.sh TARGET SECONDS [libFuzzer flags...]; TARGET: requests, trace, settings, c_abi, authority" >&2; exit 2; }
 [[ $# -ge 2 ]] || usage
 target=$1 seconds=$2
 shift 2
-case $target in requests | trace | settings | c_abi) ;; *) usage ;; esac
+case $target in requests | trace | settings | c_abi | authority) ;; *) usage ;; esac
 [[ $seconds =~ ^[1-9][0-9]*$ ]] || usage
 command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz is not installed: cargo install cargo-fuzz" >&2; exit 2; }
 

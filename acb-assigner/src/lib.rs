@@ -5,9 +5,11 @@
 //! that drives the core, [`server`] owns listeners, auth and shutdown, [`cli`] is the command
 //! line (its client subcommands connect through `acb-client`).
 
+pub mod authority;
 pub mod cli;
 pub mod config;
 pub mod convert;
+pub mod deadline;
 pub mod discovery;
 pub mod driver;
 mod error;

@@ -33,6 +33,8 @@ use tokio::time::Sleep;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use crate::authority::AuthorityFix;
+
 /// Descriptors kept free below the limit for everything that is not a connection (listeners,
 /// the metrics endpoint, files, the runtime).
 pub const FD_HEADROOM: u64 = 64;
@@ -124,10 +126,12 @@ pub trait Accept: Send + Sync + 'static {
     fn accept_io(&self) -> impl Future<Output = io::Result<Self::Io>> + Send;
 }
 
+/// Unix-socket connections go through [`AuthorityFix`], so that clients which put the socket
+/// path in `:authority` (grpcio, grpc-java, grpcurl) are served.
 impl Accept for UnixListener {
-    type Io = UnixStream;
-    async fn accept_io(&self) -> io::Result<UnixStream> {
-        self.accept().await.map(|(s, _)| s)
+    type Io = AuthorityFix<UnixStream>;
+    async fn accept_io(&self) -> io::Result<AuthorityFix<UnixStream>> {
+        self.accept().await.map(|(s, _)| AuthorityFix::new(s))
     }
 }
 

@@ -122,10 +122,15 @@ pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>
     let auth = cfg.auth_token.as_deref().map_or_else(Auth::none, Auth::token);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<AssignerServer<AssignerService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Reflection(e.to_string()))?;
+    // Reflection in both versions (grpcurl 1.8 and grpcio-reflection ask v1alpha), listing the
+    // health service too.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder().build_v1().map_err(|e| Error::Reflection(e.to_string()))?;
+    let reflection_alpha = reflection_builder().build_v1alpha().map_err(|e| Error::Reflection(e.to_string()))?;
     let service = AssignerService::new(handle.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -137,14 +142,16 @@ pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>
     for addr in &cfg.listen {
         let mut builder = Server::builder()
             .http2_keepalive_interval(Some(HTTP2_KEEPALIVE.0))
-            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE.1));
+            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE.1))
+            .layer(crate::deadline::DeadlineLayer);
         if let (Address::Tcp(_), Some(tls)) = (addr, &tls) {
             builder = builder.tls_config(tls.clone()).map_err(|e| Error::Tls(format!("TLS: {}", source_chain(&e))))?;
         }
         let router = builder
             .add_service(InterceptedService::new(AssignerServer::new(service.clone()), auth.clone()))
             .add_service(InterceptedService::new(health.clone(), auth.clone()))
-            .add_service(InterceptedService::new(reflection.clone(), auth.clone()));
+            .add_service(InterceptedService::new(reflection.clone(), auth.clone()))
+            .add_service(InterceptedService::new(reflection_alpha.clone(), auth.clone()));
         let shutdown = stopped(stop_rx.clone());
         match addr {
             Address::Unix(path) => {

@@ -9,11 +9,13 @@
 //! No target reads a file named by its input, or opens a socket other than one that does not
 //! exist: a generated path could name `/dev/zero` or a FIFO and hang the fuzzer.
 
+mod authority;
 mod c_abi;
 mod requests;
 mod settings;
 mod trace;
 
+pub use authority::authority;
 pub use c_abi::c_abi;
 pub use requests::requests;
 pub use settings::settings;
@@ -23,5 +25,5 @@ pub use trace::trace;
 pub type Target = fn(&[u8]) -> bool;
 
 /// The targets by name, as `fuzz/fuzz_targets/NAME.rs` and `fuzz/corpus/NAME/` are named.
-pub const TARGETS: [(&str, Target); 4] =
-    [("requests", requests), ("trace", trace), ("settings", settings), ("c_abi", c_abi)];
+pub const TARGETS: [(&str, Target); 5] =
+    [("requests", requests), ("trace", trace), ("settings", settings), ("c_abi", c_abi), ("authority", authority)];

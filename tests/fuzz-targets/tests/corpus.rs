@@ -1,4 +1,4 @@
-//! CI's share of the fuzzing: the committed corpus of the request, trace and settings targets,
+//! CI's share of the fuzzing: the committed corpus of the request, trace, settings and authority targets,
 //! replayed without a fuzzer. (The C ABI target sets environment variables: its replay is a
 //! test binary of its own, `c_abi_corpus`.)
 #![allow(clippy::panic)]
@@ -18,6 +18,11 @@ fn the_trace_corpus_replays() {
 #[test]
 fn the_settings_corpus_replays() {
     replay::replay("settings", acb_fuzz_targets::settings);
+}
+
+#[test]
+fn the_authority_corpus_replays() {
+    replay::replay("authority", acb_fuzz_targets::authority);
 }
 
 #[test]
