@@ -23,7 +23,8 @@
 #include <stdint.h>
 
 /*
- The ABI version: bumped on any incompatible change of the C interface.
+ The ABI version: bumped on any incompatible change of the C interface. It is also the
+ number in libacb.so's SONAME, `libacb.so.<ABI version>` (`build.rs` reads this line).
  */
 #define ACB_ABI_VERSION 1
 

@@ -32,7 +32,8 @@ pub use lease::acb_lease;
 pub use request::acb_request;
 pub use status::acb_status;
 
-/// The ABI version: bumped on any incompatible change of the C interface.
+/// The ABI version: bumped on any incompatible change of the C interface. It is also the
+/// number in libacb.so's SONAME, `libacb.so.<ABI version>` (`build.rs` reads this line).
 pub const ACB_ABI_VERSION: u32 = 1;
 
 /// The ABI version this library implements (so a program can check the one it loaded).

@@ -2,6 +2,7 @@
  * An AlphaFold2-like job in C, manual mode: per protein, a long CPU phase (MSA and template
  * search) without a GPU, then a GPU phase (structure inference) with one, through libacb.
  *
+ *   ln -sf libacb.so ../../target/release/libacb.so.1     # the SONAME the program asks for
  *   cc -std=c11 fold.c -I../../include -L../../target/release -Wl,-rpath,$PWD/../../target/release -lacb -o fold
  *   ACB_ASSIGNER=unix:/tmp/acb/assigner.sock ACB_JOB_ID=fold-c ./fold [PROTEINS] [MSA_MS] [FOLD_MS]
  *

@@ -66,6 +66,13 @@ fn main() {
 
     // libacb as built by this profile, and the C benchmark compiled against it.
     let lib_dir = std::env::current_exe().unwrap().parent().and_then(Path::parent).unwrap().to_path_buf();
+    // The program asks the loader for libacb's SONAME, a name cargo does not make: a link to it.
+    let link_dir = dir.join("lib");
+    std::fs::create_dir_all(&link_dir).unwrap();
+    for name in ["libacb.so".to_owned(), format!("libacb.so.{}", acb::ACB_ABI_VERSION)] {
+        let _ = std::fs::remove_file(link_dir.join(&name));
+        std::os::unix::fs::symlink(lib_dir.join("libacb.so"), link_dir.join(name)).unwrap();
+    }
     let c_bin = dir.join("roundtrip_bench");
     let ok = Command::new("gcc")
         .args(["-O2", "-std=c11"])
@@ -73,8 +80,8 @@ fn main() {
         .arg(root().join("bindings/c/examples/roundtrip_bench.c"))
         .arg("-o")
         .arg(&c_bin)
-        .arg(format!("-L{}", lib_dir.display()))
-        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .arg(format!("-L{}", link_dir.display()))
+        .arg(format!("-Wl,-rpath,{}", link_dir.display()))
         .arg("-lacb")
         .status()
         .unwrap()

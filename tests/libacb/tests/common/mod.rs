@@ -21,6 +21,37 @@ pub fn lib_dir() -> PathBuf {
         .unwrap_or_else(|| panic!("libacb.so and libacb.a not built next to {}", exe.display()))
 }
 
+/// This run's libacb laid out as an installation lays it out, in the target's scratch folder:
+/// `libacb.so` (what `-lacb` finds) and `libacb.so.<ABI version>` (its SONAME, which a program
+/// linked against it asks the loader for), both links to the library cargo built. Cargo makes
+/// neither name.
+pub fn link_dir() -> PathBuf {
+    let built = lib_dir();
+    let profile = built.ancestors().find(|d| d.file_name().is_some_and(|n| n != "deps")).unwrap();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("libacb-{}", profile.file_name().unwrap().to_string_lossy()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let soname = format!("libacb.so.{}", acb::ACB_ABI_VERSION);
+    for name in ["libacb.so", soname.as_str()] {
+        // Made under a name of its own, then renamed over the old link: tests running at the
+        // same time never see the name missing.
+        let tmp = dir.join(format!("{name}.{}.{:?}", std::process::id(), std::thread::current().id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(built.join("libacb.so"), &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
+    }
+    dir
+}
+
+/// The SONAME of a shared library, as `readelf -d` shows it (None if it has none).
+pub fn soname(lib: &Path) -> Option<String> {
+    let out = Command::new("readelf").arg("-d").arg(lib).output().expect("readelf (binutils) is needed");
+    assert!(out.status.success(), "readelf -d {}: {}", lib.display(), String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text.lines().find(|l| l.contains("(SONAME)"))?;
+    Some(line.split_once('[')?.1.split_once(']')?.0.to_owned())
+}
+
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -29,8 +60,7 @@ pub fn root() -> PathBuf {
 /// sanitized.
 pub fn compile(src: &Path, out: &Path) {
     let cpp = src.extension().is_some_and(|e| e == "cpp");
-    let lib = lib_dir();
-    assert!(lib.join("libacb.so").exists(), "libacb.so not built in {}", lib.display());
+    let lib = link_dir();
     let status = Command::new(if cpp { "g++" } else { "gcc" })
         .args(if cpp { ["-std=c++17"] } else { ["-std=c11"] })
         .args(["-Wall", "-Wextra", "-Werror", "-Wpedantic", "-g", "-fsanitize=address,undefined"])
@@ -43,7 +73,8 @@ pub fn compile(src: &Path, out: &Path) {
         .arg(format!("-L{}", lib.display()))
         .arg(format!("-Wl,-rpath,{}", lib.display()))
         // DT_RPATH, not RUNPATH: it comes before LD_LIBRARY_PATH, which `cargo test` sets to
-        // target/<profile> too, where an older libacb.so from `cargo build` may linger.
+        // target/<profile> too, where an older libacb.so from `cargo build` may linger (the
+        // loader looks for the SONAME there, and an installed libacb.so.1 would do too).
         .arg("-Wl,--disable-new-dtags")
         .arg("-lacb")
         .status()
