@@ -115,7 +115,7 @@ pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>
         env!("CARGO_PKG_VERSION"),
         if fake > 0 { " (SIMULATED GPUs)" } else { "" }
     );
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::new(&gpus));
     let persistence = persistence(&cfg)?;
     let (handle, driver_task) =
         driver::spawn(cfg.scheduler, cfg.quantum, cfg.node_name.clone(), gpus, metrics.clone(), persistence);

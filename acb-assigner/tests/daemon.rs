@@ -350,11 +350,96 @@ fn watch_timeline_and_metrics_show_what_happened() {
     assert!(body.contains("acb_grant_wait_seconds_bucket"), "{body}");
 }
 
+#[test]
+fn metrics_are_promtool_clean_negotiated_and_labelled_per_gpu_and_job() {
+    let port = common::free_port();
+    let d = Daemon::start(&["--gpus", "fake:2x80GiB", "--metrics", &format!("127.0.0.1:{port}")]);
+    let (mut c, out) = d.alloc(&["--job", "trainer", "--hold", "300ms"]);
+    out.wait_for("released lease", T);
+    assert!(wait_exit(&mut c, T).success());
+    // A job holding a GPU while we scrape.
+    let (mut holder, out) = d.alloc(&["--job", "server", "--hold", "30s"]);
+    out.wait_for("granted lease", T);
+    std::thread::sleep(Duration::from_millis(200));
+
+    let text = http_get(port, "/metrics");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
+    assert!(!body.contains("# EOF") && !body.contains("# UNIT"), "{body}");
+    // Every counter's HELP and TYPE name its samples (the `_total` name): promtool's complaint.
+    assert!(body.contains("# HELP acb_grants_total ") && body.contains("# TYPE acb_grants_total counter"), "{body}");
+    for want in [
+        "acb_grants_total 2\n",
+        "acb_job_grants_total{acb_job=\"trainer\"} 1\n",
+        "acb_job_grants_total{acb_job=\"server\"} 1\n",
+        "acb_gpu_holder_leases{gpu=\"0\",acb_job=\"server\"} 1\n",
+        "acb_gpu_state{gpu=\"0\",state=\"computing\"} 1\n",
+        "acb_gpu_state{gpu=\"1\",state=\"free\"} 1\n",
+        "acb_gpu_memory_granted_bytes{gpu=\"0\"} 85899345920\n",
+        "acb_gpu_info{gpu=\"1\",uuid=\"fake-1\",name=\"simulated GPU\",simulated=\"true\"} 1\n",
+    ] {
+        assert!(body.contains(want), "no {want:?} in\n{body}");
+    }
+    // The trainer's holder series went with its lease.
+    assert!(!body.lines().any(|l| l.starts_with("acb_gpu_holder_leases") && l.contains("trainer")), "{body}");
+    let sample = |name: &str| -> f64 {
+        let line = body.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{body}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    // The trainer computed for about 300 ms; the server holds its GPU as we scrape.
+    let trainer = sample("acb_job_gpu_seconds_total{acb_job=\"trainer\",state=\"computing\"}");
+    assert!(trainer > 0.2 && trainer < 10.0, "{trainer}");
+    assert!(sample("acb_job_gpu_seconds_total{acb_job=\"server\",state=\"computing\"}") > 0.1);
+    assert!(sample("acb_gpu_seconds_total{gpu=\"0\",state=\"computing\"}") > trainer);
+
+    let om = http_get_with(port, "/metrics", "Accept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n");
+    let (head, om_body) = om.split_once("\r\n\r\n").unwrap();
+    assert!(head.to_ascii_lowercase().contains("content-type: application/openmetrics-text; version=1.0.0"), "{head}");
+    assert!(om_body.trim_end().ends_with("# EOF"), "{om_body}");
+    assert!(om_body.contains("# TYPE acb_grants counter"), "{om_body}");
+
+    // Real parsers, when this machine has them (CI installs both and sets ACB_REQUIRE_PROMTOOL).
+    let require = std::env::var_os("ACB_REQUIRE_PROMTOOL").is_some();
+    let dir = TempDir::new("metrics");
+    let (text_file, om_file) = (dir.0.join("text.prom"), dir.0.join("om.txt"));
+    std::fs::write(&text_file, body).unwrap();
+    std::fs::write(&om_file, om_body).unwrap();
+    match Command::new("promtool").args(["check", "metrics"]).stdin(std::fs::File::open(&text_file).unwrap()).output() {
+        Ok(out) => assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => {
+            assert!(!require, "ACB_REQUIRE_PROMTOOL is set but promtool cannot run: {e}");
+            eprintln!("skipped promtool: {e}");
+        }
+    }
+    let parse = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\n\
+                 n = sum(len(f.samples) for f in p(open(sys.argv[1]).read()))\nprint('parsed', n)";
+    let out = Command::new("python3").args(["-c", parse]).arg(&om_file).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("No module named 'prometheus_client'") {
+        assert!(!require, "ACB_REQUIRE_PROMTOOL is set but python3 has no prometheus_client");
+        eprintln!("skipped the OpenMetrics parser: pip install prometheus-client");
+    } else {
+        assert!(out.status.success(), "the OpenMetrics parser refused it: {stderr}");
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
+
 fn http_get(port: u16, path: &str) -> String {
+    http_get_with(port, path, "")
+}
+
+/// A GET with extra header lines (each ending in CRLF); the whole response, headers first.
+fn http_get_with(port: u16, path: &str, headers: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(T)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n").unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body

@@ -92,7 +92,7 @@ impl Driver {
     /// drained (grants handed to their callers, sessions told); then the metrics, and the
     /// timer armed again at the scheduler's next deadline.
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        self.metrics.update(&self.sched);
+        self.metrics.update(&self.sched, |c| self.sessions.job(c));
         loop {
             let sched_deadline = self.sched.poll_timeout().map(|t| self.start + Duration::from_nanos(t.as_nanos()));
             let deadline = match (sched_deadline, self.keeping_deadline()) {
@@ -119,7 +119,7 @@ impl Driver {
             self.drain_outputs();
             self.end_sessions_behind();
             self.schedule_save();
-            self.metrics.update(&self.sched);
+            self.metrics.update(&self.sched, |c| self.sessions.job(c));
         }
         if self.keeping.save_due.is_some() {
             self.save_state();
@@ -184,7 +184,7 @@ impl Driver {
             }
             Command::Swap { client, bytes_in, bytes_out } => {
                 if self.sessions.add_swap(ClientId(client), bytes_in, bytes_out) {
-                    self.metrics.swap(bytes_in, bytes_out);
+                    self.metrics.swap(&self.sessions.job(ClientId(client)), bytes_in, bytes_out);
                 }
             }
             Command::Health { gpu, healthy, reply } => {
@@ -323,7 +323,7 @@ impl Driver {
             match out {
                 Output::Granted(g) => {
                     let job = self.sessions.job(g.client);
-                    self.metrics.granted(g.waited);
+                    self.metrics.granted(&job, g.waited);
                     self.record(EventKind::Granted {
                         client: g.client.0,
                         job,
