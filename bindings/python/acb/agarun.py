@@ -11,6 +11,11 @@ reachable and what it offers. `--profile OUT` records the command's GPU and CPU 
 libacb's begin/end) into OUT, a trace for `acb-assigner simulate`, and says whether acb will
 help it.
 
+Fujitsu ACB's variables work too: `AGA_ENABLE_AUTO=1` means `--mode auto` (a `--mode` flag
+wins), `AGA_REQUEST_DEVICE=cpu` runs the command unbrokered (no GPU is requested; `any` and
+`cuda` request one), and AGA_GPU_ALLOC_SERVER_ADDRESS/AGA_GPU_ALLOC_SERVER_PORT name the
+assigner (libacb reads them; ACB_ASSIGNER and --assigner win).
+
 `--mode auto` brokers a PyTorch program with no change to it: when the program imports torch,
 acb.torch.enable_auto() runs (through a sitecustomize agarun puts first on PYTHONPATH), so its
 CUDA memory is libacb's and its CUDA operations are gated; the GPU goes back after `--idle-ms`
@@ -37,9 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--assigner", help="the assigner: unix:/path.sock or tcp:IP:PORT (default: $ACB_ASSIGNER, else the default socket)")
     p.add_argument("--job", help="the job's name (default: $ACB_JOB_ID, else a generated id)")
-    p.add_argument("--mode", choices=["manual", "auto"], default="manual",
-                   help="manual: the program calls on_device_begin/end; auto: a PyTorch program is brokered "
-                        "with no change to it")
+    p.add_argument("--mode", choices=["manual", "auto"],
+                   help="manual (the default, or auto if AGA_ENABLE_AUTO=1): the program calls on_device_begin/end; "
+                        "auto: a PyTorch program is brokered with no change to it")
     p.add_argument("--idle-ms", type=int, help="auto mode: give the GPU back after this long without a CUDA "
                                                 "operation (default 200)")
     p.add_argument("--eager", action="store_true", help="give the GPU back at once at each release, not when "
@@ -57,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
 def _check(assigner: Optional[str]) -> int:
     import acb
 
-    where = assigner or os.environ.get("ACB_ASSIGNER") or "the default socket"
+    aga = [v for v in ("AGA_GPU_ALLOC_SERVER_ADDRESS", "AGA_GPU_ALLOC_SERVER_PORT") if os.environ.get(v)]
+    where = (assigner or os.environ.get("ACB_ASSIGNER")
+             or (f"the address in {' and '.join(aga)}" if aga else "the default socket"))
     try:
         with acb.Client(assigner=assigner, connect_retries=0) as client:
             status = client.status()
@@ -94,7 +101,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.print_usage(sys.stderr)
         print("agarun: no command given (put it after --)", file=sys.stderr)
         return 2
+    from acb import _aga
+
+    try:
+        request = _aga.request_device()
+        if args.mode is None:
+            args.mode = "auto" if _aga.auto_enabled() else "manual"
+    except ValueError as e:
+        print(f"agarun: {e}", file=sys.stderr)
+        return 2
     env = dict(os.environ)
+    if request == "cpu":
+        # Fujitsu ACB's "run on the CPU": nothing is brokered, so nothing is gated or profiled.
+        print("agarun: AGA_REQUEST_DEVICE=cpu: the command runs without acb (no GPU is requested)", file=sys.stderr)
+        args.mode, args.profile, args.idle_ms = "manual", None, None
     if args.assigner:
         if not args.assigner.startswith(("unix:", "tcp:")):
             print(f"agarun: --assigner {args.assigner!r}: expected unix:/path.sock or tcp:IP:PORT", file=sys.stderr)
