@@ -68,6 +68,10 @@ fn an_installed_libacb_works_with_cmake_and_pkg_config() {
     assert!(!std::fs::symlink_metadata(lib.join(&so)).unwrap().file_type().is_symlink());
     assert_eq!(soname(&lib.join(&so)).as_deref(), Some(so.as_str()));
     assert_eq!(std::fs::read_link(lib.join("libacb.so")).unwrap(), Path::new(&so));
+    // The installed archive has no LLVM bitcode: cargo embeds it for rustc's LTO, which no C
+    // linker does, and it was half of libacb.a.
+    let sections = run(Command::new("readelf").arg("-S").arg(lib.join("libacb.a")));
+    assert!(!sections.contains(".llvmbc"), "the installed libacb.a still carries bitcode");
 
     // find_package(acb)
     let consumer = dir.join("consumer");
