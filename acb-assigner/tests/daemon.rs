@@ -430,6 +430,29 @@ fn metrics_are_promtool_clean_negotiated_and_labelled_per_gpu_and_job() {
     let _ = holder.wait();
 }
 
+#[test]
+fn error_texts_name_the_os_error_once() {
+    let dir = TempDir::new("os-error");
+    let missing = dir.0.join("missing");
+    let m = missing.to_str().unwrap();
+    let sock = format!("unix:{m}/a.sock");
+    let cases: [&[&str]; 5] = [
+        &["status", "--assigner", &sock],
+        &["alloc", "--assigner", &sock],
+        &["simulate", "--trace", m],
+        &["serve", "--config", m],
+        &["serve", "--gpus", "fake:1x1GiB", "--listen", &sock, "--auth-token-file", m],
+    ];
+    for args in cases {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let last = err.lines().last().unwrap_or("");
+        assert_eq!(last.matches("(os error 2)").count(), 1, "{args:?}: {last}");
+        assert_eq!(last.matches("No such file or directory").count(), 1, "{args:?}: {last}");
+    }
+}
+
 fn http_get(port: u16, path: &str) -> String {
     http_get_with(port, path, "")
 }

@@ -11,8 +11,9 @@
 //! }
 //! ```
 //! Each job is a list of phases (`cpu` or `gpu`, with a duration) that make one work item,
-//! repeated `repeat` times; `count` makes that many identical jobs. Optional per job:
-//! `arrival` (default 0s), `gpus` (default 1), `priority` (default 0).
+//! repeated `repeat` times; `count` makes that many identical jobs. Required per job: `name`,
+//! `memory`, `phases`; optional: `count` and `repeat` (1), `arrival` (0s), `gpus` (1),
+//! `priority` (0). The top-level `gpus` is required unless `simulate --gpus` gives the pool.
 
 use std::path::Path;
 use std::time::Duration;
