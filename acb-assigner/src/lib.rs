@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod peer;
 pub mod server;
 pub mod service;
+pub mod systemd;
 pub mod tls;
 pub mod unix_socket;
 pub mod validate;

@@ -92,7 +92,60 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 /// Runs the assigner until `stop` resolves (SIGTERM/SIGINT in the binary), then stops
 /// accepting, tells connected clients, drains and returns.
 pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>) -> Result<(), Error> {
-    check_exposure(&cfg.listen, cfg.auth_token.is_some(), cfg.tls.is_some(), cfg.insecure)?;
+    serve_activated(cfg, Vec::new(), stop).await
+}
+
+/// A listener made ready before the servers start.
+enum Bound {
+    /// A Unix socket; `ours` when this daemon made it (and removes it at the end).
+    Unix(tokio::net::UnixListener, bool),
+    Tcp(TcpListener),
+}
+
+/// Takes the sockets systemd passed (socket activation) as listeners, with their addresses.
+fn adopt(fds: Vec<std::os::fd::OwnedFd>) -> Result<Vec<(Address, Bound)>, Error> {
+    let mut out = Vec::new();
+    for fd in fds {
+        let io = |e: std::io::Error| Error::Listen { what: "a socket systemd passed".into(), source: e };
+        if crate::systemd::is_unix(&fd) {
+            let l = std::os::unix::net::UnixListener::from(fd);
+            l.set_nonblocking(true).map_err(io)?;
+            let path =
+                l.local_addr().map_err(io)?.as_pathname().map(std::path::Path::to_path_buf).ok_or_else(|| {
+                    Error::Listen {
+                        what: "a socket systemd passed".into(),
+                        source: std::io::Error::other("an unnamed or abstract Unix socket; give ListenStream=/path"),
+                    }
+                })?;
+            out.push((Address::Unix(path), Bound::Unix(tokio::net::UnixListener::from_std(l).map_err(io)?, false)));
+        } else {
+            let l = std::net::TcpListener::from(fd);
+            l.set_nonblocking(true).map_err(io)?;
+            let addr = l.local_addr().map_err(io)?;
+            out.push((Address::Tcp(addr), Bound::Tcp(TcpListener::from_std(l).map_err(io)?)));
+        }
+    }
+    Ok(out)
+}
+
+/// [`serve`], also serving the listening sockets systemd passed (`activated`, from
+/// [`crate::systemd::listen_fds`]); an address of `cfg.listen` that one of them already has
+/// is not bound again. Tells the service manager when it is ready and when it stops.
+pub async fn serve_activated(
+    cfg: ServeConfig,
+    activated: Vec<std::os::fd::OwnedFd>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let mut bound = adopt(activated)?;
+    for (a, _) in &bound {
+        tracing::info!("socket activation: serving {a}, which systemd passed");
+    }
+    let addresses: Vec<Address> = bound
+        .iter()
+        .map(|(a, _)| a.clone())
+        .chain(cfg.listen.iter().filter(|a| !bound.iter().any(|(b, _)| b == *a)).cloned())
+        .collect();
+    check_exposure(&addresses, cfg.auth_token.is_some(), cfg.tls.is_some(), cfg.insecure)?;
     if let Some(p) = &cfg.auth_token_file {
         crate::tls::warn_if_readable_by_others(p, "the auth token file");
     }
@@ -100,7 +153,7 @@ pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>
         crate::tls::warn_if_readable_by_others(&t.key, "the TLS key");
     }
     let tls = cfg.tls.as_ref().map(|t| t.server_config(cfg.handshake_timeout)).transpose()?;
-    if tls.is_some() && cfg.listen.iter().all(|a| matches!(a, Address::Unix(_))) {
+    if tls.is_some() && addresses.iter().all(|a| matches!(a, Address::Unix(_))) {
         tracing::warn!("--tls-cert given but no TCP listener: Unix sockets do not use TLS");
     }
     let limits =
@@ -137,9 +190,21 @@ pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    for addr in &addresses[bound.len()..] {
+        match addr {
+            Address::Unix(path) => bound.push((addr.clone(), Bound::Unix(bind_unix(path)?, true))),
+            Address::Tcp(sa) => {
+                let l = TcpListener::bind(sa)
+                    .await
+                    .map_err(|source| Error::Listen { what: format!("cannot listen on {addr}"), source })?;
+                bound.push((addr.clone(), Bound::Tcp(l)));
+            }
+        }
+    }
     let mut servers = Vec::new();
     let mut sockets = Vec::new();
-    for addr in &cfg.listen {
+    for (addr, listener) in bound {
+        let addr = &addr;
         let mut builder = Server::builder()
             .http2_keepalive_interval(Some(HTTP2_KEEPALIVE.0))
             .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE.1))
@@ -153,20 +218,19 @@ pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>
             .add_service(InterceptedService::new(reflection.clone(), auth.clone()))
             .add_service(InterceptedService::new(reflection_alpha.clone(), auth.clone()));
         let shutdown = stopped(stop_rx.clone());
-        match addr {
-            Address::Unix(path) => {
-                let listener = bind_unix(path)?;
-                sockets.push(path.clone());
+        match (addr, listener) {
+            (Address::Unix(path), Bound::Unix(listener, ours)) => {
+                if ours {
+                    sockets.push(path.clone());
+                }
                 let incoming = crate::listener::incoming(listener, limits.clone(), addr.to_string());
                 servers.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown)));
             }
-            Address::Tcp(sa) => {
-                let listener = TcpListener::bind(sa)
-                    .await
-                    .map_err(|source| Error::Listen { what: format!("cannot listen on {addr}"), source })?;
+            (_, Bound::Tcp(listener)) => {
                 let incoming = crate::listener::incoming(listener, limits.clone(), addr.to_string());
                 servers.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown)));
             }
+            (_, Bound::Unix(..)) => unreachable!("a Unix listener has a Unix address"),
         }
         tracing::info!("listening on {addr}");
     }
@@ -189,10 +253,13 @@ pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>
         None => None,
     };
     // Ready: say so on stdout, which scripts and tests wait for.
-    println!("acb-assigner ready on {}", cfg.listen.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "));
+    let on = addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
+    println!("acb-assigner ready on {on}");
+    crate::systemd::notify(&format!("READY=1\nSTATUS=serving on {on}"));
 
     stop.await;
     tracing::info!("stopping: no new connections; telling clients; draining");
+    crate::systemd::notify("STOPPING=1\nSTATUS=draining");
     let _ = handle.send(driver::Command::Shutdown).await;
     let _ = stop_tx.send(true);
     let drain = async {

@@ -453,6 +453,63 @@ fn error_texts_name_the_os_error_once() {
     }
 }
 
+#[test]
+fn systemd_socket_activation_and_readiness() {
+    let has = Command::new("systemd-socket-activate").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !has {
+        assert!(
+            std::env::var_os("ACB_REQUIRE_SYSTEMD").is_none(),
+            "ACB_REQUIRE_SYSTEMD is set but systemd-socket-activate cannot run"
+        );
+        eprintln!("skipped: no systemd-socket-activate (Debian's systemd package)");
+        return;
+    }
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("systemd");
+    let sock = dir.0.join("act.sock");
+    let notify = UnixDatagram::bind(dir.0.join("notify")).unwrap();
+    notify.set_read_timeout(Some(T)).unwrap();
+    // systemd's own tool: it listens, and on the first connection execs the daemon with the
+    // listening socket as descriptor 3 and LISTEN_PID/LISTEN_FDS set, as a .socket unit does.
+    let mut daemon = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&sock)
+        // It gives the daemon only the environment named here.
+        .arg(format!("--setenv=NOTIFY_SOCKET={}", dir.0.join("notify").display()))
+        .args([BIN, "serve", "--gpus", "fake:1x8GiB", "--state-dir", "none", "--listen"])
+        .arg(format!("unix:{}", sock.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + T;
+    while !sock.exists() {
+        assert!(std::time::Instant::now() < deadline, "systemd-socket-activate made no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The first client's connection starts the daemon, which serves it on the passed socket.
+    let addr = format!("unix:{}", sock.display());
+    let out = Command::new(BIN).args(["status", "--assigner", &addr]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SIMULATED"));
+    let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf).unwrap();
+    let ready = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(ready.starts_with("READY=1\n") && ready.contains(&addr), "{ready}");
+    // systemd-socket-activate exec'd the daemon: same pid.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let n = notify.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("STOPPING=1"));
+    let status = wait_exit(&mut daemon, T);
+    let mut err = String::new();
+    std::io::Read::read_to_string(daemon.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("socket activation: serving"), "{err}");
+    // The socket is systemd's: the daemon leaves it in place.
+    assert!(sock.exists());
+}
+
 fn http_get(port: u16, path: &str) -> String {
     http_get_with(port, path, "")
 }

@@ -16,6 +16,7 @@ mod alloc;
 mod bench;
 mod demo;
 mod demo_job;
+mod docs;
 mod error;
 mod release;
 mod serve;
@@ -58,6 +59,19 @@ enum Cmd {
     /// processes through libacb, on real GPUs with PyTorch when there are, on SIMULATED ones
     /// otherwise; a table side by side and a timeline of each.
     Demo(DemoArgs),
+    /// Print a shell completion script (e.g. `acb-assigner completions bash >
+    /// /etc/bash_completion.d/acb-assigner`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page acb-assigner(1), or write it and one page per subcommand into a
+    /// directory (e.g. `acb-assigner man --out-dir /usr/local/share/man/man1`).
+    Man {
+        /// Write acb-assigner.1 and acb-assigner-SUBCOMMAND.1 here instead of printing.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// One job of the demo (started by `demo`).
     #[command(hide = true)]
     DemoJob(DemoJobArgs),
@@ -325,8 +339,20 @@ fn parse_policy(s: &str) -> Result<Policy, acb_core::UnknownPolicy> {
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Sockets systemd passed are taken before any thread starts (the environment is changed).
+    let activated = match &cli.cmd {
+        Cmd::Serve(_) => crate::systemd::listen_fds(),
+        _ => Ok(Vec::new()),
+    };
+    let activated = match activated {
+        Ok(fds) => fds,
+        Err(e) => {
+            eprintln!("acb-assigner: socket activation: {e}");
+            return ExitCode::from(CliError::usage(e).status());
+        }
+    };
     let result = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime.block_on(run(cli)),
+        Ok(runtime) => runtime.block_on(run(cli, activated)),
         Err(e) => Err(CliError::failed(format!("cannot start the runtime: {e}"))),
     };
     match result {
@@ -338,9 +364,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), CliError> {
+async fn run(cli: Cli, activated: Vec<std::os::fd::OwnedFd>) -> Result<(), CliError> {
     match cli.cmd {
-        Cmd::Serve(args) => serve::run(*args).await,
+        Cmd::Serve(args) => serve::run(*args, activated).await,
         Cmd::Status(args) => status::run(args).await,
         Cmd::Watch(args) => watch::run(args).await,
         Cmd::Release(args) => release::run(args).await,
@@ -350,6 +376,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Cmd::Simulate(args) => simulate::run(args),
         Cmd::Demo(args) => demo::run(args).await,
         Cmd::DemoJob(args) => demo_job::run(args).await,
+        Cmd::Completions { shell } => docs::completions(shell),
+        Cmd::Man { out_dir } => docs::man(out_dir.as_deref()),
     }
 }
 

@@ -7,11 +7,11 @@ use super::{CliError, ServeArgs, parse_policy};
 use crate::Error;
 use crate::config::{self, Address, FileConfig, GpuSpec, LogFormat, ServeConfig};
 
-pub(super) async fn run(args: ServeArgs) -> Result<(), CliError> {
+pub(super) async fn run(args: ServeArgs, activated: Vec<std::os::fd::OwnedFd>) -> Result<(), CliError> {
     // Bad settings are status 2, as bad flags are; what keeps the daemon from serving, 1.
     let cfg = resolve(args).map_err(CliError::usage)?;
     init_logs(cfg.log_format);
-    crate::server::serve(cfg, crate::server::termination()).await?;
+    crate::server::serve_activated(cfg, activated, crate::server::termination()).await?;
     Ok(())
 }
 
