@@ -555,6 +555,67 @@ fn bad_jobs_are_refused_with_a_reason() {
     assert_eq!(sim::run(&cfg0, &pipeline(1, 1, 1, 1)), Err(SimError::ZeroBandwidth));
 }
 
+#[test]
+fn three_jobs_sharing_one_gpu_slow_each_other_down() {
+    // gpu-sharing packs three 1 GiB jobs on one GPU at once. Each 60 s GPU phase is 60 s of the
+    // GPU alone; computing together, each gets a third of it, so all three end at 180 s: the GPU
+    // did 180 s of work in 180 s, not 180 s of work in 60 s.
+    let pool = GpuPool::uniform("n", 1, 80 * GIB);
+    let jobs: Vec<JobSpec> =
+        (0..3).map(|i| JobSpec::new(format!("j{i}"), GIB, vec![Phase::Gpu(Duration::from_secs(60))], 1)).collect();
+    let cfg = SimConfig::new(pool, Mode::Brokered(SchedulerConfig::new(Policy::GpuSharing)));
+    let r = sim::run(&cfg, &jobs).unwrap();
+    assert_eq!(r.grants, 3);
+    assert_eq!(r.makespan, Duration::from_secs(180));
+    assert_eq!(sim::makespan_lower_bound(1, &jobs), Duration::from_secs(180));
+    assert!((r.gpu_busy() - 1.0).abs() < 1e-9);
+}
+
+#[test]
+fn a_job_that_joins_a_shared_gpu_slows_the_one_already_there() {
+    // j0 computes 100 s alone on the GPU; j1 arrives at 40 s with 30 s of work. From 40 s both
+    // run at half speed: j1 ends at 100 s (30 s of work in 60 s), j0 has 60 - 30 = 30 s left
+    // and ends alone at 130 s.
+    let pool = GpuPool::uniform("n", 1, 80 * GIB);
+    let mut jobs = vec![
+        JobSpec::new("j0", GIB, vec![Phase::Gpu(Duration::from_secs(100))], 1),
+        JobSpec::new("j1", GIB, vec![Phase::Gpu(Duration::from_secs(30))], 1),
+    ];
+    jobs[1].arrival = Duration::from_secs(40);
+    let cfg = SimConfig::new(pool, Mode::Brokered(SchedulerConfig::new(Policy::GpuSharing)));
+    let r = sim::run(&cfg, &jobs).unwrap();
+    assert_eq!(r.makespan, Duration::from_secs(130));
+    let end_of = |job| r.spans.iter().filter(|s| s.job == job && s.kind == sim::SpanKind::Compute).map(|s| s.end).max();
+    assert_eq!(end_of(1), Some(Instant::from_nanos(100_000_000_000)));
+}
+
+#[test]
+fn a_job_with_no_memory_swaps_nothing_and_asks_for_no_memory() {
+    let pool = GpuPool::uniform("n", 1, 80 * GIB);
+    let mut jobs = pipeline(3, 5, 1, 3);
+    for j in &mut jobs {
+        j.memory_per_gpu = 0;
+    }
+    for policy in Policy::ALL {
+        let cfg = SimConfig::new(pool.clone(), Mode::Brokered(SchedulerConfig::new(policy)));
+        let r = sim::run(&cfg, &jobs).unwrap_or_else(|e| panic!("{policy:?}: {e:?}"));
+        assert_eq!((r.items, r.bytes_swapped), (9, 0), "{policy:?}");
+    }
+}
+
+#[test]
+fn a_grant_latency_keeps_the_gpu_held_and_idle_for_that_long() {
+    // Two jobs, one GPU, 1 s GPU phases: the second grant takes 50 ms to reach its job, and so
+    // does the first, so the run is 2 x 50 ms longer than without.
+    let pool = GpuPool::uniform("n", 1, 80 * GIB);
+    let jobs = pipeline(2, 0, 1, 1);
+    let mut cfg = SimConfig::new(pool, Mode::Brokered(SchedulerConfig::new(Policy::Simple)));
+    let quick = sim::run(&cfg, &jobs).unwrap().makespan;
+    cfg.grant_latency = Duration::from_millis(50);
+    let slow = sim::run(&cfg, &jobs).unwrap().makespan;
+    assert_eq!(slow - quick, Duration::from_millis(100));
+}
+
 // ----- fixes found in review -----
 
 #[test]

@@ -393,3 +393,61 @@ proptest! {
         prop_assert_eq!(stat.items, items);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// No run, static or brokered under any policy, does more GPU work than its GPUs can: the
+    /// GPU-phase work over makespan x GPUs is at most 1, and no run ends before the hardware
+    /// bound (so no brokered speed-up exceeds static makespan / bound). Memory may be 0 (none),
+    /// so that `gpu-sharing` packs as many jobs on a GPU as it likes.
+    #[test]
+    fn no_policy_does_more_gpu_work_than_the_gpus_can(
+        jobs in prop::collection::vec(
+            (1u32..3, 0u64..30, prop::collection::vec((any::<bool>(), 0u64..50_000), 1..4), 1u32..4, 0u64..30_000),
+            1..8,
+        ),
+        gpus in 1u32..4,
+        eager in any::<bool>(),
+        latency_ms in 0u64..50,
+    ) {
+        let specs: Vec<JobSpec> = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, (g, mem, phases, repeat, arrival))| JobSpec {
+                name: format!("j{i}"),
+                arrival: Duration::from_millis(*arrival),
+                gpus: (*g).min(gpus),
+                memory_per_gpu: mem * GIB / 4,
+                priority: 0,
+                phases: phases
+                    .iter()
+                    .map(|(cpu, ms)| if *cpu { Phase::Cpu(Duration::from_millis(*ms)) } else { Phase::Gpu(Duration::from_millis(*ms)) })
+                    .collect(),
+                repeat: *repeat,
+            })
+            .collect();
+        let pool = GpuPool::uniform("n", gpus, 80 * GIB);
+        let bound = sim::makespan_lower_bound(gpus as usize, &specs);
+        let modes = [Mode::Static, Mode::Brokered(SchedulerConfig::new(Policy::GpuSharing)), Mode::Brokered(SchedulerConfig::new(Policy::GpuAffinity))];
+        let mut makespans = Vec::new();
+        for mode in modes {
+            let mut cfg = SimConfig::new(pool.clone(), mode.clone());
+            cfg.grant_latency = Duration::from_millis(latency_ms);
+            if eager {
+                cfg.client.release = ReleaseMode::Eager;
+            }
+            let r = sim::run(&cfg, &specs);
+            prop_assert!(r.is_ok(), "{:?}: {:?}", mode, r);
+            let r = r.unwrap();
+            let capacity = r.makespan.as_nanos() * u128::from(gpus);
+            prop_assert!(r.compute <= capacity, "{:?}: {} ns of GPU work in {} GPU-ns", mode, r.compute, capacity);
+            prop_assert!(r.makespan >= bound, "{:?}: makespan {:?} under the bound {:?}", mode, r.makespan, bound);
+            makespans.push(r.makespan);
+        }
+        let hardware = makespans[0].as_secs_f64() / bound.as_secs_f64().max(1e-9);
+        for m in &makespans[1..] {
+            prop_assert!(makespans[0].as_secs_f64() / m.as_secs_f64().max(1e-9) <= hardware + 1e-9);
+        }
+    }
+}

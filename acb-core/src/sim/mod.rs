@@ -8,11 +8,22 @@
 //! job holding whole GPUs from its start to its end, at most as many jobs at once as GPUs, in
 //! arrival order (a batch scheduler with backfill).
 //!
+//! **Compute contention.** A GPU phase's duration is the time it takes alone on its GPUs. Jobs
+//! computing on one GPU at once share it (processor sharing): while `k` jobs compute on a GPU,
+//! each progresses at `1/k` of its speed alone, so a GPU never does more than one second of
+//! work per second, whatever the policy. A multi-GPU job progresses at the pace of its most
+//! shared GPU. So no run can end before [`makespan_lower_bound`].
+//!
+//! **Grant latency.** [`SimConfig::grant_latency`] is the time from the scheduler's grant to
+//! the job acting on it (the grant's message, the job waking up): the GPU is held, idle, meanwhile.
+//! Zero by default; `acb-assigner demo` measures it on its own runs.
+//!
 //! Simplifications, stated so nobody mistakes them for measurements: CPU phases never contend
-//! for CPU cores; a GPU phase takes the same time whoever else is on the GPU (under
-//! `gpu-sharing` co-located jobs are assumed not to slow each other); swap-in and swap-out of
-//! different jobs do not contend for PCIe; the very first GPU phase of a job copies nothing in
-//! (its memory does not exist yet).
+//! for CPU cores; jobs sharing a GPU share it evenly and lose nothing to switching between them;
+//! swap-in and swap-out of different jobs do not contend for PCIe; the very first GPU phase of a
+//! job copies nothing in (its memory does not exist yet). A job with no memory (`0` bytes) asks
+//! for GPUs without a memory size (under `gpu-sharing` that is the whole GPU, as libacb asks) and
+//! swaps nothing.
 
 mod report;
 
@@ -48,7 +59,8 @@ pub struct JobSpec {
     pub arrival: Duration,
     /// GPUs per GPU phase (a gang).
     pub gpus: u32,
-    /// Device memory per GPU, in bytes: what is swapped, and what `gpu-sharing` packs by.
+    /// Device memory per GPU, in bytes: what is swapped, and what `gpu-sharing` packs by. Zero:
+    /// the job keeps nothing on the GPU between phases, and asks for no particular amount.
     pub memory_per_gpu: u64,
     /// Priority (higher first).
     pub priority: i32,
@@ -85,6 +97,8 @@ pub struct SimConfig {
     pub client: ClientConfig,
     /// Host<->device copy bandwidth for swaps, bytes per second (each direction).
     pub swap_bandwidth: u64,
+    /// From a grant to the job acting on it (see the module docs); zero by default.
+    pub grant_latency: Duration,
     /// Stop with [`SimError::EventLimit`] after this many events (a guard, not a feature).
     pub max_events: u64,
 }
@@ -97,6 +111,7 @@ impl SimConfig {
             mode,
             client: ClientConfig::default(),
             swap_bandwidth: 20_000_000_000,
+            grant_latency: Duration::ZERO,
             max_events: 50_000_000,
         }
     }
@@ -158,8 +173,6 @@ pub fn run(config: &SimConfig, jobs: &[JobSpec]) -> Result<Report, SimError> {
             Some("repeat must be at least 1")
         } else if j.phases.is_empty() {
             Some("has no phases")
-        } else if j.memory_per_gpu == 0 {
-            Some("memory per GPU must be more than 0 bytes")
         } else {
             None
         };
@@ -171,6 +184,30 @@ pub fn run(config: &SimConfig, jobs: &[JobSpec]) -> Result<Report, SimError> {
         return Err(SimError::ZeroBandwidth);
     }
     Sim::new(config, jobs).run()
+}
+
+/// The earliest any run of `jobs` on `gpus` GPUs can end, whatever the policy: a GPU does at
+/// most one second of GPU-phase work per second, so not before all GPU-phase work (a phase of
+/// a two-GPU job counts twice) spread evenly over the GPUs is done; and no job ends before its
+/// arrival plus its phases back to back. A brokered run's speed-up over the static one is at
+/// most the static makespan over this.
+pub fn makespan_lower_bound(gpus: usize, jobs: &[JobSpec]) -> Duration {
+    let mut work: u128 = 0;
+    let mut longest: u128 = 0;
+    for j in jobs {
+        let (mut cpu, mut gpu) = (0u128, 0u128);
+        for p in &j.phases {
+            match p {
+                Phase::Cpu(d) => cpu += d.as_nanos(),
+                Phase::Gpu(d) => gpu += d.as_nanos(),
+            }
+        }
+        let repeat = u128::from(j.repeat);
+        work += gpu * repeat * u128::from(j.gpus);
+        longest = longest.max(j.arrival.as_nanos() + (cpu + gpu) * repeat);
+    }
+    let spread = work.div_ceil(gpus.max(1) as u128);
+    Duration::from_nanos(u64::try_from(spread.max(longest)).unwrap_or(u64::MAX))
 }
 
 /// Runs the static baseline and then each scheduler in `policies` on the same jobs.
@@ -197,6 +234,10 @@ pub fn compare(
 enum Event {
     Arrive(usize),
     PhaseDone(usize),
+    /// Job `j`'s GPU phase ends, unless its computing was rescheduled since (generation).
+    ComputeDone(usize, u64),
+    /// Job `j`'s grant reaches it, after the grant latency.
+    GrantDelivered(usize),
     SwapInDone(usize),
     SwapOutDone(usize, LeaseId),
     Timer,
@@ -223,7 +264,31 @@ struct JobRun<'a> {
     waiting_gpu: Option<Duration>,
     /// The tag of the job's last request, which its grant carries back to the machine.
     request_tag: RequestTag,
+    /// A grant on its way to the job (the grant latency): lease, GPUs, memory per GPU, tag.
+    grant_in_flight: Option<(LeaseId, Vec<GpuId>, u64, RequestTag)>,
+    /// A yield asked of a lease whose grant has not reached the job yet.
+    yield_in_flight: Option<LeaseId>,
+    /// The GPU phase under way.
+    computing: Option<Computing>,
+    /// Bumped at each (re)scheduling of the end of a GPU phase, over the job's whole life, so
+    /// that an end scheduled for an earlier phase never ends a later one.
+    compute_generation: u64,
     done: bool,
+}
+
+/// A GPU phase under way, shared with whoever else computes on its GPUs.
+#[derive(Debug)]
+struct Computing {
+    /// Its GPUs.
+    gpus: Vec<GpuId>,
+    /// When it started.
+    started: Instant,
+    /// Work left, in nanoseconds of computing alone, as of `since`.
+    remaining: u64,
+    since: Instant,
+    /// The job's compute generation when this was scheduled to end: a `ComputeDone` of
+    /// another generation is stale.
+    generation: u64,
 }
 
 struct Sim<'a> {
@@ -235,6 +300,8 @@ struct Sim<'a> {
     seq: u64,
     timer_armed: Option<Instant>,
     dirty: VecDeque<usize>,
+    /// The jobs computing on each GPU now.
+    computing_on: BTreeMap<GpuId, Vec<usize>>,
     report: Report,
     stat: bool,
     error: Option<SimError>,
@@ -263,6 +330,10 @@ impl<'a> Sim<'a> {
                 has_host_copy: false,
                 waiting_gpu: None,
                 request_tag: RequestTag(0),
+                grant_in_flight: None,
+                yield_in_flight: None,
+                computing: None,
+                compute_generation: 0,
                 done: false,
             })
             .collect::<Vec<_>>();
@@ -277,6 +348,7 @@ impl<'a> Sim<'a> {
             seq: 0,
             timer_armed: None,
             dirty: VecDeque::new(),
+            computing_on: BTreeMap::new(),
             stat,
             error: None,
         }
@@ -329,9 +401,8 @@ impl<'a> Sim<'a> {
                 if self.stat {
                     // The job owns its GPUs from now to its end.
                     let spec = self.jobs[j].spec;
-                    let req = Request::new(client, spec.name.clone(), spec.gpus)
-                        .with_memory(spec.memory_per_gpu)
-                        .with_priority(spec.priority);
+                    let req = Request::new(client, spec.name.clone(), spec.gpus).with_priority(spec.priority);
+                    let req = if spec.memory_per_gpu > 0 { req.with_memory(spec.memory_per_gpu) } else { req };
                     if let Err(error) = self.scheduler.submit(req, now) {
                         self.fail(j, error);
                     }
@@ -340,6 +411,12 @@ impl<'a> Sim<'a> {
                 }
             }
             Event::PhaseDone(j) => self.phase_done(j, now),
+            Event::ComputeDone(j, generation) => {
+                if self.jobs[j].computing.as_ref().is_some_and(|c| c.generation == generation) {
+                    self.compute_done(j, now);
+                }
+            }
+            Event::GrantDelivered(j) => self.deliver_grant(j, now),
             Event::SwapInDone(j) => {
                 self.jobs[j].swapping_in = false;
                 self.compute(j, now);
@@ -384,7 +461,7 @@ impl<'a> Sim<'a> {
                 let spec = job.spec;
                 let demand = GpuDemand {
                     gpus: spec.gpus,
-                    memory_per_gpu: Some(spec.memory_per_gpu),
+                    memory_per_gpu: (spec.memory_per_gpu > 0).then_some(spec.memory_per_gpu),
                     priority: spec.priority,
                     affinity: crate::Affinity::Any,
                 };
@@ -433,13 +510,102 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// Job `j` starts computing its GPU phase on its lease's GPUs, sharing them with whoever
+    /// computes there already.
     fn compute(&mut self, j: usize, now: Instant) {
         let Some(d) = self.jobs[j].waiting_gpu.take() else {
             return;
         };
-        self.activity(j, now, now + d, SpanKind::Compute);
+        let gpus: Vec<GpuId> = self.jobs[j].lease.as_ref().map(|l| l.1.clone()).unwrap_or_default();
         self.report.compute += duration_nanos(d) as u128 * u128::from(self.jobs[j].spec.gpus);
-        self.push(now + d, Event::PhaseDone(j));
+        let sharers = self.sharers(&gpus, j);
+        for &o in &sharers {
+            self.progress(o, now);
+        }
+        for gpu in &gpus {
+            self.computing_on.entry(*gpu).or_default().push(j);
+        }
+        let remaining = duration_nanos(d);
+        self.jobs[j].computing = Some(Computing { gpus, started: now, remaining, since: now, generation: 0 });
+        for o in sharers.into_iter().chain([j]) {
+            self.reschedule(o, now);
+        }
+    }
+
+    /// Job `j`'s GPU phase is done: its GPUs' other jobs speed up.
+    fn compute_done(&mut self, j: usize, now: Instant) {
+        let Some(c) = self.jobs[j].computing.take() else {
+            return;
+        };
+        let sharers = self.sharers(&c.gpus, j);
+        for &o in &sharers {
+            self.progress(o, now);
+        }
+        for gpu in &c.gpus {
+            if let Some(on) = self.computing_on.get_mut(gpu) {
+                on.retain(|&x| x != j);
+            }
+        }
+        for o in sharers {
+            self.reschedule(o, now);
+        }
+        self.activity(j, c.started, now, SpanKind::Compute);
+        self.phase_done(j, now);
+    }
+
+    /// The jobs other than `j` computing on any of `gpus`, each once.
+    fn sharers(&self, gpus: &[GpuId], j: usize) -> Vec<usize> {
+        let mut out: Vec<usize> =
+            gpus.iter().filter_map(|g| self.computing_on.get(g)).flatten().copied().filter(|&o| o != j).collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// How many jobs share job `j`'s most shared GPU (itself included): it computes at 1/that.
+    fn share(&self, j: usize) -> u64 {
+        let gpus = self.jobs[j].computing.as_ref().map(|c| c.gpus.as_slice()).unwrap_or_default();
+        gpus.iter().map(|g| self.computing_on.get(g).map_or(0, Vec::len)).max().unwrap_or(1).max(1) as u64
+    }
+
+    /// Credits job `j` with the work done since its last update, at its current share. Rounded
+    /// down: the simulator never credits more work than a GPU can do.
+    fn progress(&mut self, j: usize, now: Instant) {
+        let share = self.share(j);
+        if let Some(c) = self.jobs[j].computing.as_mut() {
+            let done = now.as_nanos().saturating_sub(c.since.as_nanos()) / share;
+            c.remaining = c.remaining.saturating_sub(done);
+            c.since = now;
+        }
+    }
+
+    /// Schedules the end of job `j`'s GPU phase at its current share (rounded up).
+    fn reschedule(&mut self, j: usize, now: Instant) {
+        let share = self.share(j);
+        let job = &mut self.jobs[j];
+        let Some(c) = job.computing.as_mut() else {
+            return;
+        };
+        job.compute_generation += 1;
+        c.generation = job.compute_generation;
+        let (generation, left) = (c.generation, c.remaining.saturating_mul(share));
+        self.push(Instant::from_nanos(now.as_nanos().saturating_add(left)), Event::ComputeDone(j, generation));
+    }
+
+    /// A grant reaches job `j`, after the grant latency.
+    fn deliver_grant(&mut self, j: usize, now: Instant) {
+        let Some((lease, gpus, memory_per_gpu, tag)) = self.jobs[j].grant_in_flight.take() else {
+            return;
+        };
+        if self.stat {
+            self.start_phase(j, now);
+        } else {
+            self.jobs[j].machine.handle_granted(tag, lease, gpus, memory_per_gpu, now);
+            if let Some(asked) = self.jobs[j].yield_in_flight.take() {
+                self.jobs[j].machine.handle_yield(asked, now);
+            }
+            self.dirty.push_back(j);
+        }
     }
 
     /// Acts on scheduler outputs and client actions until neither has anything left.
@@ -470,19 +636,24 @@ impl<'a> Sim<'a> {
                 let asked = Instant::from_nanos(now.as_nanos().saturating_sub(duration_nanos(g.waited)));
                 self.report.waits.push(Wait { job: j, start: asked, end: now });
                 self.jobs[j].lease = Some((g.lease, g.gpus.clone(), now));
-                if self.stat {
-                    self.start_phase(j, now);
+                let tag = self.jobs[j].request_tag;
+                self.jobs[j].grant_in_flight = Some((g.lease, g.gpus, g.memory_per_gpu, tag));
+                if self.config.grant_latency.is_zero() {
+                    self.deliver_grant(j, now);
                 } else {
-                    let tag = self.jobs[j].request_tag;
-                    self.jobs[j].machine.handle_granted(tag, g.lease, g.gpus, g.memory_per_gpu, now);
-                    self.dirty.push_back(j);
+                    self.push(now + self.config.grant_latency, Event::GrantDelivered(j));
                 }
             }
             Output::YieldAsked { client, lease, .. } => {
                 self.report.yields += 1;
                 if let Some(&j) = self.by_client.get(&client) {
-                    self.jobs[j].machine.handle_yield(lease, now);
-                    self.dirty.push_back(j);
+                    if self.jobs[j].grant_in_flight.as_ref().is_some_and(|g| g.0 == lease) {
+                        // The job does not know the lease yet: it yields once it does.
+                        self.jobs[j].yield_in_flight = Some(lease);
+                    } else {
+                        self.jobs[j].machine.handle_yield(lease, now);
+                        self.dirty.push_back(j);
+                    }
                 }
             }
             Output::Revoked { client, .. } | Output::Rejected { client, .. } => {
@@ -499,6 +670,12 @@ impl<'a> Sim<'a> {
     /// Performs job `j`'s client actions. When the job is exiting, swaps are skipped: its
     /// memory is simply freed.
     fn drain_actions(&mut self, j: usize, now: Instant, exiting: bool) {
+        if self.jobs[j].done {
+            // The process has exited: whatever its machine still says (the answer to a yield
+            // asked before the exit was seen) has no one to do it.
+            while self.jobs[j].machine.poll_action().is_some() {}
+            return;
+        }
         while let Some(action) = self.jobs[j].machine.poll_action() {
             let client = self.jobs[j].client;
             let spec = self.jobs[j].spec;
@@ -517,7 +694,7 @@ impl<'a> Sim<'a> {
                 }
                 Action::SendCancel => Ok(()),
                 Action::SwapIn { .. } => {
-                    if self.jobs[j].has_host_copy {
+                    if self.jobs[j].has_host_copy && bytes > 0 {
                         let t = self.transfer_time(bytes);
                         self.report.bytes_swapped += u128::from(bytes);
                         self.activity(j, now, now + t, SpanKind::SwapIn);
@@ -534,7 +711,7 @@ impl<'a> Sim<'a> {
                 }
                 Action::ReportIdle { lease } => self.scheduler.report_idle(client, lease, now),
                 Action::ReportBusy { lease } => self.scheduler.report_busy(client, lease, now),
-                Action::SwapOut { .. } if exiting => Ok(()),
+                Action::SwapOut { .. } if exiting || bytes == 0 => Ok(()),
                 Action::SwapOut { .. } => {
                     let t = self.transfer_time(bytes);
                     self.report.bytes_swapped += u128::from(bytes);
