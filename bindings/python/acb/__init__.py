@@ -20,7 +20,7 @@ import ctypes
 import os
 import threading
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 from . import _ffi
 from ._error import (
@@ -143,12 +143,12 @@ class Client:
                         ("memory_backend", memory_backend)):
             if v is not None and not isinstance(v, str):
                 raise TypeError(f"{name} must be a str, not {type(v).__name__}")
-        for name, v in (("eager", eager), ("pin_gpus", pin_gpus)):
-            if v is not None and not isinstance(v, bool):
+        for name, flag in (("eager", eager), ("pin_gpus", pin_gpus)):
+            if flag is not None and not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool")
         self._ptr = None
-        self._req = None
-        self._req_key = None
+        self._req: Optional[ctypes.c_void_p] = None
+        self._req_key: Optional[Tuple[int, int, int, int]] = None
         cfg = ctypes.c_void_p()
         check(_lib.acb_config_new(ctypes.byref(cfg)))
         try:
@@ -249,6 +249,8 @@ class Client:
             raise ValueError("an allocation needs at least one byte")
         ptr = ctypes.c_void_p()
         check(_lib.acb_client_alloc(self._handle(), n, ctypes.byref(ptr)))
+        if ptr.value is None:
+            raise AcbError(0, "libacb returned a null address for a successful allocation")
         return ptr.value
 
     def free(self, address: int) -> None:

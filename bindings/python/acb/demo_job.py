@@ -11,6 +11,7 @@ gpu-start, gpu-end, item, ended, swapped OUT IN.
 import argparse
 import sys
 import time
+from typing import Optional
 
 import acb
 import torch
@@ -33,7 +34,7 @@ class Job:
     def __init__(self, memory: int):
         self.weights = torch.randn(2048, 2048) / 45.0
         self.state = torch.zeros(max(memory, 1), dtype=torch.uint8)
-        self.written = None  # the value the last GPU phase wrote
+        self.written: Optional[int] = None  # the value the last GPU phase wrote
 
     def compute(self, device: torch.device, seconds: float, phase: int) -> None:
         if self.written is not None:
@@ -53,6 +54,12 @@ class Job:
 
     def nbytes(self) -> int:
         return self.weights.numel() * self.weights.element_size() + self.state.numel()
+
+
+def _granted_index() -> int:
+    lease = acb_torch.lease()
+    assert lease is not None, "inside on_device there is a lease"
+    return lease.devices[0].index
 
 
 def main(argv=None) -> int:
@@ -77,7 +84,7 @@ def main(argv=None) -> int:
         if args.static:
             say("want")
             with acb_torch.on_device(job.weights, job.state, client=client) as device:
-                say(f"got {acb_torch.lease().devices[0].index}")
+                say(f"got {_granted_index()}")
                 for item in range(args.items):
                     time.sleep(args.cpu)
                     phase(device, item)
@@ -88,7 +95,7 @@ def main(argv=None) -> int:
                 time.sleep(args.cpu)
                 say("want")
                 with acb_torch.on_device(job.weights, job.state, client=client) as device:
-                    say(f"got {acb_torch.lease().devices[0].index}")
+                    say(f"got {_granted_index()}")
                     phase(device, item)
                 say("ended")
                 say("item")

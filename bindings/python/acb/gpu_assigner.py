@@ -106,7 +106,8 @@ def runtime_dir() -> str:
 
 
 def find_assigner() -> str:
-    """The acb-assigner binary: ACB_ASSIGNER_BIN, PATH, then the source tree's target/."""
+    """The acb-assigner binary: ACB_ASSIGNER_BIN, PATH, beside the interpreter (where the binary
+    wheel puts it), then the source tree's target/."""
     env = os.environ.get("ACB_ASSIGNER_BIN")
     if env:
         if os.access(env, os.X_OK) and os.path.isfile(env):
@@ -115,6 +116,11 @@ def find_assigner() -> str:
     found = shutil.which("acb-assigner")
     if found:
         return found
+    # The binary wheel installs it beside this interpreter (the environment's bin/), which need
+    # not be on PATH.
+    beside = os.path.join(os.path.dirname(sys.executable), "acb-assigner")
+    if os.access(beside, os.X_OK) and os.path.isfile(beside):
+        return beside
     for profile in ("release", "debug"):
         c = os.path.join(_ROOT, "target", profile, "acb-assigner")
         if os.access(c, os.X_OK):
@@ -353,14 +359,16 @@ def start(args: argparse.Namespace, d: str) -> int:
 
 def status(args: argparse.Namespace, d: str) -> int:
     record = read_record(d)
-    running = record is not None and alive(record)
-    if running:
+    if record is not None and alive(record):
         print(f"gpu_assigner: acb-assigner running (pid {record['pid']}) on {' '.join(record['listen'])}; "
               f"log {os.path.join(d, LOG)}")
     elif args.address is None and args.port is None:
         print("gpu_assigner: no acb-assigner started by gpu_assigner is running", file=sys.stderr)
         return 1
-    target = listen_address(args.address, args.port) or record["listen"][0]
+    target = listen_address(args.address, args.port)
+    if target is None:
+        assert record is not None  # returned above when neither is given and none runs
+        target = record["listen"][0]
     cmd = [find_assigner(), "status", "--assigner", target]
     token = args.auth_token_file or (record or {}).get("auth_token_file")
     if token:

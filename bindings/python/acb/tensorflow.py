@@ -83,7 +83,7 @@ def _device_names(tf, lease: acb.Lease) -> List[str]:
 @contextmanager
 def on_device(
     gpus: Optional[int] = None,
-    memory=None,
+    memory: Union[int, str, None] = None,
     timeout: Optional[float] = None,
     priority: int = 0,
     client: Optional[acb.Client] = None,

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Union
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -148,7 +148,7 @@ def _sync(device: torch.device) -> None:
 def on_device(
     *objs,
     gpus: Optional[int] = None,
-    memory=None,
+    memory: Union[int, str, None] = None,
     timeout: Optional[float] = None,
     priority: int = 0,
     client: Optional[acb.Client] = None,

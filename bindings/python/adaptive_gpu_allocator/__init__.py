@@ -27,7 +27,7 @@ memory hint, ACB_EAGER_RELEASE=1 gives the GPU back at once at each on_device_en
 is kept until another job waits: lazy release).
 """
 import os
-from typing import Any, Optional, Union
+from typing import Any, ContextManager, Optional, Union
 
 import torch
 
@@ -76,7 +76,8 @@ class PyTorchAdaptiveGPUAllocator:
                 client = acb.Client(job=job, **self._client_options())
                 self._own_client = True
             self._client = client
-        self._phase = None  # the acb.torch.on_device context of the phase in progress
+        # the acb.torch.on_device context of the phase in progress
+        self._phase: Optional[ContextManager[torch.device]] = None
         self._device = _CPU
         self._kept = False  # on_device_end(no_release=True) kept the phase going
         self._in_phase = False
@@ -150,7 +151,7 @@ class PyTorchAdaptiveGPUAllocator:
         if phase is not None:
             phase.__exit__(None, None, None)
 
-    def move_tensor_to_device(self, tensor):
+    def move_tensor_to_device(self, tensor: Any) -> Any:
         """`tensor` on the current device (get_device()): a new tensor, as Tensor.to makes.
         Lists, tuples and dicts of tensors are moved element by element; anything else is
         returned as it is. The copies are the program's: drop them before on_device_end, or
