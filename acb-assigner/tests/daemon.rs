@@ -629,19 +629,60 @@ fn simulate_predicts_static_vs_brokered_on_the_alphafold2_trace() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("SIMULATED") && text.contains("static") && text.contains("simple"), "{text}");
-    assert!(text.contains("upper bound"), "the gpu-sharing caveat is printed: {text}");
+    assert!(!text.contains("upper bound"), "sharing is modelled, so no column is a mere upper bound: {text}");
+    assert!(text.contains("hardware bound: no run of these jobs on 1 GPU(s) ends before"), "{text}");
     let items: Vec<&str> = text.lines().find(|l| l.starts_with("items per hour")).unwrap().split_whitespace().collect();
     let (stat, simple): (f64, f64) = (items[3].parse().unwrap(), items[4].parse().unwrap());
     assert!(simple > 4.0 * stat, "8 CPU-heavy jobs on 1 GPU: brokered beats static by far: {text}");
     for run in ["static", "simple", "gpu-sharing"] {
         let svg = std::fs::read_to_string(dir.0.join(format!("{run}.svg"))).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("SIMULATED"));
+        // Held and computing, both: a static GPU is held all along but computes 18% of it.
+        assert!(svg.contains("solid: computing, pale: held but idle") && svg.contains(", computing "), "{run}");
     }
+    let heading = std::fs::read_to_string(dir.0.join("static.svg")).unwrap();
+    assert!(heading.contains("GPUs held 100.0%, computing 18.3%"), "{heading}");
     let bad = dir.0.join("bad.json");
     std::fs::write(&bad, r#"{"jobs": [{"name": "x", "memory": "1GiB", "phases": [{"gpu": "soon"}]}]}"#).unwrap();
     let out = Command::new(BIN).args(["simulate", "--gpus", "fake:1x8GiB", "--trace"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("phase 1"));
+}
+
+#[test]
+fn simulate_on_the_readmes_profiled_pipeline_predicts_a_speed_up_within_the_hardware_bound() {
+    // What `agarun --profile` writes for `pipeline.py 4 500 150` (no swappable memory, so no
+    // "memory"), with "count" raised to 8 as the README says. It used to say "memory": 80 GiB
+    // (the lease's fence), and simulate predicted 0.10x with 4.2 TiB swapped.
+    let dir = TempDir::new("simulate-profile");
+    let trace = dir.0.join("fold.json");
+    let phases = [r#"{"cpu": "500ms"}, {"gpu": "150ms"}"#; 4].join(", ");
+    std::fs::write(&trace, format!(r#"{{"jobs": [{{"name": "fold", "count": 8, "phases": [{phases}]}}]}}"#)).unwrap();
+    let out = Command::new(BIN)
+        .args(["simulate", "--gpus", "fake:1x80GiB", "--scheduler", "all", "--trace"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let row = |label: &str| -> Vec<String> {
+        let line = text.lines().find(|l| l.starts_with(label)).unwrap();
+        line[label.len()..].split_whitespace().map(str::to_owned).collect()
+    };
+    let speedups: Vec<f64> =
+        row("  vs first column").iter().map(|c| c.trim_end_matches('x').parse().unwrap()).collect();
+    let bound: f64 = text
+        .split("at most ")
+        .nth(1)
+        .and_then(|rest| rest.split('x').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no hardware bound in {text}"));
+    // 8 jobs, 77% CPU, on 1 GPU: the GPU work (8 x 600 ms) bounds the speed-up at 21 s / 4.8 s.
+    assert!((4.3..4.45).contains(&bound), "{text}");
+    for s in &speedups[1..] {
+        assert!(*s > 3.5 && *s <= bound, "every brokered column is a real gain within the bound: {text}");
+    }
+    assert_eq!(row("bytes swapped (out + in)").join(" "), "0 B 0 B 0 B 0 B", "{text}");
 }
 
 #[test]

@@ -12,8 +12,10 @@
 //! ```
 //! Each job is a list of phases (`cpu` or `gpu`, with a duration) that make one work item,
 //! repeated `repeat` times; `count` makes that many identical jobs. Required per job: `name`,
-//! `memory`, `phases`; optional: `count` and `repeat` (1), `arrival` (0s), `gpus` (1),
-//! `priority` (0). The top-level `gpus` is required unless `simulate --gpus` gives the pool.
+//! `phases`; optional: `memory` (per GPU, what is swapped; `0`, the default, for none),
+//! `count` and `repeat` (1), `arrival` (0s), `gpus` (1), `priority` (0). The top-level `gpus`
+//! is required unless `simulate --gpus` gives the pool; `swap_bandwidth` and `grant_latency`
+//! (0s) are optional.
 
 use std::path::Path;
 use std::time::Duration;
@@ -38,6 +40,7 @@ pub const MAX_PHASES: u64 = 1_000_000;
 struct TraceFile {
     gpus: Option<String>,
     swap_bandwidth: Option<String>,
+    grant_latency: Option<String>,
     jobs: Vec<TraceJob>,
 }
 
@@ -48,7 +51,7 @@ struct TraceJob {
     count: Option<u32>,
     arrival: Option<String>,
     gpus: Option<u32>,
-    memory: String,
+    memory: Option<String>,
     priority: Option<i32>,
     repeat: Option<u32>,
     phases: Vec<TracePhase>,
@@ -68,6 +71,8 @@ pub struct Trace {
     pub gpus: Option<GpuSpec>,
     /// Host<->device bandwidth for swaps, bytes per second, if given.
     pub swap_bandwidth: Option<u64>,
+    /// From a grant to the job acting on it (zero when not given).
+    pub grant_latency: Duration,
     /// The jobs, expanded (`count` copies each).
     pub jobs: Vec<JobSpec>,
 }
@@ -88,6 +93,13 @@ pub fn parse(text: &str) -> Result<Trace, Error> {
     let file: TraceFile = serde_json::from_str(text).map_err(Error::trace)?;
     let gpus = file.gpus.as_deref().map(str::parse::<GpuSpec>).transpose().map_err(Error::trace)?;
     let swap_bandwidth = file.swap_bandwidth.as_deref().map(parse_size).transpose().map_err(Error::trace)?;
+    let grant_latency = file
+        .grant_latency
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|e| Error::trace(format!("grant_latency: {e}")))?
+        .unwrap_or(Duration::ZERO);
     if swap_bandwidth == Some(0) {
         return Err(Error::trace("swap_bandwidth must be more than 0 bytes per second"));
     }
@@ -114,7 +126,7 @@ pub fn parse(text: &str) -> Result<Trace, Error> {
             at: format!("job {} ({:?}): {what}", i + 1, j.name),
             why: why.to_string(),
         };
-        let memory = parse_size(&j.memory).map_err(|e| at("memory", &e))?;
+        let memory = j.memory.as_deref().map(parse_size).transpose().map_err(|e| at("memory", &e))?.unwrap_or(0);
         let arrival = j.arrival.as_deref().map(parse_duration).transpose().map_err(|e| at("arrival", &e))?;
         let mut phases = Vec::new();
         for (k, p) in j.phases.iter().enumerate() {
@@ -142,7 +154,22 @@ pub fn parse(text: &str) -> Result<Trace, Error> {
             });
         }
     }
-    Ok(Trace { gpus, swap_bandwidth, jobs })
+    Ok(Trace { gpus, swap_bandwidth, grant_latency, jobs })
+}
+
+/// When each GPU computed in a simulation, for the timeline: computing drawn solid inside
+/// the holds, utilisation counted as computing.
+pub fn busy_of(report: &Report) -> Vec<crate::timeline::Busy> {
+    report
+        .spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Compute)
+        .map(|s| crate::timeline::Busy {
+            gpu: s.gpu.0,
+            from: Duration::from_nanos(s.start.as_nanos()),
+            to: Duration::from_nanos(s.end.as_nanos()),
+        })
+        .collect()
 }
 
 /// A simulation's record as assigner events, so the same timeline renderer draws it: a lease
@@ -215,6 +242,19 @@ mod tests {
         assert_eq!(t.jobs[2].name, "af-2");
         assert_eq!(t.jobs[0].phases, vec![Phase::Cpu(Duration::from_secs(490)), Phase::Gpu(Duration::from_secs(110))]);
         assert_eq!(t.swap_bandwidth, Some(20_000_000_000));
+        assert_eq!(t.grant_latency, Duration::ZERO);
+    }
+
+    #[test]
+    fn memory_is_optional_and_none_means_nothing_to_swap() {
+        // What `agarun --profile` writes for a job with no swappable memory.
+        let t = parse(
+            r#"{"grant_latency": "2ms", "jobs": [{"name": "fold", "phases": [{"cpu": "500ms"}, {"gpu": "150ms"}]},
+                                                 {"name": "zero", "memory": "0B", "phases": [{"gpu": "1s"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!((t.jobs[0].memory_per_gpu, t.jobs[1].memory_per_gpu), (0, 0));
+        assert_eq!(t.grant_latency, Duration::from_millis(2));
     }
 
     #[test]

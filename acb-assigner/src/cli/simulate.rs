@@ -55,6 +55,7 @@ fn simulate(
         let mut cfg = SimConfig::new(pool.clone(), mode);
         cfg.client = client.clone();
         cfg.swap_bandwidth = bandwidth;
+        cfg.grant_latency = t.grant_latency;
         let report = sim::run(&cfg, &t.jobs).map_err(CliError::usage)?;
         if let Some(dir) = svg_dir {
             std::fs::create_dir_all(dir).map_err(|e| CliError::usage(format!("{}: {e}", dir.display())))?;
@@ -66,27 +67,44 @@ fn simulate(
                 })
                 .collect();
             let events = acb_lab::trace::events_of(&report, &t.jobs);
+            let busy = acb_lab::trace::busy_of(&report);
             let title = format!("{}: {} (SIMULATED)", trace.display(), report.label);
-            let svg = acb_lab::timeline::render_svg(&title, &rows, &events, Some(report.makespan));
+            let svg = acb_lab::timeline::render_svg_with_busy(
+                &title,
+                &rows,
+                &events,
+                (Duration::ZERO, report.makespan),
+                &busy,
+            );
             let path = dir.join(format!("{}.svg", report.label));
             std::fs::write(&path, svg).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
         }
         reports.push(report);
     }
+    let latency = if t.grant_latency.is_zero() {
+        String::new()
+    } else {
+        format!(", {} from grant to job", acb_core::units::Human(t.grant_latency))
+    };
     let mut out = format!(
-        "SIMULATED with the acb-core simulator (no GPU used): {} jobs on {} GPU(s), swaps at {:.1} GB/s, {} release\n\n",
+        "SIMULATED with the acb-core simulator (no GPU used): {} jobs on {} GPU(s), swaps at {:.1} GB/s{latency}, {} \
+         release\n\n",
         t.jobs.len(),
         found.len(),
         bandwidth as f64 / 1e9,
         if eager { "eager" } else { "lazy" }
     );
+    let bound = sim::makespan_lower_bound(found.len(), &t.jobs);
+    let static_makespan = reports.first().map_or(Duration::ZERO, |r| r.makespan);
     out.push_str(&Comparison { reports }.to_string());
-    if policies.contains(&Policy::GpuSharing) {
-        out.push_str(
-            "\nnote: the simulator does not model compute contention: under gpu-sharing, jobs on one GPU are \
-             assumed not to slow each other, so treat that column as an upper bound\n",
-        );
-    }
+    out.push_str(&format!(
+        "\nhardware bound: no run of these jobs on {} GPU(s) ends before {} (all GPU-phase work spread over the \
+         GPUs, or the longest job alone): at most {:.2}x the static run's items per hour. Jobs computing on one GPU \
+         at once share it (each at 1/k of its speed with k there).\n",
+        found.len(),
+        acb_core::units::Human(bound),
+        static_makespan.as_secs_f64() / bound.as_secs_f64().max(1e-9),
+    ));
     if let Some(dir) = svg_dir {
         out.push_str(&format!("\ntimelines written to {}\n", dir.display()));
     }

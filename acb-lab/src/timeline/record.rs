@@ -157,20 +157,42 @@ impl Record {
     /// The times GPU `gpu` was in use, merged, in order: computing when that is known, else
     /// held by some lease.
     fn in_use(&self, gpu: u32) -> Vec<(f64, f64)> {
-        if self.busy.is_empty() {
-            acb_core::stats::union(self.holds.iter().filter(|h| h.gpus.contains(&gpu)).map(|h| (h.from, h.to)))
-        } else {
-            acb_core::stats::union(self.busy.iter().filter(|b| b.0 == gpu).map(|b| (b.1, b.2)))
-        }
+        if self.busy.is_empty() { self.held(gpu) } else { self.computing(gpu) }
     }
 
-    pub(super) fn utilisation(&self, gpus: &[GpuRow]) -> f64 {
+    /// The times GPU `gpu` was held by some lease, merged, in order.
+    fn held(&self, gpu: u32) -> Vec<(f64, f64)> {
+        acb_core::stats::union(self.holds.iter().filter(|h| h.gpus.contains(&gpu)).map(|h| (h.from, h.to)))
+    }
+
+    /// The times GPU `gpu` computed, merged, in order (none when not known).
+    fn computing(&self, gpu: u32) -> Vec<(f64, f64)> {
+        acb_core::stats::union(self.busy.iter().filter(|b| b.0 == gpu).map(|b| (b.1, b.2)))
+    }
+
+    /// The fraction of the GPUs' time in `intervals` (per GPU), over all of `gpus` and the span.
+    fn fraction(&self, gpus: &[GpuRow], intervals: impl Fn(u32) -> Vec<(f64, f64)>) -> f64 {
         let ids = distinct_ids(gpus);
         if ids.is_empty() || self.span() <= 0.0 {
             return 0.0;
         }
-        let used: f64 = ids.iter().flat_map(|&id| self.in_use(id)).map(|(from, to)| to - from).sum();
+        let used: f64 = ids.iter().flat_map(|&id| intervals(id)).map(|(from, to)| to - from).sum();
         (used / (ids.len() as f64 * self.span())).clamp(0.0, 1.0)
+    }
+
+    /// Utilisation: the fraction of GPU time computing when that is known, else held.
+    pub(super) fn utilisation(&self, gpus: &[GpuRow]) -> f64 {
+        self.fraction(gpus, |id| self.in_use(id))
+    }
+
+    /// The fraction of GPU time held by some lease, computing or not.
+    pub(super) fn held_fraction(&self, gpus: &[GpuRow]) -> f64 {
+        self.fraction(gpus, |id| self.held(id))
+    }
+
+    /// The fraction of GPU time computing (zero when not known).
+    pub(super) fn computing_fraction(&self, gpus: &[GpuRow]) -> f64 {
+        self.fraction(gpus, |id| self.computing(id))
     }
 
     /// How many of `ids` are in use from each time on: a step function starting at `start`.

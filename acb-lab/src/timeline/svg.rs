@@ -16,32 +16,55 @@ pub(super) fn draw(title: &str, gpus: &[GpuRow], record: &Record) -> String {
 }
 
 /// A fill and the text colour that reads on it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Colour {
-    pub(super) fill: &'static str,
+    /// 0xRRGGBB.
+    rgb: u32,
     ink: &'static str,
 }
 
-const fn colour(fill: &'static str, ink: &'static str) -> Colour {
-    Colour { fill, ink }
+impl Colour {
+    /// The fill as SVG writes it, `#rrggbb`.
+    pub(super) fn fill(self) -> String {
+        format!("#{:06x}", self.rgb)
+    }
 }
 
-/// Tableau 10 and two more, ordered so that neighbours in client order differ most.
-pub(super) const PALETTE: [Colour; 12] = [
-    colour("#4e79a7", "#ffffff"),
-    colour("#f28e2b", "#1a1a1a"),
-    colour("#59a14f", "#ffffff"),
-    colour("#e15759", "#ffffff"),
-    colour("#edc948", "#1a1a1a"),
-    colour("#b07aa1", "#ffffff"),
-    colour("#76b7b2", "#1a1a1a"),
-    colour("#9c755f", "#ffffff"),
-    colour("#ff9da7", "#1a1a1a"),
-    colour("#17becf", "#1a1a1a"),
-    colour("#bcbd22", "#1a1a1a"),
-    colour("#79706e", "#ffffff"),
-];
-const UNKNOWN: Colour = colour("#bab0ac", "#1a1a1a");
+/// Job `rank`'s colour: hues a golden angle (137.5°) apart, so that each next job lands in the
+/// widest gap left, and three lightnesses in turn, so that the jobs whose hues come close again
+/// (8 or 13 apart) still differ in lightness. Twenty jobs side by side all differ (a test
+/// checks how much); the bars also carry the job's name or number where it fits.
+pub(super) fn colour_of(rank: usize) -> Colour {
+    const GOLDEN_ANGLE: f64 = 137.507_764;
+    const LIGHTNESS: [f64; 3] = [0.45, 0.62, 0.34];
+    let hue = (rank as f64 * GOLDEN_ANGLE).rem_euclid(360.0) / 360.0;
+    let (r, g, b) = hsl_to_rgb(hue, 0.62, LIGHTNESS[rank % LIGHTNESS.len()]);
+    // Relative luminance (sRGB weights, ignoring gamma): dark text on light fills.
+    let luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b;
+    let byte = |x: f64| (x * 255.0).round().clamp(0.0, 255.0) as u32;
+    Colour { rgb: byte(r) << 16 | byte(g) << 8 | byte(b), ink: if luminance > 0.5 { "#1a1a1a" } else { "#ffffff" } }
+}
+
+/// HSL (each 0..=1) to RGB (each 0..=1).
+fn hsl_to_rgb(h: f64, s: f64, l: f64) -> (f64, f64, f64) {
+    let q = if l < 0.5 { l * (1.0 + s) } else { l + s - l * s };
+    let p = 2.0 * l - q;
+    let channel = |t: f64| {
+        let t = t.rem_euclid(1.0);
+        if t < 1.0 / 6.0 {
+            p + (q - p) * 6.0 * t
+        } else if t < 0.5 {
+            q
+        } else if t < 2.0 / 3.0 {
+            p + (q - p) * (2.0 / 3.0 - t) * 6.0
+        } else {
+            p
+        }
+    };
+    (channel(h + 1.0 / 3.0), channel(h), channel(h - 1.0 / 3.0))
+}
+
+const UNKNOWN: Colour = Colour { rgb: 0xbab0ac, ink: "#1a1a1a" };
 
 const WIDTH: f64 = 1200.0;
 const MARGIN: f64 = 20.0;
@@ -91,12 +114,7 @@ struct Picture<'a> {
 
 impl<'a> Picture<'a> {
     fn new(title: &'a str, gpus: &'a [GpuRow], record: &'a Record) -> Self {
-        let colours = record
-            .clients
-            .keys()
-            .enumerate()
-            .map(|(rank, &client)| (client, PALETTE.get(rank % PALETTE.len()).copied().unwrap_or(UNKNOWN)))
-            .collect();
+        let colours = record.clients.keys().enumerate().map(|(rank, &client)| (client, colour_of(rank))).collect();
         let gpu_top = 96.0;
         let client_top = gpu_top + GPU_PITCH * gpus.len().max(1) as f64 + SECTION_GAP;
         let util_top = client_top + CLIENT_PITCH * record.clients.len().max(1) as f64 + SECTION_GAP;
@@ -138,8 +156,8 @@ impl<'a> Picture<'a> {
 
     fn draw_defs(&self, svg: &mut Svg) {
         svg.put(format_args!("<defs>"));
-        for (rank, c) in PALETTE.iter().take(self.record.clients.len()).enumerate() {
-            let fill = c.fill;
+        for rank in 0..self.record.clients.len() {
+            let fill = colour_of(rank).fill();
             svg.put(format_args!(
                 r##"<pattern id="wait{rank}" patternUnits="userSpaceOnUse" width="6" height="6" patternTransform="rotate(45)"><rect width="6" height="6" fill="#ffffff"/><rect width="3" height="6" fill="{fill}"/></pattern>"##
             ));
@@ -156,14 +174,21 @@ impl<'a> Picture<'a> {
             r##"<text x="{MARGIN}" y="32" font-size="20" font-weight="bold" fill="#1a1a1a">{title}</text>"##
         ));
         let record = self.record;
-        let percent = record.utilisation(self.gpus) * 100.0;
+        let held = record.held_fraction(self.gpus) * 100.0;
+        // Held and computing both: a GPU held through its job's CPU phases is held, not used.
+        let usage = if record.busy.is_empty() {
+            format!("GPUs held {held:.1}% (computing not recorded)")
+        } else {
+            let computing = record.computing_fraction(self.gpus) * 100.0;
+            format!("GPUs held {held:.1}%, computing {computing:.1}%")
+        };
         let gpus = plural(distinct_ids(self.gpus).len(), "GPU", "GPUs");
         let jobs = plural(record.clients.len(), "job", "jobs");
         let summary = if record.events == 0 {
             "empty record: no events".to_owned()
         } else {
             format!(
-                "GPU utilisation {percent:.1}% of {gpus} over {} (from {} to {}), {jobs}, {}",
+                "{usage} of {gpus} over {} (from {} to {}), {jobs}, {}",
                 duration(record.span()),
                 duration(record.start),
                 duration(record.end),
@@ -310,7 +335,7 @@ impl<'a> Picture<'a> {
 
     /// Solid bars where `hold`'s GPU (`gpu`, or any of its GPUs) computed.
     fn draw_busy(&self, svg: &mut Svg, hold: &Hold, gpu: Option<u32>, y: f64, height: f64) {
-        let Colour { fill, .. } = self.colour(hold.client);
+        let fill = self.colour(hold.client).fill();
         for &(id, from, to) in &self.record.busy {
             let mine = gpu.is_none_or(|g| g == id) && hold.gpus.contains(&id);
             let midpoint = (from + to) / 2.0;
@@ -328,7 +353,8 @@ impl<'a> Picture<'a> {
 
     /// A hold's bar, with its computing inside when known (on GPU `gpu`, or on any of its GPUs).
     fn draw_hold_bar(&self, svg: &mut Svg, hold: &Hold, gpu: Option<u32>, y: f64, height: f64, named: bool) {
-        let Colour { fill, mut ink } = self.colour(hold.client);
+        let Colour { ink, .. } = self.colour(hold.client);
+        let (fill, mut ink) = (self.colour(hold.client).fill(), ink);
         let x = self.x(hold.from);
         // A sliver stays visible, however short the hold.
         let width = (self.x(hold.to) - x).max(1.0);
@@ -377,9 +403,9 @@ impl<'a> Picture<'a> {
     fn draw_clients(&self, svg: &mut Svg) {
         for (rank, &client) in self.record.clients.keys().enumerate() {
             let y = self.client_top + CLIENT_PITCH * rank as f64;
-            // One pattern per palette colour; ranks wrap the palette as `colours` does.
-            let pattern = rank % PALETTE.len();
-            let stroke = self.colour(client).fill;
+            // One pattern per client, in its colour.
+            let pattern = rank;
+            let stroke = self.colour(client).fill();
             for wait in self.record.waits.iter().filter(|w| w.client == client && w.to > w.from) {
                 let x = self.x(wait.from);
                 let width = (self.x(wait.to) - x).max(1.0);
@@ -432,7 +458,7 @@ impl<'a> Picture<'a> {
         };
         for (i, (&client, job)) in self.record.clients.iter().enumerate() {
             let (x, y) = place(i);
-            let fill = self.colour(client).fill;
+            let fill = self.colour(client).fill();
             let (text_x, text_y) = (x + 20.0, y + 11.0);
             let text = escape(&truncate(&format!("{job} (client #{client})"), LEGEND_CHARS));
             svg.put(format_args!(

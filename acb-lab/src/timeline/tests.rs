@@ -1,4 +1,4 @@
-use super::svg::{PALETTE, escape};
+use super::svg::{colour_of, escape};
 use super::*;
 use acb_core::record::{EventKind, YieldReason};
 
@@ -88,7 +88,7 @@ fn two_jobs_on_one_gpu_held_six_of_ten_seconds() {
     assert!((u - 0.6).abs() < 1e-9, "utilisation {u}");
 
     let svg = render_svg("two jobs (simulated)", &one_gpu(), &events, Some(Duration::from_secs(10)));
-    assert!(svg.contains("GPU utilisation 60.0% of 1 GPU over 10.0 s"), "{svg}");
+    assert!(svg.contains("GPUs held 60.0% (computing not recorded) of 1 GPU over 10.0 s"), "{svg}");
     assert!(svg.contains("two jobs (simulated)"));
     // B's wait, 1..6 s, is drawn hatched in its row.
     assert!(svg.contains("infer-b (client #2) waits, request #2: 1.000 s to 6.000 s"));
@@ -104,7 +104,7 @@ fn computing_inside_holds_is_the_utilisation_when_known() {
     let computing = [busy(1.0, 2.0), busy(6.0, 7.0), busy(9.0, 9.5)];
     let span = (Duration::ZERO, Duration::from_secs(10));
     let svg = render_svg_with_busy("two jobs (simulated)", &one_gpu(), &two_jobs_one_gpu(), span, &computing);
-    assert!(svg.contains("GPU utilisation 25.0% of 1 GPU over 10.0 s"), "{svg}");
+    assert!(svg.contains("GPUs held 60.0%, computing 25.0% of 1 GPU over 10.0 s"), "{svg}");
     assert!(svg.contains("solid: computing, pale: held but idle"));
     assert!(svg.contains("Utilisation: GPUs computing / 1 GPU"));
     // Each computing stretch inside a hold is drawn in the GPU's row and in its client's.
@@ -122,7 +122,10 @@ fn a_span_given_starts_the_picture_before_the_first_event() {
     let svg =
         render_svg_with_busy("late (simulated)", &one_gpu(), &events, (Duration::ZERO, Duration::from_secs(10)), &[]);
     // Held 5 of 10 seconds, not all of the 5 seconds after the first event.
-    assert!(svg.contains("GPU utilisation 50.0% of 1 GPU over 10.0 s (from 0 ms to 10.0 s)"), "{svg}");
+    assert!(
+        svg.contains("GPUs held 50.0% (computing not recorded) of 1 GPU over 10.0 s (from 0 ms to 10.0 s)"),
+        "{svg}"
+    );
     assert!(!svg.contains("class=\"busy\""));
     assert_well_formed(&svg);
 }
@@ -133,7 +136,7 @@ fn a_lease_never_released_holds_to_the_end() {
     assert!((utilisation(&one_gpu(), &events, Duration::from_secs(5)) - 1.0).abs() < 1e-9);
     // Without an end, the record ends at its last event.
     let svg = render_svg("t", &one_gpu(), &events, None);
-    assert!(svg.contains("GPU utilisation 100.0%"));
+    assert!(svg.contains("GPUs held 100.0%"));
 }
 
 #[test]
@@ -184,7 +187,7 @@ fn one_legend_entry_per_job() {
     assert!(svg.contains("train-a (client #1)"));
     assert!(svg.contains("infer-b (client #2)"));
     // Each job has its own colour.
-    assert!(svg.contains(PALETTE[0].fill) && svg.contains(PALETTE[1].fill));
+    assert!(svg.contains(&colour_of(0).fill()) && svg.contains(&colour_of(1).fill()));
 }
 
 #[test]
@@ -214,4 +217,22 @@ fn odd_records_draw_without_panicking() {
         story = story.at(client as f64, granted(client, "j", client, client, &[0]));
     }
     assert_well_formed(&render_svg("many", &gpus, &story.0, None));
+}
+
+#[test]
+fn twenty_jobs_side_by_side_get_twenty_colours_far_apart() {
+    // The palette used to repeat after twelve. Distance in RGB (0..=441): 40 is a clearly
+    // visible difference; the golden-angle hues with three lightnesses give at least that.
+    let rgb = |rank: usize| {
+        let fill = colour_of(rank).fill();
+        let channel = |i: usize| f64::from(u8::from_str_radix(&fill[i..i + 2], 16).unwrap_or_default());
+        (channel(1), channel(3), channel(5))
+    };
+    let colours: Vec<(f64, f64, f64)> = (0..20).map(rgb).collect();
+    for (i, a) in colours.iter().enumerate() {
+        for (j, b) in colours.iter().enumerate().skip(i + 1) {
+            let d = ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2) + (a.2 - b.2).powi(2)).sqrt();
+            assert!(d >= 40.0, "jobs {i} and {j}: {:?} and {:?} are {d:.1} apart", colour_of(i), colour_of(j));
+        }
+    }
 }
