@@ -194,6 +194,12 @@ impl Rewriter {
                 self.passthrough = true;
                 return false;
             }
+            (CONTINUATION, None) => {
+                // A CONTINUATION with no header block open: HTTP/2 will refuse it.
+                self.output.extend_from_slice(&frame);
+                self.passthrough = true;
+                return false;
+            }
             (_, None) => {
                 self.output.extend_from_slice(&frame);
                 return true;
@@ -604,6 +610,12 @@ mod tests {
         write_frame(0x0, 0, 1, b"x", &mut stream);
         let (out, _) = run(&[&stream]);
         assert_eq!(out, stream);
+        // A CONTINUATION with no HEADERS before it (found by the fuzzer).
+        let mut stream = PREFACE.to_vec();
+        write_frame(CONTINUATION, END_HEADERS, 1, &[0xff, 0x7f], &mut stream);
+        let (out, r) = run(&[&stream]);
+        assert_eq!(out, stream);
+        assert!(r.passing_through());
         // A connection that ends mid-frame.
         let (out, _) = run(&[&PREFACE[..10]]);
         assert_eq!(out, &PREFACE[..10]);
