@@ -207,7 +207,11 @@ impl Client {
         if self.phase.compare_exchange(ACTIVE, IDLE, Ordering::AcqRel, Ordering::Acquire).is_err() {
             return Err(Error::NotActive("on_device_end called without on_device_begin".into()));
         }
-        self.mark(Mark::End);
+        if self.profile.is_some() {
+            // What the job keeps on the GPU between phases: what a swap-out would move now.
+            let stats = self.memory_stats();
+            self.mark(Mark::End { swappable: stats.resident_bytes.saturating_add(stats.swapped_bytes) });
+        }
         // Under eager release the GPU goes back now, not at the driver's next tick; a pending
         // yield is answered now too.
         let eager = self.config.release == ReleaseMode::Eager;

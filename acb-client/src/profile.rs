@@ -4,8 +4,9 @@
 //!
 //! A line: `{"t": UNIX_NS, "pid": PID, "job": NAME, "event": E}` with E one of `start` (the
 //! client is made), `ask` (a begin is called), `got` (the begin returned GPUs; with `gpus` and
-//! `memory`, the bytes per GPU granted), `end` (the GPU phase ended) and `stop` (the client is
-//! freed). Wall-clock nanoseconds, so that lines of several processes line up. Each line is one
+//! `memory`, the bytes per GPU granted: the lease's fence, not what the job uses), `end` (the GPU
+//! phase ended; with `swappable`, the bytes of swappable device memory the job held then, which
+//! is what goes to host memory if its GPU goes to another job) and `stop` (the client is freed). Wall-clock nanoseconds, so that lines of several processes line up. Each line is one
 //! `write` to a file opened for appending, so processes sharing the file do not interleave.
 //! Profiling must never break the job: a write that fails is dropped.
 
@@ -26,7 +27,7 @@ pub(crate) enum Mark {
     Start,
     Ask,
     Got { gpus: usize, memory: u64 },
-    End,
+    End { swappable: u64 },
     Stop,
 }
 
@@ -54,13 +55,19 @@ impl Profile {
                 Mark::Start => "start",
                 Mark::Ask => "ask",
                 Mark::Got { .. } => "got",
-                Mark::End => "end",
+                Mark::End { .. } => "end",
                 Mark::Stop => "stop",
             },
         });
-        if let (Mark::Got { gpus, memory }, Some(fields)) = (mark, line.as_object_mut()) {
-            fields.insert("gpus".into(), gpus.into());
-            fields.insert("memory".into(), memory.into());
+        match (mark, line.as_object_mut()) {
+            (Mark::Got { gpus, memory }, Some(fields)) => {
+                fields.insert("gpus".into(), gpus.into());
+                fields.insert("memory".into(), memory.into());
+            }
+            (Mark::End { swappable }, Some(fields)) => {
+                fields.insert("swappable".into(), swappable.into());
+            }
+            _ => {}
         }
         let mut text = line.to_string();
         text.push('\n');
@@ -82,15 +89,17 @@ mod tests {
         let p = Profile { file, job: "fold \"1\"".into() };
         p.mark(Mark::Ask);
         p.mark(Mark::Got { gpus: 2, memory: 1 << 30 });
+        p.mark(Mark::End { swappable: 32 << 20 });
         let text = std::fs::read_to_string(&path).unwrap();
         let _ = std::fs::remove_file(&path);
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines.len(), 3, "{text}");
         assert_eq!(lines[0]["event"], "ask");
         assert_eq!(lines[0]["job"], "fold \"1\"");
         assert_eq!(lines[0]["pid"], std::process::id());
         assert_eq!(lines[1]["event"], "got");
         assert_eq!((lines[1]["gpus"].as_u64(), lines[1]["memory"].as_u64()), (Some(2), Some(1 << 30)));
         assert!(lines[1]["t"].as_u64() >= lines[0]["t"].as_u64());
+        assert_eq!((lines[2]["event"].as_str(), lines[2]["swappable"].as_u64()), (Some("end"), Some(32 << 20)));
     }
 }

@@ -8,8 +8,8 @@ It sets ACB_ASSIGNER, ACB_JOB_ID, ACB_GPUS, ACB_MEMORY, ACB_MODE (and ACB_AUTH_T
 the command, forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to it, and exits
 with its status (128 + N when a signal N ended it). `--check` says whether the assigner is
 reachable and what it offers. `--profile OUT` records the command's GPU and CPU phases (from
-libacb's begin/end) into OUT, a trace for `acb-assigner simulate`, and says whether acb will
-help it.
+libacb's begin/end, with the job's peak swappable device memory as measured at each phase end)
+into OUT, a trace for `acb-assigner simulate`, and says whether acb will help it.
 
 Fujitsu ACB's variables work too: `AGA_ENABLE_AUTO=1` means `--mode auto` (a `--mode` flag
 wins), `AGA_REQUEST_DEVICE=cpu` runs the command unbrokered (no GPU is requested; `any` and
@@ -193,7 +193,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _write_profile(marks: str, launched: int, exited: int, args: argparse.Namespace) -> None:
     """Turns libacb's marks into the trace file and prints what they say (on stderr, so the
     command's own output stays as it was)."""
-    from acb import parse_size
     from acb import profile
 
     jobs = profile.profiles(profile.read_marks(marks), launched, exited)
@@ -201,10 +200,11 @@ def _write_profile(marks: str, launched: int, exited: int, args: argparse.Namesp
         print("agarun: profile: the command had no GPU phase through libacb (manual mode needs "
               "on_device_begin/on_device_end; auto mode, a CUDA operation in PyTorch); no trace written", file=sys.stderr)
         return
-    memory = parse_size(args.memory) if args.memory else None
+    # The memory in the trace is what a swap moves: the peak swappable memory libacb measured,
+    # not --memory (the size asked for, a fence) nor the grant's fence.
     tmp = args.profile + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(profile.trace(jobs, memory), f, indent=2)
+        json.dump(profile.trace(jobs), f, indent=2)
         f.write("\n")
     os.replace(tmp, args.profile)
     print(f"agarun: profile of {len(jobs)} job(s), written to {args.profile}", file=sys.stderr)

@@ -28,6 +28,8 @@ class JobProfile:
     phases: List[Tuple[str, int]] = field(default_factory=list)
     waits: List[int] = field(default_factory=list)
     gpus: int = 1
+    #: Peak swappable device memory per GPU, in bytes, as libacb measured it at each phase end
+    #: (what a swap-out moves); 0 when the job keeps none.
     memory: int = 0
 
     def total(self, kind: str) -> int:
@@ -91,10 +93,12 @@ def profiles(marks: List[dict], launched_ns: int, exited_ns: int) -> List[JobPro
                 p.waits.append(max(0, t - asked))
                 asked, computing = None, t
                 p.gpus = int(m.get("gpus", 1)) or 1
-                p.memory = max(p.memory, int(m.get("memory", 0)))
+                # Not the grant's "memory": that is the lease's fence (a whole 80 GiB GPU when
+                # the job asked for no size), not what the job had resident.
             elif event == "end" and computing is not None:
                 p._add("gpu", t - computing)
                 computing, cursor = None, t
+                p.memory = max(p.memory, int(m.get("swappable", 0)) // max(p.gpus, 1))
         if computing is not None:        # ended inside a GPU phase
             p._add("gpu", exited_ns - computing)
         elif asked is None:
@@ -109,20 +113,18 @@ def _duration(ns: int) -> str:
 
 
 def trace(jobs: List[JobProfile], memory: Optional[int] = None) -> dict:
-    """The jobs as a trace for ``acb-assigner simulate``. Memory per GPU: ``memory`` (what the
-    job said it needs, agarun's ``--memory``) when given, else what its grants fenced."""
-    return {
-        "jobs": [
-            {
-                "name": p.job,
-                "count": 1,
-                "gpus": p.gpus,
-                "memory": f"{memory if memory is not None else p.memory}B",
-                "phases": [{kind: _duration(n)} for kind, n in p.phases],
-            }
-            for p in jobs
-        ]
-    }
+    """The jobs as a trace for ``acb-assigner simulate``. Memory per GPU, what a swap moves:
+    ``memory`` (what the job said it keeps, agarun's ``--memory``) when given, else the peak
+    swappable memory libacb measured; left out (0, nothing to swap) when that is 0."""
+    out = []
+    for p in jobs:
+        job = {"name": p.job, "count": 1, "gpus": p.gpus}
+        bytes_ = memory if memory is not None else p.memory
+        if bytes_:
+            job["memory"] = f"{bytes_}B"
+        job["phases"] = [{kind: _duration(n)} for kind, n in p.phases]
+        out.append(job)
+    return {"jobs": out}
 
 
 def verdict(p: JobProfile) -> Tuple[bool, str]:

@@ -218,15 +218,16 @@ def test_a_profile_splits_cpu_gpu_and_waits_and_skips_torn_lines(tmp_path):
     lines = [
         {"t": 0 * ms, "pid": 9, "job": "j", "event": "start"},
         {"t": 500 * ms, "pid": 9, "job": "j", "event": "ask"},
-        {"t": 600 * ms, "pid": 9, "job": "j", "event": "got", "gpus": 1, "memory": 8 << 30},
-        {"t": 800 * ms, "pid": 9, "job": "j", "event": "end"},
+        {"t": 600 * ms, "pid": 9, "job": "j", "event": "got", "gpus": 1, "memory": 80 << 30},
+        {"t": 800 * ms, "pid": 9, "job": "j", "event": "end", "swappable": 8 << 30},
         {"t": 1300 * ms, "pid": 9, "job": "j", "event": "ask"},
-        {"t": 1300 * ms, "pid": 9, "job": "j", "event": "got", "gpus": 1, "memory": 8 << 30},
+        {"t": 1300 * ms, "pid": 9, "job": "j", "event": "got", "gpus": 1, "memory": 80 << 30},
     ]
     marks.write_text("".join(json.dumps(m) + "\n" for m in lines) + '{"t": 14, "pid"\nnot json\n')
     [p] = profile.profiles(profile.read_marks(str(marks)), launched_ns=0, exited_ns=1500 * ms)
     # CPU 0..500, wait 500..600, GPU 600..800, CPU 800..1300, GPU 1300..exit (ended mid-phase).
     assert p.phases == [("cpu", 500 * ms), ("gpu", 200 * ms), ("cpu", 500 * ms), ("gpu", 200 * ms)]
+    # The memory is the peak swappable memory at a phase end, not the lease's 80 GiB fence.
     assert p.waits == [100 * ms, 0] and p.memory == 8 << 30
     assert abs(p.cpu_share() - 1000 / 1500) < 1e-9
     helps, why = profile.verdict(p)
@@ -234,6 +235,9 @@ def test_a_profile_splits_cpu_gpu_and_waits_and_skips_torn_lines(tmp_path):
     t = profile.trace([p])
     assert t["jobs"][0]["phases"] == [{"cpu": "500ms"}, {"gpu": "200ms"}, {"cpu": "500ms"}, {"gpu": "200ms"}]
     assert t["jobs"][0]["memory"] == f"{8 << 30}B"
+    # A job with no swappable memory gets none in its trace (simulate reads that as 0).
+    nothing = profile.JobProfile("n", 1, [("cpu", 500 * ms), ("gpu", 150 * ms)], [0])
+    assert "memory" not in profile.trace([nothing])["jobs"][0]
     # Short CPU phases, or a small CPU share, get a no with the reason.
     short = profile.JobProfile("s", 1, [("cpu", 50 * ms), ("gpu", 50 * ms)] * 4, [0] * 4)
     assert profile.verdict(short) == (False, profile.verdict(short)[1]) and "short" in profile.verdict(short)[1]
@@ -249,13 +253,36 @@ def test_agarun_profile_writes_a_trace_and_says_whether_acb_helps(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "done: 3 phases" in r.stdout
     [job] = json.loads(out.read_text())["jobs"]
-    assert job["name"] == "prof" and job["memory"] == f"{2 << 30}B"
+    # pipeline.py keeps no swappable memory: nothing to swap, whatever --memory fenced (2 GiB).
+    assert job["name"] == "prof" and "memory" not in job, job
     kinds = [next(iter(p)) for p in job["phases"]]
     assert kinds[:6] == ["cpu", "gpu"] * 3 and set(kinds[6:]) <= {"cpu"}, kinds
     lengths = [int(next(iter(p.values()))[:-2]) for p in job["phases"]]
     # Sleeps last at least as long as asked.
     assert all(n >= 100 for n in lengths[1:6:2]) and all(n >= 400 for n in lengths[0:6:2]), lengths
     assert "acb will likely help" in r.stderr, r.stderr
+
+
+@needs_assigner
+def test_agarun_profile_measures_the_jobs_peak_swappable_memory(tmp_path):
+    # 3 MiB in the first phase, 5 MiB at the end of the second, 1 MiB at the end of the third:
+    # the trace says the peak, 5 MiB, not the lease's fence (the GPU's whole 80 GiB).
+    script = (
+        "import acb\n"
+        "c = acb.Client()\n"
+        "sizes, held = [3 << 20, 2 << 20, 0], []\n"
+        "for i, size in enumerate(sizes):\n"
+        "    c.on_device_begin()\n"
+        "    if size: held.append(c.alloc(size))\n"
+        "    if i == 2:\n"
+        "        c.free(held.pop(0)); c.free(held.pop(0)); held.append(c.alloc(1 << 20))\n"
+        "    c.on_device_end()\n"
+    )
+    out = tmp_path / "trace.json"
+    r = agarun("--assigner", ASSIGNER, "--job", "mem", "--profile", str(out), "--", sys.executable, "-c", script)
+    assert r.returncode == 0, r.stderr
+    [job] = json.loads(out.read_text())["jobs"]
+    assert job["memory"] == f"{5 << 20}B", job
 
 
 def test_agarun_profile_without_gpu_phases_writes_nothing(tmp_path):
