@@ -43,7 +43,41 @@ pub fn discover(spec: &GpuSpec) -> Result<Vec<FoundGpu>, Error> {
             Ok(out)
         }
         GpuSpec::Auto => nvml_gpus(),
+        GpuSpec::Select(items) => select(nvml_gpus()?, items),
     }
+}
+
+/// The GPUs of `found` that `items` list, each by its index or its UUID (a UUID may be given
+/// without its `GPU-` prefix), in the node's order, keeping their node indexes. An item that
+/// names no GPU, or names one another item already named, is an error listing what there is.
+pub fn select(found: Vec<FoundGpu>, items: &[String]) -> Result<Vec<FoundGpu>, Error> {
+    let mut chosen = vec![false; found.len()];
+    for item in items {
+        let hit = found.iter().position(|g| {
+            item.parse::<u32>().is_ok_and(|i| i == g.index)
+                || g.uuid.eq_ignore_ascii_case(item)
+                || g.uuid.strip_prefix("GPU-").is_some_and(|u| u.eq_ignore_ascii_case(item))
+        });
+        let there = || found.iter().map(|g| format!("{} ({})", g.index, g.uuid)).collect::<Vec<_>>().join(", ");
+        match hit {
+            None => {
+                return Err(Error::NoGpu(format!(
+                    "--gpus auto:{}: no GPU {item:?} here; there are {}",
+                    items.join(","),
+                    there()
+                )));
+            }
+            Some(i) if chosen[i] => {
+                return Err(Error::NoGpu(format!(
+                    "--gpus auto:{}: {item:?} names GPU {} a second time",
+                    items.join(","),
+                    found[i].index
+                )));
+            }
+            Some(i) => chosen[i] = true,
+        }
+    }
+    Ok(found.into_iter().zip(chosen).filter_map(|(g, c)| c.then_some(g)).collect())
 }
 
 fn nvml_gpus() -> Result<Vec<FoundGpu>, Error> {
@@ -84,6 +118,29 @@ mod tests {
         assert!(gpus.iter().all(|g| g.fake && g.uuid.starts_with("fake-") && g.name.contains("simulated")));
         assert_eq!(gpus[2].memory, 40 << 30);
         assert_eq!(pool_of("n", &gpus).len(), 3);
+    }
+
+    #[test]
+    fn a_selection_keeps_the_listed_gpus_by_index_or_uuid() {
+        let node = || {
+            (0..4)
+                .map(|index| FoundGpu {
+                    index,
+                    uuid: format!("GPU-{index}abc"),
+                    name: "test GPU".into(),
+                    memory: 80 << 30,
+                    fake: false,
+                })
+                .collect::<Vec<_>>()
+        };
+        let items = |s: &[&str]| s.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let picked = select(node(), &items(&["3", "GPU-1abc"])).unwrap();
+        assert_eq!(picked.iter().map(|g| g.index).collect::<Vec<_>>(), [1, 3], "node order, node indexes");
+        assert_eq!(select(node(), &items(&["2ABC"])).unwrap()[0].index, 2, "a UUID without GPU-, any case");
+        let e = select(node(), &items(&["4"])).unwrap_err().to_string();
+        assert!(e.contains("no GPU \"4\"") && e.contains("3 (GPU-3abc)"), "{e}");
+        let e = select(node(), &items(&["1", "GPU-1abc"])).unwrap_err().to_string();
+        assert!(e.contains("a second time"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,9 @@ use crate::units::ParseError;
 pub enum GpuSpec {
     /// Every GPU NVML finds; no driver is an error.
     Auto,
+    /// Only the GPUs NVML finds that are listed, by index or UUID: `auto:0,1`,
+    /// `auto:GPU-8c1e...` (what a batch system or `CUDA_VISIBLE_DEVICES` hands a job).
+    Select(Vec<String>),
     /// No GPU at all (requests are refused).
     None,
     /// Simulated GPUs: `(count, bytes)` groups, e.g. `fake:2x80GiB,1x40GiB`.
@@ -43,6 +46,8 @@ pub enum GpuSpecErrorKind {
     NoMemory(String),
     /// A group (as written) whose memory has no unit (`2x80`: 80 bytes was never meant).
     NoUnit(String),
+    /// `auto:` with an empty item, or an item listed twice (as written).
+    BadSelection(String),
 }
 
 impl GpuSpecError {
@@ -66,13 +71,20 @@ impl fmt::Display for GpuSpecError {
         let s = &self.spec;
         match &self.kind {
             GpuSpecErrorKind::Unknown => {
-                write!(f, "{s:?}: expected auto, none, or fake:COUNTxSIZE[,COUNTxSIZE...] (e.g. fake:2x80GiB)")
+                write!(
+                    f,
+                    "{s:?}: expected auto, auto:INDEX|UUID[,...] (e.g. auto:0,1), none, or fake:COUNTxSIZE[,COUNTxSIZE...] \
+                     (e.g. fake:2x80GiB)"
+                )
             }
             GpuSpecErrorKind::NotAGroup(g) => write!(f, "{g:?} in {s:?}: expected COUNTxSIZE, e.g. 2x80GiB"),
             GpuSpecErrorKind::BadCount(count) => write!(f, "{count:?} in {s:?}: not a GPU count"),
             GpuSpecErrorKind::CountOutOfRange(g) => write!(f, "{g:?} in {s:?}: a group has 1 to 4096 GPUs"),
             GpuSpecErrorKind::BadSize(e) => write!(f, "{e} (in {s:?})"),
             GpuSpecErrorKind::NoMemory(g) => write!(f, "{g:?} in {s:?}: a GPU needs some memory"),
+            GpuSpecErrorKind::BadSelection(item) => {
+                write!(f, "{item:?} in {s:?}: list each GPU once, by index or UUID, e.g. auto:0,1")
+            }
             GpuSpecErrorKind::NoUnit(g) => {
                 write!(f, "{g:?} in {s:?}: give the memory with a unit, e.g. 80GiB (a bare number would be bytes)")
             }
@@ -99,6 +111,16 @@ impl FromStr for GpuSpec {
             "auto" => return Ok(GpuSpec::Auto),
             "none" => return Ok(GpuSpec::None),
             _ => {}
+        }
+        if let Some(list) = s.strip_prefix("auto:") {
+            let mut items: Vec<String> = Vec::new();
+            for item in list.split(',').map(str::trim) {
+                if item.is_empty() || items.iter().any(|i| i == item) {
+                    return Err(err(K::BadSelection(item.into())));
+                }
+                items.push(item.into());
+            }
+            return Ok(GpuSpec::Select(items));
         }
         let Some(groups) = s.strip_prefix("fake:") else {
             return Err(err(K::Unknown));
@@ -132,9 +154,20 @@ mod tests {
     #[test]
     fn specs_parse_and_errors_name_the_input() {
         assert_eq!("auto".parse::<GpuSpec>(), Ok(GpuSpec::Auto));
+        assert_eq!(
+            "auto:1, GPU-8c1e".parse::<GpuSpec>(),
+            Ok(GpuSpec::Select(vec!["1".to_string(), "GPU-8c1e".to_string()]))
+        );
         assert_eq!("fake:2x80GiB,1X40GiB".parse::<GpuSpec>(), Ok(GpuSpec::Fake(vec![(2, 80 << 30), (1, 40 << 30)])));
         let cases = [
-            ("gpu0", "\"gpu0\": expected auto, none, or fake:COUNTxSIZE[,COUNTxSIZE...] (e.g. fake:2x80GiB)"),
+            (
+                "gpu0",
+                "\"gpu0\": expected auto, auto:INDEX|UUID[,...] (e.g. auto:0,1), none, or fake:COUNTxSIZE[,COUNTxSIZE...] \
+                 (e.g. fake:2x80GiB)",
+            ),
+            ("auto:", "\"\" in \"auto:\": list each GPU once, by index or UUID, e.g. auto:0,1"),
+            ("auto:0,0", "\"0\" in \"auto:0,0\": list each GPU once, by index or UUID, e.g. auto:0,1"),
+            ("auto:1,,2", "\"\" in \"auto:1,,2\": list each GPU once, by index or UUID, e.g. auto:0,1"),
             ("fake:2", "\"2\" in \"fake:2\": expected COUNTxSIZE, e.g. 2x80GiB"),
             (
                 "fake:2x80",

@@ -13,10 +13,9 @@ What users of Fujitsu's ACB type, mapped onto acb:
 - `stop` sends SIGTERM to the pid that `start` recorded, and to nothing else (the process's
   start time is recorded too, so a reused pid is never signalled), and waits for it to drain.
 
-`--gpu-list` picks GPUs: the assigner serves every GPU the NVIDIA driver (NVML) finds, so the
-list must name them all (or be left out); a subset is refused, since acb-assigner cannot leave
-GPUs out yet. Without an NVIDIA driver, simulated GPUs stand in (one per listed index, else
-one), and `start` says so.
+`--gpu-list` picks GPUs by NVML index: acb-assigner serves those (`--gpus auto:0,1`), or every
+GPU the NVIDIA driver finds when the list names them all or is left out. Without an NVIDIA
+driver, simulated GPUs stand in (one per listed index, else one), and `start` says so.
 
 acb's own flags, for what Fujitsu's command does not cover: `--gpus SPEC` (acb's inventory,
 e.g. `fake:2x80GiB`, instead of --gpu-list), `--auth-token-file`, `--tls-cert`, `--tls-key` and
@@ -212,9 +211,7 @@ def gpus_spec(gpu_list: Optional[List[int]], nvml_count: Optional[int]) -> tuple
         raise Refused(f"gpu_assigner: --gpu-list names GPU {missing[0]}, but the NVIDIA driver reports "
                       f"{nvml_count} GPU(s), 0 to {nvml_count - 1}", 2)
     if sorted(gpu_list) != list(range(nvml_count)):
-        raise Refused(f"gpu_assigner: --gpu-list {','.join(map(str, gpu_list))}: acb-assigner serves every GPU "
-                      f"the NVIDIA driver reports ({nvml_count} here) and cannot leave some out yet; "
-                      "leave --gpu-list out, or list them all", 2)
+        return "auto:" + ",".join(map(str, sorted(gpu_list))), None
     return "auto", None
 
 

@@ -104,8 +104,7 @@ def test_gpu_list_maps_onto_the_gpus_acb_assigner_serves():
     assert spec([0, 1], None)[0] == "fake:2x80GiB"
     assert spec([0], 0)[0] == "fake:1x80GiB" and "reports no GPU" in spec([0], 0)[1]
     assert spec(None, 4) == ("auto", None) and spec([3, 2, 1, 0], 4) == ("auto", None)
-    with pytest.raises(gpu_assigner.Refused, match="cannot leave some out yet"):
-        spec([0, 1], 4)
+    assert spec([3, 1], 4) == ("auto:1,3", None)  # a subset: only those
     with pytest.raises(gpu_assigner.Refused, match="names GPU 5, but the NVIDIA driver reports 4 GPU"):
         spec([5], 4)
     for bad in ("a,b", "0,0", "-1", ""):
