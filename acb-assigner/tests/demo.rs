@@ -35,9 +35,18 @@ fn row<'a>(out: &'a str, label: &str) -> Vec<&'a str> {
     line[label.len()..].split("  ").map(str::trim).filter(|c| !c.is_empty()).collect()
 }
 
+/// Demos run one at a time: their figures are timings, and two at once on a small machine slow
+/// each other down.
+static ONE_DEMO: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_demo() -> std::sync::MutexGuard<'static, ()> {
+    ONE_DEMO.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn demo_runs_the_same_jobs_static_then_brokered_and_draws_both() {
     let Some(lib) = libacb() else { return };
+    let _one = one_demo();
     let dir = TempDir::new("demo");
     let out = Command::new(BIN)
         .args([
@@ -79,6 +88,60 @@ fn demo_runs_the_same_jobs_static_then_brokered_and_draws_both() {
             assert!(svg.contains(job), "{name} lacks {job}");
         }
     }
+}
+
+#[test]
+fn simulate_predicts_the_quick_demo_within_ten_percent() {
+    // The demo's own workload (--quick: 8 jobs, 2 simulated GPUs, 3 items of 450 ms CPU then
+    // 150 ms GPU, 32 MiB each), run for real; beside it the simulator's prediction with the
+    // handover costs measured in the brokered run; and `simulate` on the trace the demo wrote.
+    let Some(lib) = libacb() else { return };
+    let _one = one_demo();
+    let dir = TempDir::new("demo-predict");
+    let out = Command::new(BIN)
+        .args(["demo", "--quick", "--device", "simulated", "--out-dir"])
+        .arg(&dir.0)
+        .env("ACB_LIBRARY", &lib)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let prediction = stdout.split("simulate's prediction").nth(1).unwrap_or_else(|| panic!("no prediction: {stdout}"));
+    println!("simulate's prediction{}", prediction.split("\n\n").next().unwrap_or_default());
+    let number = |cell: &str| -> f64 { cell.trim_end_matches(['x', 's', ' ']).parse().unwrap() };
+    let pair = |label: &str| -> (f64, f64) {
+        let cells: Vec<&str> =
+            prediction.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("no {label:?} in {prediction}"))
+                [label.len()..]
+                .split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect();
+        (number(cells[0]), number(cells[1]))
+    };
+    for label in ["static wall time", "brokered wall time", "brokered vs static"] {
+        let (measured, predicted) = pair(label);
+        let off = (predicted - measured).abs() / measured;
+        assert!(
+            off <= 0.10,
+            "{label}: measured {measured}, predicted {predicted}: {:.1}% apart\n{stdout}",
+            off * 100.0
+        );
+    }
+    // `simulate` on the trace the demo wrote predicts the same.
+    let sim = Command::new(BIN)
+        .args(["simulate", "--scheduler", "simple", "--trace"])
+        .arg(dir.0.join("trace.json"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&sim.stdout);
+    assert!(sim.status.success(), "{text}{}", String::from_utf8_lossy(&sim.stderr));
+    let simulated: f64 = number(row(&text, "  vs first column")[1]);
+    let (_, predicted) = pair("brokered vs static");
+    assert!(
+        (simulated - predicted).abs() <= 0.011,
+        "simulate says {simulated}x, the demo predicted {predicted}x\n{text}"
+    );
 }
 
 #[test]

@@ -15,6 +15,7 @@
 pub mod abi;
 pub mod job;
 pub mod libacb;
+pub mod predict;
 pub mod real;
 pub mod report;
 
@@ -148,6 +149,7 @@ pub async fn run(cfg: &DemoConfig) -> Result<(), Error> {
     let runs = [("static", Holding::Static, Policy::Simple), ("brokered", Holding::Brokered, cfg.scheduler)];
     let mut stats = Vec::new();
     let mut pictures = Vec::new();
+    let mut brokered = None;
     for (name, holding, policy) in runs {
         let label = match holding {
             Holding::Static => format!("static, {} at a time", cfg.gpus.min(cfg.jobs)),
@@ -159,9 +161,16 @@ pub async fn run(cfg: &DemoConfig) -> Result<(), Error> {
         let path = cfg.out_dir.join(format!("{name}.svg"));
         std::fs::write(&path, svg).map_err(Error::io(path.display().to_string()))?;
         pictures.push(path);
+        if holding == Holding::Brokered {
+            brokered = Some((outcome.events, outcome.busy));
+        }
         stats.push(outcome.stats);
     }
     println!("\n{}", report::table(&stats));
+    let prediction = brokered.and_then(|(events, busy)| predict_run(cfg, &stats, &events, &busy).transpose());
+    if let Some(text) = prediction.transpose()? {
+        println!("{text}");
+    }
     if cfg.real.is_none() {
         println!(
             "note 1: SIMULATED GPUs: phases are sleeps, so these figures show how acb schedules, not how fast a GPU \
@@ -187,6 +196,66 @@ pub async fn run(cfg: &DemoConfig) -> Result<(), Error> {
         println!("timeline: {}", p.display());
     }
     Ok(())
+}
+
+/// `simulate`'s prediction of the workload beside what was measured, with the handover costs
+/// measured in the brokered run; and the equivalent trace, written to `trace.json`.
+fn predict_run(
+    cfg: &DemoConfig,
+    measured: &[RunStats],
+    events: &[Event],
+    busy: &[Busy],
+) -> Result<Option<String>, Error> {
+    let [stat, brokered] = measured else { return Ok(None) };
+    // Real jobs also move their 16 MiB of weights (acb.demo_job).
+    let memory = cfg.memory + if cfg.real.is_some() { 16 << 20 } else { 0 };
+    let handover = predict::Handover::measure(events, busy);
+    let jobs = predict::workload(cfg.jobs, cfg.items, cfg.cpu, cfg.gpu, memory);
+    let Ok((sim_static, sim_brokered)) = predict::simulate(cfg.gpus, &jobs, cfg.scheduler, handover.as_ref()) else {
+        return Ok(None);
+    };
+    let path = cfg.out_dir.join("trace.json");
+    let trace = predict::trace_json(cfg.gpus, cfg.jobs, cfg.items, cfg.cpu, cfg.gpu, memory, handover.as_ref());
+    std::fs::write(&path, trace).map_err(Error::io(path.display().to_string()))?;
+    let how = match &handover {
+        Some(h) => {
+            let swaps = match h.swap_bandwidth(memory) {
+                Some(b) => format!("{} each way at {:.2} GB/s", acb_core::Bytes(memory), b as f64 / 1e9),
+                None => "no memory to swap".to_owned(),
+            };
+            format!(
+                "the handover measured in the brokered run (medians): grant to computing {:.1} ms, memory back \
+                 {:.1} ms, computing end to release {:.1} ms, so {swaps}",
+                h.grant_latency.as_secs_f64() * 1e3,
+                h.swap_in.as_secs_f64() * 1e3,
+                h.swap_out.as_secs_f64() * 1e3,
+            )
+        }
+        None => "no handover measured (20 GB/s swaps, no grant latency)".to_owned(),
+    };
+    let ratio = |s: Duration, b: Duration| s.as_secs_f64() / b.as_secs_f64().max(1e-9);
+    let (m, p) = (ratio(stat.makespan, brokered.makespan), ratio(sim_static.makespan, sim_brokered.makespan));
+    let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+    Ok(Some(format!(
+        "simulate's prediction of this workload, with {how}:\n{:<30}{:>12}{:>12}\n{:<30}{:>12}{:>12}\n\
+         {:<30}{:>12}{:>12}\n{:<30}{:>12}{:>12}   (prediction {:+.1}% off)\n\
+         the same with acb-assigner simulate --trace {} --scheduler {}\n",
+        "",
+        "measured",
+        "predicted",
+        "static wall time",
+        secs(stat.makespan),
+        secs(sim_static.makespan),
+        "brokered wall time",
+        secs(brokered.makespan),
+        secs(sim_brokered.makespan),
+        "brokered vs static",
+        format!("{m:.2}x"),
+        format!("{p:.2}x"),
+        (p - m) / m * 100.0,
+        path.display(),
+        cfg.scheduler.name(),
+    )))
 }
 
 fn ms(d: Duration) -> String {
