@@ -29,7 +29,7 @@ def assigner() -> str:
 
 def agarun(*args: str) -> list:
     """The command line of agarun, from this interpreter."""
-    return [sys.executable, "-m", "acb.agarun", "--assigner", assigner(), *args]
+    return [sys.executable, "-m", "acb_broker.agarun", "--assigner", assigner(), *args]
 
 
 def run_job(cmd: list) -> subprocess.CompletedProcess:

@@ -42,8 +42,8 @@ def brokered(torch, n: int):
     swap-in (on_device_begin, which returns once the memory is back), and the first swap-out
     (which pins the host buffers it then keeps). Each includes a release or a grant through the
     assigner: `brokered(torch, 4096)` measures that fixed part, which main() subtracts."""
-    import acb
-    import acb.torch
+    import acb_broker as acb
+    import acb_broker.torch
 
     cuda = ctypes.CDLL("libcuda.so.1")
     outs, ins = [], []

@@ -207,7 +207,7 @@ fn device_real_says_what_is_missing_and_exits_1() {
     }
 }
 
-/// The real-GPU demo's path (PyTorch jobs, `python -m acb.demo_job`) with simulated GPUs and
+/// The real-GPU demo's path (PyTorch jobs, `python -m acb_broker.demo_job`) with simulated GPUs and
 /// the CPU standing in for CUDA. It needs torch: `ACB_TEST_PYTHON` names an interpreter that
 /// has it; the test skips, saying so, without one (CI does not install torch).
 #[test]
@@ -230,7 +230,7 @@ fn the_pytorch_jobs_of_the_real_gpu_demo_run_static_then_brokered() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("python -m acb.demo_job") && stdout.contains("computing on the CPU"), "{stdout}");
+    assert!(stdout.contains("python -m acb_broker.demo_job") && stdout.contains("computing on the CPU"), "{stdout}");
     assert_eq!(row(&stdout, "work items done"), ["4", "4"]);
     assert_eq!(row(&stdout, "GPU acquisitions"), ["2", "4"]);
     for name in ["static.svg", "brokered.svg"] {

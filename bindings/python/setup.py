@@ -1,7 +1,7 @@
 """Two ways to build the package.
 
 - From source (`pip install ./bindings/python`): builds libacb (the acb-ffi crate) with cargo,
-  through setuptools-rust, and ships it inside the `acb` package. Needs a Rust toolchain; it
+  through setuptools-rust, and ships it inside the `acb_broker` package. Needs a Rust toolchain; it
   takes minutes (`pip install -v` shows cargo's progress). It does not build the daemon.
 - A binary wheel (`bindings/python/build-wheel.sh`): with `ACB_PREBUILT=DIR` naming a folder
   that holds a release `libacb.so` and `acb-assigner`, nothing is compiled: both are copied in,
@@ -9,7 +9,7 @@
   platform (py3-none-linux_x86_64; auditwheel then makes it manylinux). Installing that wheel
   gives the whole system, daemon included, with no Rust.
 
-Either way the generated C header travels with the package: acb/_ffi.py derives every
+Either way the generated C header travels with the package: acb_broker/_ffi.py derives every
 signature from it.
 """
 import glob
@@ -23,7 +23,7 @@ from setuptools.dist import Distribution
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 
-shutil.copyfile(os.path.join(ROOT, "include", "acb.h"), os.path.join(HERE, "acb", "acb.h"))
+shutil.copyfile(os.path.join(ROOT, "include", "acb.h"), os.path.join(HERE, "acb_broker", "acb.h"))
 PREBUILT = os.environ.get("ACB_PREBUILT")
 
 
@@ -36,9 +36,9 @@ def prebuilt_setup(folder: str) -> None:
         if not os.path.isfile(f):
             sys.exit(f"ACB_PREBUILT={folder}: no {os.path.basename(f)} there "
                      "(cargo build --release -p acb-ffi -p acb-assigner makes both in target/release)")
-    for old in glob.glob(os.path.join(HERE, "acb", "_libacb*")):
+    for old in glob.glob(os.path.join(HERE, "acb_broker", "_libacb*")):
         os.remove(old)
-    shutil.copyfile(lib, os.path.join(HERE, "acb", "_libacb.so"))
+    shutil.copyfile(lib, os.path.join(HERE, "acb_broker", "_libacb.so"))
     scripts = os.path.join(HERE, "build", "prebuilt-scripts")
     os.makedirs(scripts, exist_ok=True)
     shutil.copy2(daemon, os.path.join(scripts, "acb-assigner"))
@@ -64,7 +64,7 @@ def prebuilt_setup(folder: str) -> None:
 
 def source_setup() -> None:
     # A copy a prebuilt build left here must not ship instead of the one cargo builds now.
-    for old in glob.glob(os.path.join(HERE, "acb", "_libacb*")):
+    for old in glob.glob(os.path.join(HERE, "acb_broker", "_libacb*")):
         os.remove(old)
     if shutil.which("cargo") is None:
         sys.exit(
@@ -77,7 +77,7 @@ def source_setup() -> None:
     setup(
         rust_extensions=[
             RustExtension(
-                "acb._libacb",
+                "acb_broker._libacb",
                 path=os.path.join(ROOT, "acb-ffi", "Cargo.toml"),
                 binding=Binding.NoBinding,
                 py_limited_api=False,

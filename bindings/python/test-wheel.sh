@@ -20,13 +20,13 @@ cd "$work"   # away from the source tree
 env -i HOME="$HOME" PATH=/usr/bin:/bin ACB_GPU_ASSIGNER_DIR="$work/run" bash -euo pipefail -c '
   venv=$1 work=$2
   "$venv/bin/acb-assigner" --version
-  "$venv/bin/python" -c "import acb, os; p = acb._ffi.LIBRARY_PATH; assert p.startswith(os.path.realpath(\"$venv\")), p; print(\"libacb\", p)"
-  test -f "$venv"/lib/python3*/site-packages/acb/py.typed
+  "$venv/bin/python" -c "import acb_broker as acb, os; p = acb._ffi.LIBRARY_PATH; assert p.startswith(os.path.realpath(\"$venv\")), p; print(\"libacb\", p)"
+  test -f "$venv"/lib/python3*/site-packages/acb_broker/py.typed
   port=$("$venv/bin/python" -c "import socket; s = socket.socket(); s.bind((\"127.0.0.1\", 0)); print(s.getsockname()[1])")
   "$venv/bin/gpu_assigner" --address 127.0.0.1 --port "$port" --gpus fake:1x8GiB start
   # The jobs find it as Fujitsu ACB jobs do.
   export AGA_GPU_ALLOC_SERVER_ADDRESS=127.0.0.1 AGA_GPU_ALLOC_SERVER_PORT=$port
-  job="import acb, time
+  job="import acb_broker as acb, time
 with acb.Client() as c:
     for _ in range(3):
         with c.on_device():

@@ -13,7 +13,7 @@ import argparse
 import sys
 import time
 
-import acb
+import acb_broker as acb
 
 
 def _torch_with_cuda():
@@ -46,7 +46,7 @@ def main() -> int:
         p.error("--proteins must be at least 1, --msa at least 0, --fold more than 0")
     torch = _torch_with_cuda()
     if torch is not None:
-        from acb import torch as acb_torch
+        from acb_broker import torch as acb_torch
 
         model = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(4096, 4096), torch.nn.Tanh())
                                       for _ in range(8)]).eval()

@@ -9,7 +9,7 @@
 //! phases are sleeps, so the demo runs anywhere; it says so wherever it shows a figure. Each job
 //! keeps state in libacb's swappable device memory (the host backend: simulated GPUs have no
 //! memory of their own), which moves to host memory when its GPU goes to another job and comes
-//! back after. On real GPUs with PyTorch ([`real`]), the jobs are `python -m acb.demo_job` and
+//! back after. On real GPUs with PyTorch ([`real`]), the jobs are `python -m acb_broker.demo_job` and
 //! their GPU phases run real kernels.
 
 pub mod abi;
@@ -129,7 +129,7 @@ pub async fn run(cfg: &DemoConfig) -> Result<(), Error> {
         ),
         Some(r) => println!(
             "acb demo on {} GPU(s): {}.\n{} pipeline jobs, each {} work items of a {} CPU phase (a sleep) then a {} \
-             GPU phase of real kernels (PyTorch, {}: python -m acb.demo_job), keeping {} of state plus 16 MiB of \
+             GPU phase of real kernels (PyTorch, {}: python -m acb_broker.demo_job), keeping {} of state plus 16 MiB of \
              weights, in pinned host memory between phases.\n",
             cfg.gpus,
             r.names.join(", "),
@@ -207,7 +207,7 @@ fn predict_run(
     busy: &[Busy],
 ) -> Result<Option<String>, Error> {
     let [stat, brokered] = measured else { return Ok(None) };
-    // Real jobs also move their 16 MiB of weights (acb.demo_job).
+    // Real jobs also move their 16 MiB of weights (acb_broker.demo_job).
     let memory = cfg.memory + if cfg.real.is_some() { 16 << 20 } else { 0 };
     let handover = predict::Handover::measure(events, busy);
     let jobs = predict::workload(cfg.jobs, cfg.items, cfg.cpu, cfg.gpu, memory);
@@ -382,7 +382,7 @@ async fn drive_jobs(
             }
             Some(r) => {
                 let mut c = Command::new(&r.python);
-                c.args(["-m", "acb.demo_job"]);
+                c.args(["-m", "acb_broker.demo_job"]);
                 if let Some(p) = &r.pythonpath {
                     c.env("PYTHONPATH", p);
                 }

@@ -1,6 +1,6 @@
 //! The demo on real GPUs: when the driver shows GPUs (NVML) and Python has PyTorch with CUDA
 //! and the `acb` package, the demo's assigner manages those GPUs and its jobs are
-//! `python -m acb.demo_job`, whose GPU phases run real kernels under `acb.torch.on_device`.
+//! `python -m acb_broker.demo_job`, whose GPU phases run real kernels under `acb_broker.torch.on_device`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -93,8 +93,8 @@ pub fn detect(
     };
     let python = PathBuf::from(std::env::var_os("ACB_PYTHON").unwrap_or_else(|| "python3".into()));
     let pythonpath = source_tree_package(exe);
-    let check = "import sys, torch, acb.torch\n\
-                 sys.exit(0 if acb.torch._simulated() or torch.cuda.is_available() else 3)";
+    let check = "import sys, torch, acb_broker.torch\n\
+                 sys.exit(0 if acb_broker.torch._simulated() or torch.cuda.is_available() else 3)";
     let mut cmd = Command::new(&python);
     cmd.args(["-c", check]).env("ACB_LIBRARY", library);
     if let Some(p) = &pythonpath {
@@ -123,7 +123,7 @@ pub fn detect(
 fn source_tree_package(exe: &Path) -> Option<PathBuf> {
     let root = exe.parent()?.parent()?.parent()?;
     let pkg = root.join("bindings/python");
-    pkg.join("acb/__init__.py").is_file().then_some(pkg)
+    pkg.join("acb_broker/__init__.py").is_file().then_some(pkg)
 }
 
 #[cfg(test)]

@@ -31,9 +31,9 @@ from typing import Any, ContextManager, Optional, Union
 
 import torch
 
-import acb
-import acb.torch as _acb_torch
-from acb import _aga, _ffi
+import acb_broker as acb
+import acb_broker.torch as _acb_torch
+from acb_broker import _aga, _ffi
 
 __all__ = ["PyTorchAdaptiveGPUAllocator", "PyTorchDDPAdaptiveGPUAllocator"]
 

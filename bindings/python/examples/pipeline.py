@@ -8,7 +8,7 @@ The phases are sleeps so that it runs anywhere; a real job puts its work there.
 import sys
 import time
 
-import acb
+import acb_broker as acb
 
 
 def main() -> int:

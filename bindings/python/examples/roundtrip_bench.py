@@ -4,7 +4,7 @@ import statistics
 import sys
 import time
 
-import acb
+import acb_broker as acb
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
 with acb.Client(eager=True) as c:

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-import acb
-from acb import _ffi
+import acb_broker as acb
+from acb_broker import _ffi
 
 ASSIGNER = os.environ.get("ACB_TEST_ASSIGNER")
 needs_assigner = pytest.mark.skipif(ASSIGNER is None, reason="ACB_TEST_ASSIGNER not set")
@@ -148,7 +148,7 @@ def test_a_client_used_after_fork_raises_forked_in_the_child():
 
 def agarun(*args, **kw):
     env = dict(os.environ)
-    return subprocess.run([sys.executable, "-m", "acb.agarun", *args], capture_output=True, text=True, env=env, **kw)
+    return subprocess.run([sys.executable, "-m", "acb_broker.agarun", *args], capture_output=True, text=True, env=env, **kw)
 
 
 @needs_assigner
@@ -198,12 +198,12 @@ def test_agarun_forwards_signals_and_exits_with_the_childs_status():
              "signal.signal(signal.SIGTERM, lambda *a: sys.exit(42))\n"
              "print('ready', flush=True)\n"
              "time.sleep(30)\n")
-    p = subprocess.Popen([sys.executable, "-m", "acb.agarun", "--", sys.executable, "-c", child],
+    p = subprocess.Popen([sys.executable, "-m", "acb_broker.agarun", "--", sys.executable, "-c", child],
                          stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready"
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=20) == 42
-    p2 = subprocess.Popen([sys.executable, "-m", "acb.agarun", "--", sys.executable, "-c",
+    p2 = subprocess.Popen([sys.executable, "-m", "acb_broker.agarun", "--", sys.executable, "-c",
                            "import time; print('ready', flush=True); time.sleep(30)"],
                           stdout=subprocess.PIPE, text=True)
     assert p2.stdout.readline().strip() == "ready"
@@ -212,7 +212,7 @@ def test_agarun_forwards_signals_and_exits_with_the_childs_status():
 
 
 def test_a_profile_splits_cpu_gpu_and_waits_and_skips_torn_lines(tmp_path):
-    from acb import profile
+    from acb_broker import profile
     ms = 1_000_000
     marks = tmp_path / "marks.jsonl"
     lines = [
@@ -268,7 +268,7 @@ def test_agarun_profile_measures_the_jobs_peak_swappable_memory(tmp_path):
     # 3 MiB in the first phase, 5 MiB at the end of the second, 1 MiB at the end of the third:
     # the trace says the peak, 5 MiB, not the lease's fence (the GPU's whole 80 GiB).
     script = (
-        "import acb\n"
+        "import acb_broker as acb\n"
         "c = acb.Client()\n"
         "sizes, held = [3 << 20, 2 << 20, 0], []\n"
         "for i, size in enumerate(sizes):\n"

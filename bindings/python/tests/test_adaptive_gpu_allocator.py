@@ -13,8 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed")
 
-import acb  # noqa: E402
-import acb.torch as acb_torch  # noqa: E402
+import acb_broker as acb  # noqa: E402
+import acb_broker.torch as acb_torch  # noqa: E402
 from adaptive_gpu_allocator import PyTorchAdaptiveGPUAllocator, PyTorchDDPAdaptiveGPUAllocator  # noqa: E402
 
 ASSIGNER = os.environ.get("ACB_TEST_ASSIGNER")
@@ -166,7 +166,7 @@ def test_an_acb_style_training_script_runs_unchanged_and_brokered(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ga = ["-m", "acb.gpu_assigner", "--address", "127.0.0.1", "--port", str(port), "--scheduler", "gpu-sharing",
+    ga = ["-m", "acb_broker.gpu_assigner", "--address", "127.0.0.1", "--port", str(port), "--scheduler", "gpu-sharing",
           "--gpu-list", "0"]
     runtime = {"ACB_GPU_ASSIGNER_DIR": str(tmp_path)}
     plain = _run([TRAIN, "3", "50"], AGA_REQUEST_DEVICE="cpu", ACB_ASSIGNER="unix:/nonexistent/acb.sock")
@@ -176,7 +176,7 @@ def test_an_acb_style_training_script_runs_unchanged_and_brokered(tmp_path):
     try:
         aga = {"AGA_GPU_ALLOC_SERVER_ADDRESS": "127.0.0.1", "AGA_GPU_ALLOC_SERVER_PORT": str(port)}
         trace = tmp_path / "train.json"
-        brokered = _run(["-m", "acb.agarun", "--job", "acb-style", "--eager", "--profile", str(trace), "--",
+        brokered = _run(["-m", "acb_broker.agarun", "--job", "acb-style", "--eager", "--profile", str(trace), "--",
                          sys.executable, TRAIN, "3", "50"], **aga)
         assert brokered.returncode == 0, brokered.stderr
         assert "job acb-style" in brokered.stderr and "3 GPU phases" in brokered.stderr, brokered.stderr
@@ -187,7 +187,7 @@ def test_an_acb_style_training_script_runs_unchanged_and_brokered(tmp_path):
         fold = os.path.join(PKG_ROOT, "..", "..", "examples", "alphafold-pipeline", "fold_auto.py")
         small = ["--proteins", "3", "--msa", "0.3", "--steps", "3", "--width", "64"]
         plain_fold = _run([fold, *small])
-        auto = _run(["-m", "acb.agarun", "--idle-ms", "100", "--eager", "--profile", str(tmp_path / "fold.json"),
+        auto = _run(["-m", "acb_broker.agarun", "--idle-ms", "100", "--eager", "--profile", str(tmp_path / "fold.json"),
                      "--", sys.executable, fold, *small], AGA_ENABLE_AUTO="1", **aga)
         assert auto.returncode == 0, auto.stderr
         assert "SIMULATED GPU" in auto.stderr and "4 GPU phases" in auto.stderr, auto.stderr

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-import acb
-from acb import _aga, gpu_assigner
+import acb_broker as acb
+from acb_broker import _aga, gpu_assigner
 
 ASSIGNER = os.environ.get("ACB_TEST_ASSIGNER")
 needs_assigner = pytest.mark.skipif(ASSIGNER is None, reason="ACB_TEST_ASSIGNER not set")
@@ -34,7 +34,7 @@ def run(args, **env):
 
 
 def ga(runtime, *args, **env):
-    return run(["-m", "acb.gpu_assigner", *args], ACB_GPU_ASSIGNER_DIR=str(runtime), **env)
+    return run(["-m", "acb_broker.gpu_assigner", *args], ACB_GPU_ASSIGNER_DIR=str(runtime), **env)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,7 +55,7 @@ def test_aga_request_device_and_enable_auto_are_read_strictly():
 
 def _agarun_env(*opts, **env):
     probe = "import os; print(os.environ['ACB_MODE'], os.environ.get('PYTHONPATH', '').count('_auto'))"
-    return run(["-m", "acb.agarun", *opts, "--", sys.executable, "-c", probe], **env)
+    return run(["-m", "acb_broker.agarun", *opts, "--", sys.executable, "-c", probe], **env)
 
 
 def test_agarun_honours_aga_enable_auto_and_aga_request_device():

@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-import acb
-import acb.tensorflow as acb_tf
+import acb_broker as acb
+import acb_broker.tensorflow as acb_tf
 
 ASSIGNER = os.environ.get("ACB_TEST_ASSIGNER")
 needs_assigner = pytest.mark.skipif(ASSIGNER is None, reason="ACB_TEST_ASSIGNER not set")

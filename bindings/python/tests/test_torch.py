@@ -12,8 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is not installed")
 
-import acb  # noqa: E402
-import acb.torch as acb_torch  # noqa: E402
+import acb_broker as acb  # noqa: E402
+import acb_broker.torch as acb_torch  # noqa: E402
 
 ASSIGNER = os.environ.get("ACB_TEST_ASSIGNER")
 needs_assigner = pytest.mark.skipif(ASSIGNER is None, reason="ACB_TEST_ASSIGNER not set")
@@ -206,7 +206,7 @@ def _run(args, **env):
 
 
 def _agarun(*args, **env):
-    return _run([sys.executable, "-m", "acb.agarun", "--assigner", ASSIGNER, *args], **env)
+    return _run([sys.executable, "-m", "acb_broker.agarun", "--assigner", ASSIGNER, *args], **env)
 
 
 @no_cuda
@@ -243,8 +243,8 @@ def test_agarun_auto_mode_brokers_an_unmodified_program(tmp_path):
 @needs_assigner
 @pytest.mark.parametrize("static", [False, True])
 def test_the_demo_job_speaks_the_demo_protocol(static):
-    """acb-assigner demo starts `python -m acb.demo_job` on real GPUs; here the CPU stands in."""
-    r = _run([sys.executable, "-m", "acb.demo_job", "--items", "2", "--cpu", "50ms", "--gpu", "30ms",
+    """acb-assigner demo starts `python -m acb_broker.demo_job` on real GPUs; here the CPU stands in."""
+    r = _run([sys.executable, "-m", "acb_broker.demo_job", "--items", "2", "--cpu", "50ms", "--gpu", "30ms",
               "--memory", "4096", *(["--static"] if static else [])],
              ACB_ASSIGNER=ASSIGNER, ACB_JOB_ID=f"demo-job-{static}", ACB_TORCH_DEVICE="cpu")
     assert r.returncode == 0, r.stderr

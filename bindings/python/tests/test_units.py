@@ -1,7 +1,7 @@
 """The size and duration grammar against the vectors acb-core's tests read too
 (tests/vectors/units.json): Python and Rust accept and refuse the same inputs.
 
-acb._units is loaded from its file, not through `import acb`, so these tests need no libacb.
+acb_broker._units is loaded from its file, not through `import acb_broker`, so these tests need no libacb.
 """
 import importlib.util
 import json
@@ -15,7 +15,7 @@ VECTORS = os.path.join(PKG_ROOT, "..", "..", "tests", "vectors", "units.json")
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"acb_{name}", os.path.join(PKG_ROOT, "acb", f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(f"acb_{name}", os.path.join(PKG_ROOT, "acb_broker", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(assigner: Optional[str]) -> int:
-    import acb
+    import acb_broker as acb
 
     aga = [v for v in ("AGA_GPU_ALLOC_SERVER_ADDRESS", "AGA_GPU_ALLOC_SERVER_PORT") if os.environ.get(v)]
     where = (assigner or os.environ.get("ACB_ASSIGNER")
@@ -101,7 +101,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.print_usage(sys.stderr)
         print("agarun: no command given (put it after --)", file=sys.stderr)
         return 2
-    from acb import _aga
+    from acb_broker import _aga
 
     try:
         request = _aga.request_device()
@@ -128,7 +128,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
         env["ACB_GPUS"] = str(args.gpus)
     if args.memory is not None:
-        from acb import parse_size
+        from acb_broker import parse_size
 
         try:
             if parse_size(args.memory) == 0:
@@ -193,7 +193,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _write_profile(marks: str, launched: int, exited: int, args: argparse.Namespace) -> None:
     """Turns libacb's marks into the trace file and prints what they say (on stderr, so the
     command's own output stays as it was)."""
-    from acb import profile
+    from acb_broker import profile
 
     jobs = profile.profiles(profile.read_marks(marks), launched, exited)
     if not jobs:

@@ -1,4 +1,4 @@
-"""One job of `acb-assigner demo` on real GPUs (the demo starts it as `python -m acb.demo_job`):
+"""One job of `acb-assigner demo` on real GPUs (the demo starts it as `python -m acb_broker.demo_job`):
 a pipeline of work items, each a CPU phase (a sleep standing in for data preparation) then a
 GPU phase of real kernels (matrix multiplications, for about `--gpu`) on the granted GPU, in
 PyTorch manual mode. The job's state, `--memory` bytes, lives on the GPU in GPU phases and in
@@ -13,10 +13,10 @@ import sys
 import time
 from typing import Optional
 
-import acb
+import acb_broker as acb
 import torch
-from acb import torch as acb_torch
-from acb._units import parse_duration_ns
+from acb_broker import torch as acb_torch
+from acb_broker._units import parse_duration_ns
 
 
 def _seconds(text: str) -> float:
@@ -63,7 +63,7 @@ def _granted_index() -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m acb.demo_job", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m acb_broker.demo_job", description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, required=True)
     p.add_argument("--cpu", type=_seconds, required=True)
     p.add_argument("--gpu", type=_seconds, required=True)

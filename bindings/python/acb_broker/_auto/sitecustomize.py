@@ -30,7 +30,8 @@ class _AfterTorch(importlib.abc.MetaPathFinder):
 
 def _enable():
     try:
-        import acb.torch
+        import acb_broker as acb
+        import acb_broker.torch
 
         acb.torch.enable_auto()
     except Exception as e:  # never take the program down: run it unbrokered, and say so

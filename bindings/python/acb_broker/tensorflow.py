@@ -1,6 +1,7 @@
 """acb.tensorflow: TensorFlow programs on brokered GPUs, in manual mode::
 
-    import acb.tensorflow
+    import acb_broker as acb
+    import acb_broker.tensorflow
     with acb.tensorflow.on_device() as device_name:     # '/GPU:k', the granted GPU
         with tf.device(device_name):
             model.fit(...)
@@ -17,8 +18,8 @@ import os
 from contextlib import contextmanager
 from typing import Iterator, List, Optional, Union
 
-import acb
-from acb._error import no_cuda
+import acb_broker as acb
+from acb_broker._error import no_cuda
 
 __all__ = ["on_device", "limit_memory"]
 

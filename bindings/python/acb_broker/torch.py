@@ -3,7 +3,8 @@
 Manual mode: name what the GPU phase needs; it is on the granted GPU inside the block and in
 pinned host memory outside it::
 
-    import acb.torch
+    import acb_broker as acb
+    import acb_broker.torch
     with acb.torch.on_device(model, optimizer) as device:
         loss = model(batch.to(device)).sum()
         loss.backward()
@@ -30,9 +31,9 @@ from typing import Iterator, List, Optional, Union
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import acb
-from acb import _ffi
-from acb._error import no_cuda
+import acb_broker as acb
+from acb_broker import _ffi
+from acb_broker._error import no_cuda
 
 __all__ = ["on_device", "lease", "enable_auto", "disable_auto", "auto_enabled", "torch_device"]
 

@@ -2,7 +2,7 @@
 
 Manual mode (the white paper's names)::
 
-    import acb
+    import acb_broker as acb
     with acb.Client() as client:              # ACB_ASSIGNER / ACB_JOB_ID from the environment
         with client.on_device(gpus=1) as lease:
             run_on_gpu(lease.devices[0].index)
