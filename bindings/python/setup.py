@@ -38,6 +38,9 @@ def prebuilt_setup(folder: str) -> None:
                      "(cargo build --release -p acb-ffi -p acb-assigner makes both in target/release)")
     for old in glob.glob(os.path.join(HERE, "acb_broker", "_libacb*")):
         os.remove(old)
+    # A source build leaves its own libacb (_libacb.cpython-*.so) in build/lib, which setuptools
+    # would ship beside this one: start from an empty build folder.
+    shutil.rmtree(os.path.join(HERE, "build"), ignore_errors=True)
     shutil.copyfile(lib, os.path.join(HERE, "acb_broker", "_libacb.so"))
     scripts = os.path.join(HERE, "build", "prebuilt-scripts")
     os.makedirs(scripts, exist_ok=True)

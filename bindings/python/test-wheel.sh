@@ -22,6 +22,9 @@ env -i HOME="$HOME" PATH=/usr/bin:/bin ACB_GPU_ASSIGNER_DIR="$work/run" bash -eu
   "$venv/bin/acb-assigner" --version
   "$venv/bin/python" -c "import acb_broker as acb, os; p = acb._ffi.LIBRARY_PATH; assert p.startswith(os.path.realpath(\"$venv\")), p; print(\"libacb\", p)"
   test -f "$venv"/lib/python3*/site-packages/acb_broker/py.typed
+  # Exactly one libacb, the one built for the wheel.
+  libs=$(ls "$venv"/lib/python3*/site-packages/acb_broker/ | grep -c "^_libacb")
+  test "$libs" -eq 1 || { ls "$venv"/lib/python3*/site-packages/acb_broker/; echo "the wheel carries $libs libacb files"; exit 1; }
   port=$("$venv/bin/python" -c "import socket; s = socket.socket(); s.bind((\"127.0.0.1\", 0)); print(s.getsockname()[1])")
   "$venv/bin/gpu_assigner" --address 127.0.0.1 --port "$port" --gpus fake:1x8GiB start
   # The jobs find it as Fujitsu ACB jobs do.
