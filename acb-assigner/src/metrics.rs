@@ -107,8 +107,9 @@ struct GpuSnapshot {
 struct Clock {
     at: Instant,
     gpus: Vec<GpuSnapshot>,
-    /// `(lease ids, busy, idle)` per GPU: whether anything changed, without naming jobs.
-    keys: Vec<(Vec<u64>, u32, u32, bool)>,
+    /// `(lease ids, holders computing, state)` per GPU: whether anything changed, without
+    /// naming jobs.
+    keys: Vec<(Vec<u64>, u32, GpuPhase)>,
     jobs: HashSet<String>,
 }
 
@@ -137,6 +138,9 @@ pub struct Metrics {
     job_wait_seconds: Family<JobLabel, SecondsCounter>,
     job_swap_bytes: Family<JobDirectionLabels, Counter>,
     clock: Mutex<Clock>,
+    /// The `gpu` label of each GPU of the pool, in pool order: its index on the node (which
+    /// `--gpus auto:1,3` keeps), as `gpu_info` and `status` show it.
+    gpu_labels: Vec<String>,
 }
 
 impl Default for Metrics {
@@ -171,6 +175,7 @@ impl Metrics {
             job_wait_seconds: Family::default(),
             job_swap_bytes: Family::default(),
             clock: Mutex::new(Clock { at: Instant::now(), gpus: Vec::new(), keys: Vec::new(), jobs: HashSet::new() }),
+            gpu_labels: gpus.iter().map(|g| g.index.to_string()).collect(),
             registry: Registry::default(),
         };
         registry.register("gpus_held", "GPUs with at least one holder in a GPU phase", m.gpus_held.clone());
@@ -249,25 +254,21 @@ impl Metrics {
     /// Refreshes the gauges from the scheduler, and when a GPU's holders or state changed, closes
     /// the time spent in the previous state. `job` names a client's job.
     pub fn update(&self, sched: &Scheduler, job: impl Fn(ClientId) -> String) {
-        let (mut held, mut idle, mut free) = (0, 0, 0);
         let mut keys = Vec::with_capacity(sched.pool().len());
         for g in sched.pool().gpus() {
             let Some(s) = sched.gpu_state(g.id) else { continue };
-            let healthy = g.health == acb_core::Health::Healthy;
-            if s.holders.is_empty() {
-                if healthy {
-                    free += 1;
-                }
-            } else if s.busy_holders == 0 {
-                idle += 1;
-            } else {
-                held += 1;
-            }
-            keys.push((s.holders.iter().map(|l| l.0).collect::<Vec<_>>(), s.busy_holders, s.idle_holders, healthy));
+            let phase = match (s.holders.is_empty(), s.busy_holders > 0) {
+                (true, _) if g.health != acb_core::Health::Healthy => GpuPhase::Lost,
+                (true, _) => GpuPhase::Free,
+                (false, true) => GpuPhase::Computing,
+                (false, false) => GpuPhase::HeldIdle,
+            };
+            keys.push((s.holders.iter().map(|l| l.0).collect::<Vec<_>>(), s.busy_holders, phase));
         }
-        self.gpus_held.set(held);
-        self.gpus_idle_held.set(idle);
-        self.gpus_free.set(free);
+        let count = |p: GpuPhase| keys.iter().filter(|k| k.2 == p).count() as i64;
+        self.gpus_held.set(count(GpuPhase::Computing));
+        self.gpus_idle_held.set(count(GpuPhase::HeldIdle));
+        self.gpus_free.set(count(GpuPhase::Free));
         self.queue_length.set(sched.queue_len() as i64);
         self.clients.set(sched.clients().count() as i64);
 
@@ -278,27 +279,19 @@ impl Metrics {
         let now = Instant::now();
         self.account(&mut clock, now);
         let mut gpus = Vec::with_capacity(keys.len());
-        for (i, (leases, busy, _, healthy)) in keys.iter().enumerate() {
-            let gpu = GpuId(i as u32);
-            let phase = match (leases.is_empty(), *busy > 0, *healthy) {
-                (_, _, false) if leases.is_empty() => GpuPhase::Lost,
-                (true, _, _) => GpuPhase::Free,
-                (false, true, _) => GpuPhase::Computing,
-                (false, false, _) => GpuPhase::HeldIdle,
-            };
-            let holders = sched
-                .gpu_state(gpu)
+        for (i, &(_, _, phase)) in keys.iter().enumerate() {
+            let state = sched.gpu_state(GpuId(i as u32));
+            let holders = state
                 .into_iter()
                 .flat_map(|s| &s.holders)
                 .filter_map(|l| sched.lease(*l))
                 .map(|l| (job_label(&mut clock.jobs, job(l.client)), !l.idle))
                 .collect();
-            let granted = sched.gpu_state(gpu).map_or(0, |s| s.granted);
-            gpus.push(GpuSnapshot { phase, granted, holders });
+            gpus.push(GpuSnapshot { phase, granted: state.map_or(0, |s| s.granted), holders });
         }
         self.gpu_holders.clear();
         for (i, g) in gpus.iter().enumerate() {
-            let gpu = i.to_string();
+            let gpu = self.gpu_label(i);
             for p in GpuPhase::ALL {
                 let label = GpuStateLabels { gpu: gpu.clone(), state: p.name().into() };
                 self.gpu_state.get_or_create(&label).set(i64::from(p == g.phase));
@@ -314,6 +307,11 @@ impl Metrics {
         clock.keys = keys;
     }
 
+    /// The `gpu` label of the pool's `i`-th GPU.
+    fn gpu_label(&self, i: usize) -> String {
+        self.gpu_labels.get(i).cloned().unwrap_or_else(|| i.to_string())
+    }
+
     /// Adds the time since the last accounting to the counters of the states it was spent in.
     fn account(&self, clock: &mut Clock, now: Instant) {
         let secs = now.saturating_duration_since(clock.at).as_secs_f64();
@@ -323,7 +321,7 @@ impl Metrics {
         }
         for (i, g) in clock.gpus.iter().enumerate() {
             if matches!(g.phase, GpuPhase::Computing | GpuPhase::HeldIdle) {
-                let label = GpuStateLabels { gpu: i.to_string(), state: g.phase.name().into() };
+                let label = GpuStateLabels { gpu: self.gpu_label(i), state: g.phase.name().into() };
                 self.gpu_seconds.get_or_create(&label).inc_by(secs);
             }
             for (j, computing) in &g.holders {
@@ -508,6 +506,34 @@ mod tests {
         m.swap("j", u64::MAX - 1, 5);
         m.swap("j", 10, 7);
         assert_eq!((m.swap_in.get(), m.swap_out.get()), (u64::MAX, 12));
+    }
+
+    #[test]
+    fn gpus_are_labelled_by_their_index_on_the_node() {
+        // `--gpus auto:1,3`: the pool's GPUs 0 and 1 are the node's 1 and 3, as gpu_info says.
+        let found: Vec<FoundGpu> = [1, 3]
+            .into_iter()
+            .map(|index| FoundGpu {
+                index,
+                uuid: format!("GPU-{index}"),
+                name: "t".into(),
+                memory: 1 << 30,
+                fake: false,
+            })
+            .collect();
+        let m = Metrics::new(&found);
+        let sched = Scheduler::new(acb_core::SchedulerConfig::default(), crate::discovery::pool_of("n", &found));
+        m.update(&sched, |_| "j".into());
+        let text = m.render();
+        for want in [
+            "acb_gpu_info{gpu=\"3\",uuid=\"GPU-3\",name=\"t\",simulated=\"false\"} 1\n",
+            "acb_gpu_state{gpu=\"3\",state=\"free\"} 1\n",
+            "acb_gpu_memory_granted_bytes{gpu=\"1\"} 0\n",
+            "acb_gpus_free 2\n",
+        ] {
+            assert!(text.contains(want), "no {want:?} in\n{text}");
+        }
+        assert!(!text.contains("gpu=\"0\""), "{text}");
     }
 
     #[test]
