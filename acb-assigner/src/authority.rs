@@ -140,10 +140,11 @@ impl Rewriter {
             }
         }
         let mut at = 0;
+        let mut oversized = false;
         while self.input.len() - at >= HEADER_LEN {
-            let h = &self.input[at..at + HEADER_LEN];
-            let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+            let len = frame_len(&self.input[at..]);
             if len > MAX_FRAME {
+                oversized = true;
                 break;
             }
             if self.input.len() - at < HEADER_LEN + len {
@@ -156,10 +157,6 @@ impl Rewriter {
             }
         }
         self.input.drain(..at);
-        let oversized = self.input.len() >= HEADER_LEN && {
-            let h = &self.input;
-            (usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2])) > MAX_FRAME
-        };
         if oversized || self.passthrough {
             self.give_up();
         }
@@ -309,6 +306,11 @@ fn split_headers(flags: u8, payload: &[u8]) -> Option<(Option<[u8; 5]>, &[u8])> 
     Some((priority, &p[..keep]))
 }
 
+/// The payload length in a frame header (its first 3 bytes, big-endian).
+fn frame_len(header: &[u8]) -> usize {
+    usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2])
+}
+
 /// An HPACK string literal, not Huffman-coded: a 7-bit-prefix length, then the bytes.
 fn encode_string(s: &[u8], out: &mut Vec<u8>) {
     encode_integer(s.len(), 7, 0, out);
@@ -413,7 +415,7 @@ mod tests {
         let mut blocks = Vec::new();
         let mut frag = Vec::new();
         while at < bytes.len() {
-            let len = usize::from(bytes[at]) << 16 | usize::from(bytes[at + 1]) << 8 | usize::from(bytes[at + 2]);
+            let len = frame_len(&bytes[at..]);
             let (ty, flags) = (bytes[at + 3], bytes[at + 4]);
             let payload = &bytes[at + 9..at + 9 + len];
             at += 9 + len;

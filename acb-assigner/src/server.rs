@@ -112,10 +112,7 @@ fn adopt(fds: Vec<std::os::fd::OwnedFd>) -> Result<Vec<(Address, Bound)>, Error>
             l.set_nonblocking(true).map_err(io)?;
             let path =
                 l.local_addr().map_err(io)?.as_pathname().map(std::path::Path::to_path_buf).ok_or_else(|| {
-                    Error::Listen {
-                        what: "a socket systemd passed".into(),
-                        source: std::io::Error::other("an unnamed or abstract Unix socket; give ListenStream=/path"),
-                    }
+                    io(std::io::Error::other("an unnamed or abstract Unix socket; give ListenStream=/path"))
                 })?;
             out.push((Address::Unix(path), Bound::Unix(tokio::net::UnixListener::from_std(l).map_err(io)?, false)));
         } else {
