@@ -1,10 +1,11 @@
 //! Typed errors for everything a client or an operator can get wrong. Nothing a client sends
 //! makes the core panic.
 
+use alloc::string::String;
 use core::fmt;
 
 use crate::units::Bytes;
-use crate::{ClientId, GpuId, LeaseId, RequestId};
+use crate::{ClientId, GpuId, LeaseId, NodeId, RequestId};
 
 /// What went wrong, precisely enough for a message a person can act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +43,8 @@ pub enum Error {
     },
     /// A GPU id that is not in the pool.
     UnknownGpu(GpuId),
+    /// A node id that is not in the pool.
+    UnknownNode(NodeId),
     /// The client already has as many requests queued and leases held, together, as allowed.
     TooManyQueued {
         /// The limit.
@@ -57,6 +60,28 @@ pub enum Error {
     UnknownRequest(RequestId),
     /// The request belongs to another client.
     NotRequestOwner(RequestId),
+    /// A group of an invalid size (0, or more than [`MAX_GROUP_SIZE`](crate::MAX_GROUP_SIZE)),
+    /// or an empty group name.
+    InvalidGroup {
+        /// The size asked.
+        size: u32,
+    },
+    /// A member of a group named another size than the members before it.
+    GroupSizeMismatch {
+        /// The group.
+        group: String,
+        /// The size its first member named.
+        expected: u32,
+        /// The size this request named.
+        got: u32,
+    },
+    /// A group already has all its members waiting (or a member of this client).
+    GroupFull {
+        /// The group.
+        group: String,
+        /// Its size.
+        size: u32,
+    },
     /// A lease to restore has an id that is already held.
     LeaseExists(LeaseId),
     /// A lease to restore does not fit its GPU now: the GPU is lost, held by another lease
@@ -95,11 +120,14 @@ impl Error {
             | Error::TooManyGpus { .. }
             | Error::PolicyLimit { .. }
             | Error::MemoryTooLarge { .. }
-            | Error::UnknownGpu(_) => ErrorKind::InvalidArgument,
+            | Error::UnknownGpu(_)
+            | Error::UnknownNode(_)
+            | Error::InvalidGroup { .. }
+            | Error::GroupSizeMismatch { .. } => ErrorKind::InvalidArgument,
             Error::UnknownClient(_) | Error::UnknownLease(_) | Error::UnknownRequest(_) => ErrorKind::NotFound,
             Error::NotOwner(_) | Error::NotRequestOwner(_) => ErrorKind::PermissionDenied,
             Error::AlreadyReleased(_) | Error::RestoreConflict { .. } => ErrorKind::FailedPrecondition,
-            Error::ClientExists(_) | Error::LeaseExists(_) => ErrorKind::AlreadyExists,
+            Error::ClientExists(_) | Error::LeaseExists(_) | Error::GroupFull { .. } => ErrorKind::AlreadyExists,
             Error::TooManyQueued { .. } => ErrorKind::ResourceExhausted,
         }
     }
@@ -129,6 +157,7 @@ impl fmt::Display for Error {
                 Bytes(*largest)
             ),
             Error::UnknownGpu(g) => write!(f, "{g} is not in the pool"),
+            Error::UnknownNode(n) => write!(f, "{n} is not in the pool"),
             Error::TooManyQueued { limit } => {
                 write!(f, "this client already has {limit} requests queued and leases held together (the limit)")
             }
@@ -138,6 +167,15 @@ impl fmt::Display for Error {
             Error::UnknownRequest(r) => write!(f, "{r} is not queued"),
             Error::NotRequestOwner(r) => write!(f, "{r} belongs to another client"),
             Error::LeaseExists(l) => write!(f, "{l} is already held"),
+            Error::InvalidGroup { size } => {
+                write!(f, "a group needs a name and a size from 1 to {} (got size {size})", crate::MAX_GROUP_SIZE)
+            }
+            Error::GroupSizeMismatch { group, expected, got } => {
+                write!(f, "group {group:?} has {expected} members but this request says {got}")
+            }
+            Error::GroupFull { group, size } => {
+                write!(f, "group {group:?} already has its {size} member(s) waiting")
+            }
             Error::RestoreConflict { lease, gpu } => {
                 write!(f, "{lease} cannot be restored on {gpu}: it is lost, held by another lease, or too full")
             }

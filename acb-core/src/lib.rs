@@ -42,7 +42,7 @@ pub use client::{
 pub use error::{Error, ErrorKind};
 pub use id::{ClientId, GpuId, LeaseId, NodeId, RequestId};
 pub use pool::{Gpu, GpuPool, Health, Node};
-pub use request::{Affinity, Request};
+pub use request::{Affinity, Group, MAX_GROUP_SIZE, Request};
 pub use scheduler::{Grant, Output, Policy, Scheduler, SchedulerConfig, UnknownPolicy, YieldReason};
 pub use swap::{AllocId, SwapPlan, SwapRegistry};
 pub use time::Instant;

@@ -91,6 +91,16 @@ impl GpuPool {
         id
     }
 
+    /// The node named `name`, if there is one.
+    pub fn node_by_name(&self, name: &str) -> Option<NodeId> {
+        self.nodes.iter().find(|n| n.name == name).map(|n| n.id)
+    }
+
+    /// One node, if it exists.
+    pub fn node(&self, id: NodeId) -> Option<&Node> {
+        self.nodes.get(id.0 as usize)
+    }
+
     /// All GPUs, in id order.
     pub fn gpus(&self) -> &[Gpu] {
         &self.gpus

@@ -33,6 +33,8 @@ pub enum EventKind {
         memory_per_gpu: Option<u64>,
         /// Priority.
         priority: i32,
+        /// The gang across processes it is a member of (its name), if any.
+        group: Option<String>,
     },
     /// A request was granted.
     Granted {
@@ -108,6 +110,20 @@ pub enum EventKind {
         /// Healthy now.
         healthy: bool,
     },
+    /// A node's executor registered (first time, or again after a loss or a restart).
+    NodeUp {
+        /// The node's name.
+        node: String,
+        /// Its GPUs' ids in the pool.
+        gpus: Vec<u32>,
+    },
+    /// A node's executor went away or stopped heartbeating: its GPUs are lost.
+    NodeDown {
+        /// The node's name.
+        node: String,
+        /// Why, for people.
+        reason: String,
+    },
 }
 
 /// An event with its place in the record.
@@ -127,13 +143,16 @@ impl fmt::Display for Event {
         write!(f, "{t:>10.3}s  ")?;
         match &self.kind {
             EventKind::Connected { client, job } => write!(f, "connected   client#{client} job={job}"),
-            EventKind::Requested { client, job, request, gpus, memory_per_gpu, priority } => {
+            EventKind::Requested { client, job, request, gpus, memory_per_gpu, priority, group } => {
                 write!(f, "requested   client#{client} job={job} request#{request} gpus={gpus}")?;
                 if let Some(m) = memory_per_gpu {
                     write!(f, " memory={}", crate::Bytes(*m))?;
                 }
                 if *priority != 0 {
                     write!(f, " priority={priority}")?;
+                }
+                if let Some(g) = group {
+                    write!(f, " group={g}")?;
                 }
                 Ok(())
             }
@@ -161,6 +180,8 @@ impl fmt::Display for Event {
             EventKind::GpuHealth { gpu, healthy } => {
                 write!(f, "gpu-health  gpu#{gpu} {}", if *healthy { "healthy" } else { "LOST" })
             }
+            EventKind::NodeUp { node, gpus } => write!(f, "node-up     {node} gpus={gpus:?}"),
+            EventKind::NodeDown { node, reason } => write!(f, "node-down   {node}: {reason}"),
         }
     }
 }

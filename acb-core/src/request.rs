@@ -17,6 +17,19 @@ pub enum Affinity {
     Required(Vec<GpuId>),
 }
 
+/// A gang across processes: requests naming the same group are granted together, in one
+/// decision, once `size` of them wait, or none is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    /// The group's name, shared by its members (e.g. a torchrun run id).
+    pub name: String,
+    /// How many members it has (all must agree).
+    pub size: u32,
+}
+
+/// The largest group a request may name.
+pub const MAX_GROUP_SIZE: u32 = 4096;
+
 /// One request for GPUs: "give me `gpus` GPUs with `memory_per_gpu` bytes on each".
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
@@ -33,12 +46,22 @@ pub struct Request {
     pub priority: i32,
     /// GPU placement wishes.
     pub affinity: Affinity,
+    /// The gang across processes this request is one member of, if any.
+    pub group: Option<Group>,
 }
 
 impl Request {
     /// A request for `gpus` whole GPUs at priority 0, any placement.
     pub fn new(client: ClientId, job: impl Into<String>, gpus: u32) -> Self {
-        Request { client, job: job.into(), gpus, memory_per_gpu: None, priority: 0, affinity: Affinity::Any }
+        Request {
+            client,
+            job: job.into(),
+            gpus,
+            memory_per_gpu: None,
+            priority: 0,
+            affinity: Affinity::Any,
+            group: None,
+        }
     }
 
     /// The same request with `bytes` of memory per GPU.
@@ -50,6 +73,12 @@ impl Request {
     /// The same request at `priority`.
     pub fn with_priority(mut self, priority: i32) -> Self {
         self.priority = priority;
+        self
+    }
+
+    /// The same request as one member of the group `name` of `size` members.
+    pub fn with_group(mut self, name: impl Into<String>, size: u32) -> Self {
+        self.group = Some(Group { name: name.into(), size });
         self
     }
 

@@ -18,14 +18,38 @@ const GIB: u64 = 1 << 30;
 enum Op {
     Connect,
     Disconnect(usize),
-    Submit { client: usize, gpus: u32, mem_gib: Option<u64>, priority: i32, affinity: (u8, Vec<u32>) },
+    Submit {
+        client: usize,
+        gpus: u32,
+        mem_gib: Option<u64>,
+        priority: i32,
+        affinity: (u8, Vec<u32>),
+    },
+    /// A gang member from a new client (a rank), pinned to one node's GPUs or not.
+    Member {
+        group: u8,
+        size: u32,
+        gpus: u32,
+        mem_gib: Option<u64>,
+        priority: i32,
+        node: Option<usize>,
+    },
     Release(usize),
-    ReleaseBogus { client: usize, lease: u64 },
+    ReleaseBogus {
+        client: usize,
+        lease: u64,
+    },
     Idle(usize),
     Busy(usize),
-    Cancel { client: usize, nth: usize },
+    Cancel {
+        client: usize,
+        nth: usize,
+    },
     Advance(u64),
-    Health { gpu: u32, lost: bool },
+    Health {
+        gpu: u32,
+        lost: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -46,6 +70,8 @@ fn op() -> impl Strategy<Value = Op> {
                 priority,
                 affinity
             }),
+        4 => (0u8..3, 1u32..4, 1u32..3, prop::option::of(1u64..60), -1i32..2, prop::option::of(any::<usize>()))
+            .prop_map(|(group, size, gpus, mem_gib, priority, node)| Op::Member { group, size, gpus, mem_gib, priority, node }),
         4 => any::<usize>().prop_map(Op::Release),
         1 => (any::<usize>(), 0u64..40).prop_map(|(client, lease)| Op::ReleaseBogus { client, lease }),
         3 => any::<usize>().prop_map(Op::Idle),
@@ -72,6 +98,9 @@ struct World {
     next_client: u64,
     asked: BTreeMap<RequestId, (ClientId, u32)>,
     leases: BTreeMap<LeaseId, ClientId>,
+    /// Gang members waiting, by group (name -> size, members).
+    waiting: BTreeMap<String, (u32, BTreeSet<RequestId>)>,
+    member_of: BTreeMap<RequestId, String>,
 }
 
 impl World {
@@ -92,6 +121,8 @@ impl World {
             next_client: 1,
             asked: BTreeMap::new(),
             leases: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            member_of: BTreeMap::new(),
         }
     }
 
@@ -109,12 +140,29 @@ impl World {
 
     fn submit(&mut self, req: Request) -> Option<RequestId> {
         let (client, gpus) = (req.client, req.gpus);
+        let group = req.group.clone().filter(|g| g.size > 1);
         match self.sched.submit(req, self.now) {
             Ok(id) => {
                 self.asked.insert(id, (client, gpus));
+                if let Some(g) = group {
+                    self.waiting.entry(g.name.clone()).or_insert((g.size, BTreeSet::new())).1.insert(id);
+                    self.member_of.insert(id, g.name);
+                }
                 Some(id)
             }
             Err(_) => None,
+        }
+    }
+
+    /// A member no longer waits (cancelled, rejected, its client gone).
+    fn forget_member(&mut self, id: RequestId) {
+        if let Some(name) = self.member_of.remove(&id)
+            && let Some((_, m)) = self.waiting.get_mut(&name)
+        {
+            m.remove(&id);
+            if m.is_empty() {
+                self.waiting.remove(&name);
+            }
         }
     }
 
@@ -132,7 +180,10 @@ impl World {
             }
             Op::Disconnect(i) => {
                 if let Some(c) = Self::pick(&self.clients, *i) {
-                    self.sched.disconnect(c, now).unwrap();
+                    let gone = self.sched.disconnect(c, now).unwrap();
+                    for r in gone.requests {
+                        self.forget_member(r);
+                    }
                     self.clients.retain(|x| *x != c);
                     self.leases.retain(|_, holder| *holder != c);
                     assert_eq!(self.sched.leases_of(c).count(), 0);
@@ -148,6 +199,20 @@ impl World {
                     _ => Affinity::Required(ids),
                 };
                 let mut req = Request::new(c, "p", *gpus).with_priority(*priority).with_affinity(affinity);
+                req.memory_per_gpu = mem_gib.map(|m| m * GIB);
+                self.submit(req);
+            }
+            Op::Member { group, size, gpus, mem_gib, priority, node } => {
+                let c = self.connect();
+                let nodes = self.sched.pool().nodes().len();
+                let affinity = match node {
+                    Some(n) => Affinity::Required(self.sched.pool().nodes()[n % nodes].gpus.clone()),
+                    None => Affinity::Any,
+                };
+                let mut req = Request::new(c, "rank", *gpus)
+                    .with_priority(*priority)
+                    .with_affinity(affinity)
+                    .with_group(format!("g{group}"), *size);
                 req.memory_per_gpu = mem_gib.map(|m| m * GIB);
                 self.submit(req);
             }
@@ -183,6 +248,7 @@ impl World {
                     let queued: Vec<RequestId> = self.sched.queued_of(c).collect();
                     if let Some(r) = Self::pick(&queued, *nth) {
                         self.sched.cancel(c, r, now).unwrap();
+                        self.forget_member(r);
                     }
                 }
             }
@@ -205,7 +271,31 @@ impl World {
     fn absorb(&mut self) -> Vec<(RequestId, LeaseId)> {
         let mut grants = Vec::new();
         let mut asked_yield = BTreeSet::new();
+        let mut outs = Vec::new();
         while let Some(out) = self.sched.poll_output() {
+            outs.push(out);
+        }
+        for (i, out) in outs.iter().cloned().enumerate() {
+            // The members of one gang are granted together: the grants of a group's waiting
+            // members come out of one input, consecutively, all of them, once all wait.
+            if let Output::Granted(g) = &out
+                && let Some(name) = self.member_of.get(&g.request).cloned()
+                && let Some((size, members)) = self.waiting.remove(&name)
+            {
+                assert_eq!(members.len(), size as usize, "{name}: granted with {} of {size} members", members.len());
+                let run: BTreeSet<RequestId> = outs[i..]
+                    .iter()
+                    .take(members.len())
+                    .filter_map(|o| match o {
+                        Output::Granted(x) => Some(x.request),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(run, members, "{name}: its members' grants are not one consecutive decision: {outs:?}");
+                for m in &members {
+                    self.member_of.remove(m);
+                }
+            }
             match out {
                 Output::Granted(g) => {
                     let (client, gpus) = self.asked[&g.request];
@@ -230,6 +320,10 @@ impl World {
                 }
                 Output::Rejected { request, client, .. } => {
                     assert_eq!(self.asked[&request].0, client);
+                    self.forget_member(request);
+                }
+                Output::GroupBroken { lease, client, .. } => {
+                    assert_eq!(self.leases.remove(&lease), Some(client));
                 }
             }
         }
@@ -253,7 +347,7 @@ impl World {
         let mut arrivals = arrivals.iter().cycle().take(24);
         let mut rounds = 0;
         loop {
-            let head = self.sched.queued().next().map(|q| (q.id, q.request.priority));
+            let head = self.sched.queued().next().map(|q| (q.id, q.priority()));
             let Some(head) = head else { break };
             rounds += 1;
             assert!(rounds < 1000, "the queue does not drain");
@@ -449,5 +543,75 @@ proptest! {
         for m in &makespans[1..] {
             prop_assert!(makespans[0].as_secs_f64() / m.as_secs_f64().max(1e-9) <= hardware + 1e-9);
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Gangs on a multi-node pool: a gang of ranks (one per node, pinned) beside pinned and
+    /// free jobs always finishes, its ranks granted in the same instants, each job on its node,
+    /// and no run does more GPU work than its GPUs can.
+    #[test]
+    fn simulated_gangs_finish_in_lockstep_within_the_hardware(
+        phases in prop::collection::vec((any::<bool>(), 1u64..40), 1..4),
+        repeat in 1u32..4,
+        rank_gpus in 1u32..3,
+        others in prop::collection::vec((1u64..30, prop::collection::vec((any::<bool>(), 1u64..40), 1..3), 1u32..3, prop::option::of(0u32..2)), 0..4),
+        mode in 0u8..4,
+        eager in any::<bool>(),
+    ) {
+        let mut pool = GpuPool::new();
+        for n in 0..2 {
+            let node = pool.add_node(&format!("n{n}"));
+            for i in 0..2 {
+                pool.add_gpu(node, format!("fake-{n}-{i}"), 80 * GIB);
+            }
+        }
+        let to_phases = |p: &[(bool, u64)]| -> Vec<Phase> {
+            p.iter().map(|(cpu, s)| if *cpu { Phase::Cpu(Duration::from_secs(*s)) } else { Phase::Gpu(Duration::from_secs(*s)) }).collect()
+        };
+        let mut specs = Vec::new();
+        let mut pinned = BTreeMap::new();
+        for r in 0..2 {
+            let mut rank = JobSpec::new(format!("rank{r}"), 8 * GIB, to_phases(&phases), repeat);
+            rank.gpus = rank_gpus;
+            pinned.insert(r, acb_core::NodeId(r as u32));
+            specs.push(rank);
+        }
+        for (i, (mem, p, rep, node)) in others.iter().enumerate() {
+            let mut j = JobSpec::new(format!("o{i}"), mem * GIB, to_phases(p), *rep);
+            j.arrival = Duration::from_secs(i as u64);
+            if let Some(n) = node {
+                pinned.insert(specs.len(), acb_core::NodeId(*n));
+            }
+            specs.push(j);
+        }
+        let mode = match mode {
+            0 => Mode::Static,
+            1 => Mode::Brokered(SchedulerConfig::new(Policy::GpuAffinity)),
+            2 => Mode::Brokered(SchedulerConfig::new(Policy::GpuSharing)),
+            _ => Mode::Brokered(SchedulerConfig::new(Policy::GpuAffinity).with_quantum(Duration::from_secs(3))),
+        };
+        let mut cfg = SimConfig::new(pool.clone(), mode.clone());
+        cfg.pinned = pinned.clone();
+        cfg.gangs = vec![vec![0, 1]];
+        if eager {
+            cfg.client.release = ReleaseMode::Eager;
+        }
+        let r = sim::run(&cfg, &specs);
+        prop_assert!(r.is_ok(), "{:?}: {:?}", mode, r);
+        let r = r.unwrap();
+        let items: u64 = specs.iter().map(|j| u64::from(j.repeat)).sum();
+        prop_assert_eq!(r.items, items);
+        let grants_of = |j: usize| r.waits.iter().filter(|w| w.job == j).map(|w| w.end).collect::<Vec<_>>();
+        prop_assert_eq!(grants_of(0), grants_of(1));
+        for s in &r.spans {
+            if let Some(n) = pinned.get(&s.job) {
+                prop_assert_eq!(pool.gpu(s.gpu).unwrap().node, *n);
+            }
+        }
+        prop_assert!(r.compute <= r.makespan.as_nanos() * 4);
+        prop_assert!(r.makespan >= sim::makespan_lower_bound(4, &specs));
     }
 }

@@ -202,6 +202,7 @@ pub fn events_of(report: &Report, jobs: &[JobSpec]) -> Vec<Event> {
                 gpus: gpus.len() as u32,
                 memory_per_gpu: None,
                 priority: 0,
+                group: None,
             },
         ));
         out.push((

@@ -33,14 +33,14 @@ impl Scheduler {
         self.grantable.iter().rev().find(|(_, g)| !self.gpus[g.index()].reserved).map_or(0, |(free, _)| *free)
     }
 
-    /// Counts a request that joins the queue.
-    pub(super) fn count_queued_need(&mut self, request: &Request) {
-        *self.queued_needs.entry(queued_need(request)).or_insert(0) += 1;
+    /// Counts a queue entry that needs `need` per GPU (a request, or a gang's unit: the least
+    /// its members need) as it joins the queue.
+    pub(super) fn count_need(&mut self, need: u64) {
+        *self.queued_needs.entry(need).or_insert(0) += 1;
     }
 
-    /// Uncounts a request that leaves the queue.
-    pub(super) fn uncount_queued_need(&mut self, request: &Request) {
-        let need = queued_need(request);
+    /// Uncounts a queue entry as it leaves the queue.
+    pub(super) fn uncount_need(&mut self, need: u64) {
         if let Some(n) = self.queued_needs.get_mut(&need) {
             *n -= 1;
             if *n == 0 {

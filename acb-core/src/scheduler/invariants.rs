@@ -51,11 +51,53 @@ impl Scheduler {
                 return Err(format!("{id}: held by a client that does not know it"));
             }
         }
-        if self.queued_needs.values().sum::<usize>() != self.requests.len() {
-            return Err("queued needs and request table differ".into());
+        if self.queued_needs.values().sum::<usize>() != self.queue.len() {
+            return Err("queued needs and queue differ".into());
         }
-        if self.queue.len() != self.requests.len() {
-            return Err("queue and request table differ".into());
+        // Every queue entry is a plain request or a complete gang's unit (under its first
+        // member); every waiting request is a plain queued one or a member of its group.
+        for (key, id) in &self.queue {
+            let q = self.requests.get(id).ok_or_else(|| format!("queued {id} is not in the request table"))?;
+            if q.key != *key {
+                return Err(format!("{id}: queued under another key"));
+            }
+            if let Some(name) = super::gang_name(&q.request) {
+                let w = self.groups.get(name).ok_or_else(|| format!("{id}: its group {name:?} is unknown"))?;
+                if w.unit_key != Some(*key) || w.members.first() != Some(id) {
+                    return Err(format!("{id}: queued but not as its group's unit"));
+                }
+            }
+        }
+        let mut members = 0usize;
+        for (name, w) in &self.groups {
+            if w.members.is_empty() || w.members.len() > w.size as usize {
+                return Err(format!("group {name:?}: {} members of {}", w.members.len(), w.size));
+            }
+            if w.unit_key.is_some() != (w.members.len() == w.size as usize) {
+                return Err(format!("group {name:?}: queued as a unit iff complete, broken"));
+            }
+            if w.unit_key.is_some_and(|k| !self.queue.contains_key(&k)) {
+                return Err(format!("group {name:?}: complete but not queued"));
+            }
+            for m in &w.members {
+                let ok = self.requests.get(m).is_some_and(|q| super::gang_name(&q.request) == Some(name.as_str()));
+                if !ok {
+                    return Err(format!("group {name:?}: member {m} is not waiting in it"));
+                }
+            }
+            members += w.members.len();
+        }
+        let plain = self.requests.values().filter(|q| super::gang_name(&q.request).is_none()).count();
+        if plain + members != self.requests.len() {
+            return Err("the request table holds requests neither queued nor in a group".into());
+        }
+        for (l, gang) in &self.lease_gang {
+            if !self.leases.contains_key(l) || !self.gangs.get(gang).is_some_and(|g| g.leases.contains(l)) {
+                return Err(format!("{l}: linked to gang {gang} but gone, or not in it"));
+            }
+        }
+        if self.gangs.values().map(|g| g.leases.len()).sum::<usize>() != self.lease_gang.len() {
+            return Err("gang records and lease links differ".into());
         }
         for (c, state) in &self.clients {
             for r in &state.queued {

@@ -2,7 +2,8 @@
 
 use alloc::vec::Vec;
 
-use super::{Grant, Output, Scheduler};
+use super::gang::Placement;
+use super::{Grant, Output, QueuedRequest, Scheduler};
 use crate::{ClientId, Error, GpuId, Instant, LeaseId, RequestId};
 
 /// A granted lease, as the scheduler records it.
@@ -29,12 +30,33 @@ pub struct Lease {
 }
 
 impl Scheduler {
-    /// Turns a queued request into a lease on `gpus`, and tells the owner.
-    pub(super) fn grant(&mut self, id: RequestId, gpus: Vec<GpuId>, now: Instant) {
-        let Some(q) = self.dequeue(id) else { return };
+    /// Turns a queue entry into leases as `placement` says, and tells the owners: one lease
+    /// for a request; one per member, granted together (consecutive outputs) and linked, for a
+    /// gang's unit. The group's name is free again at once.
+    pub(super) fn grant(&mut self, id: RequestId, placement: Placement, now: Instant) {
+        let group = self.unit_members(id).and_then(|_| self.requests.get(&id)).and_then(|q| q.request.group.clone());
+        let mut taken: Vec<QueuedRequest> = Vec::with_capacity(placement.len());
+        for (member, _) in &placement {
+            taken.extend(self.dequeue(*member));
+        }
         if self.reservation.as_ref().is_some_and(|r| r.request == id) {
             self.clear_reservation();
         }
+        let mut leases = Vec::with_capacity(placement.len());
+        for (member, gpus) in placement {
+            if let Some(i) = taken.iter().position(|q| q.id == member) {
+                let q = taken.swap_remove(i);
+                leases.push(self.grant_one(q, gpus, now));
+            }
+        }
+        if let Some(g) = group {
+            self.link_gang(g.name, leases);
+        }
+    }
+
+    /// One lease for one request, told to its owner.
+    fn grant_one(&mut self, q: QueuedRequest, gpus: Vec<GpuId>, now: Instant) -> LeaseId {
+        let id = q.id;
         let lease = LeaseId(self.next_lease);
         self.next_lease += 1;
         let memory: Vec<u64> = gpus.iter().map(|g| self.need_on(&q.request, *g)).collect();
@@ -72,6 +94,7 @@ impl Scheduler {
             memory_per_gpu,
             waited: now - q.enqueued_at,
         }));
+        lease
     }
 
     /// Gives a lease's GPUs back (release, disconnect or revocation).
@@ -80,6 +103,7 @@ impl Scheduler {
             return;
         };
         self.idle_unasked.remove(&lease);
+        self.unlink_gang(lease);
         for (g, m) in l.gpus.iter().zip(&l.memory) {
             let s = &mut self.gpus[g.index()];
             s.holders.retain(|h| *h != lease);

@@ -26,7 +26,33 @@
 //! is offered to the head first, before any backfill), so it is re-chosen on every pass to
 //! follow whichever holder will let go soonest. Gangs, and any head under `gpu-sharing`, keep
 //! their reservation until they are granted.
+//!
+//! # Gangs across processes
+//! A request naming a [`Group`](crate::Group) of `size` > 1 is one *member* of a gang whose
+//! other members are other processes (torchrun ranks, Slurm tasks), perhaps on other nodes.
+//! Members wait outside the queue, blocking and holding nothing, until `size` of them wait
+//! (a member naming another size, or a second member from one client, is refused). The
+//! complete group is then queued as **one unit**, under its first member's id, at the
+//! **highest priority of its members**, and **arriving when it became complete** (the last
+//! member's arrival): it starts to wait for GPUs as a whole only then. From there it goes
+//! through the same machinery as any request: granted when every member fits now (each
+//! member on GPUs its own request allows, e.g. its own node, preferring the GPUs its client
+//! used last, members placed one beside another); otherwise, at the head, a reservation
+//! covering every member's GPUs (so backfill never delays it) and yields asked of their
+//! holders. A grant is one lease per member, all output consecutively from one input; the
+//! group's name is free again at once (the job's next GPU phase assembles it again). If a
+//! member leaves while waiting (cancel, disconnect), a complete unit leaves the queue and
+//! the others wait for the group to be complete again; if a member or the unit can never be
+//! served (GPUs lost), every waiting member is rejected.
+//!
+//! The leases of one grant stay linked: a yield asked of one is asked of all still held, at
+//! once; a member releasing its lease asks the others to yield (the gang gives its GPUs back
+//! as a whole); a member whose session ends, or whose lease is revoked by a lost GPU, breaks
+//! the gang: every other lease of the grant is taken away with
+//! [`Output::GroupBroken`](Output::GroupBroken). Leases restored after a restart are not
+//! linked (saved state does not record gangs).
 
+mod gang;
 mod index;
 mod invariants;
 mod lease;
@@ -41,9 +67,11 @@ mod restore;
 mod validation;
 
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 
+use self::gang::{GrantedGang, WaitingGroup, gang_name};
 pub use self::lease::Lease;
 pub use self::output::{Grant, Output, YieldReason};
 pub use self::policy::{Policy, UnknownPolicy};
@@ -52,7 +80,7 @@ pub use self::queue::QueuedRequest;
 use self::reservation::Reservation;
 pub use self::restore::RestoredLease;
 use self::validation::HealthySummary;
-use crate::{ClientId, Error, GpuId, GpuPool, Health, Instant, LeaseId, Request, RequestId};
+use crate::{ClientId, Error, GpuId, GpuPool, Health, Instant, LeaseId, NodeId, Request, RequestId};
 
 /// Scheduler settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,11 +170,19 @@ pub struct Scheduler {
     /// Idle leases not yet asked to yield: what lazy release keeps for later.
     idle_unasked: BTreeSet<LeaseId>,
     reservation: Option<Reservation>,
+    /// Groups with members waiting (members live in `requests`, outside the queue, until
+    /// the group is complete and queued as one unit).
+    groups: BTreeMap<String, WaitingGroup>,
+    /// Leases granted together, by grant.
+    gangs: BTreeMap<u64, GrantedGang>,
+    /// The grant each gang member's lease belongs to.
+    lease_gang: BTreeMap<LeaseId, u64>,
     healthy: HealthySummary,
     outputs: VecDeque<Output>,
     next_request: u64,
     next_lease: u64,
     next_seq: u64,
+    next_gang: u64,
 }
 
 impl Scheduler {
@@ -164,11 +200,15 @@ impl Scheduler {
             leases: BTreeMap::new(),
             idle_unasked: BTreeSet::new(),
             reservation: None,
+            groups: BTreeMap::new(),
+            gangs: BTreeMap::new(),
+            lease_gang: BTreeMap::new(),
             healthy: HealthySummary::default(),
             outputs: VecDeque::new(),
             next_request: 1,
             next_lease: 1,
             next_seq: 0,
+            next_gang: 1,
         };
         for i in 0..s.pool.len() {
             s.reindex(GpuId(i as u32));
@@ -204,17 +244,25 @@ impl Scheduler {
         self.leases.iter().map(|(id, l)| (*id, l))
     }
 
-    /// The queue, in the order it is served.
+    /// The queue, in the order it is served. A complete gang is one entry, under its first
+    /// member's id (see [`queued_members`](Self::queued_members)); members of incomplete
+    /// groups are not in the queue (they are in [`queued_request`](Self::queued_request)).
     pub fn queued(&self) -> impl Iterator<Item = &QueuedRequest> {
         self.queue.values().filter_map(|id| self.requests.get(id))
     }
 
-    /// A queued request, if it is still queued.
+    /// A queued request (or a waiting gang member), if it is still waiting.
     pub fn queued_request(&self, request: RequestId) -> Option<&QueuedRequest> {
         self.requests.get(&request)
     }
 
-    /// Number of queued requests.
+    /// The requests a queue entry stands for: a complete gang's members (placement order
+    /// aside, in arrival order), or the request itself.
+    pub fn queued_members(&self, entry: RequestId) -> Vec<RequestId> {
+        self.entry_members(entry)
+    }
+
+    /// Number of queue entries (a complete gang counts once; incomplete ones not at all).
     pub fn queue_len(&self) -> usize {
         self.queue.len()
     }
@@ -239,7 +287,8 @@ impl Scheduler {
         self.clients.get(&client).into_iter().flat_map(|c| c.queued.iter().copied())
     }
 
-    /// The GPUs reserved for the head of the queue, and for which request.
+    /// The GPUs reserved for the head of the queue, and for which entry (for a gang, all its
+    /// members' GPUs, under its first member's id).
     pub fn reservation(&self) -> Option<(RequestId, &[GpuId])> {
         self.reservation.as_ref().map(|r| (r.request, r.gpus.as_slice()))
     }
@@ -265,6 +314,8 @@ impl Scheduler {
             self.dequeue(r);
         }
         for &l in &leases {
+            // A gang cannot go on without this member: the others' leases go too.
+            self.break_gang(l, client);
             self.drop_lease(l);
         }
         self.schedule(now);
@@ -280,12 +331,20 @@ impl Scheduler {
             return Err(Error::TooManyQueued { limit: self.config.max_queued_per_client });
         }
         self.validate(&request)?;
-        let id = self.enqueue(request, now);
+        self.validate_group(&request)?;
+        let id = match gang_name(&request).map(String::from) {
+            Some(name) => {
+                let size = request.group.as_ref().map_or(1, |g| g.size);
+                self.join_group(&name, size, request, now)
+            }
+            None => self.enqueue(request, now),
+        };
         self.schedule(now);
         Ok(id)
     }
 
-    /// Withdraws a queued request.
+    /// Withdraws a queued request. A gang member leaves its group; if the group was complete,
+    /// the others wait for it to be complete again.
     pub fn cancel(&mut self, client: ClientId, request: RequestId, now: Instant) -> Result<(), Error> {
         if !self.clients.contains_key(&client) {
             return Err(Error::UnknownClient(client));
@@ -299,9 +358,11 @@ impl Scheduler {
         Ok(())
     }
 
-    /// A holder gives a lease back.
+    /// A holder gives a lease back. The other members of its gang, if it was granted as one,
+    /// are asked to yield theirs.
     pub fn release(&mut self, client: ClientId, lease: LeaseId, now: Instant) -> Result<(), Error> {
         self.owned_lease(client, lease)?;
+        self.release_gang(lease);
         self.drop_lease(lease);
         self.schedule(now);
         Ok(())
@@ -342,8 +403,33 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Adds a node to the pool (a controller's executor registered), or returns the node of
+    /// that name if there is one. A node without GPUs serves nothing.
+    pub fn add_node(&mut self, name: &str) -> NodeId {
+        match self.pool.node_by_name(name) {
+            Some(n) => n,
+            None => self.pool.add_node(name),
+        }
+    }
+
+    /// Adds a healthy GPU to `node`; queued requests may be granted on it at once (drain
+    /// [`poll_output`](Self::poll_output)).
+    pub fn add_gpu(&mut self, node: NodeId, uuid: String, memory: u64, now: Instant) -> Result<GpuId, Error> {
+        if self.pool.node(node).is_none() {
+            return Err(Error::UnknownNode(node));
+        }
+        let id = self.pool.add_gpu(node, uuid, memory);
+        self.gpus.push(GpuState::default());
+        self.reindex(id);
+        self.refresh_healthy();
+        self.schedule(now);
+        Ok(id)
+    }
+
     /// A GPU's health changed. Losing a GPU revokes every lease on it and rejects queued
-    /// requests that the remaining GPUs can never serve.
+    /// requests that the remaining GPUs can never serve. A revoked gang member breaks its
+    /// gang: the other leases of its grant are taken away too (`Output::GroupBroken`, `gone`
+    /// being the revoked holder); a member that can never be served rejects its whole group.
     pub fn set_health(&mut self, gpu: GpuId, health: Health, now: Instant) -> Result<(), Error> {
         let g = self.pool.gpu_mut(gpu).ok_or(Error::UnknownGpu(gpu))?;
         if g.health == health {
@@ -356,24 +442,28 @@ impl Scheduler {
             for lease in holders {
                 if let Some(l) = self.leases.get(&lease) {
                     let client = l.client;
+                    let peers = self.gang_peers(lease);
                     self.drop_lease(lease);
                     self.outputs.push_back(Output::Revoked { client, lease, gpu });
+                    if let Some((group, peers)) = peers {
+                        for p in peers {
+                            let Some(holder) = self.leases.get(&p).map(|l| l.client) else { continue };
+                            self.drop_lease(p);
+                            let group = group.clone();
+                            self.outputs.push_back(Output::GroupBroken {
+                                client: holder,
+                                lease: p,
+                                group,
+                                gone: client,
+                            });
+                        }
+                    }
                 }
             }
             if self.reservation.as_ref().is_some_and(|r| r.gpus.contains(&gpu)) {
                 self.clear_reservation();
             }
-            let queued: Vec<RequestId> = self.queue.values().copied().collect();
-            for id in queued {
-                let Some(q) = self.requests.get(&id) else {
-                    continue;
-                };
-                if let Err(error) = self.validate(&q.request) {
-                    let client = q.request.client;
-                    self.dequeue(id);
-                    self.outputs.push_back(Output::Rejected { client, request: id, error });
-                }
-            }
+            self.revalidate_waiting();
         }
         self.reindex(gpu);
         self.schedule(now);
@@ -407,7 +497,7 @@ impl Scheduler {
             .flat_map(|g| self.gpus[g.index()].holders.iter())
             .filter_map(|l| self.leases.get(l))
             // A holder of higher priority than the head is never preempted for it.
-            .filter(|l| !l.idle && !l.yield_asked && l.priority <= head.request.priority)
+            .filter(|l| !l.idle && !l.yield_asked && l.priority <= head.priority())
             .map(|l| l.granted_at + quantum)
             .min()
     }

@@ -29,6 +29,18 @@ pub enum Output {
         /// The GPU that was lost.
         gpu: GpuId,
     },
+    /// A lease of a gang was taken away because another member's holder went away (its
+    /// session ended): the gang cannot go on. Its client must stop using it.
+    GroupBroken {
+        /// The holder.
+        client: ClientId,
+        /// The lease, now gone.
+        lease: LeaseId,
+        /// The group's name.
+        group: alloc::string::String,
+        /// The member whose session ended.
+        gone: ClientId,
+    },
     /// A queued request can no longer be served (GPUs it needs were lost): it left the queue.
     Rejected {
         /// The client that asked.

@@ -1,7 +1,6 @@
 //! The scheduling pass: grant the head if it fits, else reserve for it and ask for yields,
 //! then backfill behind it.
 
-use super::index::queued_need;
 use super::{QueueKey, Scheduler};
 use crate::Instant;
 
@@ -23,8 +22,8 @@ impl Scheduler {
                 if self.reservation.as_ref().is_some_and(|r| r.request != id) {
                     self.clear_reservation();
                 }
-                if let Some(gpus) = self.place(id, true) {
-                    self.grant(id, gpus, now);
+                if let Some(placement) = self.place(id, true) {
+                    self.grant(id, placement, now);
                     continue; // the next request is the new head
                 }
                 if !self.reserve_for_head(id) {
@@ -46,11 +45,11 @@ impl Scheduler {
             }
             cursor = Some(key);
             // Cheap skip: a request that fits on no grantable GPU needs no placement attempt.
-            let need = self.requests.get(&id).map_or(0, |q| queued_need(&q.request));
+            let need = self.entry_need(id);
             if need <= space
-                && let Some(gpus) = self.place(id, false)
+                && let Some(placement) = self.place(id, false)
             {
-                self.grant(id, gpus, now);
+                self.grant(id, placement, now);
                 room = None;
                 continue;
             }

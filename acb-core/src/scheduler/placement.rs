@@ -1,10 +1,12 @@
 //! Placement: choosing GPUs for a request among those usable now. Exclusive policies
 //! (`simple`, `gpu-affinity`) take whole free GPUs; `gpu-sharing` packs by memory, best fit
-//! first. Either way the GPUs a client used last come first, and a gang prefers one node.
+//! first. Either way the GPUs a client used last come first, and a gang prefers one node. A
+//! gang across processes is placed member by member, each beside the ones before it.
 
 use alloc::vec::Vec;
 
 use super::Scheduler;
+use super::gang::{Placement, Planned};
 use crate::{Affinity, GpuId, Request, RequestId};
 
 impl Scheduler {
@@ -32,13 +34,34 @@ impl Scheduler {
         }
     }
 
-    /// Chooses GPUs for a queued request among those usable now, or `None`.
-    pub(super) fn place(&self, id: RequestId, is_head: bool) -> Option<Vec<GpuId>> {
+    /// Chooses GPUs for a queue entry among those usable now (for a gang's unit, for every
+    /// member), or `None`.
+    pub(super) fn place(&self, id: RequestId, is_head: bool) -> Option<Placement> {
+        if let Some(members) = self.unit_members(id) {
+            return self.place_unit(id, members, is_head);
+        }
         let req = &self.requests.get(&id)?.request;
+        let gpus = self.place_one(req, is_head, &[], &Planned::new())?;
+        Some(alloc::vec![(id, gpus)])
+    }
+
+    /// Chooses GPUs for one request among those usable now and beside `planned` (what earlier
+    /// members of the same decision take), `first` preferred above all, or `None`.
+    pub(super) fn place_one(
+        &self,
+        req: &Request,
+        is_head: bool,
+        first: &[GpuId],
+        planned: &Planned,
+    ) -> Option<Vec<GpuId>> {
         let k = req.gpus as usize;
-        let usable = |g: GpuId| self.usable_now(req, g, is_head);
+        let usable = |g: GpuId| {
+            self.usable_now(req, g, is_head)
+                && (planned.is_empty()
+                    || self.fits_beside(req, g, self.gpus.get(g.index()).map_or(0, |s| s.granted), planned))
+        };
         let mut chosen: Vec<GpuId> = Vec::with_capacity(k);
-        for &g in self.preferences(req) {
+        for &g in first.iter().chain(self.preferences(req)) {
             if chosen.len() == k {
                 break;
             }

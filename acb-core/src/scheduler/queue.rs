@@ -9,7 +9,7 @@ use crate::{Instant, LeaseId, Request, RequestId};
 /// Queue order: higher priority first, then arrival.
 pub(super) type QueueKey = (Reverse<i32>, u64);
 
-/// A request waiting in the queue.
+/// A request waiting in the queue (or a gang member waiting for its group).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueuedRequest {
     /// Its id.
@@ -18,9 +18,19 @@ pub struct QueuedRequest {
     pub request: Request,
     /// When it was queued.
     pub enqueued_at: Instant,
+    /// Its place in the queue; for a complete gang's unit (queued under its first member),
+    /// the unit's place.
     pub(super) key: QueueKey,
     /// Leases asked to yield on this request's behalf; no more are asked while one is pending.
     pub(super) reclaiming: Vec<LeaseId>,
+}
+
+impl QueuedRequest {
+    /// The priority it is served at: its own, or for a complete gang's unit (queued under its
+    /// first member's id), the highest of its members'.
+    pub fn priority(&self) -> i32 {
+        self.key.0.0
+    }
 }
 
 impl Scheduler {
@@ -34,17 +44,20 @@ impl Scheduler {
             c.queued.insert(id);
         }
         self.queue.insert(key, id);
-        self.count_queued_need(&request);
+        self.count_need(super::index::queued_need(&request));
         self.requests.insert(id, QueuedRequest { id, request, enqueued_at: now, key, reclaiming: Vec::new() });
         id
     }
 
     /// Takes a request out of the queue (to grant, cancel or reject it), and its reservation
-    /// with it.
+    /// with it. A gang member leaves its group (and the group's unit the queue).
     pub(super) fn dequeue(&mut self, id: RequestId) -> Option<QueuedRequest> {
+        if self.requests.get(&id).is_some_and(|q| super::gang_name(&q.request).is_some()) {
+            return self.leave_group(id);
+        }
         let q = self.requests.remove(&id)?;
         self.queue.remove(&q.key);
-        self.uncount_queued_need(&q.request);
+        self.uncount_need(super::index::queued_need(&q.request));
         if let Some(c) = self.clients.get_mut(&q.request.client) {
             c.queued.remove(&id);
         }

@@ -17,7 +17,7 @@ impl Scheduler {
             // head) have not let go yet: asking more would swap jobs out for nothing.
             return;
         }
-        let head_priority = head.request.priority;
+        let head_priority = head.priority();
         let mut asks: Vec<(LeaseId, YieldReason)> = Vec::new();
         for g in &r.gpus {
             for l in &self.gpus[g.index()].holders {
@@ -37,9 +37,9 @@ impl Scheduler {
             }
         }
         for (l, reason) in asks {
-            self.ask_yield(l, reason);
+            let asked = self.ask_yield(l, reason);
             if let Some(q) = self.requests.get_mut(&id) {
-                q.reclaiming.push(l);
+                q.reclaiming.extend(asked);
             }
         }
         let leases = &self.leases;
@@ -53,6 +53,11 @@ impl Scheduler {
     pub(super) fn reclaim_idle_for(&mut self, id: RequestId) {
         if self.idle_unasked.is_empty() {
             return; // no kept GPU to reclaim
+        }
+        if self.unit_members(id).is_some() {
+            // A gang's unit behind the head waits for free GPUs, or its turn at the head (where
+            // its reservation reclaims for all its members).
+            return;
         }
         let Some(q) = self.requests.get(&id) else {
             return;
@@ -113,23 +118,38 @@ impl Scheduler {
         if gpus.len() < k || leases.is_empty() {
             return;
         }
+        let mut asked = Vec::with_capacity(leases.len());
         for &l in &leases {
-            self.ask_yield(l, YieldReason::Contended);
+            asked.extend(self.ask_yield(l, YieldReason::Contended));
         }
         if let Some(q) = self.requests.get_mut(&id) {
-            q.reclaiming = leases;
+            q.reclaiming = asked;
         }
     }
 
-    pub(super) fn ask_yield(&mut self, lease: LeaseId, reason: YieldReason) {
+    /// Asks the holder of `lease` to yield it, and, if it was granted as a member of a gang,
+    /// the holders of the others of its grant still held, at once: a gang runs whole or not
+    /// at all. Returns the leases asked now.
+    pub(super) fn ask_yield(&mut self, lease: LeaseId, reason: YieldReason) -> Vec<LeaseId> {
+        let mut all = alloc::vec![lease];
+        if let Some((_, peers)) = self.gang_peers(lease) {
+            all.extend(peers);
+        }
+        all.retain(|l| self.ask_yield_one(*l, reason));
+        all
+    }
+
+    /// Asks the holder of `lease` alone to yield it; returns whether it was asked now.
+    pub(super) fn ask_yield_one(&mut self, lease: LeaseId, reason: YieldReason) -> bool {
         let Some(l) = self.leases.get_mut(&lease) else {
-            return;
+            return false;
         };
         if l.yield_asked {
-            return;
+            return false;
         }
         l.yield_asked = true;
         self.idle_unasked.remove(&lease);
         self.outputs.push_back(Output::YieldAsked { client: l.client, lease, reason });
+        true
     }
 }

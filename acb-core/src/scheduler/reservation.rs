@@ -1,8 +1,9 @@
 //! The reservation: the GPUs a blocked head of the queue will have next. Backfill never
-//! touches them, so the head cannot starve.
+//! touches them, so the head cannot starve. A gang's unit reserves for all its members.
 
 use alloc::vec::Vec;
 
+use super::gang::{Placement, Planned};
 use super::{Output, Scheduler};
 use crate::{Affinity, Error, GpuId, Request, RequestId};
 
@@ -10,7 +11,10 @@ use crate::{Affinity, Error, GpuId, Request, RequestId};
 #[derive(Clone, Debug)]
 pub(super) struct Reservation {
     pub(super) request: RequestId,
+    /// All the GPUs reserved (for a unit, every member's).
     pub(super) gpus: Vec<GpuId>,
+    /// For a gang's unit, each member's share of `gpus`; empty otherwise.
+    pub(super) parts: Placement,
 }
 
 impl Scheduler {
@@ -20,6 +24,9 @@ impl Scheduler {
         let Some(q) = self.requests.get(&id) else {
             return false;
         };
+        if let Some(members) = self.unit_members(id) {
+            return self.reserve_for_unit(id, members.to_vec());
+        }
         let req = q.request.clone();
         let sticky = req.gpus > 1 || !self.config.policy.exclusive();
         // While holders asked to yield for the head have not let go, keep the reservation on
@@ -54,7 +61,33 @@ impl Scheduler {
         for g in &gpus {
             self.gpus[g.index()].reserved = true;
         }
-        self.reservation = Some(Reservation { request: id, gpus });
+        self.reservation = Some(Reservation { request: id, gpus, parts: Placement::new() });
+        true
+    }
+
+    /// `reserve_for_head` for a gang's unit: every member's GPUs, kept until it is granted.
+    /// A unit the healthy pool can never hold is rejected, every member told.
+    fn reserve_for_unit(&mut self, id: RequestId, members: Vec<RequestId>) -> bool {
+        if self.reservation.as_ref().is_some_and(|r| r.request == id) {
+            return true;
+        }
+        let Some(parts) = self.unit_reservation(&members) else {
+            let error = self.check_unit(&members).err().unwrap_or(Error::TooManyGpus { requested: 0, available: 0 });
+            if let Some(name) =
+                self.requests.get(&id).and_then(|q| super::gang_name(&q.request)).map(alloc::string::String::from)
+            {
+                self.reject_group(&name, &error);
+            }
+            return false;
+        };
+        self.clear_reservation();
+        let mut gpus: Vec<GpuId> = parts.iter().flat_map(|(_, g)| g.iter().copied()).collect();
+        gpus.sort_unstable();
+        gpus.dedup();
+        for g in &gpus {
+            self.gpus[g.index()].reserved = true;
+        }
+        self.reservation = Some(Reservation { request: id, gpus, parts });
         true
     }
 
@@ -91,7 +124,14 @@ impl Scheduler {
     /// idle holders, then fewest busy holders), preferring the client's own, all on one node if
     /// one node has enough.
     pub(super) fn costed_reservation(&self, req: &Request) -> Option<Vec<GpuId>> {
+        self.costed_reservation_beside(req, &Planned::new())
+    }
+
+    /// `costed_reservation` among the GPUs that can hold `req` beside what earlier members of
+    /// the same unit were given (`planned`, counted against each GPU's whole capacity).
+    pub(super) fn costed_reservation_beside(&self, req: &Request, planned: &Planned) -> Option<Vec<GpuId>> {
         let k = req.gpus as usize;
+        let ok = |g: GpuId| self.eligible(req, g) && self.fits_beside(req, g, 0, planned);
         let preferred: Vec<GpuId> = self.preferences(req).copied().collect();
         // Lower is sooner: a busy holder counts twice an idle one (which yields at once).
         let cost = |g: GpuId| {
@@ -107,7 +147,7 @@ impl Scheduler {
             (total, c.into_iter().map(|x| x.2).collect::<Vec<_>>())
         };
         if let Affinity::Required(ids) = &req.affinity {
-            let mut c: Vec<_> = ids.iter().copied().filter(|g| self.eligible(req, *g)).map(cost).collect();
+            let mut c: Vec<_> = ids.iter().copied().filter(|g| ok(*g)).map(cost).collect();
             c.sort_unstable();
             c.dedup_by_key(|x| x.2);
             return (c.len() >= k).then(|| cheapest(c).1);
@@ -116,7 +156,7 @@ impl Scheduler {
         let mut best: Option<(u64, Vec<GpuId>)> = None;
         let mut eligible_total = 0usize;
         for node in self.pool.nodes() {
-            let c: Vec<_> = node.gpus.iter().copied().filter(|g| self.eligible(req, *g)).map(cost).collect();
+            let c: Vec<_> = node.gpus.iter().copied().filter(|g| ok(*g)).map(cost).collect();
             eligible_total += c.len();
             if c.len() >= k {
                 let (total, gpus) = cheapest(c);
@@ -131,7 +171,7 @@ impl Scheduler {
         if eligible_total < k {
             return None;
         }
-        let c: Vec<_> = self.pool.gpus().iter().map(|g| g.id).filter(|g| self.eligible(req, *g)).map(cost).collect();
+        let c: Vec<_> = self.pool.gpus().iter().map(|g| g.id).filter(|g| ok(*g)).map(cost).collect();
         Some(cheapest(c).1)
     }
 

@@ -18,6 +18,13 @@
 //! the job acting on it (the grant's message, the job waking up): the GPU is held, idle, meanwhile.
 //! Zero by default; `acb-assigner demo` measures it on its own runs.
 //!
+//! **Nodes and gangs.** A job may be pinned to one node of a multi-node pool
+//! ([`SimConfig::pinned`]): it is granted GPUs of that node only, as the daemon grants a client
+//! GPUs of its own node. Jobs may form a gang ([`SimConfig::gangs`]: the ranks of one torchrun
+//! job, one process each): they ask for GPUs as one group, so the scheduler grants them together
+//! or not at all, and they run in lockstep: a rank that ends its GPU phase first waits for the
+//! others (a collective), holding its GPUs, and the ranks exit together.
+//!
 //! Simplifications, stated so nobody mistakes them for measurements: CPU phases never contend
 //! for CPU cores; jobs sharing a GPU share it evenly and lose nothing to switching between them;
 //! swap-in and swap-out of different jobs do not contend for PCIe; the very first GPU phase of a
@@ -37,8 +44,8 @@ use core::time::Duration;
 pub use self::report::{Comparison, Report, Span, SpanKind, Wait};
 use crate::time::duration_nanos;
 use crate::{
-    Action, ClientConfig, ClientId, ClientMachine, Error, GpuDemand, GpuId, GpuPool, Instant, LeaseId, Output, Policy,
-    Request, RequestTag, Scheduler, SchedulerConfig,
+    Action, Affinity, ClientConfig, ClientId, ClientMachine, Error, GpuDemand, GpuId, GpuPool, Instant, LeaseId,
+    NodeId, Output, Policy, Request, RequestTag, Scheduler, SchedulerConfig,
 };
 
 /// One phase of a job.
@@ -101,6 +108,12 @@ pub struct SimConfig {
     pub grant_latency: Duration,
     /// Stop with [`SimError::EventLimit`] after this many events (a guard, not a feature).
     pub max_events: u64,
+    /// Jobs pinned to a node, by index in the job list: they are granted that node's GPUs only.
+    /// Jobs not listed may use any GPU.
+    pub pinned: BTreeMap<usize, NodeId>,
+    /// Gangs, each the indices in the job list of its ranks (same phases, same repeat): they
+    /// are granted together and run in lockstep (see the module docs). Empty by default.
+    pub gangs: Vec<Vec<usize>>,
 }
 
 impl SimConfig {
@@ -113,6 +126,8 @@ impl SimConfig {
             swap_bandwidth: 20_000_000_000,
             grant_latency: Duration::ZERO,
             max_events: 50_000_000,
+            pinned: BTreeMap::new(),
+            gangs: Vec::new(),
         }
     }
 }
@@ -183,7 +198,47 @@ pub fn run(config: &SimConfig, jobs: &[JobSpec]) -> Result<Report, SimError> {
     if config.swap_bandwidth == 0 {
         return Err(SimError::ZeroBandwidth);
     }
+    check_layout(config, jobs)?;
     Sim::new(config, jobs).run()
+}
+
+/// Checks the pins and the gangs of `config` against `jobs`.
+fn check_layout(config: &SimConfig, jobs: &[JobSpec]) -> Result<(), SimError> {
+    let invalid = |j: usize, reason| {
+        Err(SimError::InvalidJob {
+            job: jobs.get(j).map_or_else(|| alloc::format!("#{j}"), |s| s.name.clone()),
+            reason,
+        })
+    };
+    for (&j, node) in &config.pinned {
+        if j >= jobs.len() {
+            return invalid(j, "is pinned but not in the job list");
+        }
+        if config.pool.node(*node).is_none() {
+            return invalid(j, "is pinned to a node not in the pool");
+        }
+    }
+    let mut seen = alloc::collections::BTreeSet::new();
+    for gang in &config.gangs {
+        let Some(&first) = gang.first() else {
+            return Err(SimError::InvalidJob { job: String::new(), reason: "a gang has no jobs" });
+        };
+        for &j in gang {
+            if j >= jobs.len() {
+                return invalid(j, "is in a gang but not in the job list");
+            }
+            if !seen.insert(j) {
+                return invalid(j, "is in two gangs, or twice in one");
+            }
+            if first < jobs.len() && (jobs[j].phases != jobs[first].phases || jobs[j].repeat != jobs[first].repeat) {
+                return invalid(j, "is in a gang whose ranks have other phases or repeat");
+            }
+        }
+        if gang.len() as u64 > u64::from(crate::MAX_GROUP_SIZE) {
+            return invalid(first, "is in a gang larger than the largest group");
+        }
+    }
+    Ok(())
 }
 
 /// The earliest any run of `jobs` on `gpus` GPUs can end, whatever the policy: a GPU does at
@@ -273,6 +328,12 @@ struct JobRun<'a> {
     /// Bumped at each (re)scheduling of the end of a GPU phase, over the job's whole life, so
     /// that an end scheduled for an earlier phase never ends a later one.
     compute_generation: u64,
+    /// Its gang (index in [`SimConfig::gangs`]), if it is a rank of one.
+    gang: Option<usize>,
+    /// A rank whose GPU phase is done waits here for the others.
+    at_barrier: bool,
+    /// A rank whose last item is done waits here for the others to exit with them.
+    exiting: bool,
     done: bool,
 }
 
@@ -334,6 +395,9 @@ impl<'a> Sim<'a> {
                 yield_in_flight: None,
                 computing: None,
                 compute_generation: 0,
+                gang: config.gangs.iter().position(|g| g.contains(&i)),
+                at_barrier: false,
+                exiting: false,
                 done: false,
             })
             .collect::<Vec<_>>();
@@ -403,6 +467,7 @@ impl<'a> Sim<'a> {
                     let spec = self.jobs[j].spec;
                     let req = Request::new(client, spec.name.clone(), spec.gpus).with_priority(spec.priority);
                     let req = if spec.memory_per_gpu > 0 { req.with_memory(spec.memory_per_gpu) } else { req };
+                    let req = self.placed(j, req);
                     if let Err(error) = self.scheduler.submit(req, now) {
                         self.fail(j, error);
                     }
@@ -498,6 +563,39 @@ impl<'a> Sim<'a> {
     }
 
     fn finish_job(&mut self, j: usize, now: Instant) {
+        if let Some(k) = self.jobs[j].gang {
+            // Ranks exit together: the first to be done waits for the others.
+            self.jobs[j].exiting = true;
+            let ranks = self.config.gangs[k].clone();
+            if !ranks.iter().all(|&r| self.jobs[r].exiting) {
+                return;
+            }
+            // What each rank still had to say goes out before any exits: a rank's exit breaks
+            // the gang, taking the others' leases (they exit too, and lose nothing).
+            for &r in &ranks {
+                self.drain_actions(r, now, true);
+            }
+            for r in ranks {
+                self.exit(r, now);
+            }
+            return;
+        }
+        self.exit(j, now);
+    }
+
+    /// The request of job `j`, pinned to its node and in its gang as configured.
+    fn placed(&self, j: usize, req: Request) -> Request {
+        let req = match self.config.pinned.get(&j).and_then(|n| self.config.pool.node(*n)) {
+            Some(node) => req.with_affinity(Affinity::Required(node.gpus.clone())),
+            None => req,
+        };
+        match self.jobs[j].gang {
+            Some(k) => req.with_group(alloc::format!("gang-{k}"), self.config.gangs[k].len() as u32),
+            None => req,
+        }
+    }
+
+    fn exit(&mut self, j: usize, now: Instant) {
         // The process exits: its session ends and whatever it held goes back, no swap needed.
         self.drain_actions(j, now, true);
         self.close_hold(j, now);
@@ -550,6 +648,21 @@ impl<'a> Sim<'a> {
             self.reschedule(o, now);
         }
         self.activity(j, c.started, now, SpanKind::Compute);
+        if let Some(k) = self.jobs[j].gang {
+            // A collective: the ranks end the phase together, once every one has computed.
+            self.jobs[j].at_barrier = true;
+            let ranks = self.config.gangs[k].clone();
+            if !ranks.iter().all(|&r| self.jobs[r].at_barrier) {
+                return;
+            }
+            for &r in &ranks {
+                self.jobs[r].at_barrier = false;
+            }
+            for r in ranks {
+                self.phase_done(r, now);
+            }
+            return;
+        }
         self.phase_done(j, now);
     }
 
@@ -656,7 +769,12 @@ impl<'a> Sim<'a> {
                     }
                 }
             }
-            Output::Revoked { client, .. } | Output::Rejected { client, .. } => {
+            Output::GroupBroken { client, .. }
+                if self.by_client.get(&client).is_some_and(|&j| self.jobs[j].done || self.jobs[j].exiting) =>
+            {
+                // A rank exiting with its gang: nothing is lost.
+            }
+            Output::Revoked { client, .. } | Output::GroupBroken { client, .. } | Output::Rejected { client, .. } => {
                 let j = self.by_client.get(&client).copied().unwrap_or(0);
                 let error = match out {
                     Output::Rejected { error, .. } => error,
@@ -690,6 +808,7 @@ impl<'a> Sim<'a> {
                         Some(m) => req.with_memory(m),
                         None => req,
                     };
+                    let req = self.placed(j, req);
                     self.scheduler.submit(req, now).map(|_| ())
                 }
                 Action::SendCancel => Ok(()),

@@ -115,8 +115,12 @@ impl Record {
                         lost.push(Lost { gpu: *gpu, from, to: at });
                     }
                 }
-                // A Released event follows, which ends the hold.
-                EventKind::YieldAsked { .. } | EventKind::TakenBack { .. } => {}
+                // A Released event follows, which ends the hold; a node's GPUs each get a
+                // GpuHealth event of their own.
+                EventKind::YieldAsked { .. }
+                | EventKind::TakenBack { .. }
+                | EventKind::NodeUp { .. }
+                | EventKind::NodeDown { .. } => {}
             }
         }
         holds.extend(open_holds.into_values());

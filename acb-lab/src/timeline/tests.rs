@@ -22,7 +22,15 @@ fn connected(client: u64, job: &str) -> EventKind {
 }
 
 fn requested(client: u64, job: &str, request: u64) -> EventKind {
-    EventKind::Requested { client, job: job.to_owned(), request, gpus: 1, memory_per_gpu: None, priority: 0 }
+    EventKind::Requested {
+        client,
+        job: job.to_owned(),
+        request,
+        gpus: 1,
+        memory_per_gpu: None,
+        priority: 0,
+        group: None,
+    }
 }
 
 fn granted(client: u64, job: &str, request: u64, lease: u64, gpus: &[u32]) -> EventKind {

@@ -161,6 +161,13 @@ pub struct AllocateRequest {
     /// Chosen by the client, echoed in the session's Granted event; 0 for none.
     #[prost(uint64, tag = "8")]
     pub request_tag: u64,
+    /// A gang across processes (torchrun ranks, Slurm tasks): requests naming the same group are
+    /// granted together, in one decision, once group_size of them wait, each on its own node; or
+    /// none is. Empty: no group. Members must agree on group_size (1 to 4,096).
+    #[prost(string, tag = "9")]
+    pub group: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "10")]
+    pub group_size: u32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -290,6 +297,10 @@ pub struct GpuStatus {
     pub holders: ::prost::alloc::vec::Vec<Holder>,
     #[prost(uint32, tag = "12")]
     pub holders_total: u32,
+    /// Memory in use on it now, in bytes, as NVML reads it (a controller's executors report it
+    /// with each heartbeat); unset where unknown (simulated GPUs, a standalone daemon).
+    #[prost(uint64, optional, tag = "13")]
+    pub memory_used: ::core::option::Option<u64>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -308,6 +319,12 @@ pub struct QueuedStatus {
     pub priority: i32,
     #[prost(uint64, tag = "7")]
     pub waiting_ms: u64,
+    /// The request's group, if it names one; a group is queued once all its members wait.
+    #[prost(string, tag = "8")]
+    pub group: ::prost::alloc::string::String,
+    /// The node its client runs on.
+    #[prost(string, tag = "9")]
+    pub node: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -338,6 +355,9 @@ pub struct ClientStatus {
     /// leases are held for the reclaim grace period.
     #[prost(bool, tag = "10")]
     pub orphan: bool,
+    /// The node the client runs on (its executor's), known from its connection.
+    #[prost(string, tag = "11")]
+    pub node: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -360,6 +380,30 @@ pub struct StatusResponse {
     pub queue_total: u32,
     #[prost(uint32, tag = "8")]
     pub clients_total: u32,
+    /// standalone, controller or executor.
+    #[prost(string, tag = "9")]
+    pub role: ::prost::alloc::string::String,
+    /// The nodes of the pool (one for a standalone assigner).
+    #[prost(message, repeated, tag = "10")]
+    pub nodes: ::prost::alloc::vec::Vec<NodeStatus>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NodeStatus {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Reachable: its executor is registered and heartbeating (always, for the controller's own
+    /// node and a standalone's).
+    #[prost(bool, tag = "2")]
+    pub up: bool,
+    /// Milliseconds since the controller last heard from its executor.
+    #[prost(uint64, tag = "3")]
+    pub last_seen_ms: u64,
+    #[prost(uint32, tag = "4")]
+    pub gpus: u32,
+    /// Why it is down, if it is.
+    #[prost(string, tag = "5")]
+    pub reason: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -376,7 +420,7 @@ pub struct Event {
     /// Microseconds since the assigner started.
     #[prost(uint64, tag = "2")]
     pub at_us: u64,
-    #[prost(oneof = "event::Kind", tags = "3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13")]
+    #[prost(oneof = "event::Kind", tags = "3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15")]
     pub kind: ::core::option::Option<event::Kind>,
 }
 /// Nested message and enum types in `Event`.
@@ -406,7 +450,29 @@ pub mod event {
         Cancelled(super::Cancelled),
         #[prost(message, tag = "13")]
         TakenBack(super::TakenBack),
+        #[prost(message, tag = "14")]
+        NodeUp(super::NodeUp),
+        #[prost(message, tag = "15")]
+        NodeDown(super::NodeDown),
     }
+}
+/// An executor registered its node (first time, or again after a loss or a controller restart).
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NodeUp {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(uint32, repeated, tag = "2")]
+    pub gpu_ids: ::prost::alloc::vec::Vec<u32>,
+}
+/// An executor stopped heartbeating or its link ended: its GPUs are lost.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NodeDown {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -431,6 +497,9 @@ pub struct Requested {
     pub memory_per_gpu: ::core::option::Option<u64>,
     #[prost(int32, tag = "6")]
     pub priority: i32,
+    /// The gang across processes the request is a member of, if any.
+    #[prost(string, tag = "7")]
+    pub group: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -520,6 +589,92 @@ pub struct Cancelled {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct HistoryEnd {}
 #[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExecutorReport {
+    #[prost(oneof = "executor_report::Msg", tags = "1, 2")]
+    pub msg: ::core::option::Option<executor_report::Msg>,
+}
+/// Nested message and enum types in `ExecutorReport`.
+pub mod executor_report {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Msg {
+        #[prost(message, tag = "1")]
+        Register(super::Register),
+        #[prost(message, tag = "2")]
+        Heartbeat(super::Heartbeat),
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NodeGpu {
+    /// Index on the node (CUDA_VISIBLE_DEVICES).
+    #[prost(uint32, tag = "1")]
+    pub index: u32,
+    #[prost(string, tag = "2")]
+    pub uuid: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "4")]
+    pub memory: u64,
+    #[prost(bool, tag = "5")]
+    pub healthy: bool,
+    /// A simulated GPU (fake: inventory).
+    #[prost(bool, tag = "6")]
+    pub fake: bool,
+    /// Memory in use on it now, in bytes (NVML), if known.
+    #[prost(uint64, optional, tag = "7")]
+    pub memory_used: ::core::option::Option<u64>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Register {
+    /// The node's name: unique in the cluster; its clients' calls name it.
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "2")]
+    pub gpus: ::prost::alloc::vec::Vec<NodeGpu>,
+    #[prost(string, tag = "3")]
+    pub version: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Heartbeat {
+    /// Each GPU's health and memory in use now, in index order.
+    #[prost(message, repeated, tag = "1")]
+    pub gpus: ::prost::alloc::vec::Vec<NodeGpu>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ControllerReply {
+    #[prost(oneof = "controller_reply::Msg", tags = "1, 2")]
+    pub msg: ::core::option::Option<controller_reply::Msg>,
+}
+/// Nested message and enum types in `ControllerReply`.
+pub mod controller_reply {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Msg {
+        #[prost(message, tag = "1")]
+        Registered(super::Registered),
+        #[prost(message, tag = "2")]
+        Ack(super::HeartbeatAck),
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Registered {
+    /// The pool ids of the node's GPUs, in index order.
+    #[prost(uint32, repeated, tag = "1")]
+    pub gpu_ids: ::prost::alloc::vec::Vec<u32>,
+    /// How often to heartbeat.
+    #[prost(uint32, tag = "2")]
+    pub heartbeat_ms: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HeartbeatAck {}
+#[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum YieldReason {
@@ -585,6 +740,9 @@ pub enum ErrorReason {
     /// one client, or events a session left unread (the session is then ended). The message names
     /// the limit. Retry later (read the session's events).
     LimitReached = 11,
+    /// A controller: the client's node has no GPUs in the pool now (its executor has not
+    /// registered, or was lost). Retry later.
+    NodeUnavailable = 12,
 }
 impl ErrorReason {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -605,6 +763,7 @@ impl ErrorReason {
             Self::ResourceExhausted => "RESOURCE_EXHAUSTED",
             Self::Unauthenticated => "UNAUTHENTICATED",
             Self::LimitReached => "LIMIT_REACHED",
+            Self::NodeUnavailable => "NODE_UNAVAILABLE",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -622,6 +781,7 @@ impl ErrorReason {
             "RESOURCE_EXHAUSTED" => Some(Self::ResourceExhausted),
             "UNAUTHENTICATED" => Some(Self::Unauthenticated),
             "LIMIT_REACHED" => Some(Self::LimitReached),
+            "NODE_UNAVAILABLE" => Some(Self::NodeUnavailable),
             _ => None,
         }
     }
@@ -1304,6 +1464,322 @@ pub mod assigner_server {
     /// Generated gRPC service name
     pub const SERVICE_NAME: &str = "acb.v1.Assigner";
     impl<T> tonic::server::NamedService for AssignerServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
+/// Generated client implementations.
+pub mod cluster_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// The cluster's internal service, between an executor and the controller. Served on the
+    /// controller only, and only to callers with the cluster token (`--cluster-token-file`): a client
+    /// cannot register as an executor. Clients never call it.
+    #[derive(Debug, Clone)]
+    pub struct ClusterClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl ClusterClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> ClusterClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> ClusterClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            ClusterClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// An executor's link: it sends Register first, then a Heartbeat every heartbeat_ms; the
+        /// controller answers Registered, then acknowledges each heartbeat. The controller marks the
+        /// node's GPUs lost when the stream ends or when no heartbeat came for a few intervals; the
+        /// executor reconnects with backoff and registers again.
+        pub async fn join(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<Message = super::ExecutorReport>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::ControllerReply>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/acb.v1.Cluster/Join");
+            let mut req = request.into_streaming_request();
+            req.extensions_mut().insert(GrpcMethod::new("acb.v1.Cluster", "Join"));
+            self.inner.streaming(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod cluster_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with ClusterServer.
+    #[async_trait]
+    pub trait Cluster: std::marker::Send + std::marker::Sync + 'static {
+        /// Server streaming response type for the Join method.
+        type JoinStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::ControllerReply, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// An executor's link: it sends Register first, then a Heartbeat every heartbeat_ms; the
+        /// controller answers Registered, then acknowledges each heartbeat. The controller marks the
+        /// node's GPUs lost when the stream ends or when no heartbeat came for a few intervals; the
+        /// executor reconnects with backoff and registers again.
+        async fn join(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::ExecutorReport>>,
+        ) -> std::result::Result<tonic::Response<Self::JoinStream>, tonic::Status>;
+    }
+    /// The cluster's internal service, between an executor and the controller. Served on the
+    /// controller only, and only to callers with the cluster token (`--cluster-token-file`): a client
+    /// cannot register as an executor. Clients never call it.
+    #[derive(Debug)]
+    pub struct ClusterServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> ClusterServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for ClusterServer<T>
+    where
+        T: Cluster,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/acb.v1.Cluster/Join" => {
+                    #[allow(non_camel_case_types)]
+                    struct JoinSvc<T: Cluster>(pub Arc<T>);
+                    impl<
+                        T: Cluster,
+                    > tonic::server::StreamingService<super::ExecutorReport>
+                    for JoinSvc<T> {
+                        type Response = super::ControllerReply;
+                        type ResponseStream = T::JoinStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                tonic::Streaming<super::ExecutorReport>,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Cluster>::join(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = JoinSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for ClusterServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "acb.v1.Cluster";
+    impl<T> tonic::server::NamedService for ClusterServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
