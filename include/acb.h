@@ -262,11 +262,13 @@ acb_status acb_client_status_json(const acb_client *client, char *buf, size_t le
 
 /*
  Makes a config from the environment (`ACB_ASSIGNER`, `ACB_JOB_ID`, `ACB_AUTH_TOKEN_FILE`,
- `ACB_MEMORY_BACKEND`, `ACB_EAGER_RELEASE`, `ACB_PIN_GPUS`, `ACB_ASSIGNER_UID`) into
- `*config_out`. Free it with `acb_config_free`. A malformed setting gives
- `ACB_STATUS_INVALID_ARGUMENT`, and `acb_error_message` names it: an `ACB_ASSIGNER` that is not
- an address, an `ACB_JOB_ID` the assigner would refuse (over 256 bytes, control characters),
- an `ACB_ASSIGNER_UID` that is not a number.
+ `ACB_MEMORY_BACKEND`, `ACB_EAGER_RELEASE`, `ACB_PIN_GPUS`, `ACB_ASSIGNER_UID`, `ACB_GROUP`,
+ `ACB_GROUP_SIZE`; without `ACB_GROUP`, the group of a torchrun job or a Slurm step of more
+ than one process: see `acb_config_set_group`) into `*config_out`. Free it with
+ `acb_config_free`. A malformed setting gives `ACB_STATUS_INVALID_ARGUMENT`, and
+ `acb_error_message` names it: an `ACB_ASSIGNER` that is not an address, an `ACB_JOB_ID` the
+ assigner would refuse (over 256 bytes, control characters), an `ACB_ASSIGNER_UID` that is not
+ a number, an `ACB_GROUP_SIZE` (or `WORLD_SIZE`, `SLURM_NTASKS`) that is not 1 to 4096.
  */
 acb_status acb_config_new(acb_config **config_out);
 
@@ -285,6 +287,20 @@ acb_status acb_config_set_assigner(acb_config *config, const char *addr, size_t 
  assigner's rule; `ACB_STATUS_INVALID_ARGUMENT` otherwise, with the limit named).
  */
 acb_status acb_config_set_job(acb_config *config, const char *job, size_t len);
+
+/*
+ Makes the client one member of the group `name` (`len` bytes of UTF-8: 1 to 256, no control
+ characters) of `size` members (1 to 4096): its GPU requests are granted together with the
+ other members' (other processes, each with a client of its own naming the same group and
+ size), in one decision, once all `size` of them wait. `len` 0 (`name` may then be NULL): no
+ group, `size` ignored. Anything else out of range gives `ACB_STATUS_INVALID_ARGUMENT`, naming
+ the limit.
+
+ `acb_config_new` already sets it from `ACB_GROUP` and `ACB_GROUP_SIZE`, or from the launcher:
+ torchrun (`torchrun:<TORCHELASTIC_RUN_ID>@<MASTER_ADDR>:<MASTER_PORT>`, `WORLD_SIZE` members)
+ or Slurm (`slurm:<SLURM_JOB_ID>.<SLURM_STEP_ID>`, `SLURM_NTASKS` members).
+ */
+acb_status acb_config_set_group(acb_config *config, const char *name, size_t len, uint32_t size);
 
 /*
  Allows uid `uid` to own the assigner's Unix socket, besides root and the caller's own user

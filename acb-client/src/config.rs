@@ -6,6 +6,7 @@ use acb_core::ReleaseMode;
 use acb_proto::Address;
 
 use crate::error::Error;
+use crate::group::Group;
 
 /// Client settings: [`Config::from_env`] reads them from the environment; change the fields
 /// before [`crate::Client::new`].
@@ -32,6 +33,10 @@ pub struct Config {
     /// The uid allowed to own the assigner's Unix socket besides root and the client's own
     /// (`ACB_ASSIGNER_UID`): see [`crate::socket_owner`].
     pub assigner_uid: Option<u32>,
+    /// The gang across processes this client is one member of (`ACB_GROUP`, `ACB_GROUP_SIZE`,
+    /// else torchrun's or Slurm's environment: see [`crate::group`]): its requests are granted
+    /// together with the other members', once all of them wait. `None`: no group.
+    pub group: Option<Group>,
 }
 
 /// Where `acb_client_alloc` memory lives.
@@ -61,10 +66,14 @@ impl Config {
     /// `ACB_JOB_ID` (else a generated id), `ACB_AUTH_TOKEN_FILE`, `ACB_MEMORY_BACKEND` (`host`,
     /// the default, or `cuda`), `ACB_EAGER_RELEASE` (`1` for eager release; lazy by default),
     /// `ACB_PIN_GPUS` (`1`: every phase on the GPUs of the first), `ACB_ASSIGNER_UID` (the uid
-    /// that may own the assigner's socket besides root and this user).
+    /// that may own the assigner's socket besides root and this user), `ACB_GROUP` and
+    /// `ACB_GROUP_SIZE` (the group, else torchrun's or Slurm's: [`crate::group::from_vars`]; a
+    /// member of a group whose launcher gives its rank is job `<group>-rank<RANK>` unless
+    /// `ACB_JOB_ID` names it).
     ///
     /// A job id the assigner would refuse (over [`acb_proto::MAX_JOB_BYTES`] bytes, control
-    /// characters, not UTF-8) is [`Error::InvalidArgument`] here, naming the limit.
+    /// characters, not UTF-8) is [`Error::InvalidArgument`] here, naming the limit; so is a
+    /// malformed group setting, naming its variable.
     pub fn from_env() -> Result<Config, Error> {
         let acb_assigner_set = std::env::var_os("ACB_ASSIGNER").is_some_and(|v| !v.is_empty());
         let aga = if acb_assigner_set {
@@ -77,12 +86,13 @@ impl Config {
             Some(a) => a,
             None => Address::from_env().map_err(|e| Error::InvalidArgument(e.to_string()))?,
         };
+        let env_group = crate::group::from_vars(crate::group::env_var, crate::group::hostname)?;
         let job = match std::env::var("ACB_JOB_ID") {
             Ok(j) if !j.is_empty() => {
                 check_job(&j).map_err(|e| Error::InvalidArgument(format!("ACB_JOB_ID: {e}")))?;
                 j
             }
-            Ok(_) | Err(std::env::VarError::NotPresent) => generated_job_id(),
+            Ok(_) | Err(std::env::VarError::NotPresent) => default_job_id(&env_group),
             Err(std::env::VarError::NotUnicode(_)) => {
                 return Err(Error::InvalidArgument("ACB_JOB_ID: a job name is UTF-8".into()));
             }
@@ -111,8 +121,21 @@ impl Config {
             memory_backend,
             pin_gpus,
             assigner_uid,
+            group: env_group.group,
         })
     }
+}
+
+/// A job's name when `ACB_JOB_ID` gives none: `<group>-rank<RANK>` for a member of a group whose
+/// launcher gives its rank (when that is a valid name), else a generated id.
+fn default_job_id(g: &crate::group::EnvGroup) -> String {
+    if let (Some(group), Some(rank)) = (&g.group, g.rank) {
+        let job = format!("{}-rank{rank}", group.name);
+        if check_job(&job).is_ok() {
+            return job;
+        }
+    }
+    generated_job_id()
 }
 
 /// The port of an assigner named by `AGA_GPU_ALLOC_SERVER_ADDRESS` alone (and the port
@@ -207,6 +230,17 @@ mod tests {
         let long = check_job(&"j".repeat(300)).expect_err("300 bytes").to_string();
         assert!(long.contains("at most 256 bytes, not 300"), "{long}");
         assert!(check_job("a\tb").is_err());
+    }
+
+    #[test]
+    fn a_ranked_group_member_is_named_by_its_rank() {
+        use crate::group::EnvGroup;
+        let member = |name: &str, rank| EnvGroup { group: Some(Group { name: name.into(), size: 2 }), rank };
+        assert_eq!(default_job_id(&member("torchrun:abc", Some(1))), "torchrun:abc-rank1");
+        assert!(default_job_id(&member("torchrun:abc", None)).starts_with("job-"));
+        assert!(default_job_id(&EnvGroup { group: None, rank: Some(1) }).starts_with("job-"));
+        // A name that would be too long for a job: a generated one instead.
+        assert!(default_job_id(&member(&"g".repeat(256), Some(3))).starts_with("job-"));
     }
 
     #[test]

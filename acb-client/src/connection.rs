@@ -66,6 +66,24 @@ pub async fn channel(addr: &Address, timeout: Duration) -> Result<Channel, Error
     channel_with(addr, timeout, tls.as_ref()).await
 }
 
+/// A gRPC channel to the TCP address `addr` that connects on first use and again after every
+/// failure (a daemon's link to another daemon, which must outlive restarts of its peer); TLS
+/// when the environment says so, as [`channel`]. Each connection attempt is bounded by
+/// `timeout`.
+pub fn channel_lazy(addr: &Address, timeout: Duration) -> Result<Channel, Error> {
+    let Address::Tcp(sa) = addr else {
+        return Err(Error::InvalidArgument(format!("{addr}: a daemon's peer is a tcp:IP:PORT address")));
+    };
+    let tls = crate::tls::TlsEnv::from_env()?;
+    let uri = if tls.is_some() { format!("https://{sa}") } else { format!("http://{sa}") };
+    let mut endpoint = keepalive(Endpoint::from_shared(uri).map_err(|e| Error::InvalidArgument(e.to_string()))?)
+        .connect_timeout(timeout);
+    if let Some(tls) = &tls {
+        endpoint = with_tls(endpoint, tls, sa.ip())?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
 /// [`channel`] with TLS settings given rather than read from the environment (`None`:
 /// plaintext; ignored for Unix sockets).
 pub async fn channel_with(

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::connection::{self, Session};
 use crate::error::Error;
+use crate::group::Group;
 use crate::lease::{Device, Lease};
 use crate::memory::SharedMemory;
 
@@ -543,22 +544,7 @@ impl Driver {
         let Some(s) = &self.session else { return };
         let (mut rpc, token, tx) = (s.rpc(), s.token.clone(), self.internal.clone());
         self.abort_alloc();
-        let ids = |gpus: &[GpuId]| gpus.iter().map(|g| g.0).collect();
-        let (required_gpus, preferred_gpus) = match &d.affinity {
-            Affinity::Any => (Vec::new(), Vec::new()),
-            Affinity::Required(gpus) => (ids(gpus), Vec::new()),
-            Affinity::Preferred(gpus) => (Vec::new(), ids(gpus)),
-        };
-        let req = proto::AllocateRequest {
-            client_token: token,
-            gpus: d.gpus,
-            memory_per_gpu: d.memory_per_gpu,
-            priority: d.priority,
-            required_gpus,
-            preferred_gpus,
-            request_tag: tag.0,
-            ..Default::default()
-        };
+        let req = allocate_request(token, tag, d, self.cfg.group.as_ref());
         self.alloc_task = Some(tokio::spawn(async move {
             let msg = match rpc.alloc_request(req).await {
                 Ok(r) => Internal::Granted { tag, grant: r.into_inner() },
@@ -641,4 +627,55 @@ fn failure(e: &ClientError, rejected: Option<fn(String) -> Error>) -> Error {
         ClientError::Revoked(_) => Error::LeaseRevoked,
     };
     make(e.to_string())
+}
+
+/// What the assigner is asked for one phase: the demand, tagged, as a member of the client's
+/// group if it has one (every request of a member names the group: after a lease is taken back,
+/// the members ask again, together).
+fn allocate_request(
+    client_token: String,
+    tag: RequestTag,
+    d: GpuDemand,
+    group: Option<&Group>,
+) -> proto::AllocateRequest {
+    let ids = |gpus: &[GpuId]| gpus.iter().map(|g| g.0).collect();
+    let (required_gpus, preferred_gpus) = match &d.affinity {
+        Affinity::Any => (Vec::new(), Vec::new()),
+        Affinity::Required(gpus) => (ids(gpus), Vec::new()),
+        Affinity::Preferred(gpus) => (Vec::new(), ids(gpus)),
+    };
+    proto::AllocateRequest {
+        client_token,
+        gpus: d.gpus,
+        memory_per_gpu: d.memory_per_gpu,
+        priority: d.priority,
+        required_gpus,
+        preferred_gpus,
+        request_tag: tag.0,
+        group: group.map(|g| g.name.clone()).unwrap_or_default(),
+        group_size: group.map_or(0, |g| g.size),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_members_requests_name_its_group() {
+        let d = GpuDemand {
+            gpus: 2,
+            memory_per_gpu: Some(1 << 30),
+            priority: 3,
+            affinity: Affinity::Preferred(vec![GpuId(1)]),
+        };
+        let g = Group { name: "torchrun:abc".into(), size: 4 };
+        let r = allocate_request("t".into(), RequestTag(9), d.clone(), Some(&g));
+        assert_eq!((r.group.as_str(), r.group_size), ("torchrun:abc", 4));
+        assert_eq!((r.client_token.as_str(), r.gpus, r.memory_per_gpu, r.priority), ("t", 2, Some(1 << 30), 3));
+        assert_eq!((r.preferred_gpus, r.required_gpus, r.request_tag), (vec![1], vec![], 9));
+        let r = allocate_request("t".into(), RequestTag(9), d, None);
+        assert_eq!((r.group.as_str(), r.group_size), ("", 0));
+    }
 }

@@ -22,6 +22,7 @@ pub fn from_proto(e: proto::Event) -> Option<Event> {
             gpus: r.gpus,
             memory_per_gpu: r.memory_per_gpu,
             priority: r.priority,
+            group: (!r.group.is_empty()).then_some(r.group),
         },
         K::Granted(g) => EventKind::Granted {
             client: g.client_id,
@@ -41,6 +42,8 @@ pub fn from_proto(e: proto::Event) -> Option<Event> {
         K::Rejected(r) => EventKind::Rejected { client: r.client_id, request: r.request_id, reason: r.reason },
         K::ClientGone(c) => EventKind::ClientGone { client: c.client_id },
         K::GpuHealth(g) => EventKind::GpuHealth { gpu: g.gpu_id, healthy: g.healthy },
+        K::NodeUp(n) => EventKind::NodeUp { node: n.node, gpus: n.gpu_ids },
+        K::NodeDown(n) => EventKind::NodeDown { node: n.node, reason: n.reason },
         K::HistoryEnd(_) => return None,
     };
     Some(Event { seq: e.seq, at: Duration::from_micros(e.at_us), kind })
@@ -53,10 +56,10 @@ pub fn to_json(e: &Event) -> serde_json::Value {
     let us = |d: &Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     let (kind, mut fields) = match &e.kind {
         EventKind::Connected { client, job } => ("connected", json!({"client": client, "job": job})),
-        EventKind::Requested { client, job, request, gpus, memory_per_gpu, priority } => (
+        EventKind::Requested { client, job, request, gpus, memory_per_gpu, priority, group } => (
             "requested",
             json!({"client": client, "job": job, "request": request, "gpus": gpus,
-                   "memory_per_gpu": memory_per_gpu, "priority": priority}),
+                   "memory_per_gpu": memory_per_gpu, "priority": priority, "group": group}),
         ),
         EventKind::Granted { client, job, request, lease, gpus, memory_per_gpu, waited } => (
             "granted",
@@ -82,6 +85,8 @@ pub fn to_json(e: &Event) -> serde_json::Value {
         }
         EventKind::ClientGone { client } => ("client-gone", json!({"client": client})),
         EventKind::GpuHealth { gpu, healthy } => ("gpu-health", json!({"gpu": gpu, "healthy": healthy})),
+        EventKind::NodeUp { node, gpus } => ("node-up", json!({"node": node, "gpus": gpus})),
+        EventKind::NodeDown { node, reason } => ("node-down", json!({"node": node, "reason": reason})),
     };
     if let Some(map) = fields.as_object_mut() {
         map.insert("seq".into(), e.seq.into());
@@ -117,6 +122,7 @@ mod tests {
                 gpus: 2,
                 memory_per_gpu: None,
                 priority: 0,
+                group: None,
             },
         };
         assert!(to_json(&g)["memory_per_gpu"].is_null());

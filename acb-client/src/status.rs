@@ -12,7 +12,7 @@ pub fn status_json(s: &proto::StatusResponse) -> String {
             serde_json::json!({
                 "id": g.id, "node": g.node, "index": g.index, "uuid": g.uuid, "name": g.name,
                 "memory": g.memory, "healthy": g.healthy, "simulated": g.fake, "granted": g.granted,
-                "reserved": g.reserved, "holders_total": g.holders_total,
+                "reserved": g.reserved, "holders_total": g.holders_total, "memory_used": g.memory_used,
                 "holders": g.holders.iter().map(|h| serde_json::json!({
                     "client": h.client_id, "job": h.job, "lease": h.lease_id, "idle": h.idle,
                     "held_ms": h.held_ms, "memory": h.memory, "uid": h.uid, "pid": h.pid,
@@ -28,6 +28,7 @@ pub fn status_json(s: &proto::StatusResponse) -> String {
             serde_json::json!({
                 "request": q.request_id, "client": q.client_id, "job": q.job, "gpus": q.gpus,
                 "memory_per_gpu": q.memory_per_gpu, "priority": q.priority, "waiting_ms": q.waiting_ms,
+                "group": (!q.group.is_empty()).then_some(&q.group), "node": q.node,
             })
         })
         .collect();
@@ -38,7 +39,17 @@ pub fn status_json(s: &proto::StatusResponse) -> String {
             serde_json::json!({
                 "client": c.client_id, "job": c.job, "pid": c.pid, "leases": c.leases, "queued": c.queued,
                 "swap_bytes_in": c.swap_bytes_in, "swap_bytes_out": c.swap_bytes_out, "one_off": c.one_off,
-                "uid": c.uid, "orphan": c.orphan,
+                "uid": c.uid, "orphan": c.orphan, "node": c.node,
+            })
+        })
+        .collect();
+    let nodes: Vec<serde_json::Value> = s
+        .nodes
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "name": n.name, "up": n.up, "last_seen_ms": n.last_seen_ms, "gpus": n.gpus,
+                "reason": (!n.reason.is_empty()).then_some(&n.reason),
             })
         })
         .collect();
@@ -46,6 +57,7 @@ pub fn status_json(s: &proto::StatusResponse) -> String {
     // the totals count them all.
     serde_json::json!({
         "version": s.version, "scheduler": s.scheduler, "uptime_ms": s.uptime_ms,
+        "role": if s.role.is_empty() { "standalone" } else { s.role.as_str() }, "nodes": nodes,
         "gpus": gpus, "queue": queue, "clients": clients,
         "queue_total": s.queue_total, "clients_total": s.clients_total,
     })

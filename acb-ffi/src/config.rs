@@ -27,11 +27,13 @@ pub(crate) fn str_arg<'a>(s: *const c_char, len: usize, what: &str) -> Result<&'
 }
 
 /// Makes a config from the environment (`ACB_ASSIGNER`, `ACB_JOB_ID`, `ACB_AUTH_TOKEN_FILE`,
-/// `ACB_MEMORY_BACKEND`, `ACB_EAGER_RELEASE`, `ACB_PIN_GPUS`, `ACB_ASSIGNER_UID`) into
-/// `*config_out`. Free it with `acb_config_free`. A malformed setting gives
-/// `ACB_STATUS_INVALID_ARGUMENT`, and `acb_error_message` names it: an `ACB_ASSIGNER` that is not
-/// an address, an `ACB_JOB_ID` the assigner would refuse (over 256 bytes, control characters),
-/// an `ACB_ASSIGNER_UID` that is not a number.
+/// `ACB_MEMORY_BACKEND`, `ACB_EAGER_RELEASE`, `ACB_PIN_GPUS`, `ACB_ASSIGNER_UID`, `ACB_GROUP`,
+/// `ACB_GROUP_SIZE`; without `ACB_GROUP`, the group of a torchrun job or a Slurm step of more
+/// than one process: see `acb_config_set_group`) into `*config_out`. Free it with
+/// `acb_config_free`. A malformed setting gives `ACB_STATUS_INVALID_ARGUMENT`, and
+/// `acb_error_message` names it: an `ACB_ASSIGNER` that is not an address, an `ACB_JOB_ID` the
+/// assigner would refuse (over 256 bytes, control characters), an `ACB_ASSIGNER_UID` that is not
+/// a number, an `ACB_GROUP_SIZE` (or `WORLD_SIZE`, `SLURM_NTASKS`) that is not 1 to 4096.
 #[unsafe(no_mangle)]
 pub extern "C" fn acb_config_new(config_out: *mut *mut acb_config) -> acb_status {
     ffi_panic_boundary! {
@@ -82,6 +84,39 @@ pub extern "C" fn acb_config_set_job(config: *mut acb_config, job: *const c_char
             return crate::error::fail_with(&e);
         }
         cfg.job = s.to_string();
+        acb_status::Ok
+    }
+}
+
+/// Makes the client one member of the group `name` (`len` bytes of UTF-8: 1 to 256, no control
+/// characters) of `size` members (1 to 4096): its GPU requests are granted together with the
+/// other members' (other processes, each with a client of its own naming the same group and
+/// size), in one decision, once all `size` of them wait. `len` 0 (`name` may then be NULL): no
+/// group, `size` ignored. Anything else out of range gives `ACB_STATUS_INVALID_ARGUMENT`, naming
+/// the limit.
+///
+/// `acb_config_new` already sets it from `ACB_GROUP` and `ACB_GROUP_SIZE`, or from the launcher:
+/// torchrun (`torchrun:<TORCHELASTIC_RUN_ID>@<MASTER_ADDR>:<MASTER_PORT>`, `WORLD_SIZE` members)
+/// or Slurm (`slurm:<SLURM_JOB_ID>.<SLURM_STEP_ID>`, `SLURM_NTASKS` members).
+#[unsafe(no_mangle)]
+pub extern "C" fn acb_config_set_group(
+    config: *mut acb_config,
+    name: *const c_char,
+    len: usize,
+    size: u32,
+) -> acb_status {
+    ffi_panic_boundary! {
+        let cfg = &mut try_mut!(config).0;
+        if len == 0 {
+            cfg.group = None;
+            return acb_status::Ok;
+        }
+        let s = match str_arg(name, len, "name") { Ok(s) => s, Err(st) => return st };
+        let checked = ::acb_client::group::check_group_name(s).and_then(|()| ::acb_client::group::check_group_size(size));
+        if let Err(e) = checked {
+            return crate::error::fail_with(&e);
+        }
+        cfg.group = Some(::acb_client::Group { name: s.to_string(), size });
         acb_status::Ok
     }
 }

@@ -74,6 +74,9 @@ class Config {
   Config& assigner(const std::string& addr) { check(acb_config_set_assigner(p_, addr.data(), addr.size())); return *this; }
   // 1 to 256 bytes, no control characters.
   Config& job(const std::string& name) { check(acb_config_set_job(p_, name.data(), name.size())); return *this; }
+  // One member of the group `name` of `size` processes (1 to 4096), whose requests are granted
+  // together; "" for none. Default: ACB_GROUP/ACB_GROUP_SIZE, else torchrun's or Slurm's.
+  Config& group(const std::string& name, uint32_t size) { check(acb_config_set_group(p_, name.data(), name.size(), size)); return *this; }
   // A uid allowed to own the assigner's socket besides root and this user (UINT32_MAX: none).
   Config& assigner_uid(uint32_t uid) { check(acb_config_set_assigner_uid(p_, uid)); return *this; }
   Config& auth_token(const std::string& token) { check(acb_config_set_auth_token(p_, token.data(), token.size())); return *this; }

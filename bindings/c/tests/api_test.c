@@ -55,6 +55,20 @@ static void bad_arguments(void) {
   CHECK(acb_config_set_assigner(config, "\xff\xfe", 2) == ACB_STATUS_INVALID_ARGUMENT);
   CHECK(acb_config_set_job(config, "", 0) == ACB_STATUS_INVALID_ARGUMENT);
   CHECK(acb_config_set_connect_timeout_ms(config, 0) == ACB_STATUS_INVALID_ARGUMENT);
+  /* A group: 1 to 4096 members, a name as a job's; length 0 is none. */
+  CHECK(acb_config_set_group(NULL, "g", 1, 2) == ACB_STATUS_NULL_PARAMETER);
+  CHECK(acb_config_set_group(config, NULL, 1, 2) == ACB_STATUS_NULL_PARAMETER);
+  CHECK(acb_config_set_group(config, "g", 1, 0) == ACB_STATUS_INVALID_ARGUMENT);
+  CHECK(acb_config_set_group(config, "g", 1, 4097) == ACB_STATUS_INVALID_ARGUMENT);
+  {
+    char buf[256];
+    size_t n = 0;
+    CHECK(acb_error_message(buf, sizeof buf, &n) == ACB_STATUS_OK && strstr(buf, "4096") != NULL);
+  }
+  CHECK(acb_config_set_group(config, "a\nb", 3, 2) == ACB_STATUS_INVALID_ARGUMENT);
+  CHECK(acb_config_set_group(config, "\xff", 1, 2) == ACB_STATUS_INVALID_ARGUMENT);
+  CHECK(acb_config_set_group(config, "torchrun:x", 10, 4096) == ACB_STATUS_OK);
+  CHECK(acb_config_set_group(config, NULL, 0, 0) == ACB_STATUS_OK);
   acb_config_free(config);
   acb_request *request = NULL;
   CHECK(acb_request_new(&request) == ACB_STATUS_OK);

@@ -75,6 +75,7 @@ int main() {
   acb::Config cfg;
   cfg.job("cpp-eager").connect_timeout_ms(1000).connect_retries(1).assigner_uid(UINT32_MAX);
   cfg.pin_gpus(false).eager_release(true).memory_backend("host").idle_timeout_ms(0);
+  cfg.group("cpp-group", 2).group("", 0);  // named, then none: this client's phases are its own
   CHECK(cfg.get() != nullptr);
   auto invalid = [](auto set) {
     try {
@@ -89,6 +90,9 @@ int main() {
   CHECK(invalid([](acb::Config& c) { c.memory_backend("gpu"); }));
   CHECK(invalid([](acb::Config& c) { c.assigner("nowhere"); }));
   CHECK(invalid([](acb::Config& c) { c.connect_timeout_ms(0); }));
+  CHECK(invalid([](acb::Config& c) { c.group("g", 0); }));
+  CHECK(invalid([](acb::Config& c) { c.group("g", 4097); }));
+  CHECK(invalid([](acb::Config& c) { c.group(std::string(300, 'g'), 2); }));
   {
     acb::Config tokened;
     tokened.auth_token("secret").assigner("unix:/nonexistent/acb.sock");

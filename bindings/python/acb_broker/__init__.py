@@ -64,6 +64,7 @@ __all__ = [
 ]
 
 ABI_VERSION = _ffi.CONSTANTS["ACB_ABI_VERSION"]
+_MAX_GROUP_SIZE = 4096  # acb_config_set_group's limit
 _lib = _ffi.lib
 
 
@@ -123,8 +124,11 @@ class Client:
     when another job waits) to ACB_EAGER_RELEASE. `memory_backend` ('host' or 'cuda') is where the
     client's swappable memory lives (default: ACB_MEMORY_BACKEND, else host); 'cuda' raises
     NoCuda when there is no CUDA driver. `pin_gpus` (default ACB_PIN_GPUS) makes every phase
-    after the first wait for the GPUs of the first. Close it (or use `with`) to release what it
-    holds."""
+    after the first wait for the GPUs of the first. `group` and `group_size` make the client one
+    member of a gang across processes, whose requests are granted together once `group_size`
+    of them wait (default: ACB_GROUP and ACB_GROUP_SIZE, else the job of torchrun or the Slurm
+    step that launched this process, when it has more than one; `group=''` for none). Close it
+    (or use `with`) to release what it holds."""
 
     def __init__(
         self,
@@ -138,14 +142,22 @@ class Client:
         auth_token: Optional[str] = None,
         memory_backend: Optional[str] = None,
         pin_gpus: Optional[bool] = None,
+        group: Optional[str] = None,
+        group_size: Optional[int] = None,
     ):
         for name, v in (("assigner", assigner), ("job", job), ("auth_token", auth_token),
-                        ("memory_backend", memory_backend)):
+                        ("memory_backend", memory_backend), ("group", group)):
             if v is not None and not isinstance(v, str):
                 raise TypeError(f"{name} must be a str, not {type(v).__name__}")
         for name, flag in (("eager", eager), ("pin_gpus", pin_gpus)):
             if flag is not None and not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool")
+        if group_size is not None:
+            group_size = _check_int("group_size", group_size, 1, _MAX_GROUP_SIZE)
+            if not group:
+                raise ValueError("group_size needs a group (a non-empty group name)")
+        elif group:
+            raise ValueError(f"group {group!r} needs its group_size (how many processes it has)")
         self._ptr = None
         self._req: Optional[ctypes.c_void_p] = None
         self._req_key: Optional[Tuple[int, int, int, int]] = None
@@ -158,6 +170,9 @@ class Client:
             if job is not None:
                 b = job.encode()
                 check(_lib.acb_config_set_job(cfg, b, len(b)))
+            if group is not None:
+                b = group.encode()
+                check(_lib.acb_config_set_group(cfg, b, len(b), group_size or 0))
             if auth_token is not None:
                 b = auth_token.encode()
                 check(_lib.acb_config_set_auth_token(cfg, b, len(b)))

@@ -1,11 +1,12 @@
 """agarun: runs any command with the acb client configured for it.
 
     agarun [--assigner ADDR] [--job NAME] [--mode manual|auto] [--idle-ms MS] [--eager]
-           [--gpus N] [--memory SIZE] [--auth-token-file FILE] [--profile OUT] -- COMMAND [ARGS...]
+           [--gpus N] [--memory SIZE] [--auth-token-file FILE] [--group NAME] [--group-size N]
+           [--profile OUT] -- COMMAND [ARGS...]
     agarun --check [--assigner ADDR]
 
-It sets ACB_ASSIGNER, ACB_JOB_ID, ACB_GPUS, ACB_MEMORY, ACB_MODE (and ACB_AUTH_TOKEN_FILE) for
-the command, forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to it, and exits
+It sets ACB_ASSIGNER, ACB_JOB_ID, ACB_GPUS, ACB_MEMORY, ACB_MODE (and ACB_AUTH_TOKEN_FILE,
+ACB_GROUP, ACB_GROUP_SIZE) for the command, forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to it, and exits
 with its status (128 + N when a signal N ended it). `--check` says whether the assigner is
 reachable and what it offers. `--profile OUT` records the command's GPU and CPU phases (from
 libacb's begin/end, with the job's peak swappable device memory as measured at each phase end)
@@ -15,6 +16,10 @@ Fujitsu ACB's variables work too: `AGA_ENABLE_AUTO=1` means `--mode auto` (a `--
 wins), `AGA_REQUEST_DEVICE=cpu` runs the command unbrokered (no GPU is requested; `any` and
 `cuda` request one), and AGA_GPU_ALLOC_SERVER_ADDRESS/AGA_GPU_ALLOC_SERVER_PORT name the
 assigner (libacb reads them; ACB_ASSIGNER and --assigner win).
+
+Under torchrun or in a Slurm step of more than one process, libacb makes each process one
+member of the job's group (granted together) by itself: `agarun -- torchrun ...` needs no flag;
+`--group ''` opts out.
 
 `--mode auto` brokers a PyTorch program with no change to it: when the program imports torch,
 acb.torch.enable_auto() runs (through a sitecustomize agarun puts first on PYTHONPATH), so its
@@ -52,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=int, help="GPUs per GPU phase (the default for acb.on_device_begin)")
     p.add_argument("--memory", help="memory per GPU, e.g. 20GiB (the default for acb.on_device_begin)")
     p.add_argument("--auth-token-file", help="a file whose first line is the assigner's auth token")
+    p.add_argument("--group", help="the gang this command's processes are members of, granted together "
+                                   "(ACB_GROUP; default: torchrun's or Slurm's job of more than one process; "
+                                   "'' for none)")
+    p.add_argument("--group-size", type=int, help="how many processes the group has, 1 to 4096 (ACB_GROUP_SIZE)")
     p.add_argument("--check", action="store_true", help="say whether the assigner is reachable and what it offers")
     p.add_argument("--profile", metavar="OUT",
                    help="record the command's GPU and CPU phases into OUT (a trace for acb-assigner simulate) "
@@ -137,6 +146,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"agarun: --memory: {e}", file=sys.stderr)
             return 2
         env["ACB_MEMORY"] = args.memory
+    if args.group_size is not None and not 1 <= args.group_size <= 4096:
+        print("agarun: --group-size must be 1 to 4096", file=sys.stderr)
+        return 2
+    if args.group is not None:
+        env["ACB_GROUP"] = args.group
+    if args.group_size is not None:
+        env["ACB_GROUP_SIZE"] = str(args.group_size)
     if args.auth_token_file:
         env["ACB_AUTH_TOKEN_FILE"] = os.path.abspath(args.auth_token_file)
     env["ACB_MODE"] = args.mode

@@ -206,9 +206,10 @@ class PyTorchDDPAdaptiveGPUAllocator(PyTorchAdaptiveGPUAllocator):
 
     Each rank is a job of its own to the assigner, named JOB-rankR (JOB from `job`, else
     ACB_JOB_ID, else 'ddp'), and stays on the GPU of its first grant (acb's pin_gpus), since a
-    process group is bound to its devices. acb differs from a gang scheduler here: the ranks are
-    not granted together, so a rank that waits for a GPU keeps the others waiting in their
-    collectives; give the job as many free GPUs as it has ranks on the node.
+    process group is bound to its devices. Under torchrun (or in a Slurm step) the ranks are one
+    group, granted together (libacb reads the launcher's environment; ACB_GROUP and
+    ACB_GROUP_SIZE name one otherwise). Ranks started another way (mp.spawn) are not, and a rank
+    that waits for a GPU keeps the others waiting in their collectives.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,

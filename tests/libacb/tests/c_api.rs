@@ -51,6 +51,26 @@ fn the_cpp_wrapper_works_under_sanitizers() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `acb.hpp` wraps the whole C API: every function `acb.h` declares is called from it, but for
+/// the allocator's entry points, which PyTorch and the cudaMalloc interposer call (acb.hpp names
+/// them in a comment).
+#[test]
+fn the_cpp_wrapper_calls_every_function_of_the_header() {
+    let header = std::fs::read_to_string(root().join("include/acb.h")).unwrap();
+    let wrapper = std::fs::read_to_string(root().join("bindings/c/include/acb.hpp")).unwrap();
+    let declared: Vec<&str> = header
+        .lines()
+        .filter(|l| !l.starts_with([' ', '#', '/', '*']) && l.contains('('))
+        .filter_map(|l| l[..l.find('(')?].rsplit([' ', '*']).next())
+        .filter(|name| name.starts_with("acb_"))
+        .collect();
+    assert!(declared.len() > 30 && declared.contains(&"acb_config_set_group"), "{declared:?}");
+    let for_pytorch = ["acb_allocator_malloc", "acb_allocator_malloc_or_abort", "acb_allocator_free"];
+    let missing: Vec<_> =
+        declared.iter().filter(|f| !wrapper.contains(&format!("{f}(")) && !for_pytorch.contains(f)).collect();
+    assert!(missing.is_empty(), "acb.hpp does not wrap {missing:?}");
+}
+
 /// Eight real processes (four C, four Python), one simulated GPU: the GPU never has two holders, every process
 /// finishes, and the run takes about the sum of the GPU phases, not of the whole jobs.
 #[test]

@@ -26,7 +26,7 @@ fn the_python_package_passes_its_tests() {
     let lib = common::lib_dir().join("libacb.so");
     let a = Assigner::start("python", "fake:2x80GiB");
     // gpu_assigner (the Fujitsu ACB command) starts the acb-assigner binary of this build.
-    let assigner_bin = assigner_binary();
+    let assigner_bin = common::assigner_binary();
     let out = Command::new(&python)
         .args(["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider"])
         .arg(root.join("bindings/python/tests"))
@@ -45,21 +45,4 @@ fn the_python_package_passes_its_tests() {
         let allowed = line.ends_with("is not installed") || line.ends_with("this machine has CUDA");
         assert!(allowed, "a test skipped for another reason than a missing framework: {line}");
     }
-}
-
-/// The acb-assigner binary of this build's profile (target/<profile>/acb-assigner), built if
-/// this run did not build it (`cargo test -p libacb-tests`), so that it is never a stale one.
-fn assigner_binary() -> std::path::PathBuf {
-    let profile_dir = common::lib_dir().ancestors().find(|d| d.join("deps").is_dir()).unwrap().to_path_buf();
-    let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let mut build = Command::new(env!("CARGO"));
-    build.args(["build", "--quiet", "-p", "acb-assigner", "--bin", "acb-assigner"]);
-    if release {
-        build.arg("--release");
-    }
-    let status = build.current_dir(common::root()).status().unwrap();
-    assert!(status.success(), "cargo build -p acb-assigner failed");
-    let bin = profile_dir.join("acb-assigner");
-    assert!(bin.exists(), "{} not built", bin.display());
-    bin
 }

@@ -22,6 +22,7 @@ fn client(assigner: &Assigner, job: &str) -> Client {
         memory_backend: MemoryBackend::Host,
         pin_gpus: false,
         assigner_uid: None,
+        group: None,
     };
     Client::new(config).unwrap()
 }
@@ -80,6 +81,7 @@ fn no_assigner_is_unavailable_after_the_retries() {
         memory_backend: MemoryBackend::Host,
         pin_gpus: false,
         assigner_uid: None,
+        group: None,
     };
     let c = Client::new(config).unwrap();
     match c.begin(&Request::default()) {

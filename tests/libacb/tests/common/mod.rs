@@ -241,3 +241,20 @@ impl Drop for Job {
 pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
+
+/// The acb-assigner binary of this build's profile (target/<profile>/acb-assigner), built if
+/// this run did not build it (`cargo test -p libacb-tests`), so that it is never a stale one.
+pub fn assigner_binary() -> PathBuf {
+    let profile_dir = lib_dir().ancestors().find(|d| d.join("deps").is_dir()).unwrap().to_path_buf();
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "--quiet", "-p", "acb-assigner", "--bin", "acb-assigner"]);
+    if release {
+        build.arg("--release");
+    }
+    let status = build.current_dir(root()).status().unwrap();
+    assert!(status.success(), "cargo build -p acb-assigner failed");
+    let bin = profile_dir.join("acb-assigner");
+    assert!(bin.exists(), "{} not built", bin.display());
+    bin
+}
