@@ -78,7 +78,71 @@ pub struct FileConfig {
     pub one_off_ttl: Option<String>,
     /// Like `--admin-uid`.
     pub admin_uid: Option<u32>,
+    /// Like `--role`.
+    pub role: Option<String>,
+    /// Like `--controller`.
+    pub controller: Option<String>,
+    /// Like `--cluster-token-file`.
+    pub cluster_token_file: Option<PathBuf>,
+    /// Like `--heartbeat`.
+    pub heartbeat: Option<String>,
+    /// Like `--cluster-file`.
+    pub cluster_file: Option<PathBuf>,
 }
+
+/// The cluster file (`--cluster-file`): what every node of a cluster shares. Every key is
+/// optional; a node's own flags and settings file override it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// The controller's address, `tcp:IP:PORT` (what executors connect to).
+    pub controller: Option<String>,
+    /// The file holding the cluster token.
+    pub cluster_token_file: Option<PathBuf>,
+    /// How often executors heartbeat.
+    pub heartbeat: Option<String>,
+    /// The nodes, for people and tools (`name`, `address`); each executor still registers
+    /// itself.
+    #[serde(default)]
+    pub nodes: Vec<ClusterNode>,
+}
+
+/// A node in the cluster file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterNode {
+    /// Its node name (`--node-name` on it).
+    pub name: String,
+    /// Its address, for people.
+    pub address: Option<String>,
+}
+
+impl ClusterFile {
+    /// Reads and parses a cluster file.
+    pub fn load(path: &Path) -> Result<ClusterFile, Error> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| Error::ReadSettings { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|source| Error::Settings { path: path.to_path_buf(), source })
+    }
+}
+
+/// What this daemon is in a cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum RoleConfig {
+    /// One node, its own GPUs (the default).
+    #[default]
+    Standalone,
+    /// The controller: owns the pool of every node, decides.
+    Controller,
+    /// An executor: serves its node's clients, forwards to the controller at this address.
+    Executor {
+        /// The controller's address.
+        controller: Address,
+    },
+}
+
+/// The default of `--heartbeat`.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 
 impl FileConfig {
     /// Reads and parses a settings file.
@@ -128,6 +192,12 @@ pub struct ServeConfig {
     pub one_off_ttl: Duration,
     /// The uid that may release any lease (`acb-assigner release --lease N`).
     pub admin_uid: u32,
+    /// Standalone, controller or executor.
+    pub role: RoleConfig,
+    /// The secret between a controller and its executors (`--cluster-token-file`).
+    pub cluster_token: Option<String>,
+    /// How often executors heartbeat (a controller tells them).
+    pub heartbeat: Duration,
 }
 
 /// The default of `--reclaim-grace`.
@@ -161,6 +231,9 @@ impl ServeConfig {
             reclaim_grace: DEFAULT_RECLAIM_GRACE,
             one_off_ttl: DEFAULT_ONE_OFF_TTL,
             admin_uid: 0,
+            role: RoleConfig::Standalone,
+            cluster_token: None,
+            heartbeat: DEFAULT_HEARTBEAT,
         }
     }
 }

@@ -36,6 +36,7 @@ pub fn to_status(e: DomainError) -> Status {
         DomainError::Invalid(_) => (Code::InvalidArgument, R::InvalidArgument),
         DomainError::LimitReached(_) => (Code::ResourceExhausted, R::LimitReached),
         DomainError::PermissionDenied(_) => (Code::PermissionDenied, R::PermissionDenied),
+        DomainError::Unavailable(_) => (Code::Unavailable, R::NodeUnavailable),
     };
     acb_proto::status_with_reason(code, e.to_string(), reason)
 }
@@ -135,6 +136,7 @@ pub fn status_to_proto(mut s: StatusSnapshot, limits: &proto::StatusRequest) -> 
                     fake: g.fake,
                     granted: g.granted,
                     reserved: g.reserved,
+                    memory_used: g.memory_used,
                     holders: g
                         .holders
                         .into_iter()
@@ -164,6 +166,8 @@ pub fn status_to_proto(mut s: StatusSnapshot, limits: &proto::StatusRequest) -> 
                 memory_per_gpu: q.memory_per_gpu,
                 priority: q.priority,
                 waiting_ms: ms(q.waiting),
+                group: q.group.unwrap_or_default(),
+                node: q.node,
             })
             .collect(),
         clients: s
@@ -180,10 +184,23 @@ pub fn status_to_proto(mut s: StatusSnapshot, limits: &proto::StatusRequest) -> 
                 one_off: c.one_off,
                 uid: c.uid,
                 orphan: c.orphan,
+                node: c.node,
             })
             .collect(),
         uptime_ms: ms(s.uptime),
         version: env!("CARGO_PKG_VERSION").into(),
+        role: s.role.into(),
+        nodes: s
+            .nodes
+            .into_iter()
+            .map(|n| proto::NodeStatus {
+                name: n.name,
+                up: n.up,
+                last_seen_ms: ms(n.last_seen),
+                gpus: n.gpus,
+                reason: n.reason,
+            })
+            .collect(),
     }
 }
 
@@ -192,7 +209,7 @@ pub fn event_to_proto(e: Event) -> proto::Event {
     use proto::event::Kind as K;
     let kind = match e.kind {
         EventKind::Connected { client, job } => K::Connected(proto::ClientConnected { client_id: client, job }),
-        EventKind::Requested { client, job, request, gpus, memory_per_gpu, priority } => {
+        EventKind::Requested { client, job, request, gpus, memory_per_gpu, priority, group } => {
             K::Requested(proto::Requested {
                 client_id: client,
                 job,
@@ -200,6 +217,7 @@ pub fn event_to_proto(e: Event) -> proto::Event {
                 gpus,
                 memory_per_gpu,
                 priority,
+                group: group.unwrap_or_default(),
             })
         }
         EventKind::Granted { client, job, request, lease, gpus, memory_per_gpu, waited } => {
@@ -230,6 +248,8 @@ pub fn event_to_proto(e: Event) -> proto::Event {
         }
         EventKind::ClientGone { client } => K::ClientGone(proto::ClientGone { client_id: client }),
         EventKind::GpuHealth { gpu, healthy } => K::GpuHealth(proto::GpuHealth { gpu_id: gpu, healthy }),
+        EventKind::NodeUp { node, gpus } => K::NodeUp(proto::NodeUp { node, gpu_ids: gpus }),
+        EventKind::NodeDown { node, reason } => K::NodeDown(proto::NodeDown { node, reason }),
     };
     proto::Event { seq: e.seq, at_us: us(e.at), kind: Some(kind) }
 }

@@ -97,6 +97,42 @@ fn nvml_gpus() -> Result<Vec<FoundGpu>, Error> {
     Ok(out)
 }
 
+/// Reads a node's GPUs as they are now, for an executor's heartbeat: real GPUs through NVML
+/// (healthy while NVML can read them, and their memory in use), simulated ones always healthy
+/// with no memory reading.
+pub struct Probe {
+    nvml: Option<nvml_wrapper::Nvml>,
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probe").field("nvml", &self.nvml.is_some()).finish()
+    }
+}
+
+impl Probe {
+    /// A probe for `gpus` (NVML is opened only if one of them is real).
+    pub fn new(gpus: &[FoundGpu]) -> Probe {
+        let nvml = if gpus.iter().any(|g| !g.fake) { nvml_wrapper::Nvml::init().ok() } else { None };
+        Probe { nvml }
+    }
+
+    /// `g`'s health and memory in use now.
+    pub fn read(&self, g: &FoundGpu) -> (bool, Option<u64>) {
+        if g.fake {
+            return (true, None);
+        }
+        let Some(nvml) = &self.nvml else { return (false, None) };
+        match nvml.device_by_uuid(g.uuid.as_str()).and_then(|d| d.memory_info()) {
+            Ok(m) => (true, Some(m.used)),
+            Err(e) => {
+                tracing::warn!(gpu = g.index, uuid = %g.uuid, "NVML cannot read this GPU: {e}; reporting it unhealthy");
+                (false, None)
+            }
+        }
+    }
+}
+
 /// A one-node pool of `gpus`, named `node`.
 pub fn pool_of(node: &str, gpus: &[FoundGpu]) -> GpuPool {
     let mut pool = GpuPool::new();

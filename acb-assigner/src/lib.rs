@@ -7,6 +7,7 @@
 
 pub mod authority;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod convert;
 pub mod deadline;

@@ -34,6 +34,11 @@ struct GpuLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabel {
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GpuInfoLabels {
     gpu: String,
     uuid: String,
@@ -139,8 +144,12 @@ pub struct Metrics {
     job_swap_bytes: Family<JobDirectionLabels, Counter>,
     clock: Mutex<Clock>,
     /// The `gpu` label of each GPU of the pool, in pool order: its index on the node (which
-    /// `--gpus auto:1,3` keeps), as `gpu_info` and `status` show it.
-    gpu_labels: Vec<String>,
+    /// `--gpus auto:1,3` keeps), as `gpu_info` and `status` show it; `NODE:INDEX` for the GPUs of
+    /// a controller's executors.
+    gpu_labels: Mutex<Vec<String>>,
+    gpu_info: Family<GpuInfoLabels, Gauge>,
+    gpu_memory: Family<GpuLabel, Gauge>,
+    node_up: Family<NodeLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -175,7 +184,10 @@ impl Metrics {
             job_wait_seconds: Family::default(),
             job_swap_bytes: Family::default(),
             clock: Mutex::new(Clock { at: Instant::now(), gpus: Vec::new(), keys: Vec::new(), jobs: HashSet::new() }),
-            gpu_labels: gpus.iter().map(|g| g.index.to_string()).collect(),
+            gpu_labels: Mutex::new(Vec::new()),
+            gpu_info: Family::default(),
+            gpu_memory: Family::default(),
+            node_up: Family::default(),
             registry: Registry::default(),
         };
         registry.register("gpus_held", "GPUs with at least one holder in a GPU phase", m.gpus_held.clone());
@@ -198,23 +210,20 @@ impl Metrics {
             "Sessions the assigner ended because they left too many events unread",
             m.sessions_ended_behind.clone(),
         );
-        let info: Family<GpuInfoLabels, Gauge> = Family::default();
-        let total: Family<GpuLabel, Gauge> = Family::default();
         for g in gpus {
-            let simulated = if g.fake { "true" } else { "false" };
-            info.get_or_create(&GpuInfoLabels {
-                gpu: g.index.to_string(),
-                uuid: g.uuid.clone(),
-                name: g.name.clone(),
-                simulated: simulated.into(),
-            })
-            .set(1);
-            total
-                .get_or_create(&GpuLabel { gpu: g.index.to_string() })
-                .set(i64::try_from(g.memory).unwrap_or(i64::MAX));
+            m.push_gpu(g.index.to_string(), g);
         }
-        registry.register("gpu_info", "One series per GPU: its UUID, product name and whether it is simulated", info);
-        registry.register("gpu_memory_bytes", "Each GPU's memory", total);
+        registry.register(
+            "gpu_info",
+            "One series per GPU: its UUID, product name and whether it is simulated",
+            m.gpu_info.clone(),
+        );
+        registry.register("gpu_memory_bytes", "Each GPU's memory", m.gpu_memory.clone());
+        registry.register(
+            "node_up",
+            "A controller's nodes: 1 while the node's executor is registered and heartbeating, 0 when it is lost",
+            m.node_up.clone(),
+        );
         registry.register(
             "gpu_state",
             "Each GPU's state, 1 for the one it is in: computing (a holder in a GPU phase), held_idle (held, no \
@@ -307,9 +316,36 @@ impl Metrics {
         clock.keys = keys;
     }
 
+    /// A controller's node came up (registered) or went down.
+    pub fn node(&self, node: &str, up: bool) {
+        self.node_up.get_or_create(&NodeLabel { node: node.to_string() }).set(i64::from(up));
+    }
+
+    /// A GPU added to the pool (a controller's executor registered it): labelled `NODE:INDEX`.
+    pub fn add_gpu(&self, node: &str, g: &FoundGpu) {
+        self.push_gpu(format!("{node}:{}", g.index), g);
+    }
+
+    fn push_gpu(&self, label: String, g: &FoundGpu) {
+        let simulated = if g.fake { "true" } else { "false" };
+        self.gpu_info
+            .get_or_create(&GpuInfoLabels {
+                gpu: label.clone(),
+                uuid: g.uuid.clone(),
+                name: g.name.clone(),
+                simulated: simulated.into(),
+            })
+            .set(1);
+        self.gpu_memory
+            .get_or_create(&GpuLabel { gpu: label.clone() })
+            .set(i64::try_from(g.memory).unwrap_or(i64::MAX));
+        self.gpu_labels.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(label);
+    }
+
     /// The `gpu` label of the pool's `i`-th GPU.
     fn gpu_label(&self, i: usize) -> String {
-        self.gpu_labels.get(i).cloned().unwrap_or_else(|| i.to_string())
+        let labels = self.gpu_labels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        labels.get(i).cloned().unwrap_or_else(|| i.to_string())
     }
 
     /// Adds the time since the last accounting to the counters of the states it was spent in.

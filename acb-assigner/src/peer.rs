@@ -22,3 +22,38 @@ pub fn of<T>(request: &tonic::Request<T>, claimed_pid: u32) -> Peer {
 pub fn or_claimed(peer: Peer, claimed_pid: u32) -> Peer {
     if peer.pid == 0 { Peer { pid: claimed_pid, ..peer } } else { peer }
 }
+
+/// Set on a call by the authentication layer when it carries the cluster token: the caller is
+/// an executor (its forwarded identity headers are trusted).
+#[derive(Clone, Copy, Debug)]
+pub struct FromExecutor;
+
+/// The header an executor names its node in, on the calls it forwards.
+pub const NODE_HEADER: &str = "acb-node";
+/// The header an executor puts the client's uid in (SO_PEERCRED on its socket).
+pub const UID_HEADER: &str = "acb-peer-uid";
+/// The header an executor puts the client's pid in.
+pub const PID_HEADER: &str = "acb-peer-pid";
+
+/// A call an executor forwarded: its client's node, uid and pid. `None` for any call that did
+/// not come with the cluster token (a client's headers are never believed).
+pub fn forwarded<T>(request: &tonic::Request<T>) -> Option<(String, Peer)> {
+    request.extensions().get::<FromExecutor>()?;
+    let md = request.metadata();
+    let text = |k: &str| md.get(k).and_then(|v| v.to_str().ok());
+    let node = text(NODE_HEADER)?.to_string();
+    if node.is_empty() || acb_proto::check_job_name(&node).is_err() {
+        return None;
+    }
+    let uid = text(UID_HEADER).and_then(|v| v.parse().ok());
+    let pid = text(PID_HEADER).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Some((node, Peer { uid, pid }))
+}
+
+/// The caller of `request` and its node: an executor's forwarded client, or this daemon's own.
+pub fn with_node<T>(request: &tonic::Request<T>, claimed_pid: u32) -> (Peer, Option<String>) {
+    match forwarded(request) {
+        Some((node, peer)) => (or_claimed(peer, claimed_pid), Some(node)),
+        None => (of(request, claimed_pid), None),
+    }
+}

@@ -11,36 +11,71 @@ use tonic::transport::Server;
 use tonic::{Request, Status};
 
 use crate::Error;
-use crate::config::{Address, ServeConfig};
+use crate::config::{Address, RoleConfig, ServeConfig};
 use crate::driver;
 use crate::metrics::Metrics;
 use crate::proto::assigner_server::AssignerServer;
+use crate::proto::cluster_server::ClusterServer;
 use crate::service::AssignerService;
 
 pub use crate::unix_socket::{SOCKET_MODE, bind_unix};
 
-/// Checks `authorization: Bearer TOKEN` on every call when a token is configured.
+/// Checks `authorization: Bearer TOKEN` on every call when a token is configured. A call with
+/// the cluster token is an executor's: it passes, marked [`crate::peer::FromExecutor`].
 #[derive(Clone, Debug)]
 pub struct Auth {
     expected: Option<Arc<str>>,
+    cluster: Option<Arc<str>>,
+    /// Refuse calls with neither token even when no client token is set (a controller's TCP
+    /// listener: daemons only).
+    daemons_only: bool,
 }
 
 impl Auth {
     /// No token: every call passes.
     pub fn none() -> Self {
-        Auth { expected: None }
+        Auth { expected: None, cluster: None, daemons_only: false }
     }
 
     /// Calls must carry `token`.
     pub fn token(token: &str) -> Self {
-        Auth { expected: Some(format!("Bearer {token}").into()) }
+        Auth { expected: Some(format!("Bearer {token}").into()), cluster: None, daemons_only: false }
+    }
+
+    /// Calls with the cluster token `token` pass as an executor's.
+    pub fn with_cluster(mut self, token: Option<&str>) -> Self {
+        self.cluster = token.map(|t| format!("Bearer {t}").into());
+        self
+    }
+
+    /// Calls must carry a token (the client token, or the cluster token) even where no client
+    /// token is set.
+    pub fn daemons_only(mut self, on: bool) -> Self {
+        self.daemons_only = on && self.expected.is_none() && self.cluster.is_some();
+        self
     }
 }
 
 impl Interceptor for Auth {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.expected else { return Ok(request) };
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let given = request.metadata().get("authorization").map(|v| v.as_bytes()).unwrap_or(&[]);
+        if let Some(cluster) = &self.cluster
+            && constant_time_eq(given, cluster.as_bytes())
+        {
+            request.extensions_mut().insert(crate::peer::FromExecutor);
+            return Ok(request);
+        }
+        let expected = match &self.expected {
+            Some(e) => e,
+            None if self.daemons_only => {
+                return Err(acb_proto::status_with_reason(
+                    tonic::Code::Unauthenticated,
+                    "this listener serves the cluster's daemons only: send the cluster token",
+                    acb_proto::ErrorReason::Unauthenticated,
+                ));
+            }
+            None => return Ok(request),
+        };
         if constant_time_eq(given, expected.as_bytes()) {
             Ok(request)
         } else {
@@ -55,6 +90,15 @@ impl Interceptor for Auth {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Who answers the `acb.v1.Assigner` calls.
+#[derive(Clone, Debug)]
+enum Decider {
+    /// This daemon's driver.
+    Driver(AssignerService),
+    /// The controller, through an executor.
+    Proxy(crate::cluster::ProxyService),
 }
 
 /// Refuses a non-loopback TCP listener without a token, or without TLS unless `insecure`.
@@ -166,23 +210,66 @@ pub async fn serve_activated(
         if fake > 0 { " (SIMULATED GPUs)" } else { "" }
     );
     let metrics = Arc::new(Metrics::new(&gpus));
-    let persistence = persistence(&cfg)?;
-    let (handle, driver_task) =
-        driver::spawn(cfg.scheduler, cfg.quantum, cfg.node_name.clone(), gpus, metrics.clone(), persistence);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // The decider: this daemon's driver (standalone, controller), or the controller through
+    // the link (executor).
+    let (assigner, handle, driver_task, cluster_service) = match &cfg.role {
+        RoleConfig::Executor { controller } => {
+            if cfg.metrics.is_some() {
+                return Err(Error::Setting {
+                    what: "--metrics",
+                    why: "an executor serves no metrics: the controller's cover every node".into(),
+                });
+            }
+            let token = cfg.cluster_token.as_deref().unwrap_or_default();
+            let up = Arc::new(crate::cluster::Upstream::new(controller, token, &cfg.node_name)?);
+            let (state_tx, _) = watch::channel(crate::cluster::LinkState::Down("starting".into()));
+            tokio::spawn(crate::cluster::run_link(up.clone(), gpus, state_tx, stop_rx.clone()));
+            tracing::info!(controller = %controller, node = %cfg.node_name, "executor: forwarding to the controller");
+            (Decider::Proxy(crate::cluster::ProxyService::new(up)), None, None, None)
+        }
+        role => {
+            let persistence = persistence(&cfg)?;
+            let role = match role {
+                RoleConfig::Controller => driver::Role::Controller { heartbeat: cfg.heartbeat },
+                _ => driver::Role::Standalone,
+            };
+            let (handle, driver_task) = driver::spawn(
+                role,
+                cfg.scheduler,
+                cfg.quantum,
+                cfg.node_name.clone(),
+                gpus,
+                metrics.clone(),
+                persistence,
+            );
+            let cluster = matches!(role, driver::Role::Controller { .. })
+                .then(|| crate::cluster::ClusterService::new(handle.clone(), cfg.heartbeat));
+            (Decider::Driver(AssignerService::new(handle.clone())), Some(handle), Some(driver_task), cluster)
+        }
+    };
     let auth = cfg.auth_token.as_deref().map_or_else(Auth::none, Auth::token);
+    let auth = match cfg.role {
+        RoleConfig::Controller => auth.with_cluster(cfg.cluster_token.as_deref()),
+        _ => auth,
+    };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<AssignerServer<AssignerService>>().await;
     // Reflection in both versions (grpcurl 1.8 and grpcio-reflection ask v1alpha), listing the
     // health service too.
-    let reflection_builder = || {
-        tonic_reflection::server::Builder::configure()
+    // Only the services this daemon serves: acb.v1.Cluster on a controller alone.
+    let reflection_builder = |version: &str| {
+        let b = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("acb.v1.Assigner")
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name(format!("grpc.reflection.{version}.ServerReflection"));
+        if cluster_service.is_some() { b.with_service_name("acb.v1.Cluster") } else { b }
     };
-    let reflection = reflection_builder().build_v1().map_err(|e| Error::Reflection(e.to_string()))?;
-    let reflection_alpha = reflection_builder().build_v1alpha().map_err(|e| Error::Reflection(e.to_string()))?;
-    let service = AssignerService::new(handle.clone());
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let reflection = reflection_builder("v1").build_v1().map_err(|e| Error::Reflection(e.to_string()))?;
+    let reflection_alpha =
+        reflection_builder("v1alpha").build_v1alpha().map_err(|e| Error::Reflection(e.to_string()))?;
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -209,8 +296,20 @@ pub async fn serve_activated(
         if let (Address::Tcp(_), Some(tls)) = (addr, &tls) {
             builder = builder.tls_config(tls.clone()).map_err(|e| Error::Tls(format!("TLS: {}", source_chain(&e))))?;
         }
-        let router = builder
-            .add_service(InterceptedService::new(AssignerServer::new(service.clone()), auth.clone()))
+        let auth = auth.clone().daemons_only(matches!(addr, Address::Tcp(_)));
+        let router = match &assigner {
+            Decider::Driver(s) => {
+                builder.add_service(InterceptedService::new(AssignerServer::new(s.clone()), auth.clone()))
+            }
+            Decider::Proxy(s) => {
+                builder.add_service(InterceptedService::new(AssignerServer::new(s.clone()), auth.clone()))
+            }
+        };
+        let router = match &cluster_service {
+            Some(c) => router.add_service(InterceptedService::new(ClusterServer::new(c.clone()), auth.clone())),
+            None => router,
+        };
+        let router = router
             .add_service(InterceptedService::new(health.clone(), auth.clone()))
             .add_service(InterceptedService::new(reflection.clone(), auth.clone()))
             .add_service(InterceptedService::new(reflection_alpha.clone(), auth.clone()));
@@ -257,10 +356,14 @@ pub async fn serve_activated(
     stop.await;
     tracing::info!("stopping: no new connections; telling clients; draining");
     crate::systemd::notify("STOPPING=1\nSTATUS=draining");
-    let _ = handle.send(driver::Command::Shutdown).await;
+    if let Some(handle) = &handle {
+        let _ = handle.send(driver::Command::Shutdown).await;
+    }
     let _ = stop_tx.send(true);
     let drain = async {
-        let _ = driver_task.await;
+        if let Some(t) = driver_task {
+            let _ = t.await;
+        }
         for s in servers {
             let _ = s.await;
         }

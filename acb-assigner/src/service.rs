@@ -69,7 +69,7 @@ impl proto::assigner_server::Assigner for AssignerService {
         &self,
         request: Request<Streaming<proto::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let creds = crate::peer::of(&request, 0);
+        let (creds, node) = crate::peer::with_node(&request, 0);
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| crate::convert::invalid("a session starts with Hello"))?;
         let hello = crate::validate::hello(first)?;
@@ -84,12 +84,13 @@ impl proto::assigner_server::Assigner for AssignerService {
                     peer,
                     resume_token: hello.resume_token.clone(),
                     held: hello.held_leases.clone(),
+                    node: node.clone(),
                     reply,
                 })
                 .await,
         )?;
         let client = welcomed.client;
-        tracing::info!(client, job = %hello.job, pid = peer.pid, uid = ?peer.uid, resumed = welcomed.resumed, "session opened");
+        tracing::info!(client, job = %hello.job, pid = peer.pid, uid = ?peer.uid, node = ?node, resumed = welcomed.resumed, "session opened");
         let handle = self.handle.clone();
         tokio::spawn(async move {
             // The session lives as long as the client's half of the stream.
@@ -128,9 +129,10 @@ impl proto::assigner_server::Assigner for AssignerService {
         &self,
         request: Request<proto::AllocateRequest>,
     ) -> Result<Response<proto::AllocateResponse>, Status> {
-        let peer = crate::peer::of(&request, 0);
+        let (peer, node) = crate::peer::with_node(&request, 0);
         let r = request.into_inner();
         crate::validate::validate_alloc(&r)?;
+        let group = crate::validate::group_of(&r)?;
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let spec = AllocSpec {
             token: r.client_token,
@@ -142,6 +144,8 @@ impl proto::assigner_server::Assigner for AssignerService {
             required: r.required_gpus,
             preferred: r.preferred_gpus,
             tag: r.request_tag,
+            group,
+            node,
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.handle.send(Command::Allocate { key, spec, reply: tx }).await.map_err(to_status)?;
@@ -158,7 +162,7 @@ impl proto::assigner_server::Assigner for AssignerService {
         &self,
         request: Request<proto::ReleaseRequest>,
     ) -> Result<Response<proto::ReleaseResponse>, Status> {
-        let uid = crate::peer::of(&request, 0).uid;
+        let uid = crate::peer::with_node(&request, 0).0.uid;
         let r = request.into_inner();
         let token = r.client_token;
         flatten(self.handle.ask(|reply| Command::Release { token, lease: r.lease_id, uid, reply }).await)?;
@@ -166,7 +170,7 @@ impl proto::assigner_server::Assigner for AssignerService {
     }
 
     async fn renew(&self, request: Request<proto::RenewRequest>) -> Result<Response<proto::RenewResponse>, Status> {
-        let uid = crate::peer::of(&request, 0).uid;
+        let uid = crate::peer::with_node(&request, 0).0.uid;
         let r = request.into_inner();
         if r.client_token.is_empty() || r.client_token.len() > 128 {
             return Err(to_status(DomainError::UnknownToken));

@@ -63,7 +63,30 @@ pub fn validate_alloc(r: &proto::AllocateRequest) -> Result<(), Status> {
     if r.client_token.len() > MAX_TOKEN {
         return Err(to_status(DomainError::UnknownToken));
     }
+    group_of(r)?;
     Ok(())
+}
+
+/// The request's group, (name, size), if it names one.
+pub fn group_of(r: &proto::AllocateRequest) -> Result<Option<(String, u32)>, Status> {
+    if r.group.is_empty() {
+        if r.group_size > 1 {
+            return Err(invalid("group_size without a group name"));
+        }
+        return Ok(None);
+    }
+    if let Err(e) = acb_proto::check_job_name(&r.group) {
+        return Err(invalid(format!("group: {e}")));
+    }
+    if r.group_size == 0 || r.group_size > acb_core::MAX_GROUP_SIZE {
+        return Err(invalid(format!(
+            "group {:?}: group_size must be 1 to {} (got {})",
+            r.group,
+            acb_core::MAX_GROUP_SIZE,
+            r.group_size
+        )));
+    }
+    Ok(Some((r.group.clone(), r.group_size)))
 }
 
 #[cfg(test)]

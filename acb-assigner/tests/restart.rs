@@ -58,6 +58,7 @@ fn client(socket: &Path, job: &str) -> Client {
         memory_backend: MemoryBackend::Host,
         pin_gpus: false,
         assigner_uid: None,
+        group: None,
     })
     .unwrap()
 }

@@ -26,7 +26,8 @@ pub struct Sample {
 }
 
 impl Sample {
-    fn merge(&mut self, other: Sample) {
+    /// Adds `other`'s latencies and time to these.
+    pub fn merge(&mut self, other: Sample) {
         self.latencies.extend(other.latencies);
         self.wall += other.wall;
     }
@@ -70,7 +71,8 @@ async fn echo_run(addr: &Address, clients: usize, time: Duration) -> Result<Samp
     collect(tasks, start).await
 }
 
-async fn broker_run(addr: &Address, clients: usize, time: Duration) -> Result<Sample, Error> {
+/// Grant+release cycles by `clients` concurrent sessions against `addr` for `time`.
+pub async fn broker_run(addr: &Address, clients: usize, time: Duration) -> Result<Sample, Error> {
     let mut tasks = Vec::new();
     let start = Instant::now();
     for i in 0..clients {

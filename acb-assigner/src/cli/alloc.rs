@@ -5,10 +5,23 @@ use super::{AllocArgs, CliError, connect};
 use crate::proto;
 use acb_client::connection;
 
-pub(super) async fn run(AllocArgs { conn, gpus, memory, priority, job, hold }: AllocArgs) -> Result<(), CliError> {
+pub(super) async fn run(
+    AllocArgs { conn, gpus, memory, priority, job, hold, group, group_size }: AllocArgs,
+) -> Result<(), CliError> {
     let rpc = connect(&conn).await?;
     let mut session = connection::Session::open(rpc, &job).await?;
-    let req = proto::AllocateRequest { gpus, memory_per_gpu: memory, priority, ..Default::default() };
+    let group_size = match (&group, group_size) {
+        (Some(_), None) => 1,
+        (_, s) => s.unwrap_or(0),
+    };
+    let req = proto::AllocateRequest {
+        gpus,
+        memory_per_gpu: memory,
+        priority,
+        group: group.unwrap_or_default(),
+        group_size,
+        ..Default::default()
+    };
     let grant = session.allocate(req).await?;
     let ids: Vec<String> = grant.gpus.iter().map(|g| format!("{}:{}", g.node, g.index)).collect();
     println!("granted lease {} on {} after {:.3} s", grant.lease_id, ids.join(","), grant.waited_us as f64 / 1e6);

@@ -14,6 +14,7 @@ use acb_client::connection;
 
 mod alloc;
 mod bench;
+mod bench_cluster;
 mod demo;
 mod demo_job;
 mod docs;
@@ -52,6 +53,9 @@ enum Cmd {
     Alloc(AllocArgs),
     /// Benchmark grant+release round trips beside a bare tonic unary call, same run.
     Bench(BenchArgs),
+    /// Benchmark the cluster: grant+release through an executor and the controller beside a
+    /// standalone daemon, and the controller's cost per event with 1,000 GPUs (SIMULATED).
+    BenchCluster(BenchClusterArgs),
     /// Predict, before deploying, what acb does to a workload: the simulator on a job trace,
     /// static baseline beside each scheduler (SIMULATED: no GPU is used).
     Simulate(SimulateArgs),
@@ -153,6 +157,24 @@ struct ServeArgs {
     /// Default: 0.
     #[arg(long)]
     admin_uid: Option<u32>,
+    /// standalone (one node), controller (owns every node's GPUs and decides) or executor
+    /// (serves its node's clients, forwards to --controller). Default: standalone.
+    #[arg(long)]
+    role: Option<String>,
+    /// An executor's controller: tcp:IP:PORT.
+    #[arg(long)]
+    controller: Option<String>,
+    /// The secret between the controller and its executors (a file whose first line is it):
+    /// required for both roles; a caller without it cannot join as an executor.
+    #[arg(long)]
+    cluster_token_file: Option<PathBuf>,
+    /// How often executors heartbeat; a node is lost after 3 missed. Default: 1s.
+    #[arg(long, value_parser = config::parse_duration)]
+    heartbeat: Option<Duration>,
+    /// A cluster file (TOML: controller, cluster_token_file, heartbeat, nodes) shared by every
+    /// node; flags and --config override it.
+    #[arg(long)]
+    cluster_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -217,9 +239,35 @@ struct AllocArgs {
     /// Job name.
     #[arg(long, default_value = "acb-assigner-alloc")]
     job: String,
+    /// A gang across processes: requests naming the same group are granted together once
+    /// --group-size of them wait.
+    #[arg(long)]
+    group: Option<String>,
+    /// The group's size (with --group).
+    #[arg(long, requires = "group")]
+    group_size: Option<u32>,
     /// Hold the lease this long (e.g. 5s), then release; forever (until killed) when unset.
     #[arg(long, value_parser = config::parse_duration)]
     hold: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+struct BenchClusterArgs {
+    /// Concurrent clients in the round-trip measurement.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Length of each round-trip measurement (e.g. 2s).
+    #[arg(long, value_parser = config::parse_duration, default_value = "2s")]
+    time: Duration,
+    /// Alternations of each comparison.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Nodes of 8 simulated GPUs in the large pool of the controller-cost measurement.
+    #[arg(long, default_value_t = 125)]
+    nodes: usize,
+    /// Events of each kind per alternation in the controller-cost measurement.
+    #[arg(long, default_value_t = 2000)]
+    cycles: usize,
 }
 
 #[derive(Debug, Args)]
@@ -374,6 +422,7 @@ async fn run(cli: Cli, activated: Vec<std::os::fd::OwnedFd>) -> Result<(), CliEr
         Cmd::Timeline(args) => timeline::run(args).await,
         Cmd::Alloc(args) => alloc::run(args).await,
         Cmd::Bench(args) => bench::run(args).await,
+        Cmd::BenchCluster(args) => bench_cluster::run(args).await,
         Cmd::Simulate(args) => simulate::run(args),
         Cmd::Demo(args) => demo::run(args).await,
         Cmd::DemoJob(args) => demo_job::run(args).await,

@@ -113,7 +113,83 @@ fn resolve_with(args: ServeArgs, file: FileConfig) -> Result<ServeConfig, Error>
         }
     };
     let insecure = args.insecure || file.insecure.unwrap_or(false);
-    crate::server::check_exposure(&listen, auth_token.is_some(), tls.is_some(), insecure)?;
+    let cluster_path = args.cluster_file.clone().or(file.cluster_file.clone());
+    let cluster = match &cluster_path {
+        Some(p) => config::ClusterFile::load(p)?,
+        None => config::ClusterFile::default(),
+    };
+    let role_name = args.role.clone().or(file.role.clone()).unwrap_or_else(|| "standalone".into());
+    let controller = args.controller.clone().or(file.controller.clone()).or(cluster.controller.clone());
+    let role = match (role_name.as_str(), controller) {
+        ("standalone", None) => config::RoleConfig::Standalone,
+        ("controller", None) => config::RoleConfig::Controller,
+        ("standalone" | "controller", Some(_)) if args.controller.is_some() || file.controller.is_some() => {
+            return Err(Error::Setting {
+                what: "--controller",
+                why: format!("only an executor has a controller (this is a {role_name})"),
+            });
+        }
+        ("standalone", Some(_)) => config::RoleConfig::Standalone,
+        ("controller", Some(_)) => config::RoleConfig::Controller,
+        ("executor", Some(c)) => {
+            let controller: Address = c
+                .parse()
+                .map_err(|e: acb_proto::AddressError| Error::Setting { what: "--controller", why: e.to_string() })?;
+            if !matches!(controller, Address::Tcp(_)) {
+                return Err(Error::Setting {
+                    what: "--controller",
+                    why: "the controller is a tcp:IP:PORT address".into(),
+                });
+            }
+            config::RoleConfig::Executor { controller }
+        }
+        ("executor", None) => {
+            return Err(Error::Setting {
+                what: "--role executor",
+                why: "needs --controller tcp:IP:PORT (or controller in the cluster file)".into(),
+            });
+        }
+        (other, _) => {
+            return Err(Error::Setting {
+                what: "--role",
+                why: format!("{other:?} is not a role: standalone, controller or executor"),
+            });
+        }
+    };
+    let cluster_token_file =
+        args.cluster_token_file.clone().or(file.cluster_token_file.clone()).or(cluster.cluster_token_file.clone());
+    let cluster_token = cluster_token_file
+        .as_ref()
+        .map(|p| {
+            acb_client::read_token(p).map_err(|e| Error::Setting { what: "--cluster-token-file", why: e.to_string() })
+        })
+        .transpose()?;
+    if let Some(p) = &cluster_token_file {
+        crate::tls::warn_if_readable_by_others(p, "the cluster token file");
+    }
+    if role != config::RoleConfig::Standalone && cluster_token.is_none() {
+        return Err(Error::Setting {
+            what: "--cluster-token-file",
+            why: format!("a {role_name} needs the cluster token (the secret its executors and controller share)"),
+        });
+    }
+    if role == config::RoleConfig::Standalone && cluster_token.is_some() {
+        return Err(Error::Setting {
+            what: "--cluster-token-file",
+            why: "only a controller or an executor uses it".into(),
+        });
+    }
+    let heartbeat = match (args.heartbeat, file.heartbeat.clone().or(cluster.heartbeat.clone())) {
+        (Some(h), _) => h,
+        (None, Some(s)) => {
+            config::parse_duration(&s).map_err(|e| Error::Setting { what: "config heartbeat", why: e.to_string() })?
+        }
+        (None, None) => config::DEFAULT_HEARTBEAT,
+    };
+    if heartbeat < std::time::Duration::from_millis(50) || heartbeat > std::time::Duration::from_secs(60) {
+        return Err(Error::Setting { what: "--heartbeat", why: "must be from 50ms to 60s".into() });
+    }
+    crate::server::check_exposure(&listen, auth_token.is_some() || cluster_token.is_some(), tls.is_some(), insecure)?;
     let default_socket = listen == [Address::default_listen()];
     Ok(ServeConfig {
         listen,
@@ -154,6 +230,9 @@ fn resolve_with(args: ServeArgs, file: FileConfig) -> Result<ServeConfig, Error>
             d => d.unwrap_or(config::DEFAULT_ONE_OFF_TTL),
         },
         admin_uid: args.admin_uid.or(file.admin_uid).unwrap_or(0),
+        role,
+        cluster_token,
+        heartbeat,
     })
 }
 

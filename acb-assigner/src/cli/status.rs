@@ -24,12 +24,25 @@ fn status_table(s: &proto::StatusResponse) -> String {
     let simulated = s.gpus.iter().any(|g| g.fake);
     let _ = writeln!(
         o,
-        "acb-assigner {}, scheduler {}, up {:.1} s{}",
+        "acb-assigner {}, {}, scheduler {}, up {:.1} s{}",
         s.version,
+        if s.role.is_empty() { "standalone" } else { s.role.as_str() },
         s.scheduler,
         s.uptime_ms as f64 / 1000.0,
         if simulated { ", SIMULATED GPUs" } else { "" }
     );
+    if s.role == "controller" {
+        let _ = writeln!(o, "\nNODES ({})", s.nodes.len());
+        for n in &s.nodes {
+            let state = if n.up { "up".to_string() } else { format!("DOWN: {}", n.reason) };
+            let seen = if n.last_seen_ms > 0 {
+                format!(", heard from {:.1} s ago", n.last_seen_ms as f64 / 1e3)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(o, "  {:<20} {} GPU(s), {state}{seen}", n.name, n.gpus);
+        }
+    }
     let _ = writeln!(o, "\nGPU  NODE:IDX        NAME                    MEMORY     GRANTED    STATE      HOLDERS");
     for g in &s.gpus {
         // An assigner older than the totals sends none: then the list is all there is.
@@ -86,14 +99,16 @@ fn status_table(s: &proto::StatusResponse) -> String {
         let mem = q.memory_per_gpu.map(|m| format!(" memory={}", Bytes(m))).unwrap_or_default();
         let _ = writeln!(
             o,
-            "  request#{} client#{} {} gpus={}{} priority={} waiting {:.1} s",
+            "  request#{} client#{} {} gpus={}{} priority={} waiting {:.1} s{}{}",
             q.request_id,
             q.client_id,
             q.job,
             q.gpus,
             mem,
             q.priority,
-            q.waiting_ms as f64 / 1e3
+            q.waiting_ms as f64 / 1e3,
+            if q.group.is_empty() { String::new() } else { format!(" group={}", q.group) },
+            if s.role == "controller" { format!(" node={}", q.node) } else { String::new() },
         );
     }
     more(&mut o, s.queue_total, s.queue.len(), "queued requests");
@@ -103,9 +118,10 @@ fn status_table(s: &proto::StatusResponse) -> String {
         let uid = c.uid.map_or_else(|| "uid ? (TCP)".to_string(), |u| format!("uid {u}"));
         let _ = writeln!(
             o,
-            "  client#{} {} {uid} pid {} leases {} queued {}{}{}",
+            "  client#{} {}{} {uid} pid {} leases {} queued {}{}{}",
             c.client_id,
             c.job,
+            if s.role == "controller" { format!(" node={}", c.node) } else { String::new() },
             c.pid,
             c.leases,
             c.queued,

@@ -20,16 +20,14 @@ pub(super) async fn run(TimelineArgs { conn, out }: TimelineArgs) -> Result<(), 
         events.extend(event_from_proto(e));
     }
     let simulated = status.gpus.iter().any(|g| g.fake);
-    let rows: Vec<acb_lab::timeline::GpuRow> = status
-        .gpus
-        .iter()
-        .map(|g| acb_lab::timeline::GpuRow {
-            id: g.id,
-            label: format!("gpu{} ({}{})", g.id, if g.fake { "simulated, " } else { "" }, Bytes(g.memory)),
-        })
-        .collect();
+    let rows = gpu_rows(&status);
     let title = format!(
-        "acb-assigner timeline, scheduler {}{}",
+        "acb-assigner timeline, {}scheduler {}{}",
+        if status.role == "controller" {
+            format!("controller of {} nodes, ", status.nodes.len())
+        } else {
+            String::new()
+        },
         status.scheduler,
         if simulated { " (SIMULATED GPUs)" } else { "" }
     );
@@ -38,4 +36,54 @@ pub(super) async fn run(TimelineArgs { conn, out }: TimelineArgs) -> Result<(), 
     std::fs::write(&out, svg).map_err(|e| CliError::failed(format!("{}: {e}", out.display())))?;
     println!("wrote {} ({} events)", out.display(), events.len());
     Ok(())
+}
+
+/// One row per GPU; on a controller the rows are grouped by node (in the order the nodes
+/// joined, GPUs by index) and labelled `NODE:INDEX`.
+fn gpu_rows(status: &proto::StatusResponse) -> Vec<acb_lab::timeline::GpuRow> {
+    let mut gpus: Vec<&proto::GpuStatus> = status.gpus.iter().collect();
+    let cluster = status.role == "controller";
+    if cluster {
+        let rank = |node: &str| status.nodes.iter().position(|n| n.name == node).unwrap_or(usize::MAX);
+        gpus.sort_by_key(|g| (rank(&g.node), g.index, g.id));
+    }
+    gpus.into_iter()
+        .map(|g| {
+            let kind = format!("{}{}", if g.fake { "simulated, " } else { "" }, Bytes(g.memory));
+            let label = if cluster {
+                format!("{}:{} (gpu{}, {kind})", g.node, g.index, g.id)
+            } else {
+                format!("gpu{} ({kind})", g.id)
+            };
+            acb_lab::timeline::GpuRow { id: g.id, label }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_controllers_rows_are_grouped_by_node() {
+        let gpu = |id: u32, node: &str, index: u32| proto::GpuStatus {
+            id,
+            node: node.into(),
+            index,
+            memory: 1 << 30,
+            ..Default::default()
+        };
+        let node = |name: &str| proto::NodeStatus { name: name.into(), up: true, ..Default::default() };
+        let mut status = proto::StatusResponse {
+            role: "controller".into(),
+            nodes: vec![node("b"), node("a")],
+            gpus: vec![gpu(0, "a", 0), gpu(1, "b", 1), gpu(2, "a", 1), gpu(3, "b", 0)],
+            ..Default::default()
+        };
+        let labels: Vec<String> = gpu_rows(&status).into_iter().map(|r| r.label).collect();
+        assert_eq!(labels, ["b:0 (gpu3, 1 GiB)", "b:1 (gpu1, 1 GiB)", "a:0 (gpu0, 1 GiB)", "a:1 (gpu2, 1 GiB)"]);
+        status.role = "standalone".into();
+        let ids: Vec<u32> = gpu_rows(&status).into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, [0, 1, 2, 3]);
+    }
 }

@@ -32,6 +32,9 @@ pub enum DomainError {
     /// The caller's uid (SO_PEERCRED) may not do this (the message says why).
     #[error("{0}")]
     PermissionDenied(String),
+    /// A controller: the client's node has no GPUs in the pool now.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// What the assigner tells a session.
@@ -137,6 +140,11 @@ pub struct AllocSpec {
     pub preferred: Vec<u32>,
     /// The client's tag for this request, echoed in [`ToClient::Granted`].
     pub tag: u64,
+    /// The gang across processes this request is a member of: (name, size).
+    pub group: Option<(String, u32)>,
+    /// The node the caller runs on, when an executor forwarded the call; `None`: this
+    /// daemon's own node.
+    pub node: Option<String>,
 }
 
 /// One GPU in a status snapshot.
@@ -164,6 +172,8 @@ pub struct GpuSnapshot {
     pub reserved: bool,
     /// Holders.
     pub holders: Vec<HolderSnapshot>,
+    /// Memory in use on it, as its executor last read it (NVML; a controller's remote GPUs).
+    pub memory_used: Option<u64>,
 }
 
 /// A lease on a GPU in a status snapshot.
@@ -229,6 +239,10 @@ pub struct QueuedSnapshot {
     pub priority: i32,
     /// Waiting for.
     pub waiting: Duration,
+    /// The group it is a member of, if any.
+    pub group: Option<String>,
+    /// Its client's node.
+    pub node: String,
 }
 
 /// One client in a status snapshot.
@@ -244,6 +258,8 @@ pub struct ClientSnapshot {
     pub uid: Option<u32>,
     /// A session of the previous run not resumed yet (restored after a restart).
     pub orphan: bool,
+    /// The node it runs on.
+    pub node: String,
     /// Leases held.
     pub leases: u32,
     /// Requests queued.
@@ -269,6 +285,25 @@ pub struct StatusSnapshot {
     pub clients: Vec<ClientSnapshot>,
     /// Since start.
     pub uptime: Duration,
+    /// standalone, controller or executor.
+    pub role: &'static str,
+    /// The pool's nodes.
+    pub nodes: Vec<NodeSnapshot>,
+}
+
+/// One node in a status snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSnapshot {
+    /// Its name.
+    pub name: String,
+    /// Its executor registered and heartbeating (always for the daemon's own node).
+    pub up: bool,
+    /// Since the controller last heard from it.
+    pub last_seen: Duration,
+    /// Its GPUs.
+    pub gpus: u32,
+    /// Why it is down.
+    pub reason: String,
 }
 
 pub(super) type Reply<T> = oneshot::Sender<T>;
@@ -290,6 +325,9 @@ pub enum Command {
         resume_token: String,
         /// The leases of that session still in use.
         held: Vec<u64>,
+        /// The node the client runs on, when an executor forwarded the session (a
+        /// controller's remote client); `None`: this daemon's own node.
+        node: Option<String>,
         /// Who the client is now.
         reply: Reply<Result<Welcomed, DomainError>>,
     },
@@ -372,6 +410,37 @@ pub enum Command {
         replay: bool,
         /// (record, live events).
         reply: Reply<(Vec<Event>, broadcast::Receiver<Event>)>,
+    },
+    /// An executor registered its node (a controller).
+    Register {
+        /// The node's name.
+        node: String,
+        /// Its GPUs.
+        gpus: Vec<super::nodes::ReportedGpu>,
+        /// The link's id (a newer link of the same node replaces an older one).
+        link: u64,
+        /// The pool ids of its GPUs, in the order given.
+        reply: Reply<Result<Vec<u32>, DomainError>>,
+    },
+    /// An executor's heartbeat: its GPUs' health by index.
+    Heartbeat {
+        /// The node.
+        node: String,
+        /// The link.
+        link: u64,
+        /// (index, healthy, memory in use).
+        health: Vec<(u32, bool, Option<u64>)>,
+        /// Whether the node is still registered on this link (else it must register again).
+        reply: Reply<bool>,
+    },
+    /// An executor's link ended.
+    LinkLost {
+        /// The node.
+        node: String,
+        /// The link.
+        link: u64,
+        /// Why.
+        reason: String,
     },
     /// Tell every session the assigner stops, end every stream, stop.
     Shutdown,

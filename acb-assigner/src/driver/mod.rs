@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 mod api;
 mod bounds;
 mod history;
+mod nodes;
 mod restart;
 mod sessions;
 mod state;
@@ -33,6 +34,7 @@ pub use api::{
 };
 pub use api::{HolderSnapshot, Peer, Welcomed};
 use history::History;
+pub use nodes::{MISSED_HEARTBEATS, ReportedGpu, Role};
 pub use restart::Persistence;
 use sessions::Sessions;
 pub use state::{StateError, Store, default_dir as default_state_dir};
@@ -48,6 +50,12 @@ pub struct Driver {
     metrics: Arc<Metrics>,
     /// Saved leases, restart grace, one-off leases' time to live, the admin uid.
     keeping: restart::Keeping,
+    /// Standalone or controller.
+    role: Role,
+    /// A controller's executors' nodes, by name.
+    nodes: std::collections::BTreeMap<String, nodes::RemoteNode>,
+    /// Memory in use on a node's GPUs, as its executor last read it (NVML).
+    memory_used: std::collections::HashMap<GpuId, u64>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -58,7 +66,9 @@ impl std::fmt::Debug for Driver {
 
 /// Starts the driver on the current runtime. It stops after [`Command::Shutdown`] or when
 /// every handle is dropped.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
+    role: Role,
     policy: Policy,
     quantum: Option<Duration>,
     node: String,
@@ -79,8 +89,16 @@ pub fn spawn(
         history: History::new(),
         metrics,
         keeping: restart::Keeping::new(&mut persistence),
+        role,
+        nodes: std::collections::BTreeMap::new(),
+        memory_used: std::collections::HashMap::new(),
     };
-    if let Some(saved) = persistence.saved.take() {
+    if let Some(mut saved) = persistence.saved.take() {
+        let pool = std::mem::take(&mut saved.pool);
+        if driver.is_controller() {
+            let grace = driver.keeping.grace;
+            driver.restore_pool(&pool, grace);
+        }
         driver.restore_state(saved);
     }
     driver.save_state();
@@ -95,10 +113,7 @@ impl Driver {
         self.metrics.update(&self.sched, |c| self.sessions.job(c));
         loop {
             let sched_deadline = self.sched.poll_timeout().map(|t| self.start + Duration::from_nanos(t.as_nanos()));
-            let deadline = match (sched_deadline, self.keeping_deadline()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let deadline = [sched_deadline, self.keeping_deadline(), self.nodes_deadline()].into_iter().flatten().min();
             let timer = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -114,6 +129,7 @@ impl Driver {
                     let now = self.now();
                     self.sched.handle_timeout(now);
                     self.keeping_timers();
+                    self.nodes_timers();
                 }
             }
             self.drain_outputs();
@@ -145,8 +161,9 @@ impl Driver {
     fn handle_command(&mut self, cmd: Command) {
         let now = self.now();
         match cmd {
-            Command::Connect { job, grants, to_client, peer, resume_token, held, reply } => {
-                let r = self.open_session(job, peer, &resume_token, &held, (to_client, grants), now);
+            Command::Connect { job, grants, to_client, peer, resume_token, held, node, reply } => {
+                let node = node.unwrap_or_else(|| self.node.clone());
+                let r = self.open_session(job, peer, &node, &resume_token, &held, (to_client, grants), now);
                 if let Err(Ok(w)) = reply.send(r) {
                     // The session's opener went away before Welcome: nobody will end it.
                     self.disconnect(ClientId(w.client), now);
@@ -195,6 +212,13 @@ impl Driver {
                 }
                 let _ = reply.send(r);
             }
+            Command::Register { node, gpus, link, reply } => {
+                let _ = reply.send(self.register_node(&node, gpus, link, now));
+            }
+            Command::Heartbeat { node, link, health, reply } => {
+                let _ = reply.send(self.heartbeat(&node, link, &health, now));
+            }
+            Command::LinkLost { node, link, reason } => self.node_lost(&node, Some(link), reason, now),
             Command::Status { reply } => {
                 let _ = reply.send(self.snapshot(now));
             }
@@ -252,6 +276,7 @@ impl Driver {
             match self.connect(job, spec.peer.pid, true, None, now) {
                 Ok((c, _)) => {
                     self.sessions.set_peer(c, spec.peer.uid, spec.peer.pid);
+                    self.sessions.set_node(c, spec.node.clone().unwrap_or_else(|| self.node.clone()));
                     c
                 }
                 Err(e) => {
@@ -269,16 +294,19 @@ impl Driver {
             }
         };
         let job = self.sessions.job(client);
-        let ids = |v: &[u32]| v.iter().map(|g| GpuId(*g)).collect::<Vec<_>>();
-        let affinity = if !spec.required.is_empty() {
-            Affinity::Required(ids(&spec.required))
-        } else if !spec.preferred.is_empty() {
-            Affinity::Preferred(ids(&spec.preferred))
-        } else {
-            Affinity::Any
+        let affinity = match self.affinity_for(client, &spec) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                self.end_one_off_if_idle(client, now);
+                return;
+            }
         };
         let mut req = Request::new(client, job.clone(), spec.gpus).with_priority(spec.priority).with_affinity(affinity);
         req.memory_per_gpu = spec.memory_per_gpu;
+        if let Some((name, size)) = &spec.group {
+            req = req.with_group(name.clone(), *size);
+        }
         match self.sched.submit(req, now) {
             Ok(request) => {
                 self.record(EventKind::Requested {
@@ -288,6 +316,7 @@ impl Driver {
                     gpus: spec.gpus,
                     memory_per_gpu: spec.memory_per_gpu,
                     priority: spec.priority,
+                    group: spec.group.as_ref().map(|g| g.0.clone()),
                 });
                 self.sessions.wait(key, client, request, spec.tag, reply);
             }
@@ -296,6 +325,37 @@ impl Driver {
                 self.end_one_off_if_idle(client, now);
             }
         }
+    }
+
+    /// Where `client`'s request may go: its own wishes; on a controller, within its node's
+    /// GPUs (the node known from its connection), the GPUs it prefers first.
+    fn affinity_for(&self, client: ClientId, spec: &AllocSpec) -> Result<Affinity, DomainError> {
+        let ids = |v: &[u32]| v.iter().map(|g| GpuId(*g)).collect::<Vec<_>>();
+        if !self.is_controller() {
+            return Ok(if !spec.required.is_empty() {
+                Affinity::Required(ids(&spec.required))
+            } else if !spec.preferred.is_empty() {
+                Affinity::Preferred(ids(&spec.preferred))
+            } else {
+                Affinity::Any
+            });
+        }
+        let node = self.sessions.node(client);
+        let on_node = self.gpus_of_node(&node)?;
+        if !spec.required.is_empty() {
+            let outside: Vec<u32> = spec.required.iter().copied().filter(|g| !on_node.contains(&GpuId(*g))).collect();
+            if !outside.is_empty() {
+                return Err(DomainError::Invalid(format!(
+                    "GPUs {outside:?} are not on node {node:?}, where this client runs; a client is granted only its \
+                     own node's GPUs"
+                )));
+            }
+            return Ok(Affinity::Required(ids(&spec.required)));
+        }
+        let mut list: Vec<GpuId> = ids(&spec.preferred).into_iter().filter(|g| on_node.contains(g)).collect();
+        let rest: Vec<GpuId> = on_node.iter().copied().filter(|g| !list.contains(g)).collect();
+        list.extend(rest);
+        Ok(Affinity::Required(list))
     }
 
     fn release(&mut self, token: &str, lease: LeaseId, uid: Option<u32>, now: CoreInstant) -> Result<(), DomainError> {
@@ -381,6 +441,13 @@ impl Driver {
                     let now = self.now();
                     self.end_one_off_if_idle(client, now);
                 }
+                Output::GroupBroken { client, lease, group, gone } => {
+                    self.record(EventKind::Released { client: client.0, lease: lease.0, by_disconnect: false });
+                    let why = format!("client#{} of group {group:?} went away: the group cannot go on", gone.0);
+                    self.sessions.tell(client, ToClient::Revoked { lease: lease.0, gpu: u32::MAX, why: Some(why) });
+                    let now = self.now();
+                    self.end_one_off_if_idle(client, now);
+                }
                 Output::Rejected { client, request, error } => {
                     self.record(EventKind::Rejected {
                         client: client.0,
@@ -394,17 +461,6 @@ impl Driver {
                     self.end_one_off_if_idle(client, now);
                 }
             }
-        }
-    }
-
-    fn granted_gpu(&self, id: GpuId) -> GrantedGpu {
-        let found = self.gpus.get(id.0 as usize);
-        GrantedGpu {
-            id: id.0,
-            node: self.node.clone(),
-            index: found.map_or(id.0, |g| g.index),
-            uuid: found.map(|g| g.uuid.clone()).unwrap_or_default(),
-            memory: found.map_or(0, |g| g.memory),
         }
     }
 
@@ -439,8 +495,8 @@ impl Driver {
                     .collect();
                 GpuSnapshot {
                     id: g.id.0,
-                    node: self.node.clone(),
-                    index: g.index,
+                    node: self.node_of(g.id),
+                    index: found.map_or(g.index, |f| f.index),
                     uuid: g.uuid.clone(),
                     name: found.map(|f| f.name.clone()).unwrap_or_default(),
                     memory: g.memory,
@@ -449,6 +505,7 @@ impl Driver {
                     granted: state.granted,
                     reserved: state.reserved,
                     holders,
+                    memory_used: self.memory_used.get(&g.id).copied(),
                 }
             })
             .collect();
@@ -463,6 +520,8 @@ impl Driver {
                 memory_per_gpu: q.request.memory_per_gpu,
                 priority: q.request.priority,
                 waiting: now - q.enqueued_at,
+                group: q.request.group.as_ref().map(|g| g.name.clone()),
+                node: self.sessions.node(q.request.client),
             })
             .collect();
         let mut clients: Vec<ClientSnapshot> = self
@@ -479,6 +538,7 @@ impl Driver {
                 one_off: info.one_off,
                 uid: info.uid,
                 orphan: info.orphan,
+                node: info.node.clone(),
             })
             .collect();
         clients.sort_by_key(|c| c.client);
@@ -488,6 +548,8 @@ impl Driver {
             queue,
             clients,
             uptime: self.start.elapsed(),
+            role: self.role.name(),
+            nodes: self.node_snapshots(),
         }
     }
 }

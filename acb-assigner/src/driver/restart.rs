@@ -236,19 +236,27 @@ impl Driver {
 
     /// Opens a session: resumes the orphan `resume_token` names (keeping the leases in `held`,
     /// releasing its others), or connects a new client.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn open_session(
         &mut self,
         job: String,
         peer: Peer,
+        node: &str,
         resume_token: &str,
         held: &[u64],
         session: (SessionSender, bool),
         now: CoreInstant,
     ) -> Result<Welcomed, DomainError> {
         let orphan = if resume_token.is_empty() { None } else { self.sessions.orphan_by_token(resume_token, peer.uid) };
+        // A session resumes only on the node it ran on (a token carried elsewhere opens a new one).
+        let orphan = orphan.filter(|c| {
+            let was = self.sessions.node(*c);
+            was.is_empty() || was == node
+        });
         let Some(client) = orphan else {
             let (client, token) = self.connect(job, peer.pid, false, Some(session), now)?;
             self.sessions.set_peer(client, peer.uid, peer.pid);
+            self.sessions.set_node(client, node.to_string());
             return Ok(Welcomed { client: client.0, token, resumed: false, kept: Vec::new() });
         };
         self.sessions.attach(client, session, peer.uid, peer.pid);
@@ -293,6 +301,7 @@ impl Driver {
                     pid: info.pid,
                     uid: info.uid,
                     one_off: info.one_off,
+                    node: (!info.node.is_empty() && info.node != self.node).then(|| info.node.clone()),
                     leases,
                 })
             })
@@ -303,6 +312,7 @@ impl Driver {
             next_client: self.sessions.peek_next_id(),
             next_lease: self.sched.next_lease_id().0,
             clients,
+            pool: self.saved_pool(),
         };
         match store.save(&state) {
             Ok(()) => {

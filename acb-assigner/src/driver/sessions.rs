@@ -25,6 +25,8 @@ pub(super) struct ClientInfo {
     pub(super) uid: Option<u32>,
     /// A session of the previous run, restored after a restart and not resumed yet.
     pub(super) orphan: bool,
+    /// The node it runs on (its executor's, or the daemon's own).
+    pub(super) node: String,
 }
 
 /// A call waiting for its grant.
@@ -101,6 +103,7 @@ impl Sessions {
             swap_out: 0,
             uid: None,
             orphan: false,
+            node: String::new(),
         };
         self.clients.insert(client, info);
         token
@@ -113,6 +116,18 @@ impl Sessions {
             info.uid = uid;
             info.pid = pid;
         }
+    }
+
+    /// Records the node the client runs on.
+    pub(super) fn set_node(&mut self, client: ClientId, node: String) {
+        if let Some(info) = self.clients.get_mut(&client) {
+            info.node = node;
+        }
+    }
+
+    /// The node a client runs on (empty for an unknown client).
+    pub(super) fn node(&self, client: ClientId) -> String {
+        self.clients.get(&client).map(|c| c.node.clone()).unwrap_or_default()
     }
 
     /// Puts back a client of the previous run with its id and token: a session's as an orphan
@@ -130,6 +145,7 @@ impl Sessions {
             swap_out: 0,
             uid: saved.uid,
             orphan: !saved.one_off,
+            node: saved.node.clone().unwrap_or_default(),
         };
         if let Some(old) = self.clients.insert(client, info) {
             self.one_offs -= usize::from(old.one_off);

@@ -50,6 +50,9 @@ pub struct SavedClient {
     pub uid: Option<u32>,
     /// A one-off client (no session).
     pub one_off: bool,
+    /// The node it runs on (a controller's client), if not the daemon's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// Its leases.
     pub leases: Vec<SavedLease>,
 }
@@ -65,6 +68,27 @@ pub struct SavedState {
     pub next_lease: u64,
     /// Clients holding leases.
     pub clients: Vec<SavedClient>,
+    /// A controller's pool, in GPU id order, so that a restarted controller gives its
+    /// executors' GPUs the same ids (its own GPUs come first, as discovered).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pool: Vec<SavedGpu>,
+}
+
+/// A GPU of a controller's pool, as saved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedGpu {
+    /// Its node.
+    pub node: String,
+    /// Index on the node.
+    pub index: u32,
+    /// Uuid.
+    pub uuid: String,
+    /// Product name.
+    pub name: String,
+    /// Memory, bytes.
+    pub memory: u64,
+    /// Simulated.
+    pub fake: bool,
 }
 
 /// The largest id a saved state may name: far beyond what a daemon hands out, far below where
@@ -342,8 +366,10 @@ mod tests {
                 pid: 42,
                 uid: Some(1000),
                 one_off: false,
+                node: None,
                 leases: vec![SavedLease { id: 8, gpus: vec![0], memory: vec![1 << 30], priority: 0, idle: true }],
             }],
+            pool: vec![],
         };
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), Some(state));
@@ -385,6 +411,7 @@ mod tests {
             pid: 1,
             uid: Some(0),
             one_off: false,
+            node: None,
             leases: leases
                 .iter()
                 .map(|&id| SavedLease { id, gpus: vec![0], memory: vec![1], priority: 0, idle: false })
@@ -394,9 +421,9 @@ mod tests {
 
     #[test]
     fn entries_no_assigner_writes_are_left_out_and_huge_ids_refused() {
-        let huge = SavedState { format: FORMAT, next_client: u64::MAX, next_lease: 2, clients: vec![] };
+        let huge = SavedState { format: FORMAT, next_client: u64::MAX, next_lease: 2, clients: vec![], pool: vec![] };
         assert!(huge.checked().unwrap_err().contains("over"));
-        let huge = SavedState { format: FORMAT, next_client: 2, next_lease: MAX_ID + 1, clients: vec![] };
+        let huge = SavedState { format: FORMAT, next_client: 2, next_lease: MAX_ID + 1, clients: vec![], pool: vec![] };
         assert!(huge.checked().is_err());
         let state = SavedState {
             format: FORMAT,
@@ -414,6 +441,7 @@ mod tests {
                 client(6, "aaaa", "token twice", &[7]),
                 client(7, "hhhh", "lease twice", &[2, 8]),
             ],
+            pool: vec![],
         };
         let (kept, dropped) = state.checked().unwrap();
         let kept: Vec<(u64, Vec<u64>)> =
@@ -444,7 +472,9 @@ mod tests {
         let planted = dir.join("leases.json.tmp");
         std::fs::write(&planted, "planted").unwrap();
         let held = std::fs::File::open(&planted).unwrap();
-        store.save(&SavedState { format: FORMAT, next_client: 1, next_lease: 1, clients: vec![] }).unwrap();
+        store
+            .save(&SavedState { format: FORMAT, next_client: 1, next_lease: 1, clients: vec![], pool: vec![] })
+            .unwrap();
         let mut seen = String::new();
         std::io::Read::read_to_string(&mut &held, &mut seen).unwrap();
         assert_eq!(seen, "planted");

@@ -89,6 +89,12 @@ impl Lines {
         Lines(rx)
     }
 
+    /// The next line, if one comes within `timeout`.
+    #[allow(dead_code)]
+    pub fn next(&self, timeout: Duration) -> Option<String> {
+        self.0.recv_timeout(timeout).ok()
+    }
+
     /// The next line containing `needle`, within `timeout`.
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
         let deadline = std::time::Instant::now() + timeout;

@@ -1,0 +1,346 @@
+//! A controller and two executors as real processes on loopback (no namespaces, no root: the
+//! lab test in `cluster.rs` runs them on three hosts): registration, clients granted only their
+//! node's GPUs, gangs across nodes, an executor lost and back, start order, and what a client
+//! cannot do (join as an executor, claim a node).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Daemon, TempDir, free_port, wait_exit};
+use serde_json::Value;
+
+struct Cluster {
+    dir: TempDir,
+    port: u16,
+    token: std::path::PathBuf,
+}
+
+impl Cluster {
+    fn new(tag: &str) -> Cluster {
+        let dir = TempDir::new(tag);
+        let token = dir.0.join("cluster.token");
+        std::fs::write(&token, "cluster-secret-0123456789\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Cluster { dir, port: free_port(), token }
+    }
+
+    fn controller(&self, extra: &[&str]) -> Daemon {
+        let tcp = format!("tcp:127.0.0.1:{}", self.port);
+        let token = self.token.to_str().unwrap();
+        let mut args = vec![
+            "--role",
+            "controller",
+            "--listen",
+            &tcp,
+            "--gpus",
+            "none",
+            "--cluster-token-file",
+            token,
+            "--node-name",
+            "ctl",
+            "--heartbeat",
+            "100ms",
+            "--scheduler",
+            "gpu-affinity",
+        ];
+        args.extend_from_slice(extra);
+        Daemon::start(&args)
+    }
+
+    fn executor(&self, node: &str) -> Daemon {
+        let controller = format!("tcp:127.0.0.1:{}", self.port);
+        let token = self.token.to_str().unwrap();
+        Daemon::start(&[
+            "--role",
+            "executor",
+            "--controller",
+            &controller,
+            "--gpus",
+            "fake:2x16GiB",
+            "--cluster-token-file",
+            token,
+            "--node-name",
+            node,
+        ])
+    }
+}
+
+/// Polls `daemon`'s status until `ok` holds (10 s at most).
+fn wait_status(daemon: &Daemon, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = daemon.cli(&["status", "--json"]);
+        let mut last = String::from_utf8_lossy(&out.stderr).to_string();
+        if out.status.success() {
+            let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+            if ok(&s) {
+                return s;
+            }
+            last = s.to_string();
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; last status: {last}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn node_up(s: &Value, node: &str) -> bool {
+    s["nodes"].as_array().unwrap().iter().any(|n| n["name"] == node && n["up"] == true)
+}
+
+fn gpus_of(s: &Value, node: &str) -> Vec<(u64, bool)> {
+    s["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["node"] == node)
+        .map(|g| (g["id"].as_u64().unwrap(), g["healthy"].as_bool().unwrap()))
+        .collect()
+}
+
+/// The controller's event record, as JSON objects.
+fn record(daemon: &Daemon) -> Vec<Value> {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_acb-assigner"))
+        .args(["watch", "--replay", "--json", "--assigner", &daemon.addr()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = common::Lines::new(child.stdout.take().unwrap());
+    let mut out = Vec::new();
+    // The history comes at once; a pause of 300 ms means it is all there.
+    while let Some(l) = lines.next(Duration::from_millis(300)) {
+        out.push(serde_json::from_str(&l).unwrap());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    out
+}
+
+#[test]
+fn executors_register_and_clients_get_only_their_own_nodes_gpus() {
+    let c = Cluster::new("cluster-nodes");
+    let ctl = c.controller(&[]);
+    let (n1, n2) = (c.executor("n1"), c.executor("n2"));
+    let s = wait_status(&ctl, "both nodes", |s| node_up(s, "n1") && node_up(s, "n2"));
+    assert_eq!(s["role"], "controller");
+    assert_eq!(gpus_of(&s, "n1").len(), 2);
+    assert_eq!(gpus_of(&s, "n2").len(), 2);
+    // Status through an executor is the controller's.
+    assert_eq!(n1.status_json()["role"], "controller");
+
+    // Two clients on n1 and one asking for two GPUs on n2: each on its own node only.
+    let (mut a, la) = n1.alloc(&["--job", "a", "--hold", "3s"]);
+    let (mut b, lb) = n1.alloc(&["--job", "b", "--hold", "3s"]);
+    let (mut d, ld) = n2.alloc(&["--job", "d", "--gpus", "2", "--hold", "3s"]);
+    for (l, node) in [(&la, "n1"), (&lb, "n1"), (&ld, "n2")] {
+        let line = l.wait_for("granted", Duration::from_secs(10));
+        let on = line.split(" on ").nth(1).unwrap().split(' ').next().unwrap();
+        assert!(on.split(',').all(|g| g.starts_with(&format!("{node}:"))), "{line}");
+    }
+    // A third client on n1 waits although n2... is full too; but it never gets another node's.
+    let (mut e, le) = n1.alloc(&["--job", "e", "--hold", "1s"]);
+    let line = le.wait_for("granted", Duration::from_secs(10));
+    assert!(line.contains(" on n1:"), "{line}");
+    let s = ctl.status_json();
+    let clients: Vec<(String, String)> = s["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["job"].as_str().unwrap().to_string(), c["node"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(clients.iter().all(|(job, node)| node == if job == "d" { "n2" } else { "n1" }), "{clients:?}");
+    for p in [&mut a, &mut b, &mut d, &mut e] {
+        assert!(wait_exit(p, Duration::from_secs(15)).success());
+    }
+    // The record: every grant on the grantee's node; no GPU with two holders at once.
+    let events = record(&ctl);
+    let node_of_gpu: std::collections::HashMap<u64, String> = s["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["id"].as_u64().unwrap(), g["node"].as_str().unwrap().to_string()))
+        .collect();
+    let mut holder: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    let mut lease_gpus: std::collections::HashMap<u64, Vec<u64>> = std::collections::HashMap::new();
+    let mut grants = 0;
+    for e in &events {
+        match e["event"].as_str().unwrap() {
+            "granted" => {
+                grants += 1;
+                let job = e["job"].as_str().unwrap();
+                let gpus: Vec<u64> = e["gpus"].as_array().unwrap().iter().map(|g| g.as_u64().unwrap()).collect();
+                for g in &gpus {
+                    assert_eq!(node_of_gpu[g], if job == "d" { "n2" } else { "n1" }, "{e}");
+                    assert!(holder.insert(*g, e["lease"].as_u64().unwrap()).is_none(), "two holders: {e}");
+                }
+                lease_gpus.insert(e["lease"].as_u64().unwrap(), gpus);
+            }
+            "released" => {
+                for g in lease_gpus.remove(&e["lease"].as_u64().unwrap()).unwrap_or_default() {
+                    holder.remove(&g);
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(grants, 4, "{events:?}");
+}
+
+#[test]
+fn a_gang_across_two_nodes_is_granted_in_one_decision() {
+    let c = Cluster::new("cluster-gang");
+    let ctl = c.controller(&[]);
+    let (n1, n2) = (c.executor("n1"), c.executor("n2"));
+    wait_status(&ctl, "both nodes", |s| node_up(s, "n1") && node_up(s, "n2"));
+    let (mut r0, l0) = n1.alloc(&["--job", "rank0", "--group", "run-7", "--group-size", "2", "--hold", "1s"]);
+    // Alone, the first member waits: nothing is granted until the group is complete.
+    let s = wait_status(&ctl, "the first member waiting", |s| {
+        s["clients"].as_array().unwrap().iter().any(|c| c["job"] == "rank0" && c["queued"] == 1)
+    });
+    assert!(s["gpus"].as_array().unwrap().iter().all(|g| g["holders"].as_array().unwrap().is_empty()), "{s}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(r0.try_wait().unwrap().is_none());
+    let (mut r1, l1) = n2.alloc(&["--job", "rank1", "--group", "run-7", "--group-size", "2", "--hold", "1s"]);
+    let g0 = l0.wait_for("granted", Duration::from_secs(10));
+    let g1 = l1.wait_for("granted", Duration::from_secs(10));
+    assert!(g0.contains(" on n1:"), "{g0}");
+    assert!(g1.contains(" on n2:"), "{g1}");
+    assert!(wait_exit(&mut r0, Duration::from_secs(10)).success());
+    assert!(wait_exit(&mut r1, Duration::from_secs(10)).success());
+    let events = record(&ctl);
+    let granted: Vec<&Value> = events.iter().filter(|e| e["event"] == "granted").collect();
+    assert_eq!(granted.len(), 2, "{events:?}");
+    // One decision: the two grants are consecutive events.
+    assert_eq!(granted[1]["seq"].as_u64().unwrap(), granted[0]["seq"].as_u64().unwrap() + 1, "{events:?}");
+}
+
+#[test]
+fn an_executor_killed_loses_its_gpus_and_gets_them_back_when_it_returns() {
+    let c = Cluster::new("cluster-kill");
+    let ctl = c.controller(&[]);
+    let n1 = c.executor("n1");
+    let n2 = c.executor("n2");
+    let s = wait_status(&ctl, "both nodes", |s| node_up(s, "n1") && node_up(s, "n2"));
+    let ids_before = gpus_of(&s, "n1");
+    let (mut held, l) = n1.alloc(&["--job", "victim"]);
+    l.wait_for("granted", Duration::from_secs(10));
+    n1.signal(libc::SIGKILL);
+    // Its client is told: the session ends, alloc exits non-zero.
+    assert!(!wait_exit(&mut held, Duration::from_secs(10)).success());
+    let s = wait_status(&ctl, "n1 down", |s| !node_up(s, "n1") && gpus_of(s, "n1").iter().all(|(_, healthy)| !healthy));
+    assert!(node_up(&s, "n2"));
+    // The other node goes on.
+    let out = n2.cli(&["alloc", "--job", "other", "--hold", "0s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(n1);
+    // Back, under the same name: the same GPU ids, healthy again.
+    let _n1 = c.executor("n1");
+    let s = wait_status(&ctl, "n1 back", |s| node_up(s, "n1") && gpus_of(s, "n1").iter().all(|(_, h)| *h));
+    assert_eq!(gpus_of(&s, "n1"), ids_before);
+    let kinds: Vec<String> = record(&ctl).iter().map(|e| e["event"].as_str().unwrap().to_string()).collect();
+    let downs = kinds.iter().filter(|k| *k == "node-down").count();
+    let ups = kinds.iter().filter(|k| *k == "node-up").count();
+    assert_eq!((downs, ups), (1, 3), "{kinds:?}");
+}
+
+#[test]
+fn start_order_does_not_matter() {
+    let c = Cluster::new("cluster-order");
+    let n1 = c.executor("n1");
+    // A client before the controller: told the controller is unreachable, not hung.
+    let out = n1.cli(&["status"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("controller"), "{}", String::from_utf8_lossy(&out.stderr));
+    let (mut early, l) = n1.alloc(&["--job", "early", "--hold", "0s"]);
+    let _ = wait_exit(&mut early, Duration::from_secs(10));
+    drop(l);
+    let ctl = c.controller(&[]);
+    wait_status(&ctl, "n1 registered", |s| node_up(s, "n1"));
+    let out = n1.cli(&["alloc", "--job", "later", "--hold", "0s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_client_cannot_join_as_an_executor_or_claim_a_node() {
+    use acb_assigner::proto;
+    let c = Cluster::new("cluster-trust");
+    let ctl = c.controller(&["--listen", &format!("unix:{}", c.dir.0.join("ctl.sock").display())]);
+    let _n1 = c.executor("n1");
+    wait_status(&ctl, "n1 registered", |s| node_up(s, "n1"));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let join = |channel: tonic::transport::Channel, token: Option<&'static str>| async move {
+            let mut client = proto::cluster_client::ClusterClient::new(channel);
+            let register = proto::ExecutorReport {
+                msg: Some(proto::executor_report::Msg::Register(proto::Register {
+                    node: "n1".into(),
+                    gpus: vec![proto::NodeGpu {
+                        index: 0,
+                        uuid: "evil".into(),
+                        memory: 1 << 30,
+                        healthy: true,
+                        ..Default::default()
+                    }],
+                    version: "x".into(),
+                })),
+            };
+            let mut req = tonic::Request::new(tokio_stream::iter(vec![register]));
+            if let Some(t) = token {
+                req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+            }
+            client.join(req).await.map(|_| ()).unwrap_err().code()
+        };
+        let tcp = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", c.port)).unwrap();
+        // Over TCP: daemons only.
+        assert_eq!(join(tcp.connect().await.unwrap(), None).await, tonic::Code::Unauthenticated);
+        assert_eq!(
+            join(tcp.connect().await.unwrap(), Some("wrong-token-0123456789")).await,
+            tonic::Code::Unauthenticated
+        );
+        // Over the controller's Unix socket (a local client, no token needed to ask for GPUs):
+        // joining needs the cluster token.
+        let unix = acb_client::connection::channel(
+            &format!("unix:{}", c.dir.0.join("ctl.sock").display()).parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(join(unix.clone(), None).await, tonic::Code::PermissionDenied);
+        // A local client claiming to be on n1 is not believed: the controller's own node has
+        // no GPUs, so it is told so (and never granted n1's).
+        let mut rpc = proto::assigner_client::AssignerClient::new(unix);
+        let mut req = tonic::Request::new(proto::AllocateRequest { gpus: 1, job: "liar".into(), ..Default::default() });
+        req.metadata_mut().insert("acb-node", "n1".parse().unwrap());
+        let err = rpc.alloc_request(req).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        assert!(err.message().contains("\"ctl\""), "{}", err.message());
+    });
+    // Nothing registered under the liar's name, nothing granted.
+    let s = ctl.status_json();
+    assert!(s["gpus"].as_array().unwrap().iter().all(|g| g["uuid"] != "evil"), "{s}");
+    assert!(s["gpus"].as_array().unwrap().iter().all(|g| g["holders"].as_array().unwrap().is_empty()), "{s}");
+}
+
+#[test]
+fn bad_cluster_settings_are_refused_clearly() {
+    let bin = env!("CARGO_BIN_EXE_acb-assigner");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin).arg("serve").args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (code, err) = run(&["--role", "executor", "--listen", "unix:/tmp/x.sock", "--gpus", "none"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--controller"), "{err}");
+    let (code, err) = run(&["--role", "boss", "--gpus", "none"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("standalone, controller or executor"), "{err}");
+    let (code, err) = run(&["--role", "controller", "--listen", "tcp:127.0.0.1:1", "--gpus", "none"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("cluster token"), "{err}");
+    let (code, err) = run(&["--role", "executor", "--controller", "unix:/tmp/c.sock", "--gpus", "none"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("tcp:IP:PORT"), "{err}");
+}
