@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use acb_core::{ClientId, GpuId, Scheduler};
+use acb_core::{ClientId, Scheduler};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -107,14 +107,15 @@ struct GpuSnapshot {
     holders: Vec<(String, bool)>,
 }
 
-/// The time accounting: the last snapshot, and when it was taken.
+/// The time accounting: each GPU's last snapshot, and when it was taken.
 #[derive(Debug)]
 struct Clock {
-    at: Instant,
+    /// Per GPU: since when its snapshot holds.
+    at: Vec<Instant>,
     gpus: Vec<GpuSnapshot>,
-    /// `(lease ids, holders computing, state)` per GPU: whether anything changed, without
-    /// naming jobs.
-    keys: Vec<(Vec<u64>, u32, GpuPhase)>,
+    /// `(lease ids, holders computing, state)` per GPU: whether it changed, without naming
+    /// jobs (`None`: never seen).
+    keys: Vec<Option<(Vec<u64>, u32, GpuPhase)>>,
     jobs: HashSet<String>,
 }
 
@@ -183,7 +184,7 @@ impl Metrics {
             job_grants: Family::default(),
             job_wait_seconds: Family::default(),
             job_swap_bytes: Family::default(),
-            clock: Mutex::new(Clock { at: Instant::now(), gpus: Vec::new(), keys: Vec::new(), jobs: HashSet::new() }),
+            clock: Mutex::new(Clock { at: Vec::new(), gpus: Vec::new(), keys: Vec::new(), jobs: HashSet::new() }),
             gpu_labels: Mutex::new(Vec::new()),
             gpu_info: Family::default(),
             gpu_memory: Family::default(),
@@ -260,11 +261,22 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Refreshes the gauges from the scheduler, and when a GPU's holders or state changed, closes
-    /// the time spent in the previous state. `job` names a client's job.
+    /// Refreshes the gauges from the scheduler; for each GPU whose holders or state changed,
+    /// closes the time spent in its previous state and updates its series (a GPU that did not
+    /// change costs a comparison: a controller's pool has thousands). `job` names a client's job.
     pub fn update(&self, sched: &Scheduler, job: impl Fn(ClientId) -> String) {
-        let mut keys = Vec::with_capacity(sched.pool().len());
-        for g in sched.pool().gpus() {
+        let pool = sched.pool();
+        let mut clock = self.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if clock.keys.len() < pool.len() {
+            let n = pool.len();
+            clock.keys.resize(n, None);
+            clock.at.resize(n, now);
+            clock.gpus.resize(n, GpuSnapshot { phase: GpuPhase::Free, granted: 0, holders: Vec::new() });
+        }
+        let mut counts = [0i64; 4];
+        for g in pool.gpus() {
+            let i = g.id.0 as usize;
             let Some(s) = sched.gpu_state(g.id) else { continue };
             let phase = match (s.holders.is_empty(), s.busy_holders > 0) {
                 (true, _) if g.health != acb_core::Health::Healthy => GpuPhase::Lost,
@@ -272,48 +284,40 @@ impl Metrics {
                 (false, true) => GpuPhase::Computing,
                 (false, false) => GpuPhase::HeldIdle,
             };
-            keys.push((s.holders.iter().map(|l| l.0).collect::<Vec<_>>(), s.busy_holders, phase));
-        }
-        let count = |p: GpuPhase| keys.iter().filter(|k| k.2 == p).count() as i64;
-        self.gpus_held.set(count(GpuPhase::Computing));
-        self.gpus_idle_held.set(count(GpuPhase::HeldIdle));
-        self.gpus_free.set(count(GpuPhase::Free));
-        self.queue_length.set(sched.queue_len() as i64);
-        self.clients.set(sched.clients().count() as i64);
-
-        let mut clock = self.clock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if clock.keys == keys {
-            return;
-        }
-        let now = Instant::now();
-        self.account(&mut clock, now);
-        let mut gpus = Vec::with_capacity(keys.len());
-        for (i, &(_, _, phase)) in keys.iter().enumerate() {
-            let state = sched.gpu_state(GpuId(i as u32));
-            let holders = state
-                .into_iter()
-                .flat_map(|s| &s.holders)
+            counts[phase as usize] += 1;
+            let same = clock.keys[i].as_ref().is_some_and(|(leases, busy, p)| {
+                *p == phase && *busy == s.busy_holders && leases.iter().copied().eq(s.holders.iter().map(|l| l.0))
+            });
+            if same {
+                continue;
+            }
+            self.account_gpu(&mut clock, i, now);
+            let holders: Vec<(String, bool)> = s
+                .holders
+                .iter()
                 .filter_map(|l| sched.lease(*l))
                 .map(|l| (job_label(&mut clock.jobs, job(l.client)), !l.idle))
                 .collect();
-            gpus.push(GpuSnapshot { phase, granted: state.map_or(0, |s| s.granted), holders });
-        }
-        self.gpu_holders.clear();
-        for (i, g) in gpus.iter().enumerate() {
             let gpu = self.gpu_label(i);
-            for p in GpuPhase::ALL {
-                let label = GpuStateLabels { gpu: gpu.clone(), state: p.name().into() };
-                self.gpu_state.get_or_create(&label).set(i64::from(p == g.phase));
+            for (j, _) in &clock.gpus[i].holders {
+                self.gpu_holders.remove(&HolderLabels { gpu: gpu.clone(), acb_job: j.clone() });
             }
-            self.gpu_memory_granted
-                .get_or_create(&GpuLabel { gpu: gpu.clone() })
-                .set(i64::try_from(g.granted).unwrap_or(i64::MAX));
-            for (j, _) in &g.holders {
+            for (j, _) in &holders {
                 self.gpu_holders.get_or_create(&HolderLabels { gpu: gpu.clone(), acb_job: j.clone() }).inc();
             }
+            for p in GpuPhase::ALL {
+                let label = GpuStateLabels { gpu: gpu.clone(), state: p.name().into() };
+                self.gpu_state.get_or_create(&label).set(i64::from(p == phase));
+            }
+            self.gpu_memory_granted.get_or_create(&GpuLabel { gpu }).set(i64::try_from(s.granted).unwrap_or(i64::MAX));
+            clock.gpus[i] = GpuSnapshot { phase, granted: s.granted, holders };
+            clock.keys[i] = Some((s.holders.iter().map(|l| l.0).collect(), s.busy_holders, phase));
         }
-        clock.gpus = gpus;
-        clock.keys = keys;
+        self.gpus_held.set(counts[GpuPhase::Computing as usize]);
+        self.gpus_idle_held.set(counts[GpuPhase::HeldIdle as usize]);
+        self.gpus_free.set(counts[GpuPhase::Free as usize]);
+        self.queue_length.set(sched.queue_len() as i64);
+        self.clients.set(sched.clients().count() as i64);
     }
 
     /// A controller's node came up (registered) or went down.
@@ -348,23 +352,30 @@ impl Metrics {
         labels.get(i).cloned().unwrap_or_else(|| i.to_string())
     }
 
-    /// Adds the time since the last accounting to the counters of the states it was spent in.
-    fn account(&self, clock: &mut Clock, now: Instant) {
-        let secs = now.saturating_duration_since(clock.at).as_secs_f64();
-        clock.at = now;
+    /// Adds GPU `i`'s time since its last accounting to the counters of the state it was in.
+    fn account_gpu(&self, clock: &mut Clock, i: usize, now: Instant) {
+        let Some(at) = clock.at.get_mut(i) else { return };
+        let secs = now.saturating_duration_since(*at).as_secs_f64();
+        *at = now;
+        let Some(g) = clock.gpus.get(i) else { return };
         if secs <= 0.0 {
             return;
         }
-        for (i, g) in clock.gpus.iter().enumerate() {
-            if matches!(g.phase, GpuPhase::Computing | GpuPhase::HeldIdle) {
-                let label = GpuStateLabels { gpu: self.gpu_label(i), state: g.phase.name().into() };
-                self.gpu_seconds.get_or_create(&label).inc_by(secs);
-            }
-            for (j, computing) in &g.holders {
-                let state = if *computing { "computing" } else { "held_idle" };
-                let label = JobStateLabels { acb_job: j.clone(), state: state.into() };
-                self.job_gpu_seconds.get_or_create(&label).inc_by(secs);
-            }
+        if matches!(g.phase, GpuPhase::Computing | GpuPhase::HeldIdle) {
+            let label = GpuStateLabels { gpu: self.gpu_label(i), state: g.phase.name().into() };
+            self.gpu_seconds.get_or_create(&label).inc_by(secs);
+        }
+        for (j, computing) in &g.holders {
+            let state = if *computing { "computing" } else { "held_idle" };
+            let label = JobStateLabels { acb_job: j.clone(), state: state.into() };
+            self.job_gpu_seconds.get_or_create(&label).inc_by(secs);
+        }
+    }
+
+    /// Brings every GPU's time counters up to `now` (before an exposition).
+    fn account(&self, clock: &mut Clock, now: Instant) {
+        for i in 0..clock.gpus.len() {
+            self.account_gpu(clock, i, now);
         }
     }
 

@@ -186,7 +186,8 @@ pub async fn serve_activated(
         .map(|(a, _)| a.clone())
         .chain(cfg.listen.iter().filter(|a| !bound.iter().any(|(b, _)| b == *a)).cloned())
         .collect();
-    check_exposure(&addresses, cfg.auth_token.is_some(), cfg.tls.is_some(), cfg.insecure)?;
+    let tokened = cfg.auth_token.is_some() || cfg.cluster_token.is_some();
+    check_exposure(&addresses, tokened, cfg.tls.is_some(), cfg.insecure)?;
     if let Some(p) = &cfg.auth_token_file {
         crate::tls::warn_if_readable_by_others(p, "the auth token file");
     }
@@ -223,10 +224,10 @@ pub async fn serve_activated(
             }
             let token = cfg.cluster_token.as_deref().unwrap_or_default();
             let up = Arc::new(crate::cluster::Upstream::new(controller, token, &cfg.node_name)?);
-            let (state_tx, _) = watch::channel(crate::cluster::LinkState::Down("starting".into()));
+            let (state_tx, state_rx) = watch::channel(crate::cluster::LinkState::Down("starting".into()));
             tokio::spawn(crate::cluster::run_link(up.clone(), gpus, state_tx, stop_rx.clone()));
             tracing::info!(controller = %controller, node = %cfg.node_name, "executor: forwarding to the controller");
-            (Decider::Proxy(crate::cluster::ProxyService::new(up)), None, None, None)
+            (Decider::Proxy(crate::cluster::ProxyService::new(up, state_rx)), None, None, None)
         }
         role => {
             let persistence = persistence(&cfg)?;

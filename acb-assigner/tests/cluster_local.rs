@@ -254,10 +254,15 @@ fn start_order_does_not_matter() {
     let out = n1.cli(&["status"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("controller"), "{}", String::from_utf8_lossy(&out.stderr));
+    // A client that asks before the controller is up waits at its executor until the node is
+    // registered, then is granted.
     let (mut early, l) = n1.alloc(&["--job", "early", "--hold", "0s"]);
-    let _ = wait_exit(&mut early, Duration::from_secs(10));
-    drop(l);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(early.try_wait().unwrap().is_none(), "the early client gave up");
     let ctl = c.controller(&[]);
+    let line = l.wait_for("granted", Duration::from_secs(10));
+    assert!(line.contains(" on n1:"), "{line}");
+    assert!(wait_exit(&mut early, Duration::from_secs(10)).success());
     wait_status(&ctl, "n1 registered", |s| node_up(s, "n1"));
     let out = n1.cli(&["alloc", "--job", "later", "--hold", "0s"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -300,6 +300,12 @@ impl Driver {
         match msg {
             Internal::Granted { tag, grant } => self.on_grant(tag, grant),
             Internal::AllocFailed { tag, status } => match status.code() {
+                // A controller without this node's GPUs (its executor not registered, or lost):
+                // the request cannot be served now; the caller is told, not left waiting.
+                _ if acb_proto::reason_of(&status) == Some(acb_proto::ErrorReason::NodeUnavailable) => {
+                    self.fail_status = Some(Error::Unavailable);
+                    self.machine.handle_rejected(tag, status.message().to_string(), now);
+                }
                 // The session ended (the assigner restarted): the disconnect path handles it.
                 tonic::Code::Aborted | tonic::Code::Unavailable | tonic::Code::Cancelled => {}
                 // A restarted assigner does not know this session's token.

@@ -82,16 +82,47 @@ impl Upstream {
     }
 }
 
-/// The `acb.v1.Assigner` service of an executor: every call forwarded to the controller.
+/// The `acb.v1.Assigner` service of an executor: every call forwarded to the controller, once
+/// the node is registered (a call that comes before waits, within its deadline); sessions end
+/// when the link to the controller is lost, so that clients learn of it at once.
 #[derive(Clone, Debug)]
 pub struct ProxyService {
     up: Arc<Upstream>,
+    link: watch::Receiver<LinkState>,
 }
 
+/// How long a call waits for the node to be registered when it has no deadline of its own.
+pub const REGISTER_WAIT: Duration = Duration::from_secs(30);
+
 impl ProxyService {
-    /// A proxy to `up`.
-    pub fn new(up: Arc<Upstream>) -> Self {
-        ProxyService { up }
+    /// A proxy to `up`, forwarding while `link` says the node is registered.
+    pub fn new(up: Arc<Upstream>, link: watch::Receiver<LinkState>) -> Self {
+        ProxyService { up, link }
+    }
+
+    /// Waits until the node is registered, within `request`'s deadline (or [`REGISTER_WAIT`]).
+    async fn registered<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let wait = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| crate::deadline::parse_timeout(v.as_bytes()))
+            .unwrap_or(REGISTER_WAIT);
+        let mut link = self.link.clone();
+        let ready = async move { link.wait_for(|s| matches!(s, LinkState::Registered(_))).await.is_ok() };
+        match tokio::time::timeout(wait, ready).await {
+            Ok(true) => Ok(()),
+            _ => {
+                let why = match &*self.link.borrow() {
+                    LinkState::Down(why) => why.clone(),
+                    LinkState::Registered(_) => String::new(),
+                };
+                Err(acb_proto::status_with_reason(
+                    tonic::Code::Unavailable,
+                    format!("this executor is not registered with its controller (yet): {why}; retry later"),
+                    acb_proto::ErrorReason::NodeUnavailable,
+                ))
+            }
+        }
     }
 }
 
@@ -117,19 +148,52 @@ impl proto::assigner_server::Assigner for ProxyService {
         &self,
         request: Request<Streaming<proto::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        self.registered(&request).await?;
         let (metadata, extensions, inbound) = self.up.forward(request).into_parts();
         // The client's half, message for message, until it ends or fails: its end is the
         // session's end at the controller.
         let messages = inbound.take_while(Result::is_ok).filter_map(Result::ok);
         let call = Request::from_parts(metadata, extensions, messages);
-        let events = upstream(self.up.assigner().session(call).await)?.into_inner();
-        Ok(Response::new(Box::pin(events)))
+        let mut events = upstream(self.up.assigner().session(call).await)?.into_inner();
+        // The controller's events, until the link is lost: then the session ends here at once
+        // (over a cut link the controller's own stream would take a keepalive timeout to fail).
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::driver::SESSION_EVENTS);
+        let mut link = self.link.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    e = events.message() => {
+                        let end = !matches!(e, Ok(Some(_)));
+                        let item = match e {
+                            Ok(Some(ev)) => Ok(ev),
+                            Ok(None) => break,
+                            Err(s) => Err(s),
+                        };
+                        if tx.send(item).await.is_err() || end {
+                            break;
+                        }
+                    }
+                    () = async { let _ = link.wait_for(|s| !matches!(s, LinkState::Registered(_))).await; } => {
+                        let _ = tx
+                            .send(Err(acb_proto::status_with_reason(
+                                tonic::Code::Unavailable,
+                                "this executor lost its link to the controller; resume the session later",
+                                acb_proto::ErrorReason::NodeUnavailable,
+                            )))
+                            .await;
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn alloc_request(
         &self,
         request: Request<proto::AllocateRequest>,
     ) -> Result<Response<proto::AllocateResponse>, Status> {
+        self.registered(&request).await?;
         let call = self.up.forward(request);
         upstream(self.up.assigner().alloc_request(call).await)
     }
@@ -138,11 +202,13 @@ impl proto::assigner_server::Assigner for ProxyService {
         &self,
         request: Request<proto::ReleaseRequest>,
     ) -> Result<Response<proto::ReleaseResponse>, Status> {
+        self.registered(&request).await?;
         let call = self.up.forward(request);
         upstream(self.up.assigner().release(call).await)
     }
 
     async fn renew(&self, request: Request<proto::RenewRequest>) -> Result<Response<proto::RenewResponse>, Status> {
+        self.registered(&request).await?;
         let call = self.up.forward(request);
         upstream(self.up.assigner().renew(call).await)
     }
