@@ -198,6 +198,9 @@ pub struct ServeConfig {
     pub cluster_token: Option<String>,
     /// How often executors heartbeat (a controller tells them).
     pub heartbeat: Duration,
+    /// The nodes the cluster file lists: a controller shows those that never registered as
+    /// down.
+    pub cluster_nodes: Vec<String>,
 }
 
 /// The default of `--reclaim-grace`.
@@ -234,6 +237,7 @@ impl ServeConfig {
             role: RoleConfig::Standalone,
             cluster_token: None,
             heartbeat: DEFAULT_HEARTBEAT,
+            cluster_nodes: Vec::new(),
         }
     }
 }

@@ -246,6 +246,9 @@ pub async fn serve_activated(
             );
             let cluster = matches!(role, driver::Role::Controller { .. })
                 .then(|| crate::cluster::ClusterService::new(handle.clone(), cfg.heartbeat));
+            if cluster.is_some() && !cfg.cluster_nodes.is_empty() {
+                let _ = handle.send(driver::Command::ExpectNodes { nodes: cfg.cluster_nodes.clone() }).await;
+            }
             (Decider::Driver(AssignerService::new(handle.clone())), Some(handle), Some(driver_task), cluster)
         }
     };

@@ -349,3 +349,48 @@ fn bad_cluster_settings_are_refused_clearly() {
     assert_eq!(code, Some(2));
     assert!(err.contains("tcp:IP:PORT"), "{err}");
 }
+
+#[test]
+fn a_cluster_file_names_the_controller_and_the_nodes() {
+    let c = Cluster::new("cluster-file");
+    let file = c.dir.0.join("cluster.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "controller = \"tcp:127.0.0.1:{}\"\ncluster_token_file = \"{}\"\nheartbeat = \"100ms\"\n\
+             [[nodes]]\nname = \"n1\"\naddress = \"10.0.0.11\"\n[[nodes]]\nname = \"n9\"\n",
+            c.port,
+            c.token.display()
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let tcp = format!("tcp:127.0.0.1:{}", c.port);
+    let ctl = Daemon::start(&[
+        "--role",
+        "controller",
+        "--listen",
+        &tcp,
+        "--gpus",
+        "none",
+        "--node-name",
+        "ctl",
+        "--cluster-file",
+        file,
+    ]);
+    // The executor finds its controller and token in the same file.
+    let _n1 =
+        Daemon::start(&["--role", "executor", "--gpus", "fake:1x8GiB", "--node-name", "n1", "--cluster-file", file]);
+    let s = wait_status(&ctl, "n1 registered", |s| node_up(s, "n1"));
+    let n9 = s["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "n9").expect("n9 listed");
+    assert_eq!(n9["up"], false, "{s}");
+    assert!(n9["reason"].as_str().unwrap().contains("never registered"), "{s}");
+    // A node listed twice is refused.
+    std::fs::write(c.dir.0.join("twice.toml"), "[[nodes]]\nname = \"a\"\n[[nodes]]\nname = \"a\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_acb-assigner"))
+        .args(["serve", "--gpus", "none", "--cluster-file", c.dir.0.join("twice.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listed once"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -118,6 +118,15 @@ fn resolve_with(args: ServeArgs, file: FileConfig) -> Result<ServeConfig, Error>
         Some(p) => config::ClusterFile::load(p)?,
         None => config::ClusterFile::default(),
     };
+    let mut listed = std::collections::HashSet::new();
+    for n in &cluster.nodes {
+        if n.name.is_empty() || acb_proto::check_job_name(&n.name).is_err() || !listed.insert(n.name.clone()) {
+            return Err(Error::Setting {
+                what: "cluster file nodes",
+                why: format!("{:?}: each node needs a name, printable, at most 256 bytes, listed once", n.name),
+            });
+        }
+    }
     let role_name = args.role.clone().or(file.role.clone()).unwrap_or_else(|| "standalone".into());
     let controller = args.controller.clone().or(file.controller.clone()).or(cluster.controller.clone());
     let role = match (role_name.as_str(), controller) {
@@ -233,6 +242,7 @@ fn resolve_with(args: ServeArgs, file: FileConfig) -> Result<ServeConfig, Error>
         role,
         cluster_token,
         heartbeat,
+        cluster_nodes: cluster.nodes.iter().map(|n| n.name.clone()).collect(),
     })
 }
 

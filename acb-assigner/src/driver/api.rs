@@ -442,6 +442,11 @@ pub enum Command {
         /// Why.
         reason: String,
     },
+    /// The nodes the cluster file lists (a controller): shown as down until they register.
+    ExpectNodes {
+        /// Their names.
+        nodes: Vec<String>,
+    },
     /// Tell every session the assigner stops, end every stream, stop.
     Shutdown,
 }

@@ -56,6 +56,8 @@ pub struct Driver {
     nodes: std::collections::BTreeMap<String, nodes::RemoteNode>,
     /// Memory in use on a node's GPUs, as its executor last read it (NVML).
     memory_used: std::collections::HashMap<GpuId, u64>,
+    /// The nodes the cluster file lists.
+    expected: Vec<String>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -92,6 +94,7 @@ pub fn spawn(
         role,
         nodes: std::collections::BTreeMap::new(),
         memory_used: std::collections::HashMap::new(),
+        expected: Vec::new(),
     };
     if let Some(mut saved) = persistence.saved.take() {
         let pool = std::mem::take(&mut saved.pool);
@@ -225,6 +228,7 @@ impl Driver {
             Command::Watch { replay, reply } => {
                 let _ = reply.send(self.history.watch(replay));
             }
+            Command::ExpectNodes { nodes } => self.expect_nodes(nodes),
             Command::Shutdown => {}
         }
     }

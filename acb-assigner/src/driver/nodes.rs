@@ -256,11 +256,12 @@ impl Driver {
         }
     }
 
-    /// The pool's nodes for status.
+    /// The pool's nodes for status, then the nodes the cluster file lists that never
+    /// registered.
     pub(super) fn node_snapshots(&self) -> Vec<NodeSnapshot> {
         let at = Instant::now();
-        self.sched
-            .pool()
+        let pool = self.sched.pool();
+        let mut out: Vec<NodeSnapshot> = pool
             .nodes()
             .iter()
             .map(|n| {
@@ -273,7 +274,25 @@ impl Driver {
                     reason: remote.map(|r| r.reason.clone()).unwrap_or_default(),
                 }
             })
-            .collect()
+            .collect();
+        out.extend(self.expected.iter().filter(|n| pool.node_by_name(n).is_none()).map(|n| NodeSnapshot {
+            name: n.clone(),
+            up: false,
+            last_seen: Duration::ZERO,
+            gpus: 0,
+            reason: "listed in the cluster file; its executor never registered".into(),
+        }));
+        out
+    }
+
+    /// The nodes the cluster file lists.
+    pub(super) fn expect_nodes(&mut self, nodes: Vec<String>) {
+        for n in nodes {
+            self.metrics.node(&n, self.sched.pool().node_by_name(&n).is_some());
+            if !self.expected.contains(&n) {
+                self.expected.push(n);
+            }
+        }
     }
 
     /// The node a GPU is on.
