@@ -394,3 +394,78 @@ fn a_cluster_file_names_the_controller_and_the_nodes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listed once"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A CA and a server certificate for 127.0.0.1, as PEM files in `dir`: (ca, cert, key).
+fn pki(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose as Eku, IsCa, KeyPair};
+    use std::os::unix::fs::PermissionsExt;
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.extended_key_usages = vec![Eku::ServerAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    };
+    (write("ca.pem", &ca.pem()), write("server.pem", &cert.pem()), write("server.key", &key.serialize_pem()))
+}
+
+/// An executor started with `env`, killed on drop.
+struct Executor(std::process::Child, std::path::PathBuf);
+
+impl Executor {
+    fn start(c: &Cluster, node: &str, env: &[(&str, &std::path::Path)]) -> Executor {
+        let socket = c.dir.0.join(format!("{node}.sock"));
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_acb-assigner"));
+        cmd.args(["serve", "--role", "executor", "--gpus", "fake:1x8GiB", "--node-name", node])
+            .arg("--controller")
+            .arg(format!("tcp:127.0.0.1:{}", c.port))
+            .arg("--cluster-token-file")
+            .arg(&c.token)
+            .arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        common::Lines::new(child.stdout.take().unwrap()).wait_for("ready", Duration::from_secs(20));
+        Executor(child, socket)
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn an_executor_links_to_a_tls_controller_with_the_ca_and_not_without() {
+    let c = Cluster::new("cluster-tls");
+    let (ca, cert, key) = pki(&c.dir.0);
+    let ctl = c.controller(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    // Without the CA the executor cannot link (it does not fall back to plaintext): its node
+    // never registers, and its clients are told so.
+    let plain = Executor::start(&c, "plain", &[]);
+    // With it, the link is up.
+    let _tls = Executor::start(&c, "tls", &[("ACB_TLS_CA", &ca)]);
+    let s = wait_status(&ctl, "the TLS executor registered", |s| node_up(s, "tls"));
+    assert!(s["nodes"].as_array().unwrap().iter().all(|n| n["name"] != "plain"), "{s}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_acb-assigner"))
+        .args(["status", "--assigner", &format!("unix:{}", plain.1.display())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach its controller"), "{err}");
+}

@@ -132,7 +132,9 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// reached.
 fn upstream<T>(r: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
     r.map_err(|s| match s.code() {
-        tonic::Code::Unavailable | tonic::Code::Unknown if s.details().is_empty() => {
+        // The controller's own errors carry an ErrorInfo; these are the transport's (a refused
+        // connection, a failed TLS handshake, a broken HTTP/2 connection).
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal if s.details().is_empty() => {
             Status::unavailable(format!("this executor cannot reach its controller ({}); retry later", s.message()))
         }
         _ => s,
