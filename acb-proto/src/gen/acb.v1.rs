@@ -106,11 +106,14 @@ pub struct YieldRequest {
     #[prost(enumeration = "YieldReason", tag = "2")]
     pub reason: i32,
 }
+/// A lease was taken away: stop using its GPUs.
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct LeaseRevoked {
     #[prost(uint64, tag = "1")]
     pub lease_id: u64,
+    /// The GPU whose loss took it (its node lost, an Xid error); 4294967295 when no GPU was lost:
+    /// another member of its gang went away, and the gang cannot go on (`reason` says which).
     #[prost(uint32, tag = "2")]
     pub gpu_id: u32,
     #[prost(string, tag = "3")]
