@@ -35,6 +35,18 @@ pub const UID_HEADER: &str = "acb-peer-uid";
 /// The header an executor puts the client's pid in.
 pub const PID_HEADER: &str = "acb-peer-pid";
 
+/// Whether `name` can name a node: 1 to 253 printable ASCII characters without spaces (it
+/// travels in a header, as host names do).
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 253 || !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{:?} cannot name a node: 1 to 253 printable ASCII characters, no spaces",
+            name.chars().take(64).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
 /// A call an executor forwarded: its client's node, uid and pid. `None` for any call that did
 /// not come with the cluster token (a client's headers are never believed).
 pub fn forwarded<T>(request: &tonic::Request<T>) -> Option<(String, Peer)> {
@@ -42,9 +54,7 @@ pub fn forwarded<T>(request: &tonic::Request<T>) -> Option<(String, Peer)> {
     let md = request.metadata();
     let text = |k: &str| md.get(k).and_then(|v| v.to_str().ok());
     let node = text(NODE_HEADER)?.to_string();
-    if node.is_empty() || acb_proto::check_job_name(&node).is_err() {
-        return None;
-    }
+    check_node_name(&node).ok()?;
     let uid = text(UID_HEADER).and_then(|v| v.parse().ok());
     let pid = text(PID_HEADER).and_then(|v| v.parse().ok()).unwrap_or(0);
     Some((node, Peer { uid, pid }))

@@ -295,8 +295,18 @@ pub async fn serve_activated(
         let addr = &addr;
         let mut builder = Server::builder()
             .http2_keepalive_interval(Some(HTTP2_KEEPALIVE.0))
-            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE.1))
-            .layer(crate::deadline::DeadlineLayer);
+            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE.1));
+        if cluster_service.is_some() && matches!(addr, Address::Tcp(_)) {
+            // An executor brings all its node's calls on one connection, many of them waiting for
+            // grants: past HTTP/2's usual 200 streams, a release would wait behind them.
+            builder = builder.max_concurrent_streams(crate::cluster::STREAMS_PER_EXECUTOR);
+            // Those waiting calls' small request messages sit in HTTP/2's buffers until the
+            // service reads them; h2 counts them against a budget of half the connection's
+            // window and ends the connection (ENHANCE_YOUR_CALM) past it: with the default
+            // window that is about 160 calls. Room for all of them.
+            builder = builder.initial_connection_window_size(crate::cluster::EXECUTOR_CONNECTION_WINDOW);
+        }
+        let mut builder = builder.layer(crate::deadline::DeadlineLayer);
         if let (Address::Tcp(_), Some(tls)) = (addr, &tls) {
             builder = builder.tls_config(tls.clone()).map_err(|e| Error::Tls(format!("TLS: {}", source_chain(&e))))?;
         }

@@ -50,7 +50,7 @@ impl Drop for AbandonGuard {
             Ok(Ok(grant)) => {
                 let (tx, _) = tokio::sync::oneshot::channel();
                 let (token, lease) = (grant.token, grant.lease);
-                self.handle.send_later(Command::Release { token, lease, uid: None, reply: tx });
+                self.handle.send_later(Command::Release { token, lease, uid: None, node: None, reply: tx });
             }
             Ok(Err(_)) => {}
             Err(_) => self.handle.send_later(Command::Abandon { key: self.key }),
@@ -162,21 +162,21 @@ impl proto::assigner_server::Assigner for AssignerService {
         &self,
         request: Request<proto::ReleaseRequest>,
     ) -> Result<Response<proto::ReleaseResponse>, Status> {
-        let uid = crate::peer::with_node(&request, 0).0.uid;
-        let r = request.into_inner();
+        let (peer, node) = crate::peer::with_node(&request, 0);
+        let (uid, r) = (peer.uid, request.into_inner());
         let token = r.client_token;
-        flatten(self.handle.ask(|reply| Command::Release { token, lease: r.lease_id, uid, reply }).await)?;
+        flatten(self.handle.ask(|reply| Command::Release { token, lease: r.lease_id, uid, node, reply }).await)?;
         Ok(Response::new(proto::ReleaseResponse {}))
     }
 
     async fn renew(&self, request: Request<proto::RenewRequest>) -> Result<Response<proto::RenewResponse>, Status> {
-        let uid = crate::peer::with_node(&request, 0).0.uid;
-        let r = request.into_inner();
+        let (peer, node) = crate::peer::with_node(&request, 0);
+        let (uid, r) = (peer.uid, request.into_inner());
         if r.client_token.is_empty() || r.client_token.len() > 128 {
             return Err(to_status(DomainError::UnknownToken));
         }
         let token = r.client_token;
-        let left = flatten(self.handle.ask(|reply| Command::Renew { token, lease: r.lease_id, uid, reply }).await)?;
+        let left = flatten(self.handle.ask(|reply| Command::Renew { token, lease: r.lease_id, uid, node, reply }).await)?;
         let expires_in_ms = left.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
         Ok(Response::new(proto::RenewResponse { expires_in_ms }))
     }

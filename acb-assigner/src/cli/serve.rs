@@ -120,10 +120,10 @@ fn resolve_with(args: ServeArgs, file: FileConfig) -> Result<ServeConfig, Error>
     };
     let mut listed = std::collections::HashSet::new();
     for n in &cluster.nodes {
-        if n.name.is_empty() || acb_proto::check_job_name(&n.name).is_err() || !listed.insert(n.name.clone()) {
+        if crate::peer::check_node_name(&n.name).is_err() || !listed.insert(n.name.clone()) {
             return Err(Error::Setting {
                 what: "cluster file nodes",
-                why: format!("{:?}: each node needs a name, printable, at most 256 bytes, listed once", n.name),
+                why: format!("{:?}: each node needs a name (1 to 253 printable ASCII characters), listed once", n.name),
             });
         }
     }
@@ -188,6 +188,12 @@ fn resolve_with(args: ServeArgs, file: FileConfig) -> Result<ServeConfig, Error>
             why: "only a controller or an executor uses it".into(),
         });
     }
+    let node_name = args.node_name.clone().or(file.node_name.clone()).unwrap_or_else(config::host_name);
+    if role != config::RoleConfig::Standalone
+        && let Err(why) = crate::peer::check_node_name(&node_name)
+    {
+        return Err(Error::Setting { what: "--node-name", why });
+    }
     let heartbeat = match (args.heartbeat, file.heartbeat.clone().or(cluster.heartbeat.clone())) {
         (Some(h), _) => h,
         (None, Some(s)) => {
@@ -208,7 +214,7 @@ fn resolve_with(args: ServeArgs, file: FileConfig) -> Result<ServeConfig, Error>
         metrics,
         auth_token,
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
-        node_name: args.node_name.or(file.node_name).unwrap_or_else(config::host_name),
+        node_name,
         auth_token_file,
         max_connections,
         handshake_timeout,

@@ -26,7 +26,11 @@ use crate::proto::{self, assigner_client::AssignerClient, cluster_client::Cluste
 /// What an executor needs to reach its controller.
 #[derive(Clone, Debug)]
 pub struct Upstream {
+    /// The clients' forwarded calls.
     channel: Channel,
+    /// The node's link (registration, heartbeats): a connection of its own, so that no load of
+    /// the clients' calls can starve or break it.
+    link: Channel,
     /// `Bearer CLUSTER_TOKEN`.
     auth: AsciiMetadataValue,
     /// This node's name, as a header value.
@@ -38,15 +42,16 @@ impl Upstream {
     /// The controller at `addr` (connected lazily, again after every failure).
     pub fn new(addr: &crate::config::Address, token: &str, node: &str) -> Result<Upstream, crate::Error> {
         let setting = |why: String| crate::Error::Setting { what: "--controller", why };
-        let channel =
-            acb_client::connection::channel_lazy(addr, Duration::from_secs(3)).map_err(|e| setting(e.to_string()))?;
+        let lazy =
+            || acb_client::connection::channel_lazy(addr, Duration::from_secs(3)).map_err(|e| setting(e.to_string()));
+        let (channel, link) = (lazy()?, lazy()?);
         let auth = format!("Bearer {token}")
             .parse()
             .map_err(|_| setting("the cluster token has characters not allowed in a header".into()))?;
         let node_value = node
             .parse()
             .map_err(|_| setting(format!("the node name {node:?} has characters not allowed in a header")))?;
-        Ok(Upstream { channel, auth, node: node_value, node_name: node.to_string() })
+        Ok(Upstream { channel, link, auth, node: node_value, node_name: node.to_string() })
     }
 
     /// `from` as a call to the controller on behalf of its caller: the cluster token, this
@@ -89,7 +94,14 @@ impl Upstream {
 pub struct ProxyService {
     up: Arc<Upstream>,
     link: watch::Receiver<LinkState>,
+    /// The calls that may wait long (sessions, requests for GPUs, watches) in flight at once.
+    waiting: Arc<tokio::sync::Semaphore>,
 }
+
+/// Calls that may wait long (sessions, AllocRequest, Watch) an executor forwards at once; past
+/// it a call fails with RESOURCE_EXHAUSTED, reason LIMIT_REACHED. Releases, renewals and status
+/// are never held back by them.
+pub const MAX_WAITING_CALLS: usize = 16_384;
 
 /// How long a call waits for the node to be registered when it has no deadline of its own.
 pub const REGISTER_WAIT: Duration = Duration::from_secs(30);
@@ -97,7 +109,18 @@ pub const REGISTER_WAIT: Duration = Duration::from_secs(30);
 impl ProxyService {
     /// A proxy to `up`, forwarding while `link` says the node is registered.
     pub fn new(up: Arc<Upstream>, link: watch::Receiver<LinkState>) -> Self {
-        ProxyService { up, link }
+        ProxyService { up, link, waiting: Arc::new(tokio::sync::Semaphore::new(MAX_WAITING_CALLS)) }
+    }
+
+    /// A place for one more long-waiting call, or LIMIT_REACHED.
+    fn waiting_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.waiting.clone().try_acquire_owned().map_err(|_| {
+            acb_proto::status_with_reason(
+                tonic::Code::ResourceExhausted,
+                format!("{MAX_WAITING_CALLS} sessions, requests and watches of this node wait at once (the executor's limit); retry later"),
+                acb_proto::ErrorReason::LimitReached,
+            )
+        })
     }
 
     /// Waits until the node is registered, within `request`'s deadline (or [`REGISTER_WAIT`]).
@@ -150,6 +173,7 @@ impl proto::assigner_server::Assigner for ProxyService {
         &self,
         request: Request<Streaming<proto::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let slot = self.waiting_slot()?;
         self.registered(&request).await?;
         let (metadata, extensions, inbound) = self.up.forward(request).into_parts();
         // The client's half, message for message, until it ends or fails: its end is the
@@ -162,6 +186,7 @@ impl proto::assigner_server::Assigner for ProxyService {
         let (tx, rx) = tokio::sync::mpsc::channel(crate::driver::SESSION_EVENTS);
         let mut link = self.link.clone();
         tokio::spawn(async move {
+            let _slot = slot; // held while the session lasts
             loop {
                 tokio::select! {
                     e = events.message() => {
@@ -195,6 +220,7 @@ impl proto::assigner_server::Assigner for ProxyService {
         &self,
         request: Request<proto::AllocateRequest>,
     ) -> Result<Response<proto::AllocateResponse>, Status> {
+        let _slot = self.waiting_slot()?;
         self.registered(&request).await?;
         let call = self.up.forward(request);
         upstream(self.up.assigner().alloc_request(call).await)
@@ -221,9 +247,14 @@ impl proto::assigner_server::Assigner for ProxyService {
     }
 
     async fn watch(&self, request: Request<proto::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let slot = self.waiting_slot()?;
         let call = self.up.forward(request);
         let events = upstream(self.up.assigner().watch(call).await)?.into_inner();
-        Ok(Response::new(Box::pin(events)))
+        // The slot goes with the stream.
+        Ok(Response::new(Box::pin(events.map(move |e| {
+            let _held = &slot;
+            e
+        }))))
     }
 }
 
@@ -301,7 +332,7 @@ async fn link_once(up: &Upstream, gpus: &[FoundGpu], state: &watch::Sender<LinkS
     }
     let mut call = Request::new(ReceiverStream::new(rx));
     up.stamp(call.metadata_mut());
-    let mut replies = match ClusterClient::new(up.channel.clone()).join(call).await {
+    let mut replies = match ClusterClient::new(up.link.clone()).join(call).await {
         Ok(r) => r.into_inner(),
         Err(s) => return format!("{:?}: {}", s.code(), s.message()),
     };

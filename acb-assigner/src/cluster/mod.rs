@@ -7,5 +7,13 @@
 pub mod executor;
 pub mod join;
 
-pub use executor::{LinkState, ProxyService, Upstream, run_link};
+pub use executor::{LinkState, MAX_WAITING_CALLS, ProxyService, Upstream, run_link};
+
+/// HTTP/2 streams a controller allows on one connection of an executor's: every waiting call
+/// of the node's ([`MAX_WAITING_CALLS`]) and room for the short ones beside them.
+pub const STREAMS_PER_EXECUTOR: u32 = MAX_WAITING_CALLS as u32 + 4096;
 pub use join::ClusterService;
+
+/// The HTTP/2 connection window a controller gives an executor's connection (bytes): h2
+/// lets half of it be taken by small buffered messages, a few hundred bytes each.
+pub const EXECUTOR_CONNECTION_WINDOW: u32 = STREAMS_PER_EXECUTOR * 1024;

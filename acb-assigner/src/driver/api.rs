@@ -358,6 +358,9 @@ pub enum Command {
         lease: u64,
         /// The caller's uid (SO_PEERCRED), when known: it must be the holder's, or the admin's.
         uid: Option<u32>,
+        /// The caller's node, when an executor forwarded the call (a uid means something only
+        /// on its own node).
+        node: Option<String>,
         /// Done, or why not.
         reply: Reply<Result<(), DomainError>>,
     },
@@ -369,6 +372,8 @@ pub enum Command {
         lease: u64,
         /// The caller's uid, when known.
         uid: Option<u32>,
+        /// The caller's node, when an executor forwarded the call.
+        node: Option<String>,
         /// The time left now (`None`: a session's lease, which needs no renewal).
         reply: Reply<Result<Option<Duration>, DomainError>>,
     },

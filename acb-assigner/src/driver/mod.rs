@@ -181,16 +181,18 @@ impl Driver {
                 }
                 self.end_one_off_if_idle(client, now);
             }
-            Command::Release { token, lease, uid, reply } => {
+            Command::Release { token, lease, uid, node, reply } => {
+                let node = node.unwrap_or_else(|| self.node.clone());
                 let r = if token.is_empty() {
-                    self.admin_release(LeaseId(lease), uid, now)
+                    self.admin_release(LeaseId(lease), uid, &node, now)
                 } else {
-                    self.release(&token, LeaseId(lease), uid, now)
+                    self.release(&token, LeaseId(lease), uid, &node, now)
                 };
                 let _ = reply.send(r);
             }
-            Command::Renew { token, lease, uid, reply } => {
-                let _ = reply.send(self.renew(&token, LeaseId(lease), uid));
+            Command::Renew { token, lease, uid, node, reply } => {
+                let node = node.unwrap_or_else(|| self.node.clone());
+                let _ = reply.send(self.renew(&token, LeaseId(lease), uid, &node));
             }
             Command::Phase { client, lease, idle } => {
                 let (c, l) = (ClientId(client), LeaseId(lease));
@@ -362,9 +364,16 @@ impl Driver {
         Ok(Affinity::Required(list))
     }
 
-    fn release(&mut self, token: &str, lease: LeaseId, uid: Option<u32>, now: CoreInstant) -> Result<(), DomainError> {
+    fn release(
+        &mut self,
+        token: &str,
+        lease: LeaseId,
+        uid: Option<u32>,
+        node: &str,
+        now: CoreInstant,
+    ) -> Result<(), DomainError> {
         let client = self.sessions.by_token(token).ok_or(DomainError::UnknownToken)?;
-        self.check_uid(client, uid, "release")?;
+        self.check_uid(client, uid, node, "release")?;
         self.sched.release(client, lease, now).map_err(DomainError::Core)?;
         self.keeping.expiry.remove(&lease);
         self.record(EventKind::Released { client: client.0, lease: lease.0, by_disconnect: false });

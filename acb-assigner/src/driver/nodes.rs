@@ -104,24 +104,48 @@ impl Driver {
         if !self.is_controller() {
             return Err(DomainError::Invalid("this assigner is not a controller".into()));
         }
-        if let Err(e) = acb_proto::check_job_name(node) {
-            return Err(DomainError::Invalid(format!("node name: {e}")));
+        if let Err(e) = crate::peer::check_node_name(node) {
+            return Err(DomainError::Invalid(e));
         }
         if node == self.node {
             return Err(DomainError::Invalid(format!(
                 "node {node:?} is the controller's own node; give each executor its own --node name"
             )));
         }
-        let mut seen = std::collections::HashSet::new();
-        if gpus.iter().any(|g| !seen.insert(g.gpu.uuid.clone())) {
+        let mut uuids = std::collections::HashSet::new();
+        let mut indexes = std::collections::HashSet::new();
+        if gpus.iter().any(|g| !uuids.insert(g.gpu.uuid.clone())) {
             return Err(DomainError::Invalid("a GPU uuid twice in one registration".into()));
         }
+        if gpus.iter().any(|g| !indexes.insert(g.gpu.index)) {
+            return Err(DomainError::Invalid("a GPU index twice in one registration".into()));
+        }
+        // The node's GPUs as the pool knows them, by uuid. GPUs are never removed from the pool
+        // (ids stay stable): a node may not grow it past MAX_NODE_GPUS with ever new uuids.
+        let known: std::collections::HashMap<String, GpuId> = match self.sched.pool().node_by_name(node) {
+            Some(nid) => self
+                .sched
+                .pool()
+                .node(nid)
+                .map(|n| {
+                    n.gpus.iter().filter_map(|g| self.sched.pool().gpu(*g).map(|x| (x.uuid.clone(), *g))).collect()
+                })
+                .unwrap_or_default(),
+            None => std::collections::HashMap::new(),
+        };
+        let new = gpus.iter().filter(|g| !known.contains_key(&g.gpu.uuid)).count();
+        if known.len() + new > crate::cluster::join::MAX_NODE_GPUS {
+            return Err(DomainError::Invalid(format!(
+                "node {node:?} would have {} GPUs (it had {} and reports {new} new ones): at most {}",
+                known.len() + new,
+                known.len(),
+                crate::cluster::join::MAX_NODE_GPUS
+            )));
+        }
         let nid = self.sched.add_node(node);
-        let known: Vec<GpuId> = self.sched.pool().node(nid).map(|n| n.gpus.clone()).unwrap_or_default();
         let mut ids = Vec::with_capacity(gpus.len());
         for g in gpus {
-            let existing =
-                known.iter().copied().find(|id| self.sched.pool().gpu(*id).is_some_and(|x| x.uuid == g.gpu.uuid));
+            let existing = known.get(&g.gpu.uuid).copied();
             let id = match existing {
                 Some(id) => {
                     if let Some(slot) = self.gpus.get_mut(id.0 as usize) {
@@ -141,7 +165,7 @@ impl Driver {
             ids.push(id);
         }
         // GPUs the node had and no longer reports are gone.
-        for id in known {
+        for id in known.into_values() {
             if !ids.contains(&id) {
                 self.set_gpu_health(id, false, now);
             }

@@ -165,9 +165,10 @@ impl Driver {
         token: &str,
         lease: LeaseId,
         uid: Option<u32>,
+        node: &str,
     ) -> Result<Option<Duration>, DomainError> {
         let client = self.sessions.by_token(token).ok_or(DomainError::UnknownToken)?;
-        self.check_uid(client, uid, "renew")?;
+        self.check_uid(client, uid, node, "renew")?;
         let owner = self.sched.lease(lease).map(|l| l.client);
         if owner != Some(client) {
             return Err(DomainError::Core(self.lease_error(lease)));
@@ -191,7 +192,22 @@ impl Driver {
     }
 
     /// A uid (SO_PEERCRED) other than the client's own and the admin's may not touch its leases.
-    pub(super) fn check_uid(&self, client: ClientId, uid: Option<u32>, what: &str) -> Result<(), DomainError> {
+    pub(super) fn check_uid(
+        &self,
+        client: ClientId,
+        uid: Option<u32>,
+        node: &str,
+        what: &str,
+    ) -> Result<(), DomainError> {
+        // A uid means something on its own node only: uid 1000 on one node is not uid 1000 on
+        // another. A call with credentials from another node than the holder's (a token carried
+        // there) is refused. (Without credentials, over TCP, the token alone is the identity.)
+        let owner_node = self.sessions.node(client);
+        if uid.is_some() && !owner_node.is_empty() && owner_node != node {
+            return Err(DomainError::PermissionDenied(format!(
+                "the lease's holder runs on node {owner_node:?}; this call came from node {node:?}"
+            )));
+        }
         let owner = self.sessions.info(client).and_then(|i| i.uid);
         match (uid, owner) {
             (Some(caller), Some(owner)) if caller != owner && caller != self.keeping.admin_uid => {
@@ -210,9 +226,22 @@ impl Driver {
         &mut self,
         lease: LeaseId,
         uid: Option<u32>,
+        node: &str,
         now: CoreInstant,
     ) -> Result<(), DomainError> {
         let admin = self.keeping.admin_uid;
+        // The admin uid of a node takes back that node's leases; the controller's node's, any.
+        if let Some(holder) = self.sched.lease(lease).map(|l| l.client)
+            && uid == Some(admin)
+            && node != self.node
+            && self.sessions.node(holder) != node
+        {
+            return Err(DomainError::PermissionDenied(format!(
+                "the admin uid {admin} of node {node:?} may take back only that node's leases (this one's holder runs on \
+                 {:?}); on the controller's node it may take back any",
+                self.sessions.node(holder)
+            )));
+        }
         if uid != Some(admin) {
             let who = uid.map_or_else(|| "a caller without credentials (TCP)".to_string(), |u| format!("uid {u}"));
             return Err(DomainError::PermissionDenied(format!(

@@ -9,13 +9,11 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -215,42 +213,5 @@ impl Drop for Proc {
     }
 }
 
-/// A process's stdout, line by line, read on a thread so that waits can time out.
-pub struct Out(mpsc::Receiver<String>);
-
-impl Out {
-    fn new(out: std::process::ChildStdout) -> Self {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Out(rx)
-    }
-
-    /// The next line within `timeout`; `None` at the end of the output or when none came.
-    pub fn next(&self, timeout: Duration) -> Option<String> {
-        self.0.recv_timeout(timeout).ok()
-    }
-
-    /// The next line containing `needle`, within `timeout`; panics otherwise.
-    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.0.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(e) => panic!("no line containing {needle:?} within {timeout:?} ({e})"),
-            }
-        }
-    }
-
-    /// Lines already printed, without waiting.
-    pub fn ready(&self) -> Vec<String> {
-        self.0.try_iter().collect()
-    }
-}
+/// A process's stdout, line by line (the tests' common reader).
+pub use crate::common::Lines as Out;

@@ -1,6 +1,8 @@
 //! Starts the real `acb-assigner` binary on a temporary socket, and real client processes.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -90,9 +92,13 @@ impl Lines {
     }
 
     /// The next line, if one comes within `timeout`.
-    #[allow(dead_code)]
     pub fn next(&self, timeout: Duration) -> Option<String> {
         self.0.recv_timeout(timeout).ok()
+    }
+
+    /// Lines already printed, without waiting.
+    pub fn ready(&self) -> Vec<String> {
+        self.0.try_iter().collect()
     }
 
     /// The next line containing `needle`, within `timeout`.
@@ -127,7 +133,7 @@ impl Daemon {
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("ACB_TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
