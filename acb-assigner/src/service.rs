@@ -176,7 +176,8 @@ impl proto::assigner_server::Assigner for AssignerService {
             return Err(to_status(DomainError::UnknownToken));
         }
         let token = r.client_token;
-        let left = flatten(self.handle.ask(|reply| Command::Renew { token, lease: r.lease_id, uid, node, reply }).await)?;
+        let left =
+            flatten(self.handle.ask(|reply| Command::Renew { token, lease: r.lease_id, uid, node, reply }).await)?;
         let expires_in_ms = left.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
         Ok(Response::new(proto::RenewResponse { expires_in_ms }))
     }

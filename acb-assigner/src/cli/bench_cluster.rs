@@ -230,7 +230,13 @@ async fn costs(handle: &Handle, nodes: usize, cycles: usize) -> Result<(Duration
             .map_err(failed)?;
         let token = welcomed.token.clone();
         handle
-            .ask(|reply| Command::Release { token, lease: grant.lease, uid: Some(0), node: Some(format!("node-{}", nodes - 1)), reply })
+            .ask(|reply| Command::Release {
+                token,
+                lease: grant.lease,
+                uid: Some(0),
+                node: Some(format!("node-{}", nodes - 1)),
+                reply,
+            })
             .await
             .and_then(|r| r)
             .map_err(failed)?;
