@@ -69,14 +69,7 @@ impl Scheduler {
     /// A validated member joins its group, outside the queue; the group, once complete, is
     /// queued as one unit. Returns the member's id.
     pub(super) fn join_group(&mut self, name: &str, size: u32, request: Request, now: crate::Instant) -> RequestId {
-        let id = RequestId(self.next_request);
-        self.next_request += 1;
-        let key = (Reverse(request.priority), self.next_seq);
-        self.next_seq += 1;
-        if let Some(c) = self.clients.get_mut(&request.client) {
-            c.queued.insert(id);
-        }
-        self.requests.insert(id, QueuedRequest { id, request, enqueued_at: now, key, reclaiming: Vec::new() });
+        let (id, _) = self.admit(request, now);
         let w =
             self.groups.entry(String::from(name)).or_insert(WaitingGroup { size, members: Vec::new(), unit_key: None });
         w.members.push(id);

@@ -36,6 +36,15 @@ impl QueuedRequest {
 impl Scheduler {
     /// Queues a request that passed validation, behind those of its priority already queued.
     pub(super) fn enqueue(&mut self, request: Request, now: Instant) -> RequestId {
+        self.count_need(super::index::queued_need(&request));
+        let (id, key) = self.admit(request, now);
+        self.queue.insert(key, id);
+        id
+    }
+
+    /// A request that passed validation gets its id and its place in arrival order, and waits
+    /// (its client counts it); the caller queues it, or holds it as a group's member.
+    pub(super) fn admit(&mut self, request: Request, now: Instant) -> (RequestId, QueueKey) {
         let id = RequestId(self.next_request);
         self.next_request += 1;
         let key = (Reverse(request.priority), self.next_seq);
@@ -43,10 +52,8 @@ impl Scheduler {
         if let Some(c) = self.clients.get_mut(&request.client) {
             c.queued.insert(id);
         }
-        self.queue.insert(key, id);
-        self.count_need(super::index::queued_need(&request));
         self.requests.insert(id, QueuedRequest { id, request, enqueued_at: now, key, reclaiming: Vec::new() });
-        id
+        (id, key)
     }
 
     /// Takes a request out of the queue (to grant, cancel or reject it), and its reservation
