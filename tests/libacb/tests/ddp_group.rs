@@ -17,6 +17,12 @@ fn a_two_rank_ddp_job_under_torchrun_is_one_group_and_computes_the_same() {
         eprintln!("skipped: no {python}");
         return;
     }
+    // Without torch the script skips: say so without building the assigner for it.
+    let has_torch = Command::new(&python).args(["-c", "import torch"]).output().is_ok_and(|o| o.status.success());
+    if !has_torch {
+        eprintln!("skipped: {python} has no torch (set ACB_TEST_PYTHON to an interpreter with torch)");
+        return;
+    }
     let root = common::root();
     let out = Command::new(&python)
         .arg(root.join("tests/python/ddp_group.py"))
