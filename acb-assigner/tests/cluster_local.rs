@@ -363,3 +363,71 @@ fn an_executor_links_to_a_tls_controller_with_the_ca_and_not_without() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach its controller"), "{err}");
 }
+
+/// A library client (it resumes its session) of the executor at `socket`, member of `group`.
+fn member(socket: &std::path::Path, job: &str, group: &str) -> acb_client::Client {
+    acb_client::Client::new(acb_client::Config {
+        assigner: format!("unix:{}", socket.display()).parse().unwrap(),
+        job: job.into(),
+        connect_timeout: Duration::from_secs(2),
+        connect_retries: 3,
+        release: acb_client::ReleaseMode::Lazy,
+        idle_timeout: None,
+        auth_token: None,
+        memory_backend: acb_client::MemoryBackend::Host,
+        pin_gpus: false,
+        assigner_uid: None,
+        group: Some(acb_client::Group { name: group.into(), size: 2 }),
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_gang_restored_after_a_controller_restart_still_gives_its_gpus_back_together() {
+    let c = Cluster::new("cluster-gang-restart");
+    let state = c.dir.0.join("state");
+    let state = state.to_str().unwrap();
+    let mut ctl = c.controller(&["--state-dir", state, "--reclaim-grace", "20s"]);
+    let (n1, n2) = (c.executor("n1"), c.executor("n2"));
+    wait_status(&ctl, "both nodes", |s| node_up(s, "n1") && node_up(s, "n2"));
+    let request = acb_client::Request { timeout: Some(Duration::from_secs(10)), ..Default::default() };
+    let a = member(&n1.socket, "rank0", "ddp-7");
+    let b = member(&n2.socket, "rank1", "ddp-7");
+    let (la, lb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| a.begin(&request));
+        let tb = s.spawn(|| b.begin(&request));
+        (ta.join().unwrap().unwrap(), tb.join().unwrap().unwrap())
+    });
+    // The controller dies mid-phase and comes back with its saved state.
+    ctl.signal(libc::SIGKILL);
+    let _ = wait_exit(&mut ctl.child, Duration::from_secs(10));
+    let ctl = c.controller(&["--state-dir", state, "--reclaim-grace", "20s"]);
+    wait_status(&ctl, "both members resumed", |s| {
+        let resumed =
+            |job: &str| s["clients"].as_array().unwrap().iter().any(|x| x["job"] == job && x["orphan"] == false);
+        node_up(s, "n1") && node_up(s, "n2") && resumed("rank0") && resumed("rank1")
+    });
+    let held = |s: &serde_json::Value, lease: u64| {
+        s["gpus"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["holders"].as_array().unwrap().iter().any(|h| h["lease"] == lease))
+    };
+    let s = ctl.status_json();
+    assert!(held(&s, la.id) && held(&s, lb.id), "the gang's leases were not restored: {s}");
+    // One member gives its lease back (its client closes): the other is asked to yield, as
+    // before the restart (nobody waits for its GPU: only the restored link asks).
+    drop(a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = record(&ctl);
+        if events.iter().any(|e| e["event"] == "yield-asked" && e["lease"] == lb.id) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "rank1 was not asked to yield: {events:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = la;
+    drop(b);
+}

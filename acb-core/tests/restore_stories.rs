@@ -89,3 +89,31 @@ fn skipped_ids_are_never_granted() {
     h.ask(a, 1);
     assert_eq!(h.granted(a).lease, LeaseId(100));
 }
+
+#[test]
+fn restored_gang_members_are_linked_again() {
+    let mut h = Harness::new(Policy::GpuAffinity, &[80, 80, 80]);
+    let (a, b, c) = (h.client(), h.client(), h.client());
+    h.sched.restore_lease(restored(1, a, 0, 80, false), h.now).unwrap();
+    h.sched.restore_lease(restored(2, b, 1, 80, false), h.now).unwrap();
+    h.sched.restore_lease(restored(3, c, 2, 80, false), h.now).unwrap();
+    // Lease 9 was not restored (its GPU is gone, say): left out.
+    h.sched.restore_gang("run-7", &[LeaseId(1), LeaseId(2), LeaseId(9)]).unwrap();
+    assert_eq!(h.sched.gang_of(LeaseId(1)), Some(("run-7", [LeaseId(1), LeaseId(2)].as_slice())));
+    assert_eq!(h.sched.gang_of(LeaseId(3)), None);
+    // Named twice, or already in a gang: refused, nothing changed.
+    assert_eq!(h.sched.restore_gang("x", &[LeaseId(3), LeaseId(3)]), Err(Error::LeaseExists(LeaseId(3))));
+    assert_eq!(h.sched.restore_gang("x", &[LeaseId(3), LeaseId(2)]), Err(Error::LeaseExists(LeaseId(2))));
+    assert_eq!(h.sched.gang_of(LeaseId(3)), None);
+    h.check();
+    // A member that goes away ends the other's lease, as for a gang granted in this run.
+    h.sched.disconnect(a, h.now).unwrap();
+    let out = h.outputs();
+    assert!(
+        out.iter().any(|o| matches!(o, acb_core::Output::GroupBroken { client, lease, gone, .. }
+            if *client == b && *lease == LeaseId(2) && *gone == a)),
+        "{out:?}"
+    );
+    assert!(h.sched.lease(LeaseId(2)).is_none());
+    assert!(h.sched.lease(LeaseId(3)).is_some());
+}

@@ -342,6 +342,7 @@ impl Driver {
             next_lease: self.sched.next_lease_id().0,
             clients,
             pool: self.saved_pool(),
+            gangs: self.saved_gangs(),
         };
         match store.save(&state) {
             Ok(()) => {
@@ -354,6 +355,22 @@ impl Driver {
                 tracing::error!("cannot save the leases: {e}");
             }
         }
+    }
+
+    /// The gangs of the leases held, each once.
+    fn saved_gangs(&self) -> Vec<super::state::SavedGang> {
+        let mut out: Vec<super::state::SavedGang> = Vec::new();
+        for (id, _) in self.sched.leases() {
+            if let Some((group, leases)) = self.sched.gang_of(id)
+                && leases.first() == Some(&id)
+            {
+                out.push(super::state::SavedGang {
+                    group: group.to_string(),
+                    leases: leases.iter().map(|l| l.0).collect(),
+                });
+            }
+        }
+        out
     }
 
     /// Puts back what the previous run saved: its clients with their ids and tokens (sessions
@@ -404,6 +421,12 @@ impl Driver {
                 self.disconnect(client, now);
             } else if !c.one_off {
                 orphans += 1;
+            }
+        }
+        for g in &saved.gangs {
+            let leases: Vec<LeaseId> = g.leases.iter().map(|l| LeaseId(*l)).collect();
+            if let Err(e) = self.sched.restore_gang(&g.group, &leases) {
+                tracing::warn!(group = %g.group, "saved gang not linked again: {e}");
             }
         }
         if orphans > 0 {

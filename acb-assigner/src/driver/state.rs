@@ -72,6 +72,19 @@ pub struct SavedState {
     /// executors' GPUs the same ids (its own GPUs come first, as discovered).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pool: Vec<SavedGpu>,
+    /// Leases granted together (gangs across processes), so that a restarted assigner links
+    /// them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gangs: Vec<SavedGang>,
+}
+
+/// A gang's leases, as saved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedGang {
+    /// The group's name.
+    pub group: String,
+    /// Its members' leases still held.
+    pub leases: Vec<u64>,
 }
 
 /// A GPU of a controller's pool, as saved.
@@ -369,7 +382,15 @@ mod tests {
                 node: None,
                 leases: vec![SavedLease { id: 8, gpus: vec![0], memory: vec![1 << 30], priority: 0, idle: true }],
             }],
-            pool: vec![],
+            pool: vec![SavedGpu {
+                node: "n1".into(),
+                index: 3,
+                uuid: "GPU-1".into(),
+                name: "simulated GPU".into(),
+                memory: 1 << 34,
+                fake: true,
+            }],
+            gangs: vec![SavedGang { group: "run-7".into(), leases: vec![8, 9] }],
         };
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), Some(state));
@@ -421,9 +442,23 @@ mod tests {
 
     #[test]
     fn entries_no_assigner_writes_are_left_out_and_huge_ids_refused() {
-        let huge = SavedState { format: FORMAT, next_client: u64::MAX, next_lease: 2, clients: vec![], pool: vec![] };
+        let huge = SavedState {
+            format: FORMAT,
+            next_client: u64::MAX,
+            next_lease: 2,
+            clients: vec![],
+            pool: vec![],
+            gangs: vec![],
+        };
         assert!(huge.checked().unwrap_err().contains("over"));
-        let huge = SavedState { format: FORMAT, next_client: 2, next_lease: MAX_ID + 1, clients: vec![], pool: vec![] };
+        let huge = SavedState {
+            format: FORMAT,
+            next_client: 2,
+            next_lease: MAX_ID + 1,
+            clients: vec![],
+            pool: vec![],
+            gangs: vec![],
+        };
         assert!(huge.checked().is_err());
         let state = SavedState {
             format: FORMAT,
@@ -442,6 +477,7 @@ mod tests {
                 client(7, "hhhh", "lease twice", &[2, 8]),
             ],
             pool: vec![],
+            gangs: vec![],
         };
         let (kept, dropped) = state.checked().unwrap();
         let kept: Vec<(u64, Vec<u64>)> =
@@ -473,7 +509,14 @@ mod tests {
         std::fs::write(&planted, "planted").unwrap();
         let held = std::fs::File::open(&planted).unwrap();
         store
-            .save(&SavedState { format: FORMAT, next_client: 1, next_lease: 1, clients: vec![], pool: vec![] })
+            .save(&SavedState {
+                format: FORMAT,
+                next_client: 1,
+                next_lease: 1,
+                clients: vec![],
+                pool: vec![],
+                gangs: vec![],
+            })
             .unwrap();
         let mut seen = String::new();
         std::io::Read::read_to_string(&mut &held, &mut seen).unwrap();

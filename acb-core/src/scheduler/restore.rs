@@ -103,3 +103,26 @@ impl Scheduler {
         LeaseId(self.next_lease)
     }
 }
+
+impl Scheduler {
+    /// Links restored leases that a previous run granted together (a gang's members, as
+    /// [`gang_of`](Self::gang_of) named them when it saved them): from now on a yield asked of
+    /// one is asked of all, and a member that goes away ends the others'. Leases that were not
+    /// restored are left out; with fewer than two left there is nothing to link. Refused, with
+    /// nothing changed, when a lease is named twice or is already in a gang.
+    pub fn restore_gang(&mut self, group: &str, leases: &[LeaseId]) -> Result<(), Error> {
+        let mut held: Vec<LeaseId> = Vec::with_capacity(leases.len());
+        for l in leases {
+            if held.contains(l) || self.gang_of(*l).is_some() {
+                return Err(Error::LeaseExists(*l));
+            }
+            if self.leases.contains_key(l) {
+                held.push(*l);
+            }
+        }
+        if held.len() >= 2 {
+            self.link_gang(alloc::string::String::from(group), held);
+        }
+        Ok(())
+    }
+}
