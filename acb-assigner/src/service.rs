@@ -58,7 +58,8 @@ impl Drop for AbandonGuard {
     }
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+/// A server stream of a service's replies.
+pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl proto::assigner_server::Assigner for AssignerService {

@@ -8,13 +8,12 @@
 //! computing on the leases they hold and resume their sessions when it is back (a controller
 //! with a state directory restores their leases, so no GPU is granted twice).
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
@@ -149,7 +148,7 @@ impl ProxyService {
     }
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+use crate::service::BoxStream;
 
 /// A controller's answer, with a word on where it failed when the controller could not be
 /// reached.
@@ -189,17 +188,18 @@ impl proto::assigner_server::Assigner for ProxyService {
             let _slot = slot; // held while the session lasts
             loop {
                 tokio::select! {
-                    e = events.message() => {
-                        let end = !matches!(e, Ok(Some(_)));
-                        let item = match e {
-                            Ok(Some(ev)) => Ok(ev),
-                            Ok(None) => break,
-                            Err(s) => Err(s),
-                        };
-                        if tx.send(item).await.is_err() || end {
+                    e = events.message() => match e {
+                        Ok(Some(ev)) => {
+                            if tx.send(Ok(ev)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(s) => {
+                            let _ = tx.send(Err(s)).await;
                             break;
                         }
-                    }
+                    },
                     () = async { let _ = link.wait_for(|s| !matches!(s, LinkState::Registered(_))).await; } => {
                         let _ = tx
                             .send(Err(acb_proto::status_with_reason(
@@ -282,8 +282,10 @@ pub async fn run_link(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = BACKOFF_FIRST;
+    // NVML is opened once, not again on every reconnect.
+    let probe = crate::discovery::Probe::new(&gpus);
     loop {
-        let attempt = link_once(&up, &gpus, &state);
+        let attempt = link_once(&up, &gpus, &probe, &state);
         let why = tokio::select! {
             r = attempt => r,
             _ = stop.wait_for(|s| *s) => return,
@@ -305,8 +307,12 @@ pub async fn run_link(
 }
 
 /// One link: registers and heartbeats until it fails; returns why.
-async fn link_once(up: &Upstream, gpus: &[FoundGpu], state: &watch::Sender<LinkState>) -> String {
-    let probe = crate::discovery::Probe::new(gpus);
+async fn link_once(
+    up: &Upstream,
+    gpus: &[FoundGpu],
+    probe: &crate::discovery::Probe,
+    state: &watch::Sender<LinkState>,
+) -> String {
     let report = |g: &FoundGpu| {
         let (healthy, memory_used) = probe.read(g);
         proto::NodeGpu {

@@ -1,12 +1,10 @@
 //! The controller's side of an executor's link (`acb.v1.Cluster/Join`): registration, then
 //! heartbeats, until the stream ends or goes silent; then the node is lost.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -49,7 +47,7 @@ fn gpu_of(g: proto::NodeGpu) -> Result<ReportedGpu, Status> {
     })
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+use crate::service::BoxStream;
 
 #[tonic::async_trait]
 impl proto::cluster_server::Cluster for ClusterService {

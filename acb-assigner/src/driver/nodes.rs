@@ -77,15 +77,20 @@ impl Driver {
         }
     }
 
+    /// The pool ids of `node`'s GPUs (none for a node the pool does not have).
+    fn node_gpu_ids(&self, node: &str) -> Vec<GpuId> {
+        let pool = self.sched.pool();
+        pool.node_by_name(node).and_then(|id| pool.node(id)).map(|n| n.gpus.clone()).unwrap_or_default()
+    }
+
     /// The GPUs clients of `node` may be granted, or why none.
     pub(super) fn gpus_of_node(&self, node: &str) -> Result<Vec<GpuId>, DomainError> {
-        let pool = self.sched.pool();
-        let id = pool.node_by_name(node).ok_or_else(|| {
-            DomainError::Unavailable(format!(
+        if self.sched.pool().node_by_name(node).is_none() {
+            return Err(DomainError::Unavailable(format!(
                 "node {node:?} has no GPUs in the pool (its executor has not registered with the controller)"
-            ))
-        })?;
-        let gpus = pool.node(id).map(|n| n.gpus.clone()).unwrap_or_default();
+            )));
+        }
+        let gpus = self.node_gpu_ids(node);
         if gpus.is_empty() {
             return Err(DomainError::Unavailable(format!("node {node:?} has no GPUs")));
         }
@@ -122,17 +127,11 @@ impl Driver {
         }
         // The node's GPUs as the pool knows them, by uuid. GPUs are never removed from the pool
         // (ids stay stable): a node may not grow it past MAX_NODE_GPUS with ever new uuids.
-        let known: std::collections::HashMap<String, GpuId> = match self.sched.pool().node_by_name(node) {
-            Some(nid) => self
-                .sched
-                .pool()
-                .node(nid)
-                .map(|n| {
-                    n.gpus.iter().filter_map(|g| self.sched.pool().gpu(*g).map(|x| (x.uuid.clone(), *g))).collect()
-                })
-                .unwrap_or_default(),
-            None => std::collections::HashMap::new(),
-        };
+        let known: std::collections::HashMap<String, GpuId> = self
+            .node_gpu_ids(node)
+            .into_iter()
+            .filter_map(|g| self.sched.pool().gpu(g).map(|x| (x.uuid.clone(), g)))
+            .collect();
         let new = gpus.iter().filter(|g| !known.contains_key(&g.gpu.uuid)).count();
         if known.len() + new > crate::cluster::join::MAX_NODE_GPUS {
             return Err(DomainError::Invalid(format!(
@@ -194,8 +193,7 @@ impl Driver {
             return false; // an old link, or a node lost meanwhile: it must register again
         }
         n.last_seen = Instant::now();
-        let Some(nid) = self.sched.pool().node_by_name(node) else { return true };
-        let gpus: Vec<GpuId> = self.sched.pool().node(nid).map(|n| n.gpus.clone()).unwrap_or_default();
+        let gpus = self.node_gpu_ids(node);
         for &(index, healthy, used) in health {
             if let Some(id) =
                 gpus.iter().copied().find(|g| self.gpus.get(g.0 as usize).is_some_and(|x| x.index == index))
@@ -223,11 +221,8 @@ impl Driver {
         tracing::warn!(node, "node lost: {reason}");
         self.record(EventKind::NodeDown { node: node.to_string(), reason });
         self.metrics.node(node, false);
-        if let Some(nid) = self.sched.pool().node_by_name(node) {
-            let gpus: Vec<GpuId> = self.sched.pool().node(nid).map(|n| n.gpus.clone()).unwrap_or_default();
-            for g in gpus {
-                self.set_gpu_health(g, false, now);
-            }
+        for g in self.node_gpu_ids(node) {
+            self.set_gpu_health(g, false, now);
         }
     }
 
