@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use acb_client::{Client, Config, MemoryBackend, ReleaseMode};
+use acb_client::{Client, Config, ReleaseMode};
 use lab::{Lab, Proc};
 use serde_json::Value;
 
@@ -304,20 +304,9 @@ fn assert_on(node: &str, gpus: &[String]) {
 /// A real client (the client library) of node `node`, through its executor's socket; it
 /// resumes its session when it loses it, and retries opening one `retries` times.
 fn client(c: &Cluster, node: usize, job: &str, retries: u32) -> Client {
-    Client::new(Config {
-        assigner: format!("unix:{}", c.socket(node).display()).parse().unwrap(),
-        job: job.into(),
-        connect_timeout: Duration::from_secs(2),
-        connect_retries: retries,
-        release: ReleaseMode::Eager,
-        idle_timeout: None,
-        auth_token: None,
-        memory_backend: MemoryBackend::Host,
-        pin_gpus: false,
-        assigner_uid: None,
-        group: None,
-    })
-    .unwrap()
+    let config =
+        Config { connect_retries: retries, release: ReleaseMode::Eager, ..common::client_config(&c.socket(node), job) };
+    Client::new(config).unwrap()
 }
 
 fn phase() -> acb_client::Request {

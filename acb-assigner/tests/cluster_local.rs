@@ -366,20 +366,8 @@ fn an_executor_links_to_a_tls_controller_with_the_ca_and_not_without() {
 
 /// A library client (it resumes its session) of the executor at `socket`, member of `group`.
 fn member(socket: &std::path::Path, job: &str, group: &str) -> acb_client::Client {
-    acb_client::Client::new(acb_client::Config {
-        assigner: format!("unix:{}", socket.display()).parse().unwrap(),
-        job: job.into(),
-        connect_timeout: Duration::from_secs(2),
-        connect_retries: 3,
-        release: acb_client::ReleaseMode::Lazy,
-        idle_timeout: None,
-        auth_token: None,
-        memory_backend: acb_client::MemoryBackend::Host,
-        pin_gpus: false,
-        assigner_uid: None,
-        group: Some(acb_client::Group { name: group.into(), size: 2 }),
-    })
-    .unwrap()
+    let group = Some(acb_client::Group { name: group.into(), size: 2 });
+    acb_client::Client::new(acb_client::Config { group, ..common::client_config(socket, job) }).unwrap()
 }
 
 #[test]

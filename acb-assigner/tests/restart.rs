@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use acb_assigner::proto;
-use acb_client::{Client, Config, MemoryBackend, ReleaseMode, Request};
+use acb_client::{Client, Request};
 use acb_core::record::{Event, EventKind};
 use common::{BIN, Lines, TempDir, wait_exit};
 
@@ -47,20 +47,7 @@ fn serve(socket: &Path, state: &str) -> (Killed, Lines) {
 }
 
 fn client(socket: &Path, job: &str) -> Client {
-    Client::new(Config {
-        assigner: format!("unix:{}", socket.display()).parse().unwrap(),
-        job: job.into(),
-        connect_timeout: Duration::from_secs(2),
-        connect_retries: 3,
-        release: ReleaseMode::Lazy,
-        idle_timeout: None,
-        auth_token: None,
-        memory_backend: MemoryBackend::Host,
-        pin_gpus: false,
-        assigner_uid: None,
-        group: None,
-    })
-    .unwrap()
+    Client::new(common::client_config(socket, job)).unwrap()
 }
 
 fn runtime() -> tokio::runtime::Runtime {

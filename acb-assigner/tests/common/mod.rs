@@ -201,6 +201,24 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStat
     }
 }
 
+/// The client library's settings for the tests' clients of the assigner at `socket`: lazy
+/// release, host memory, 3 connection retries of 2 s; a test changes what it needs.
+pub fn client_config(socket: &std::path::Path, job: &str) -> acb_client::Config {
+    acb_client::Config {
+        assigner: format!("unix:{}", socket.display()).parse().unwrap(),
+        job: job.into(),
+        connect_timeout: Duration::from_secs(2),
+        connect_retries: 3,
+        release: acb_client::ReleaseMode::Lazy,
+        idle_timeout: None,
+        auth_token: None,
+        memory_backend: acb_client::MemoryBackend::Host,
+        pin_gpus: false,
+        assigner_uid: None,
+        group: None,
+    }
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
