@@ -52,6 +52,9 @@ pub enum Error {
     /// `--gpus auto` found no GPU: why, followed by [`NO_GPU_HINT`].
     #[error("{0}; {NO_GPU_HINT}")]
     NoGpu(String),
+    /// `--gpus slurm` outside a Slurm job, or with no GPU from Slurm, or with a list it cannot read.
+    #[error("{0}")]
+    Slurm(String),
     /// NVML failed on one GPU.
     #[error("NVML: {0}")]
     Nvml(String),

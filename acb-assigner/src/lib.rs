@@ -12,6 +12,7 @@ pub mod config;
 pub mod convert;
 pub mod deadline;
 pub mod discovery;
+pub mod hostlist;
 pub mod driver;
 mod error;
 pub mod listener;

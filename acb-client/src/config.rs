@@ -127,7 +127,8 @@ impl Config {
 }
 
 /// A job's name when `ACB_JOB_ID` gives none: `<group>-rank<RANK>` for a member of a group whose
-/// launcher gives its rank (when that is a valid name), else a generated id.
+/// launcher gives its rank (when that is a valid name), else the Slurm step's name
+/// ([`slurm_job_id`]) inside a Slurm job, else a generated id.
 fn default_job_id(g: &crate::group::EnvGroup) -> String {
     if let (Some(group), Some(rank)) = (&g.group, g.rank) {
         let job = format!("{}-rank{rank}", group.name);
@@ -135,7 +136,25 @@ fn default_job_id(g: &crate::group::EnvGroup) -> String {
             return job;
         }
     }
-    generated_job_id()
+    let var = |name: &str| std::env::var(name).ok();
+    slurm_job_id(var).filter(|j| check_job(j).is_ok()).unwrap_or_else(generated_job_id)
+}
+
+/// The name of a Slurm task outside a group: `slurm:<SLURM_JOB_ID>.<SLURM_STEP_ID>` in a step
+/// (`slurm:<SLURM_JOB_ID>` in the batch script), followed by `-rank<SLURM_PROCID>` when the
+/// step has more than one task. `None` outside Slurm.
+pub fn slurm_job_id(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let set = |name: &str| var(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let job = set("SLURM_JOB_ID")?;
+    let mut name = match set("SLURM_STEP_ID") {
+        Some(step) => format!("slurm:{job}.{step}"),
+        None => format!("slurm:{job}"),
+    };
+    let tasks = set("SLURM_NTASKS").and_then(|n| n.parse::<u32>().ok()).unwrap_or(1);
+    if let (true, Some(rank)) = (tasks > 1, set("SLURM_PROCID")) {
+        name.push_str(&format!("-rank{rank}"));
+    }
+    Some(name)
 }
 
 /// The port of an assigner named by `AGA_GPU_ALLOC_SERVER_ADDRESS` alone (and the port
@@ -230,6 +249,22 @@ mod tests {
         let long = check_job(&"j".repeat(300)).expect_err("300 bytes").to_string();
         assert!(long.contains("at most 256 bytes, not 300"), "{long}");
         assert!(check_job("a\tb").is_err());
+    }
+
+    #[test]
+    fn a_slurm_task_is_named_by_its_job_and_step() {
+        let name = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+            slurm_job_id(move |n| vars.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()))
+        };
+        assert_eq!(name(&[]), None, "not in Slurm");
+        assert_eq!(name(&[("SLURM_JOB_ID", "81")]).as_deref(), Some("slurm:81"), "the batch script");
+        let step = [("SLURM_JOB_ID", "81"), ("SLURM_STEP_ID", "3"), ("SLURM_NTASKS", "1"), ("SLURM_PROCID", "0")];
+        assert_eq!(name(&step).as_deref(), Some("slurm:81.3"));
+        let mut tasks = step.to_vec();
+        tasks[2].1 = "4";
+        tasks[3].1 = "2";
+        assert_eq!(name(&tasks).as_deref(), Some("slurm:81.3-rank2"), "one name per task of a many-task step");
     }
 
     #[test]

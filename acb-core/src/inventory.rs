@@ -16,6 +16,9 @@ pub enum GpuSpec {
     /// Only the GPUs NVML finds that are listed, by index or UUID: `auto:0,1`,
     /// `auto:GPU-8c1e...` (what a batch system or `CUDA_VISIBLE_DEVICES` hands a job).
     Select(Vec<String>),
+    /// The GPUs Slurm gave the job (`slurm`): read from the job's environment by the daemon
+    /// (`SLURM_STEP_GPUS`, `SLURM_JOB_GPUS`, `CUDA_VISIBLE_DEVICES`).
+    Slurm,
     /// No GPU at all (requests are refused).
     None,
     /// Simulated GPUs: `(count, bytes)` groups, e.g. `fake:2x80GiB,1x40GiB`.
@@ -32,7 +35,7 @@ pub struct GpuSpecError {
 /// What is wrong with a GPU spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GpuSpecErrorKind {
-    /// Neither `auto`, `none` nor `fake:...`.
+    /// Neither `auto`, `slurm`, `none` nor `fake:...`.
     Unknown,
     /// A group (as written) that is not `COUNTxSIZE`.
     NotAGroup(String),
@@ -73,8 +76,8 @@ impl fmt::Display for GpuSpecError {
             GpuSpecErrorKind::Unknown => {
                 write!(
                     f,
-                    "{s:?}: expected auto, auto:INDEX|UUID[,...] (e.g. auto:0,1), none, or fake:COUNTxSIZE[,COUNTxSIZE...] \
-                     (e.g. fake:2x80GiB)"
+                    "{s:?}: expected auto, auto:INDEX|UUID[,...] (e.g. auto:0,1), slurm, none, or \
+                     fake:COUNTxSIZE[,COUNTxSIZE...] (e.g. fake:2x80GiB)"
                 )
             }
             GpuSpecErrorKind::NotAGroup(g) => write!(f, "{g:?} in {s:?}: expected COUNTxSIZE, e.g. 2x80GiB"),
@@ -110,6 +113,7 @@ impl FromStr for GpuSpec {
         match s {
             "auto" => return Ok(GpuSpec::Auto),
             "none" => return Ok(GpuSpec::None),
+            "slurm" => return Ok(GpuSpec::Slurm),
             _ => {}
         }
         if let Some(list) = s.strip_prefix("auto:") {
@@ -154,6 +158,7 @@ mod tests {
     #[test]
     fn specs_parse_and_errors_name_the_input() {
         assert_eq!("auto".parse::<GpuSpec>(), Ok(GpuSpec::Auto));
+        assert_eq!("slurm".parse::<GpuSpec>(), Ok(GpuSpec::Slurm));
         assert_eq!(
             "auto:1, GPU-8c1e".parse::<GpuSpec>(),
             Ok(GpuSpec::Select(vec!["1".to_string(), "GPU-8c1e".to_string()]))
@@ -162,8 +167,8 @@ mod tests {
         let cases = [
             (
                 "gpu0",
-                "\"gpu0\": expected auto, auto:INDEX|UUID[,...] (e.g. auto:0,1), none, or fake:COUNTxSIZE[,COUNTxSIZE...] \
-                 (e.g. fake:2x80GiB)",
+                "\"gpu0\": expected auto, auto:INDEX|UUID[,...] (e.g. auto:0,1), slurm, none, or \
+                 fake:COUNTxSIZE[,COUNTxSIZE...] (e.g. fake:2x80GiB)",
             ),
             ("auto:", "\"\" in \"auto:\": list each GPU once, by index or UUID, e.g. auto:0,1"),
             ("auto:0,0", "\"0\" in \"auto:0,0\": list each GPU once, by index or UUID, e.g. auto:0,1"),

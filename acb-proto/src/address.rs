@@ -1,5 +1,9 @@
 //! Where an assigner listens, or where a client finds it: `unix:/path/to.sock` or
 //! `tcp:IP:PORT`. One syntax for the daemon's `--listen`, `ACB_ASSIGNER`, agarun and libacb.
+//!
+//! In a Unix socket's path `%N` stands for this node's name ([`node_name`]), as in Slurm's file
+//! name patterns: one `ACB_ASSIGNER=unix:/tmp/acb-slurm-42/%N.sock` exported by a batch script
+//! finds each node's own assigner, also where several Slurm nodes share one host and its /tmp.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -94,6 +98,7 @@ impl FromStr for Address {
             if path.is_empty() {
                 return Err(AddressError::EmptyPath(s.to_owned()));
             }
+            let path = if path.contains("%N") { path.replace("%N", &node_name()) } else { path.to_owned() };
             return Ok(Address::Unix(PathBuf::from(path)));
         }
         if let Some(addr) = s.strip_prefix("tcp:") {
@@ -101,6 +106,22 @@ impl FromStr for Address {
         }
         Err(AddressError::UnknownScheme(s.to_owned()))
     }
+}
+
+/// This node's name, what `%N` stands for in a Unix socket's path: `SLURMD_NODENAME` (set by
+/// Slurm in a job's tasks and in its Prolog) if set, else the host name up to its first dot,
+/// else `localhost`. A name with a `/` or NUL in it (no real one has) is not used.
+pub fn node_name() -> String {
+    let ok = |n: &str| !n.is_empty() && !n.contains(['/', '\0']) && n != "." && n != "..";
+    if let Ok(n) = std::env::var("SLURMD_NODENAME") {
+        let n = n.trim().to_owned();
+        if ok(&n) {
+            return n;
+        }
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let short = host.trim().split('.').next().unwrap_or("").to_owned();
+    if ok(&short) { short } else { "localhost".to_owned() }
 }
 
 impl fmt::Display for Address {
@@ -130,6 +151,17 @@ mod tests {
         assert!(Address::Unix("/x".into()).is_local());
         assert!("tcp:[::1]:1".parse::<Address>().unwrap().is_local());
         assert!(!"tcp:10.0.0.1:1".parse::<Address>().unwrap().is_local());
+    }
+
+    #[test]
+    fn percent_n_in_a_socket_path_is_this_node() {
+        let node = node_name();
+        assert!(!node.is_empty() && !node.contains('/'));
+        assert_eq!(
+            "unix:/tmp/acb-slurm-7/%N.sock".parse::<Address>().unwrap(),
+            Address::Unix(format!("/tmp/acb-slurm-7/{node}.sock").into())
+        );
+        assert_eq!("unix:/a/b.sock".parse::<Address>().unwrap(), Address::Unix("/a/b.sock".into()), "no %N, as given");
     }
 
     #[test]

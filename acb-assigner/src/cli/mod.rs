@@ -22,6 +22,7 @@ mod error;
 mod release;
 mod serve;
 mod simulate;
+mod slurm;
 mod status;
 mod timeline;
 mod watch;
@@ -63,6 +64,8 @@ enum Cmd {
     /// processes through libacb, on real GPUs with PyTorch when there are, on SIMULATED ones
     /// otherwise; a table side by side and a timeline of each.
     Demo(DemoArgs),
+    /// acb over a Slurm job's nodes, from its batch script: `eval "$(acb-assigner slurm up)"`.
+    Slurm(slurm::SlurmArgs),
     /// Print a shell completion script (e.g. `acb-assigner completions bash >
     /// /etc/bash_completion.d/acb-assigner`).
     Completions {
@@ -209,6 +212,9 @@ struct WatchArgs {
     /// Print the recorded history first.
     #[arg(long)]
     replay: bool,
+    /// With --replay: print the record up to now and exit, instead of following live events.
+    #[arg(long, requires = "replay")]
+    no_follow: bool,
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
@@ -426,6 +432,7 @@ async fn run(cli: Cli, activated: Vec<std::os::fd::OwnedFd>) -> Result<(), CliEr
         Cmd::Simulate(args) => simulate::run(args),
         Cmd::Demo(args) => demo::run(args).await,
         Cmd::DemoJob(args) => demo_job::run(args).await,
+        Cmd::Slurm(args) => slurm::run(args).await,
         Cmd::Completions { shell } => docs::completions(shell),
         Cmd::Man { out_dir } => docs::man(out_dir.as_deref()),
     }

@@ -5,12 +5,15 @@ use acb_client::events::from_proto as event_from_proto;
 use super::{CliError, WatchArgs, connect};
 use crate::proto;
 
-pub(super) async fn run(WatchArgs { conn, replay, json }: WatchArgs) -> Result<(), CliError> {
+pub(super) async fn run(WatchArgs { conn, replay, no_follow, json }: WatchArgs) -> Result<(), CliError> {
     let mut rpc = connect(&conn).await?;
     let mut stream = rpc.watch(proto::WatchRequest { replay }).await?.into_inner();
     while let Some(e) = stream.message().await? {
         // The end of the replayed record: what follows happens now.
         if matches!(e.kind, Some(proto::event::Kind::HistoryEnd(_))) {
+            if no_follow {
+                return Ok(());
+            }
             if json {
                 println!("{{\"event\":\"history-end\"}}");
             } else {

@@ -1,0 +1,678 @@
+//! `slurm`: acb over a Slurm job's allocation, from its batch script.
+//!
+//! `eval "$(acb-assigner slurm up)"` starts a supervisor (detached, so that the command
+//! substitution returns) which starts the controller on the batch script's node and, with one
+//! `srun --overlap` step, an executor on every node of the job; once every node's executor has
+//! registered, `up` prints the `export` lines that point the job's steps at their node's
+//! executor, and returns. The supervisor tears everything down when the shell that ran `up`
+//! ends (the script finished, failed or was cancelled), on `acb-assigner slurm down`, or on
+//! SIGTERM, so that nothing of acb outlives the job.
+//!
+//! On every node the files live in one node-local directory (default
+//! `$TMPDIR/acb-slurm-<job>`, `/tmp` without `TMPDIR`): `<node>.sock` (that node's executor,
+//! what `ACB_ASSIGNER=unix:DIR/%N.sock` finds), `controller.sock`, the cluster token and the
+//! logs. The token goes to the executors in their step's environment, never on a command line.
+
+use std::net::{IpAddr, ToSocketAddrs};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use tokio::process::{Child, Command};
+
+use super::CliError;
+use crate::config::{self, Address};
+use crate::proto;
+
+/// The environment variable that carries the cluster token to the executors' step.
+const TOKEN_VAR: &str = "ACB_SLURM_CLUSTER_TOKEN";
+/// The controller's node name (it owns no GPU; every node's GPUs are its executor's).
+const CONTROLLER_NODE: &str = "acb-controller";
+
+#[derive(Debug, Args)]
+pub(super) struct SlurmArgs {
+    #[command(subcommand)]
+    cmd: SlurmCmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum SlurmCmd {
+    /// In a batch script: bring acb up over the job's nodes and print the `export` lines for
+    /// its steps: `eval "$(acb-assigner slurm up)"`, then `srun ... agarun -- CMD`. Torn down
+    /// when the script's shell ends.
+    Up(UpArgs),
+    /// Stop what `up` started in this job (it also stops by itself when the script ends).
+    Down(DownArgs),
+    /// What `up` starts: the controller, the executors' step, the teardown.
+    #[command(hide = true)]
+    Supervise(UpArgs),
+    /// One node's executor, as the supervisor's `srun` step starts it.
+    #[command(hide = true)]
+    Executor(ExecutorArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+struct UpArgs {
+    /// The node-local directory for sockets, token and logs, the same path on every node.
+    /// Default: $TMPDIR/acb-slurm-<job>, or /tmp/acb-slurm-<job>.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// simple, gpu-sharing or gpu-affinity.
+    #[arg(long, default_value = "simple", value_parser = super::parse_policy)]
+    scheduler: acb_core::Policy,
+    /// Time slice: a holder blocking the queue's head is asked to yield after this long.
+    #[arg(long, value_parser = config::parse_duration)]
+    quantum: Option<Duration>,
+    /// The controller's IP, which every node must reach. Default: this node's NodeAddr (from
+    /// `scontrol show node`), else its name resolved.
+    #[arg(long)]
+    address: Option<IpAddr>,
+    /// The controller's TCP port. Default: a free one.
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// How long to wait for every node's executor to register.
+    #[arg(long, value_parser = config::parse_duration, default_value = "60s")]
+    timeout: Duration,
+    /// How often the executors heartbeat (a node is lost after 3 missed).
+    #[arg(long, value_parser = config::parse_duration, default_value = "1s")]
+    heartbeat: Duration,
+    /// Go down when this process ends. Default: the process that runs `up` (the batch
+    /// script's shell, for `eval "$(acb-assigner slurm up)"`).
+    #[arg(long)]
+    watch_pid: Option<u32>,
+    /// When going down, write the controller's event record here first (one JSON object per
+    /// line, as `watch --replay --json` prints it).
+    #[arg(long)]
+    record: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct DownArgs {
+    /// The directory `up` used. Default: $ACB_SLURM_DIR, else up's default.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// How long to wait for everything to stop.
+    #[arg(long, value_parser = config::parse_duration, default_value = "30s")]
+    timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+struct ExecutorArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long)]
+    controller: String,
+    #[arg(long, value_parser = config::parse_duration)]
+    heartbeat: Duration,
+}
+
+pub(super) async fn run(args: SlurmArgs) -> Result<(), CliError> {
+    match args.cmd {
+        SlurmCmd::Up(a) => up(a).await,
+        SlurmCmd::Down(a) => down(a).await,
+        SlurmCmd::Supervise(a) => supervise(a).await,
+        SlurmCmd::Executor(a) => executor(a).await,
+    }
+}
+
+/// A variable of the job's environment, trimmed; `None` when unset or blank.
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+fn job_id() -> Result<String, CliError> {
+    let job = var("SLURM_JOB_ID").ok_or_else(|| {
+        CliError::usage("not inside a Slurm job (SLURM_JOB_ID is unset): run it in an sbatch script or under salloc")
+    })?;
+    if !job.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(CliError::usage(format!("SLURM_JOB_ID={job:?} is not a job id")));
+    }
+    Ok(job)
+}
+
+fn default_dir(job: &str) -> PathBuf {
+    let base = std::env::var_os("TMPDIR").map(PathBuf::from).filter(|p| p.is_absolute());
+    base.unwrap_or_else(|| PathBuf::from("/tmp")).join(format!("acb-slurm-{job}"))
+}
+
+/// This node's name as Slurm knows it.
+fn this_node() -> String {
+    var("SLURMD_NODENAME").unwrap_or_else(acb_proto::address::node_name)
+}
+
+/// Makes `dir` (0700) or checks that an existing one is a directory of this user's that no one
+/// else may write (its sockets and token live there).
+fn make_dir(dir: &Path) -> Result<(), CliError> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let meta =
+                std::fs::symlink_metadata(dir).map_err(|e| CliError::failed(format!("{}: {e}", dir.display())))?;
+            use std::os::unix::fs::MetadataExt;
+            // SAFETY: geteuid(2) has no preconditions and cannot fail.
+            let me = unsafe { libc::geteuid() };
+            if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+                return Err(CliError::failed(format!(
+                    "{}: not a directory of this user's that only it may write; remove it or give --dir",
+                    dir.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) => Err(CliError::failed(format!("cannot make {}: {e}", dir.display()))),
+    }
+}
+
+/// Writes `text` to `path`, readable by this user only, replacing what was there.
+fn write_private(path: &Path, text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| CliError::failed(format!("{}: {e}", path.display())))?;
+    f.write_all(text.as_bytes()).map_err(|e| CliError::failed(format!("{}: {e}", path.display())))
+}
+
+/// `value` quoted for a POSIX shell.
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// The last lines of a log, for an error message.
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let from = all.len().saturating_sub(lines);
+    all[from..].iter().map(|l| format!("\n  | {l}")).collect()
+}
+
+fn alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    let found = unsafe { libc::kill(pid, 0) } == 0;
+    found || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) on a pid this process started (or read from its own pid file).
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+async fn up(args: UpArgs) -> Result<(), CliError> {
+    let job = job_id()?;
+    let dir = args.dir.clone().unwrap_or_else(|| default_dir(&job));
+    if !dir.is_absolute() {
+        return Err(CliError::usage(format!(
+            "--dir {}: give an absolute path (the same on every node)",
+            dir.display()
+        )));
+    }
+    make_dir(&dir)?;
+    let pid_file = dir.join("supervisor.pid");
+    if let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<u32>().ok())
+        && alive(pid)
+        && is_supervisor(pid)
+    {
+        return Err(CliError::failed(format!(
+            "acb is already up for job {job} (supervisor pid {pid}, {}); `acb-assigner slurm down` first",
+            dir.display()
+        )));
+    }
+    let ready = dir.join("ready");
+    let _ = std::fs::remove_file(&ready);
+    // SAFETY: getppid(2) has no preconditions and cannot fail.
+    let watch = args.watch_pid.unwrap_or_else(|| unsafe { libc::getppid() } as u32);
+    let record = match &args.record {
+        Some(r) if r.is_relative() => Some(std::env::current_dir().map_err(CliError::failed)?.join(r)),
+        r => r.clone(),
+    };
+    let log_path = dir.join("acb.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log_path)
+        .map_err(|e| CliError::failed(format!("{}: {e}", log_path.display())))?;
+    let exe = std::env::current_exe().map_err(|e| CliError::failed(format!("cannot find this program: {e}")))?;
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args(["slurm", "supervise", "--dir"])
+        .arg(&dir)
+        .args(["--scheduler", &args.scheduler.to_string(), "--port", &args.port.to_string()])
+        .args(["--timeout", &format!("{}ms", args.timeout.as_millis())])
+        .args(["--heartbeat", &format!("{}ms", args.heartbeat.as_millis())])
+        .args(["--watch-pid", &watch.to_string()])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(CliError::failed)?)
+        .stderr(log);
+    if let Some(q) = args.quantum {
+        cmd.args(["--quantum", &format!("{}ms", q.as_millis())]);
+    }
+    if let Some(a) = args.address {
+        cmd.args(["--address", &a.to_string()]);
+    }
+    if let Some(r) = &record {
+        cmd.arg("--record").arg(r);
+    }
+    // SAFETY: setsid(2) is async-signal-safe; the supervisor leaves the shell's session so that
+    // a terminal's signals (salloc's Ctrl-C) do not reach it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| CliError::failed(format!("cannot start the supervisor: {e}")))?;
+    let deadline = Instant::now() + args.timeout + Duration::from_secs(15);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&ready)
+            && text.ends_with('\n')
+        {
+            if let Some(why) = text.strip_prefix("error: ") {
+                let _ = child.wait();
+                return Err(CliError::failed(format!("{}{}", why.trim(), tail(&log_path, 20))));
+            }
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(CliError::failed(format!(
+                "the supervisor ended ({status}) before acb was up{}",
+                tail(&log_path, 20)
+            )));
+        }
+        if Instant::now() > deadline {
+            signal(child.id(), libc::SIGTERM);
+            return Err(CliError::failed(format!("acb was not up after {:?}{}", args.timeout, tail(&log_path, 20))));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let assigner = format!("unix:{}/%N.sock", dir.display());
+    let controller = format!("unix:{}", dir.join("controller.sock").display());
+    println!("export ACB_ASSIGNER={}", shell_quote(&assigner));
+    println!("export ACB_SLURM_DIR={}", shell_quote(&dir.display().to_string()));
+    println!("export ACB_SLURM_CONTROLLER={}", shell_quote(&controller));
+    eprintln!(
+        "acb-assigner slurm: up for job {job}: {}; steps find their node's executor at ACB_ASSIGNER={assigner}",
+        std::fs::read_to_string(&ready).unwrap_or_default().trim()
+    );
+    Ok(())
+}
+
+/// Whether `pid` runs `acb-assigner slurm supervise` (a pid file's process, before signalling it).
+fn is_supervisor(pid: u32) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    args.windows(2).any(|w| w[0] == b"slurm" && w[1] == b"supervise")
+}
+
+async fn down(args: DownArgs) -> Result<(), CliError> {
+    let dir = match (args.dir, std::env::var_os("ACB_SLURM_DIR")) {
+        (Some(d), _) => d,
+        (None, Some(d)) if !d.is_empty() => PathBuf::from(d),
+        _ => default_dir(&job_id()?),
+    };
+    let pid_file = dir.join("supervisor.pid");
+    let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<u32>().ok()) else {
+        eprintln!("acb-assigner slurm: acb is not up here (no {})", pid_file.display());
+        return Ok(());
+    };
+    if !alive(pid) || !is_supervisor(pid) {
+        eprintln!("acb-assigner slurm: acb is not up here (pid {pid} in {} is gone)", pid_file.display());
+        return Ok(());
+    }
+    signal(pid, libc::SIGTERM);
+    let deadline = Instant::now() + args.timeout;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return Err(CliError::failed(format!("the supervisor (pid {pid}) still runs after {:?}", args.timeout)));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("acb-assigner slurm: down");
+    Ok(())
+}
+
+/// The IP this node is reached at: Slurm's NodeAddr for it, else its name resolved.
+fn node_address(node: &str) -> Result<IpAddr, CliError> {
+    let from_scontrol = std::process::Command::new("scontrol")
+        .args(["show", "node", node, "-o"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix("NodeAddr=").map(str::to_owned))
+        });
+    for name in from_scontrol.iter().map(String::as_str).chain([node]) {
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            return Ok(ip);
+        }
+        if let Some(a) = (name, 0).to_socket_addrs().ok().and_then(|mut a| a.find(|a| a.is_ipv4())) {
+            return Ok(a.ip());
+        }
+    }
+    Err(CliError::failed(format!("cannot find the address of node {node:?}; give it with --address")))
+}
+
+fn random_token() -> Result<String, CliError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| CliError::failed(format!("no randomness for the cluster token: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn log_file(path: &Path) -> Result<std::fs::File, CliError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| CliError::failed(format!("{}: {e}", path.display())))
+}
+
+/// Ends a child: SIGTERM, then SIGKILL after `grace`.
+async fn stop(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(s)) = child.try_wait() {
+        return Some(s);
+    }
+    if let Some(pid) = child.id() {
+        signal(pid, libc::SIGTERM);
+    }
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(s) => s.ok(),
+        Err(_) => {
+            let _ = child.start_kill();
+            child.wait().await.ok()
+        }
+    }
+}
+
+/// The supervisor: everything between `up` and the end of the job.
+async fn supervise(args: UpArgs) -> Result<(), CliError> {
+    let dir = args.dir.clone().ok_or_else(|| CliError::usage("supervise needs --dir"))?;
+    let ready = dir.join("ready");
+    let say_error = |why: &str| {
+        let tmp = dir.join("ready.tmp");
+        if std::fs::write(&tmp, format!("error: {why}\n")).is_ok() {
+            let _ = std::fs::rename(&tmp, &ready);
+        }
+    };
+    let pid_file = dir.join("supervisor.pid");
+    std::fs::write(&pid_file, format!("{}\n", std::process::id())).map_err(CliError::failed)?;
+    let mut parts = Parts { controller: None, executors: None };
+    let result = start(&args, &dir, &mut parts).await;
+    let outcome = match result {
+        Err(e) => {
+            say_error(&e.to_string());
+            Err(e)
+        }
+        Ok(summary) => {
+            let tmp = dir.join("ready.tmp");
+            std::fs::write(&tmp, format!("{summary}\n")).map_err(CliError::failed)?;
+            std::fs::rename(&tmp, &ready).map_err(CliError::failed)?;
+            say(&format!("up: {summary}"));
+            let why = wait_for_the_end(&args, &mut parts).await;
+            say(&format!("going down: {why}"));
+            Ok(())
+        }
+    };
+    if let (Some(record), Some(_)) = (&args.record, &parts.controller)
+        && let Err(e) = save_record(&dir, record).await
+    {
+        say(&format!("the event record was not saved to {}: {e}", record.display()));
+    }
+    if let Some(mut srun) = parts.executors.take() {
+        stop(&mut srun, Duration::from_secs(15)).await;
+    }
+    if let Some(mut ctl) = parts.controller.take() {
+        stop(&mut ctl, Duration::from_secs(5)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    say("down");
+    outcome
+}
+
+/// A line on the supervisor's log (its stderr, DIR/acb.log).
+fn say(line: &str) {
+    eprintln!("acb-assigner slurm supervise: {line}");
+}
+
+struct Parts {
+    controller: Option<Child>,
+    executors: Option<Child>,
+}
+
+/// Starts the controller and the executors' step and waits until every node is up; the
+/// summary for `up` to print.
+async fn start(args: &UpArgs, dir: &Path, parts: &mut Parts) -> Result<String, CliError> {
+    let list = var("SLURM_JOB_NODELIST")
+        .or_else(|| var("SLURM_NODELIST"))
+        .ok_or_else(|| CliError::usage("SLURM_JOB_NODELIST is unset: not inside a Slurm allocation"))?;
+    let nodes = crate::hostlist::expand(&list).map_err(|e| CliError::failed(format!("SLURM_JOB_NODELIST: {e}")))?;
+    let here = this_node();
+    let ip = match args.address {
+        Some(ip) => ip,
+        None => node_address(&here)?,
+    };
+    let port = match args.port {
+        0 => std::net::TcpListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| CliError::failed(format!("no free port on {ip}: {e}")))?
+            .port(),
+        p => p,
+    };
+    let controller_tcp = Address::Tcp((ip, port).into());
+    let token = random_token()?;
+    let token_file = dir.join("cluster.token");
+    write_private(&token_file, &format!("{token}\n"))?;
+    let mut cluster = format!(
+        "# Written by `acb-assigner slurm up` for job {} from SLURM_JOB_NODELIST={list}\n\
+         cluster_token_file = {:?}\nheartbeat = \"{}ms\"\n",
+        var("SLURM_JOB_ID").unwrap_or_default(),
+        token_file.display().to_string(),
+        args.heartbeat.as_millis()
+    );
+    for n in &nodes {
+        cluster.push_str(&format!("\n[[nodes]]\nname = {:?}\n", n));
+    }
+    let cluster_file = dir.join("cluster.toml");
+    write_private(&cluster_file, &cluster)?;
+    let exe = std::env::current_exe().map_err(|e| CliError::failed(format!("cannot find this program: {e}")))?;
+    let controller_sock = dir.join("controller.sock");
+    let mut ctl = Command::new(&exe);
+    ctl.args(["serve", "--role", "controller", "--gpus", "none", "--state-dir", "none"])
+        .args(["--listen", &controller_tcp.to_string()])
+        .arg("--listen")
+        .arg(format!("unix:{}", controller_sock.display()))
+        .arg("--cluster-file")
+        .arg(&cluster_file)
+        .args(["--node-name", CONTROLLER_NODE, "--scheduler", &args.scheduler.to_string()])
+        .stdin(Stdio::null())
+        .stdout(log_file(&dir.join("controller.log"))?)
+        .stderr(log_file(&dir.join("controller.log"))?)
+        .env_remove(TOKEN_VAR)
+        .kill_on_drop(true);
+    if let Some(q) = args.quantum {
+        ctl.args(["--quantum", &format!("{}ms", q.as_millis())]);
+    }
+    if !ip.is_loopback() {
+        // The cluster's own network: the executors' calls carry the cluster token in the clear.
+        ctl.arg("--insecure");
+    }
+    parts.controller = Some(ctl.spawn().map_err(|e| CliError::failed(format!("cannot start the controller: {e}")))?);
+    let n = nodes.len().to_string();
+    let mut srun = Command::new("srun");
+    srun.args(["--overlap", "--nodes", &n, "--ntasks", &n, "--ntasks-per-node", "1", "--kill-on-bad-exit=0"])
+        .args(["--export=ALL", "--job-name", "acb-executors", "--label"])
+        .arg(&exe)
+        .args(["slurm", "executor", "--dir"])
+        .arg(dir)
+        .args(["--controller", &controller_tcp.to_string()])
+        .args(["--heartbeat", &format!("{}ms", args.heartbeat.as_millis())])
+        .env(TOKEN_VAR, &token)
+        .stdin(Stdio::null())
+        .stdout(log_file(&dir.join("executors.log"))?)
+        .stderr(log_file(&dir.join("executors.log"))?)
+        .kill_on_drop(true);
+    parts.executors = Some(srun.spawn().map_err(|e| CliError::failed(format!("cannot run srun: {e}")))?);
+    let deadline = Instant::now() + args.timeout;
+    let status_addr = Address::Unix(controller_sock);
+    let mut missing: Vec<String> = nodes.clone();
+    loop {
+        for (what, child, log) in [
+            ("the controller", parts.controller.as_mut(), "controller.log"),
+            ("the executors' srun step", parts.executors.as_mut(), "executors.log"),
+        ] {
+            if let Some(Ok(Some(s))) = child.map(|c| c.try_wait()) {
+                return Err(CliError::failed(format!("{what} ended ({s}){}", tail(&dir.join(log), 15))));
+            }
+        }
+        if let Ok(nodes_up) = nodes_up(&status_addr).await {
+            missing.retain(|n| !nodes_up.contains(n));
+            if missing.is_empty() {
+                return Ok(format!(
+                    "{} node(s) ({}), controller {controller_tcp} on {here}",
+                    nodes.len(),
+                    nodes.join(", ")
+                ));
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::failed(format!(
+                "the executors of {} did not register within {:?}{}",
+                missing.join(", "),
+                args.timeout,
+                tail(&dir.join("executors.log"), 15)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The nodes the controller has up now.
+async fn nodes_up(addr: &Address) -> Result<Vec<String>, CliError> {
+    let mut rpc = acb_client::connection::connect(addr, None, Duration::from_secs(2)).await?;
+    let s = rpc.status(proto::StatusRequest { queue_limit: 0, client_limit: 0 }).await?.into_inner();
+    Ok(s.nodes.into_iter().filter(|n| n.up).map(|n| n.name).collect())
+}
+
+/// Waits until it is time to go down; why.
+async fn wait_for_the_end(args: &UpArgs, parts: &mut Parts) -> String {
+    use tokio::signal::unix::{SignalKind, signal as on};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (on(SignalKind::terminate()), on(SignalKind::interrupt()), on(SignalKind::hangup()))
+    else {
+        return "cannot watch signals".into();
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = term.recv() => return "SIGTERM".into(),
+            _ = int.recv() => return "SIGINT".into(),
+            _ = hup.recv() => return "SIGHUP".into(),
+            _ = tick.tick() => {
+                if let Some(pid) = args.watch_pid
+                    && !alive(pid)
+                {
+                    return format!("the batch script's shell (pid {pid}) ended");
+                }
+                if let Some(Ok(Some(s))) = parts.controller.as_mut().map(|c| c.try_wait()) {
+                    return format!("the controller ended ({s})");
+                }
+                if let Some(Ok(Some(s))) = parts.executors.as_mut().map(|c| c.try_wait()) {
+                    return format!("the executors' srun step ended ({s})");
+                }
+            }
+        }
+    }
+}
+
+/// Writes the controller's event record to `out` (JSON lines).
+async fn save_record(dir: &Path, out: &Path) -> Result<(), CliError> {
+    let addr = Address::Unix(dir.join("controller.sock"));
+    let work = async {
+        let mut rpc = acb_client::connection::connect(&addr, None, Duration::from_secs(2)).await?;
+        let mut stream = rpc.watch(proto::WatchRequest { replay: true }).await?.into_inner();
+        let mut text = String::new();
+        while let Some(e) = stream.message().await? {
+            if matches!(e.kind, Some(proto::event::Kind::HistoryEnd(_))) {
+                break;
+            }
+            if let Some(event) = acb_client::events::from_proto(e) {
+                text.push_str(&acb_client::events::to_json(&event).to_string());
+                text.push('\n');
+            }
+        }
+        std::fs::write(out, text).map_err(|e| CliError::failed(format!("{}: {e}", out.display())))
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .map_err(|_| CliError::failed("the controller did not send its record within 10s"))?
+}
+
+/// One node's executor: the token from the step's environment into a private file, then
+/// `serve --role executor` on `DIR/<node>.sock` with Slurm's GPUs, until the step is signalled.
+async fn executor(args: ExecutorArgs) -> Result<(), CliError> {
+    let token = std::env::var(TOKEN_VAR)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| CliError::usage(format!("{TOKEN_VAR} is unset (this command is started by `slurm up`)")))?;
+    let node = this_node();
+    make_dir(&args.dir)?;
+    let token_file = args.dir.join(format!("cluster-{node}.token"));
+    write_private(&token_file, &format!("{}\n", token.trim()))?;
+    let _ = std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600));
+    let exe = std::env::current_exe().map_err(|e| CliError::failed(format!("cannot find this program: {e}")))?;
+    let socket = args.dir.join(format!("{node}.sock"));
+    let mut serve = Command::new(exe);
+    serve
+        .args(["serve", "--role", "executor", "--gpus", "slurm", "--state-dir", "none"])
+        .args(["--controller", &args.controller, "--node-name", &node])
+        .arg("--cluster-token-file")
+        .arg(&token_file)
+        .arg("--listen")
+        .arg(format!("unix:{}", socket.display()))
+        .args(["--heartbeat", &format!("{}ms", args.heartbeat.as_millis())])
+        .env_remove(TOKEN_VAR)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = serve.spawn().map_err(|e| CliError::failed(format!("cannot start the executor: {e}")))?;
+    use tokio::signal::unix::{SignalKind, signal as on};
+    let (mut term, mut int) = (
+        on(SignalKind::terminate()).map_err(CliError::failed)?,
+        on(SignalKind::interrupt()).map_err(CliError::failed)?,
+    );
+    let status = tokio::select! {
+        s = child.wait() => s.ok(),
+        _ = term.recv() => stop(&mut child, Duration::from_secs(5)).await,
+        _ = int.recv() => stop(&mut child, Duration::from_secs(5)).await,
+    };
+    let _ = std::fs::remove_file(&token_file);
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_dir(&args.dir); // only if empty: the batch node's supervisor still uses it
+    match status {
+        Some(s) if s.success() || s.code().is_none() => Ok(()),
+        Some(s) => Err(CliError::failed(format!("the executor on {node} ended: {s}"))),
+        None => Err(CliError::failed(format!("the executor on {node} could not be waited for"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_quoted_for_the_shell() {
+        assert_eq!(shell_quote("unix:/tmp/a b/%N.sock"), "'unix:/tmp/a b/%N.sock'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}
