@@ -6,7 +6,9 @@
 //! registered, `up` prints the `export` lines that point the job's steps at their node's
 //! executor, and returns. The supervisor tears everything down when the shell that ran `up`
 //! ends (the script finished, failed or was cancelled), on `acb-assigner slurm down`, or on
-//! SIGTERM, so that nothing of acb outlives the job.
+//! SIGTERM, so that nothing of acb outlives the job. When acb cannot come up, `up` says why on
+//! stderr, with the end of the logs, leaves nothing behind, and prints `false` for the script to
+//! evaluate, so that a script under `set -e` stops there.
 //!
 //! On every node the files live in one node-local directory (default
 //! `$TMPDIR/acb-slurm-<job>`, `/tmp` without `TMPDIR`): `<node>.sock` (that node's executor,
@@ -207,6 +209,15 @@ fn signal(pid: u32, sig: libc::c_int) {
 }
 
 async fn up(args: UpArgs) -> Result<(), CliError> {
+    let result = bring_up(args).await;
+    if result.is_err() {
+        // What the script evaluates: a failing command, so that `set -e` stops it there.
+        println!("false");
+    }
+    result
+}
+
+async fn bring_up(args: UpArgs) -> Result<(), CliError> {
     let job = job_id()?;
     let dir = args.dir.clone().unwrap_or_else(|| default_dir(&job));
     if !dir.is_absolute() {
@@ -215,6 +226,7 @@ async fn up(args: UpArgs) -> Result<(), CliError> {
             dir.display()
         )));
     }
+    check_socket_room(&dir)?;
     make_dir(&dir)?;
     let pid_file = dir.join("supervisor.pid");
     if let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<u32>().ok())
@@ -277,15 +289,16 @@ async fn up(args: UpArgs) -> Result<(), CliError> {
         {
             if let Some(why) = text.strip_prefix("error: ") {
                 let _ = child.wait();
-                return Err(CliError::failed(format!("{}{}", why.trim(), tail(&log_path, 20))));
+                let why = format!("{}{}", why.trim(), tail(&log_path, 20));
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(CliError::failed(why));
             }
             break;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(CliError::failed(format!(
-                "the supervisor ended ({status}) before acb was up{}",
-                tail(&log_path, 20)
-            )));
+            let why = format!("the supervisor ended ({status}) before acb was up{}", tail(&log_path, 20));
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(CliError::failed(why));
         }
         if Instant::now() > deadline {
             signal(child.id(), libc::SIGTERM);
@@ -302,6 +315,26 @@ async fn up(args: UpArgs) -> Result<(), CliError> {
         "acb-assigner slurm: up for job {job}: {}; steps find their node's executor at ACB_ASSIGNER={assigner}",
         std::fs::read_to_string(&ready).unwrap_or_default().trim()
     );
+    Ok(())
+}
+
+/// A Unix socket's path has at most 107 bytes: `DIR/<node>.sock` must fit for every node of
+/// the job, and `DIR/controller.sock`.
+fn check_socket_room(dir: &Path) -> Result<(), CliError> {
+    const SUN_PATH_MAX: usize = 107;
+    let nodes = var("SLURM_JOB_NODELIST")
+        .or_else(|| var("SLURM_NODELIST"))
+        .and_then(|l| crate::hostlist::expand(&l).ok())
+        .unwrap_or_default();
+    let longest = nodes.iter().map(|n| n.len() + ".sock".len()).chain(["controller.sock".len()]).max().unwrap_or(0);
+    let need = dir.as_os_str().len() + 1 + longest;
+    if need > SUN_PATH_MAX {
+        return Err(CliError::usage(format!(
+            "{}: too long for the sockets in it ({need} bytes; a socket's path has at most {SUN_PATH_MAX}); give a \
+             shorter --dir or TMPDIR",
+            dir.display()
+        )));
+    }
     Ok(())
 }
 
@@ -436,7 +469,17 @@ async fn supervise(args: UpArgs) -> Result<(), CliError> {
     if let Some(mut ctl) = parts.controller.take() {
         stop(&mut ctl, Duration::from_secs(5)).await;
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if outcome.is_ok() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        // `up` reads the error and the log, then removes the directory.
+        let keep = ["ready", "acb.log"];
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if !keep.iter().any(|k| entry.file_name() == *k) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
     say("down");
     outcome
 }
