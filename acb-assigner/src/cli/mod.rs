@@ -92,8 +92,9 @@ struct ServeArgs {
     /// not this user's, or writable by group or others.
     #[arg(long, value_parser = str::parse::<Address>)]
     listen: Vec<Address>,
-    /// The GPUs: auto (NVML), auto:0,1 (only those NVML GPUs, by index or UUID), none, or
-    /// fake:COUNTxSIZE[,COUNTxSIZE] (simulated). Default: auto.
+    /// The GPUs: auto (NVML), auto:0,1 (only those NVML GPUs, by index or UUID), slurm (the
+    /// GPUs Slurm gave the job here), none, or fake:COUNTxSIZE[,COUNTxSIZE] (simulated).
+    /// Default: auto.
     #[arg(long, value_parser = str::parse::<GpuSpec>)]
     gpus: Option<GpuSpec>,
     /// simple, gpu-sharing or gpu-affinity. Default: simple.
