@@ -137,8 +137,58 @@ pub enum RoleConfig {
     /// An executor: serves its node's clients, forwards to the controller at this address.
     Executor {
         /// The controller's address.
-        controller: Address,
+        controller: ControllerAddr,
     },
+}
+
+/// Where an executor finds its controller: `tcp:HOST:PORT`, HOST an IP (`[::1]` for IPv6) or a
+/// DNS name (a Kubernetes Service's, say), resolved again at every connection attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControllerAddr {
+    /// An IP (without brackets) or a DNS name.
+    pub host: String,
+    /// The controller's TCP port.
+    pub port: u16,
+}
+
+impl From<std::net::SocketAddr> for ControllerAddr {
+    fn from(sa: std::net::SocketAddr) -> ControllerAddr {
+        ControllerAddr { host: sa.ip().to_string(), port: sa.port() }
+    }
+}
+
+impl std::str::FromStr for ControllerAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ControllerAddr, String> {
+        let usage = || format!("{s:?}: the controller is tcp:HOST:PORT (an IP or a DNS name), e.g. tcp:10.0.0.1:7878");
+        let rest = s.strip_prefix("tcp:").ok_or_else(usage)?;
+        if let Ok(sa) = rest.parse::<std::net::SocketAddr>() {
+            return Ok(sa.into());
+        }
+        let (host, port) = rest.rsplit_once(':').ok_or_else(usage)?;
+        let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(usage)?;
+        let label_ok = |l: &str| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        let name = host.strip_suffix('.').unwrap_or(host);
+        if host.len() > 253 || name.is_empty() || !name.split('.').all(label_ok) {
+            return Err(usage());
+        }
+        Ok(ControllerAddr { host: host.to_owned(), port })
+    }
+}
+
+impl std::fmt::Display for ControllerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "tcp:[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "tcp:{}:{}", self.host, self.port)
+        }
+    }
 }
 
 /// The default of `--heartbeat`.
@@ -253,6 +303,33 @@ pub fn host_name() -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_controller_is_an_ip_or_a_dns_name_with_a_port() {
+        let ok = |s: &str| s.parse::<ControllerAddr>().unwrap();
+        assert_eq!(ok("tcp:10.0.0.1:7878"), ControllerAddr { host: "10.0.0.1".into(), port: 7878 });
+        assert_eq!(ok("tcp:[::1]:7878").to_string(), "tcp:[::1]:7878");
+        assert_eq!(ok("tcp:acb-controller.acb.svc:7878").host, "acb-controller.acb.svc");
+        assert_eq!(ok("tcp:ctl.example.org.:1").to_string(), "tcp:ctl.example.org.:1");
+        for bad in [
+            "10.0.0.1:7878",
+            "tcp:ctl",
+            "tcp:ctl:0",
+            "tcp:ctl:70000",
+            "tcp::7878",
+            "tcp:-ctl:1",
+            "tcp:a..b:1",
+            "tcp:a b:1",
+            "tcp:ctl/x:1",
+            "unix:/x.sock",
+        ] {
+            let e = bad.parse::<ControllerAddr>().unwrap_err();
+            assert!(e.contains("tcp:HOST:PORT"), "{bad}: {e}");
+        }
+        let long = format!("tcp:{}:1", vec!["a".repeat(63); 5].join("."));
+        assert!(long.parse::<ControllerAddr>().is_err(), "over 253 bytes");
+    }
+
     use super::*;
 
     #[test]

@@ -241,7 +241,22 @@ fn bad_cluster_settings_are_refused_clearly() {
     assert!(err.contains("cluster token"), "{err}");
     let (code, err) = run(&["--role", "executor", "--controller", "unix:/tmp/c.sock", "--gpus", "none"]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("tcp:IP:PORT"), "{err}");
+    assert!(err.contains("tcp:HOST:PORT"), "{err}");
+    let (code, err) = run(&["--role", "executor", "--controller", "tcp:bad_name:1", "--gpus", "none"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("tcp:HOST:PORT"), "{err}");
+}
+
+#[test]
+fn an_executor_finds_its_controller_by_name() {
+    // A Kubernetes Service's DNS name, say: resolved at every connection attempt. `localhost`
+    // may resolve to ::1 first, where nothing listens; the next address is tried.
+    let c = Cluster::new("cluster-by-name");
+    let ctl = c.controller(&[]);
+    let n1 = c.executor_via("n1", "localhost");
+    wait_status(&ctl, "n1 registered through the name localhost", |s| node_up(s, "n1"));
+    let out = n1.cli(&["alloc", "--job", "named", "--hold", "0s"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -74,12 +74,20 @@ pub fn channel_lazy(addr: &Address, timeout: Duration) -> Result<Channel, Error>
     let Address::Tcp(sa) = addr else {
         return Err(Error::InvalidArgument(format!("{addr}: a daemon's peer is a tcp:IP:PORT address")));
     };
+    channel_lazy_to(&sa.ip().to_string(), sa.port(), timeout)
+}
+
+/// [`channel_lazy`] to `host:port`, where `host` is an IP or a DNS name (resolved again at every
+/// connection attempt, so that a peer whose address changes, such as a Kubernetes Service's, is
+/// found); with TLS the certificate must name `host` (or `ACB_TLS_SERVER_NAME`).
+pub fn channel_lazy_to(host: &str, port: u16, timeout: Duration) -> Result<Channel, Error> {
     let tls = crate::tls::TlsEnv::from_env()?;
-    let uri = if tls.is_some() { format!("https://{sa}") } else { format!("http://{sa}") };
+    let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    let uri = if tls.is_some() { format!("https://{authority}") } else { format!("http://{authority}") };
     let mut endpoint = keepalive(Endpoint::from_shared(uri).map_err(|e| Error::InvalidArgument(e.to_string()))?)
         .connect_timeout(timeout);
     if let Some(tls) = &tls {
-        endpoint = with_tls(endpoint, tls, sa.ip())?;
+        endpoint = with_tls(endpoint, tls, host)?;
     }
     Ok(endpoint.connect_lazy())
 }
@@ -107,7 +115,7 @@ pub async fn channel_with(
     let mut endpoint = keepalive(Endpoint::from_shared(uri).map_err(|e| Error::InvalidArgument(e.to_string()))?)
         .connect_timeout(timeout);
     if let (Some(tls), Address::Tcp(sa)) = (tls, addr) {
-        endpoint = with_tls(endpoint, tls, sa.ip())?;
+        endpoint = with_tls(endpoint, tls, &sa.ip().to_string())?;
     }
     // tonic bounds a TCP connect by `connect_timeout`, not a Unix one: bound the whole attempt.
     match tokio::time::timeout(timeout, endpoint.connect()).await {
@@ -121,14 +129,14 @@ pub async fn channel_with(
 }
 
 #[cfg(feature = "tls")]
-fn with_tls(endpoint: Endpoint, tls: &crate::tls::TlsEnv, ip: std::net::IpAddr) -> Result<Endpoint, Error> {
+fn with_tls(endpoint: Endpoint, tls: &crate::tls::TlsEnv, host: &str) -> Result<Endpoint, Error> {
     endpoint
-        .tls_config(tls.client_config(ip)?)
+        .tls_config(tls.client_config(host)?)
         .map_err(|e| Error::InvalidArgument(format!("TLS settings ({}): {}", crate::tls::CA_VAR, source_chain(&e))))
 }
 
 #[cfg(not(feature = "tls"))]
-fn with_tls(_: Endpoint, _: &crate::tls::TlsEnv, _: std::net::IpAddr) -> Result<Endpoint, Error> {
+fn with_tls(_: Endpoint, _: &crate::tls::TlsEnv, _: &str) -> Result<Endpoint, Error> {
     Err(Error::InvalidArgument(format!(
         "{} is set but this client was built without TLS (acb-client's feature `tls`)",
         crate::tls::CA_VAR

@@ -57,14 +57,14 @@ impl TlsEnv {
 
     /// tonic's client configuration for an assigner at `ip`.
     #[cfg(feature = "tls")]
-    pub(crate) fn client_config(&self, ip: std::net::IpAddr) -> Result<tonic::transport::ClientTlsConfig, Error> {
+    pub(crate) fn client_config(&self, host: &str) -> Result<tonic::transport::ClientTlsConfig, Error> {
         use tonic::transport::{Certificate, ClientTlsConfig, Identity};
         let read = |p: &PathBuf, var: &str| {
             std::fs::read(p).map_err(|e| Error::InvalidArgument(format!("{var} {}: {e}", p.display())))
         };
         let mut config = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read(&self.ca, CA_VAR)?))
-            .domain_name(self.server_name.clone().unwrap_or_else(|| ip.to_string()));
+            .domain_name(self.server_name.clone().unwrap_or_else(|| host.to_owned()));
         if let Some((cert, key)) = &self.identity {
             config = config.identity(Identity::from_pem(read(cert, CERT_VAR)?, read(key, KEY_VAR)?));
         }

@@ -76,7 +76,7 @@ async fn round_trips(clients: usize, time: Duration, rounds: usize) -> Result<St
     let controller = Daemon::start(ctl);
     let executor_sock = dir.join("executor.sock");
     let mut exe = ServeConfig::simulated(executor_sock.clone(), count, acb_core::Policy::Simple);
-    exe.role = RoleConfig::Executor { controller: tcp };
+    exe.role = RoleConfig::Executor { controller: crate::config::ControllerAddr { host: "127.0.0.1".into(), port } };
     exe.cluster_token = Some(token);
     exe.node_name = "node-1".into();
     let executor = Daemon::start(exe);

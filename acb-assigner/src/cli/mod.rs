@@ -165,7 +165,8 @@ struct ServeArgs {
     /// (serves its node's clients, forwards to --controller). Default: standalone.
     #[arg(long)]
     role: Option<String>,
-    /// An executor's controller: tcp:IP:PORT.
+    /// An executor's controller: tcp:HOST:PORT (an IP, or a DNS name resolved at every
+    /// connection attempt).
     #[arg(long)]
     controller: Option<String>,
     /// The secret between the controller and its executors (a file whose first line is it):

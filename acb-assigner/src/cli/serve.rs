@@ -141,21 +141,14 @@ fn resolve_with(args: ServeArgs, file: FileConfig) -> Result<ServeConfig, Error>
         ("standalone", Some(_)) => config::RoleConfig::Standalone,
         ("controller", Some(_)) => config::RoleConfig::Controller,
         ("executor", Some(c)) => {
-            let controller: Address = c
-                .parse()
-                .map_err(|e: acb_proto::AddressError| Error::Setting { what: "--controller", why: e.to_string() })?;
-            if !matches!(controller, Address::Tcp(_)) {
-                return Err(Error::Setting {
-                    what: "--controller",
-                    why: "the controller is a tcp:IP:PORT address".into(),
-                });
-            }
+            let controller: config::ControllerAddr =
+                c.parse().map_err(|why| Error::Setting { what: "--controller", why })?;
             config::RoleConfig::Executor { controller }
         }
         ("executor", None) => {
             return Err(Error::Setting {
                 what: "--role executor",
-                why: "needs --controller tcp:IP:PORT (or controller in the cluster file)".into(),
+                why: "needs --controller tcp:HOST:PORT (or controller in the cluster file)".into(),
             });
         }
         (other, _) => {

@@ -39,10 +39,12 @@ pub struct Upstream {
 
 impl Upstream {
     /// The controller at `addr` (connected lazily, again after every failure).
-    pub fn new(addr: &crate::config::Address, token: &str, node: &str) -> Result<Upstream, crate::Error> {
+    pub fn new(addr: &crate::config::ControllerAddr, token: &str, node: &str) -> Result<Upstream, crate::Error> {
         let setting = |why: String| crate::Error::Setting { what: "--controller", why };
-        let lazy =
-            || acb_client::connection::channel_lazy(addr, Duration::from_secs(3)).map_err(|e| setting(e.to_string()));
+        let lazy = || {
+            acb_client::connection::channel_lazy_to(&addr.host, addr.port, Duration::from_secs(3))
+                .map_err(|e| setting(e.to_string()))
+        };
         let (channel, link) = (lazy()?, lazy()?);
         let auth = format!("Bearer {token}")
             .parse()

@@ -58,7 +58,12 @@ impl Cluster {
 
     /// An executor named `node` with two simulated 16 GiB GPUs.
     pub fn executor(&self, node: &str) -> Daemon {
-        let controller = format!("tcp:127.0.0.1:{}", self.port);
+        self.executor_via(node, "127.0.0.1")
+    }
+
+    /// [`Cluster::executor`], finding the controller at `host` (an IP or a name).
+    pub fn executor_via(&self, node: &str, host: &str) -> Daemon {
+        let controller = format!("tcp:{host}:{}", self.port);
         let token = self.token.to_str().unwrap();
         Daemon::start(&[
             "--role",
