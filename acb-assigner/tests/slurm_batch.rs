@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::slurm::{SlurmLab, SlurmOpts};
+use common::slurm::{JobTmp, SlurmLab, SlurmOpts};
 use serde_json::Value;
 
 fn example(name: &str) -> PathBuf {
@@ -58,34 +58,8 @@ fn assert_nothing_left(lab: &SlurmLab, tmp: &JobTmp, id: u32) {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(acb(), Vec::new(), "acb processes outlived job {id}\n{}", lab.logs(20));
-    let dir = tmp.0.join(format!("acb-slurm-{id}"));
+    let dir = tmp.acb_dir(id);
     assert!(!dir.exists(), "{} outlived job {id}", dir.display());
-}
-
-/// The jobs' TMPDIR, one per lab: labs run at once and number their jobs from 1 each, so
-/// `slurm up`'s default directory ($TMPDIR/acb-slurm-<job>) must not be /tmp for all; and
-/// short, since the sockets live there (the lab's directory is too long a path for them).
-struct JobTmp(PathBuf);
-
-impl JobTmp {
-    fn new() -> JobTmp {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = PathBuf::from(format!("/tmp/acbj-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        JobTmp(dir)
-    }
-
-    /// `--export=ALL,TMPDIR=<this>,` followed by `more`.
-    fn export(&self, more: &str) -> String {
-        format!("--export=ALL,TMPDIR={},{more}", self.0.display())
-    }
-}
-
-impl Drop for JobTmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// For each GPU, its leases in grant order must not overlap (the simple scheduler: one holder

@@ -181,6 +181,43 @@ fn write_private(path: &Path, text: &str) -> Result<(), CliError> {
     f.write_all(text.as_bytes()).map_err(|e| CliError::failed(format!("{}: {e}", path.display())))
 }
 
+/// The files acb keeps in its directory (beside `<node>.sock` and `cluster-<node>.token` for
+/// each node): only these are ever removed, never anything else a user keeps in a `--dir`.
+const OWN_FILES: [&str; 10] = [
+    "supervisor.pid",
+    "ready",
+    "ready.tmp",
+    "failed",
+    "acb.log",
+    "controller.log",
+    "executors.log",
+    "cluster.token",
+    "cluster.toml",
+    "controller.sock",
+];
+
+/// The job's nodes, as far as the environment says (for the files named after them).
+fn job_nodes() -> Vec<String> {
+    var("SLURM_JOB_NODELIST")
+        .or_else(|| var("SLURM_NODELIST"))
+        .and_then(|l| crate::hostlist::expand(&l).ok())
+        .unwrap_or_default()
+}
+
+/// Removes acb's own files from `dir` but those in `keep`, then `dir` itself if that left it
+/// empty (a user's own `--dir` with files of theirs stays, with them).
+fn clean(dir: &Path, keep: &[&str]) {
+    let mut names: Vec<String> = OWN_FILES.iter().map(|f| (*f).to_owned()).collect();
+    for n in job_nodes() {
+        names.push(format!("{n}.sock"));
+        names.push(format!("cluster-{n}.token"));
+    }
+    for name in names.iter().filter(|n| !keep.contains(&n.as_str())) {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
 /// `value` quoted for a POSIX shell.
 fn shell_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
@@ -188,8 +225,14 @@ fn shell_quote(value: &str) -> String {
 
 /// The last lines of a log, for an error message.
 fn tail(path: &Path, lines: usize) -> String {
+    tail_without(path, lines, "\0")
+}
+
+/// [`tail`] without the lines that repeat `said` (the error the message already gives).
+fn tail_without(path: &Path, lines: usize, said: &str) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
+    let first = said.lines().next().unwrap_or(said);
+    let all: Vec<&str> = text.lines().filter(|l| !l.contains(first)).collect();
     let from = all.len().saturating_sub(lines);
     all[from..].iter().map(|l| format!("\n  | {l}")).collect()
 }
@@ -240,8 +283,7 @@ async fn bring_up(args: UpArgs) -> Result<(), CliError> {
     }
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
-    // SAFETY: getppid(2) has no preconditions and cannot fail.
-    let watch = args.watch_pid.unwrap_or_else(|| unsafe { libc::getppid() } as u32);
+    let watch = args.watch_pid.unwrap_or_else(script_shell);
     let record = match &args.record {
         Some(r) if r.is_relative() => Some(std::env::current_dir().map_err(CliError::failed)?.join(r)),
         r => r.clone(),
@@ -289,15 +331,15 @@ async fn bring_up(args: UpArgs) -> Result<(), CliError> {
         {
             if let Some(why) = text.strip_prefix("error: ") {
                 let _ = child.wait();
-                let why = format!("{}{}", why.trim(), tail(&log_path, 20));
-                let _ = std::fs::remove_dir_all(&dir);
+                let why = format!("{}{}", why.trim(), tail_without(&log_path, 20, why.trim()));
+                clean(&dir, &[]);
                 return Err(CliError::failed(why));
             }
             break;
         }
         if let Ok(Some(status)) = child.try_wait() {
             let why = format!("the supervisor ended ({status}) before acb was up{}", tail(&log_path, 20));
-            let _ = std::fs::remove_dir_all(&dir);
+            clean(&dir, &[]);
             return Err(CliError::failed(why));
         }
         if Instant::now() > deadline {
@@ -338,6 +380,34 @@ fn check_socket_room(dir: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The process `up` stays up for: its ancestor whose parent is slurmstepd (the batch script's
+/// shell, however `up` was called: `eval "$(acb-assigner slurm up | tee log)"` runs it in a
+/// subshell), else its session's leader (an interactive shell under salloc), else its parent.
+fn script_shell() -> u32 {
+    // SAFETY: getppid(2) and getsid(2) of the calling process have no preconditions.
+    let (parent, session) = unsafe { (libc::getppid() as u32, libc::getsid(0) as u32) };
+    let parent_of = |pid: u32| -> Option<(u32, String)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // pid (comm) state ppid ...: comm may hold spaces and parentheses; it ends at the last ')'.
+        let (head, rest) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(')?.1.to_owned();
+        let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+        Some((ppid, comm))
+    };
+    let mut pid = parent;
+    for _ in 0..64 {
+        let Some((ppid, _)) = parent_of(pid) else { break };
+        if ppid <= 1 {
+            break;
+        }
+        if parent_of(ppid).is_some_and(|(_, comm)| comm == "slurmstepd") {
+            return pid;
+        }
+        pid = ppid;
+    }
+    if session > 1 && session != std::process::id() { session } else { parent }
+}
+
 /// Whether `pid` runs `acb-assigner slurm supervise` (a pid file's process, before signalling it).
 fn is_supervisor(pid: u32) -> bool {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -352,11 +422,20 @@ async fn down(args: DownArgs) -> Result<(), CliError> {
         _ => default_dir(&job_id()?),
     };
     let pid_file = dir.join("supervisor.pid");
+    let failed = || -> Result<(), CliError> {
+        let Ok(why) = std::fs::read_to_string(dir.join("failed")) else { return Ok(()) };
+        let logs: String =
+            ["acb.log", "controller.log", "executors.log"].iter().map(|l| tail(&dir.join(l), 10)).collect();
+        clean(&dir, &[]);
+        Err(CliError::failed(format!("acb went down before `slurm down`: {}{logs}", why.trim())))
+    };
     let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<u32>().ok()) else {
+        failed()?;
         eprintln!("acb-assigner slurm: acb is not up here (no {})", pid_file.display());
         return Ok(());
     };
     if !alive(pid) || !is_supervisor(pid) {
+        failed()?;
         eprintln!("acb-assigner slurm: acb is not up here (pid {pid} in {} is gone)", pid_file.display());
         return Ok(());
     }
@@ -368,6 +447,7 @@ async fn down(args: DownArgs) -> Result<(), CliError> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    failed()?;
     eprintln!("acb-assigner slurm: down");
     Ok(())
 }
@@ -453,9 +533,16 @@ async fn supervise(args: UpArgs) -> Result<(), CliError> {
             std::fs::write(&tmp, format!("{summary}\n")).map_err(CliError::failed)?;
             std::fs::rename(&tmp, &ready).map_err(CliError::failed)?;
             say(&format!("up: {summary}"));
-            let why = wait_for_the_end(&args, &mut parts).await;
-            say(&format!("going down: {why}"));
-            Ok(())
+            let end = wait_for_the_end(&args, &mut parts).await;
+            say(&format!("going down: {}", end.why()));
+            match end {
+                End::Asked(_) => Ok(()),
+                End::Broke(why) => {
+                    // Kept for `slurm down` (and whoever looks) to say, with the logs.
+                    let _ = std::fs::write(dir.join("failed"), format!("{why}\n"));
+                    Err(CliError::failed(why))
+                }
+            }
         }
     };
     if let (Some(record), Some(_)) = (&args.record, &parts.controller)
@@ -469,16 +556,10 @@ async fn supervise(args: UpArgs) -> Result<(), CliError> {
     if let Some(mut ctl) = parts.controller.take() {
         stop(&mut ctl, Duration::from_secs(5)).await;
     }
-    if outcome.is_ok() {
-        let _ = std::fs::remove_dir_all(&dir);
-    } else {
-        // `up` reads the error and the log, then removes the directory.
-        let keep = ["ready", "acb.log"];
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if !keep.iter().any(|k| entry.file_name() == *k) {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
+    match &outcome {
+        Ok(()) => clean(&dir, &[]),
+        // `up` (before it printed anything) or `down` (after) reads why, then cleans up.
+        Err(_) => clean(&dir, &["ready", "failed", "acb.log", "controller.log", "executors.log"]),
     }
     say("down");
     outcome
@@ -609,30 +690,47 @@ async fn nodes_up(addr: &Address) -> Result<Vec<String>, CliError> {
 }
 
 /// Waits until it is time to go down; why.
-async fn wait_for_the_end(args: &UpArgs, parts: &mut Parts) -> String {
+/// Why the supervisor goes down.
+enum End {
+    /// As it should: the script ended, `slurm down`, a signal.
+    Asked(String),
+    /// A part of acb died under the job.
+    Broke(String),
+}
+
+impl End {
+    fn why(&self) -> &str {
+        match self {
+            End::Asked(w) | End::Broke(w) => w,
+        }
+    }
+}
+
+/// Waits until it is time to go down.
+async fn wait_for_the_end(args: &UpArgs, parts: &mut Parts) -> End {
     use tokio::signal::unix::{SignalKind, signal as on};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
         (on(SignalKind::terminate()), on(SignalKind::interrupt()), on(SignalKind::hangup()))
     else {
-        return "cannot watch signals".into();
+        return End::Broke("cannot watch signals".into());
     };
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
-            _ = term.recv() => return "SIGTERM".into(),
-            _ = int.recv() => return "SIGINT".into(),
-            _ = hup.recv() => return "SIGHUP".into(),
+            _ = term.recv() => return End::Asked("SIGTERM".into()),
+            _ = int.recv() => return End::Asked("SIGINT".into()),
+            _ = hup.recv() => return End::Asked("SIGHUP".into()),
             _ = tick.tick() => {
                 if let Some(pid) = args.watch_pid
                     && !alive(pid)
                 {
-                    return format!("the batch script's shell (pid {pid}) ended");
+                    return End::Asked(format!("the batch script's shell (pid {pid}) ended"));
                 }
                 if let Some(Ok(Some(s))) = parts.controller.as_mut().map(|c| c.try_wait()) {
-                    return format!("the controller ended ({s})");
+                    return End::Broke(format!("the controller ended ({s}) while the job ran; see controller.log"));
                 }
                 if let Some(Ok(Some(s))) = parts.executors.as_mut().map(|c| c.try_wait()) {
-                    return format!("the executors' srun step ended ({s})");
+                    return End::Broke(format!("the executors' srun step ended ({s}) while the job ran; see executors.log"));
                 }
             }
         }
@@ -694,17 +792,20 @@ async fn executor(args: ExecutorArgs) -> Result<(), CliError> {
         on(SignalKind::terminate()).map_err(CliError::failed)?,
         on(SignalKind::interrupt()).map_err(CliError::failed)?,
     );
-    let status = tokio::select! {
-        s = child.wait() => s.ok(),
-        _ = term.recv() => stop(&mut child, Duration::from_secs(5)).await,
-        _ = int.recv() => stop(&mut child, Duration::from_secs(5)).await,
+    // Stopped by a signal (the supervisor's srun forwards its SIGTERM) is the normal end; the
+    // daemon ending by itself, however, is a failure, whatever its status.
+    let (status, asked) = tokio::select! {
+        s = child.wait() => (s.ok(), false),
+        _ = term.recv() => (stop(&mut child, Duration::from_secs(5)).await, true),
+        _ = int.recv() => (stop(&mut child, Duration::from_secs(5)).await, true),
     };
     let _ = std::fs::remove_file(&token_file);
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_dir(&args.dir); // only if empty: the batch node's supervisor still uses it
     match status {
-        Some(s) if s.success() || s.code().is_none() => Ok(()),
-        Some(s) => Err(CliError::failed(format!("the executor on {node} ended: {s}"))),
+        Some(s) if asked && (s.success() || s.code().is_none()) => Ok(()),
+        Some(s) if asked => Err(CliError::failed(format!("the executor on {node} stopped with {s}"))),
+        Some(s) => Err(CliError::failed(format!("the executor on {node} ended by itself ({s}) while the job ran"))),
         None => Err(CliError::failed(format!("the executor on {node} could not be waited for"))),
     }
 }

@@ -561,3 +561,37 @@ impl Drop for SlurmLab {
         // `dir` (TempDir) then removes the directory, the fake GPUs with it.
     }
 }
+
+/// A job's TMPDIR for `acb-assigner slurm up` tests, one per lab: labs run at once and number
+/// their jobs from 1 each, so up's default directory ($TMPDIR/acb-slurm-<job>) must not be one
+/// /tmp for all; short, since sockets live under it (the lab's directory is too long a path for
+/// them); 1777, so that jobs of any user make their directory there. Removed on drop.
+pub struct JobTmp(pub PathBuf);
+
+impl JobTmp {
+    pub fn new() -> JobTmp {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = PathBuf::from(format!("/tmp/acbj-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        mode(&dir, 0o1777);
+        JobTmp(dir)
+    }
+
+    /// `--export=ALL,TMPDIR=<this>`, followed by `,more` unless `more` is empty.
+    pub fn export(&self, more: &str) -> String {
+        let sep = if more.is_empty() { "" } else { "," };
+        format!("--export=ALL,TMPDIR={}{sep}{more}", self.0.display())
+    }
+
+    /// The directory `slurm up` makes by default for job `job`.
+    pub fn acb_dir(&self, job: u32) -> PathBuf {
+        self.0.join(format!("acb-slurm-{job}"))
+    }
+}
+
+impl Drop for JobTmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
