@@ -37,6 +37,10 @@ pub struct Config {
     /// else torchrun's or Slurm's environment: see [`crate::group`]): its requests are granted
     /// together with the other members', once all of them wait. `None`: no group.
     pub group: Option<Group>,
+    /// The only GPUs (assigner ids, as `status` shows them) this job may be granted; empty for
+    /// any. `ACB_REQUIRED_GPUS`, which acb's Kubernetes device plugin sets to the GPUs whose
+    /// device nodes the container has.
+    pub required_gpus: Vec<u32>,
 }
 
 /// Where `acb_client_alloc` memory lives.
@@ -110,6 +114,10 @@ impl Config {
         };
         let release = if env_flag("ACB_EAGER_RELEASE")? { ReleaseMode::Eager } else { ReleaseMode::Lazy };
         let pin_gpus = env_flag("ACB_PIN_GPUS")?;
+        let required_gpus = match std::env::var("ACB_REQUIRED_GPUS") {
+            Ok(v) => parse_gpu_ids(&v).map_err(|e| Error::InvalidArgument(format!("ACB_REQUIRED_GPUS={v:?}: {e}")))?,
+            Err(_) => Vec::new(),
+        };
         Ok(Config {
             assigner,
             job,
@@ -122,8 +130,22 @@ impl Config {
             pin_gpus,
             assigner_uid,
             group: env_group.group,
+            required_gpus,
         })
     }
+}
+
+/// `0,3`: GPU ids, each once (an empty or blank text: none).
+pub fn parse_gpu_ids(text: &str) -> Result<Vec<u32>, String> {
+    let mut ids: Vec<u32> = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let id: u32 = item.parse().map_err(|_| format!("{item:?} is not a GPU id"))?;
+        if ids.contains(&id) {
+            return Err(format!("GPU {id} is listed twice"));
+        }
+        ids.push(id);
+    }
+    Ok(ids)
 }
 
 /// A job's name when `ACB_JOB_ID` gives none: `<group>-rank<RANK>` for a member of a group whose
@@ -249,6 +271,15 @@ mod tests {
         let long = check_job(&"j".repeat(300)).expect_err("300 bytes").to_string();
         assert!(long.contains("at most 256 bytes, not 300"), "{long}");
         assert!(check_job("a\tb").is_err());
+    }
+
+    #[test]
+    fn required_gpus_are_a_list_of_distinct_ids() {
+        assert_eq!(parse_gpu_ids("0, 3"), Ok(vec![0, 3]));
+        assert_eq!(parse_gpu_ids(" "), Ok(vec![]));
+        assert!(parse_gpu_ids("0,x").unwrap_err().contains("\"x\" is not a GPU id"));
+        assert!(parse_gpu_ids("1,1").unwrap_err().contains("twice"));
+        assert!(parse_gpu_ids("-1").is_err());
     }
 
     #[test]

@@ -149,6 +149,9 @@ impl Driver {
         if cfg.pin_gpus {
             machine = machine.with_pinned_gpus();
         }
+        if !cfg.required_gpus.is_empty() {
+            machine = machine.with_required_gpus(cfg.required_gpus.iter().map(|&g| acb_core::GpuId(g)).collect());
+        }
         machine.handle_disconnect(CoreInstant::ZERO);
         let _ = machine.poll_action();
         Driver {

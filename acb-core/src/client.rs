@@ -287,6 +287,14 @@ impl ClientMachine {
         self
     }
 
+    /// Confines the job to `gpus` from the start: every request requires them (a Kubernetes
+    /// pod may use only the GPUs whose device nodes it was given). An empty list confines
+    /// nothing.
+    pub fn with_required_gpus(mut self, gpus: Vec<GpuId>) -> Self {
+        self.pinned = gpus;
+        self
+    }
+
     /// The GPUs later requests require (empty until the first grant, or when not pinned).
     pub fn pinned_gpus(&self) -> &[GpuId] {
         &self.pinned

@@ -17,6 +17,7 @@ mod bench;
 mod bench_cluster;
 mod demo;
 mod demo_job;
+mod device_plugin;
 mod docs;
 mod error;
 mod release;
@@ -66,6 +67,8 @@ enum Cmd {
     Demo(DemoArgs),
     /// acb over a Slurm job's nodes, from its batch script: `eval "$(acb-assigner slurm up)"`.
     Slurm(slurm::SlurmArgs),
+    /// The Kubernetes device plugin: the node's GPUs as time-shared devices (`acb.io/gpu`).
+    DevicePlugin(device_plugin::DevicePluginArgs),
     /// Print a shell completion script (e.g. `acb-assigner completions bash >
     /// /etc/bash_completion.d/acb-assigner`).
     Completions {
@@ -435,6 +438,7 @@ async fn run(cli: Cli, activated: Vec<std::os::fd::OwnedFd>) -> Result<(), CliEr
         Cmd::Demo(args) => demo::run(args).await,
         Cmd::DemoJob(args) => demo_job::run(args).await,
         Cmd::Slurm(args) => slurm::run(args).await,
+        Cmd::DevicePlugin(args) => device_plugin::run(args).await,
         Cmd::Completions { shell } => docs::completions(shell),
         Cmd::Man { out_dir } => docs::man(out_dir.as_deref()),
     }

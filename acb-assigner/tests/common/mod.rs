@@ -215,6 +215,7 @@ pub fn client_config(socket: &std::path::Path, job: &str) -> acb_client::Config 
         auth_token: None,
         memory_backend: acb_client::MemoryBackend::Host,
         pin_gpus: false,
+        required_gpus: Vec::new(),
         assigner_uid: None,
         group: None,
     }

@@ -21,6 +21,7 @@ fn client(assigner: &Assigner, job: &str) -> Client {
         auth_token: None,
         memory_backend: MemoryBackend::Host,
         pin_gpus: false,
+        required_gpus: Vec::new(),
         assigner_uid: None,
         group: None,
     };
@@ -80,6 +81,7 @@ fn no_assigner_is_unavailable_after_the_retries() {
         auth_token: None,
         memory_backend: MemoryBackend::Host,
         pin_gpus: false,
+        required_gpus: Vec::new(),
         assigner_uid: None,
         group: None,
     };
