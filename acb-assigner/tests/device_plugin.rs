@@ -422,3 +422,25 @@ async fn a_gpu_going_unhealthy_on_this_node_is_reflected() {
     drop(plugin);
     drop(controller);
 }
+
+#[test]
+fn a_pod_is_granted_only_the_gpus_behind_its_shares() {
+    // What Allocate's ACB_REQUIRED_GPUS does in libacb: with GPU 0 free, a client confined to
+    // GPU 1 is granted GPU 1, and waits for it rather than take GPU 0.
+    let d = Daemon::start(&["--gpus", "fake:2x16GiB"]);
+    let confined = |job: &str| {
+        let mut cfg = common::client_config(&d.socket, job);
+        cfg.required_gpus = vec![1];
+        acb_client::Client::new(cfg).unwrap()
+    };
+    let req = acb_client::Request { gpus: 1, memory_per_gpu: None, priority: 0, timeout: Some(Duration::from_secs(5)) };
+    let a = confined("pod-a");
+    let lease = a.begin(&req).unwrap();
+    assert_eq!(lease.devices.iter().map(|g| g.index).collect::<Vec<_>>(), [1], "GPU 1, though GPU 0 is free");
+    let b = confined("pod-b");
+    let waiting = acb_client::Request { timeout: Some(Duration::from_millis(500)), ..req.clone() };
+    let e = b.begin(&waiting).unwrap_err();
+    assert!(matches!(e, acb_client::Error::Timeout(_)), "GPU 0 is free but not pod-b's: {e}");
+    a.end().unwrap();
+    assert_eq!(b.begin(&req).unwrap().devices[0].index, 1);
+}
