@@ -224,19 +224,22 @@ mod tests {
         assert_eq!(pool_of("n", &gpus).len(), 3);
     }
 
+    /// A node of four real (test) GPUs, `GPU-<index>abc`.
+    fn four_gpus() -> Vec<FoundGpu> {
+        (0..4)
+            .map(|index| FoundGpu {
+                index,
+                uuid: format!("GPU-{index}abc"),
+                name: "test GPU".into(),
+                memory: 80 << 30,
+                fake: false,
+            })
+            .collect()
+    }
+
     #[test]
     fn a_selection_keeps_the_listed_gpus_by_index_or_uuid() {
-        let node = || {
-            (0..4)
-                .map(|index| FoundGpu {
-                    index,
-                    uuid: format!("GPU-{index}abc"),
-                    name: "test GPU".into(),
-                    memory: 80 << 30,
-                    fake: false,
-                })
-                .collect::<Vec<_>>()
-        };
+        let node = four_gpus;
         let items = |s: &[&str]| s.iter().map(ToString::to_string).collect::<Vec<_>>();
         let select = |found, items: &[String]| select(found, items, "--gpus auto:test");
         let picked = select(node(), &items(&["3", "GPU-1abc"])).unwrap();
@@ -274,15 +277,7 @@ mod tests {
     #[test]
     fn slurm_gpus_match_nvml_or_are_simulated_without_a_driver() {
         let items = vec!["1".to_string(), "GPU-3abc".to_string()];
-        let node: Vec<FoundGpu> = (0..4)
-            .map(|index| FoundGpu {
-                index,
-                uuid: format!("GPU-{index}abc"),
-                name: "test GPU".into(),
-                memory: 80 << 30,
-                fake: false,
-            })
-            .collect();
+        let node = four_gpus();
         let real = slurm_gpus(Ok(node.clone()), "SLURM_STEP_GPUS", &items).unwrap();
         assert_eq!(real.iter().map(|g| g.index).collect::<Vec<_>>(), [1, 3], "never another GPU of the node");
         let e = slurm_gpus(Ok(node), "SLURM_STEP_GPUS", &["7".into()]).unwrap_err().to_string();

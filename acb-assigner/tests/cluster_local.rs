@@ -306,24 +306,15 @@ fn a_cluster_file_names_the_controller_and_the_nodes() {
 
 /// A CA and a server certificate for 127.0.0.1, as PEM files in `dir`: (ca, cert, key).
 fn pki(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose as Eku, IsCa, KeyPair};
     use std::os::unix::fs::PermissionsExt;
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    params.extended_key_usages = vec![Eku::ServerAuth];
-    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (ca, cert, key) = common::server_pki(vec!["127.0.0.1".to_string()]);
     let write = |name: &str, text: &str| {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         p
     };
-    (write("ca.pem", &ca.pem()), write("server.pem", &cert.pem()), write("server.key", &key.serialize_pem()))
+    (write("ca.pem", &ca), write("server.pem", &cert), write("server.key", &key))
 }
 
 /// An executor started with `env`, killed on drop.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use acb_assigner::proto;
 use acb_proto::deviceplugin as dp;
 use common::cluster::{CLUSTER_TOKEN, Cluster};
-use common::{BIN, Daemon, Lines, TempDir, wait_exit};
+use common::{BIN, Daemon, TempDir, wait_exit};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
@@ -190,17 +190,7 @@ fn ids(v: &[&str]) -> Vec<String> {
 
 /// A standalone assigner with two simulated GPUs on `socket`, `--state-dir none`.
 fn assigner_at(socket: &Path, dir: TempDir) -> Daemon {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--gpus", "fake:2x16GiB", "--state-dir", "none", "--listen"])
-        .arg(format!("unix:{}", socket.display()))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let lines = Lines::new(child.stdout.take().unwrap());
-    lines.wait_for("ready", Duration::from_secs(20));
-    Daemon { child, socket: socket.to_owned(), lines, dir }
+    Daemon::start_at(socket.to_owned(), dir, &["--gpus", "fake:2x16GiB", "--state-dir", "none"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

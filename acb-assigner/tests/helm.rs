@@ -229,23 +229,16 @@ fn run_the_pods(label: &str, yaml: &str) {
         assert!(!controller.iter().any(|a| a == "--insecure"), "{label}: TLS and --insecure");
         assert_eq!(env_value(yaml, "ACB_TLS_CA").as_deref(), Some("/etc/acb/tls/ca.crt"), "{label}");
         let server_name = env_value(yaml, "ACB_TLS_SERVER_NAME");
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let key = KeyPair::generate().unwrap();
         // The Service's name, as the chart's NOTES tell; localhost stands for it here.
         let mut names = vec![svc_host.clone(), "localhost".to_owned()];
         if let Some(n) = &server_name {
             names = vec![n.clone()];
             executor_env.push(("ACB_TLS_SERVER_NAME", n.clone()));
         }
-        let cert = CertificateParams::new(names).unwrap().signed_by(&key, &issuer).unwrap();
-        std::fs::write(dir.0.join("tls/tls.crt"), cert.pem()).unwrap();
-        std::fs::write(dir.0.join("tls/tls.key"), key.serialize_pem()).unwrap();
-        std::fs::write(dir.0.join("tls/ca.crt"), ca.pem()).unwrap();
+        let (ca, cert, key) = common::server_pki(names);
+        std::fs::write(dir.0.join("tls/tls.crt"), cert).unwrap();
+        std::fs::write(dir.0.join("tls/tls.key"), key).unwrap();
+        std::fs::write(dir.0.join("tls/ca.crt"), ca).unwrap();
         executor_env.push(("ACB_TLS_CA", format!("{d}/tls/ca.crt")));
     } else {
         assert!(controller.iter().any(|a| a == "--insecure"), "{label}: no TLS, so --insecure must say so");

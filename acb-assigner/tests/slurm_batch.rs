@@ -43,16 +43,7 @@ fn result(lab: &SlurmLab, out: &str) -> BTreeMap<String, String> {
 /// Once job `id` has ended: no acb process of the lab's is left (within a bound: the
 /// supervisor notices the script's end within a fraction of a second), nor its directory.
 fn assert_nothing_left(lab: &SlurmLab, tmp: &JobTmp, id: u32) {
-    let acb = || -> Vec<(i32, String)> {
-        lab.stray_pids()
-            .into_iter()
-            .filter_map(|pid| {
-                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                cmd.contains("acb-assigner").then_some((pid, cmd))
-            })
-            .collect()
-    };
+    let acb = || lab.acb_procs();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !acb().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));

@@ -17,27 +17,15 @@ use std::time::{Duration, Instant};
 
 use common::slurm::{JobTmp, SlurmLab, SlurmOpts};
 
-/// The lab's acb processes (pid, command line).
-fn acb_procs(lab: &SlurmLab) -> Vec<(i32, String)> {
-    lab.stray_pids()
-        .into_iter()
-        .filter_map(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            cmd.contains("acb-assigner").then_some((pid, cmd))
-        })
-        .collect()
-}
-
 /// Waits (at most `bound`) until no acb process of the lab is left and job `id`'s directory is
 /// gone; how long that took. Panics, with the logs, past the bound.
 fn wait_nothing_left(lab: &SlurmLab, tmp: &JobTmp, id: u32, bound: Duration) -> Duration {
     let t0 = Instant::now();
     let dir = tmp.acb_dir(id);
-    while (!acb_procs(lab).is_empty() || dir.exists()) && t0.elapsed() < bound {
+    while (!lab.acb_procs().is_empty() || dir.exists()) && t0.elapsed() < bound {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(acb_procs(lab), Vec::new(), "acb processes outlived job {id} by {bound:?}\n{}", lab.logs(20));
+    assert_eq!(lab.acb_procs(), Vec::new(), "acb processes outlived job {id} by {bound:?}\n{}", lab.logs(20));
     assert!(!dir.exists(), "{} outlived job {id} by {bound:?}", dir.display());
     t0.elapsed()
 }
@@ -70,7 +58,7 @@ fn scancel_of_the_whole_job_while_steps_hold_gpus_leaves_nothing_of_acb() {
     let id = lab.sbatch(&script, &["-N2", "--gres=gpu:1", "-o", "hold.out", &tmp.export("")]);
     wait_file(&lab, &lab.jobs_dir().join("held"), Duration::from_secs(40));
     assert!(tmp.acb_dir(id).join("node2.sock").exists());
-    assert!(!acb_procs(&lab).is_empty());
+    assert!(!lab.acb_procs().is_empty());
     let t0 = Instant::now();
     assert!(lab.cmd("scancel").arg(id.to_string()).status().unwrap().success());
     let took = wait_nothing_left(&lab, &tmp, id, Duration::from_secs(20));
@@ -254,7 +242,8 @@ fn a_killed_controller_is_reported_to_the_script() {
     );
     let id = lab.sbatch(&script, &["-N2", "--gres=gpu:1", "-o", "ctl.out", &tmp.export("")]);
     wait_file(&lab, &lab.jobs_dir().join("held"), Duration::from_secs(40));
-    let ctl = acb_procs(&lab)
+    let ctl = lab
+        .acb_procs()
         .into_iter()
         .find(|(_, c)| c.contains("serve --role controller"))
         .unwrap_or_else(|| panic!("no controller\n{}", lab.logs(20)));
@@ -263,8 +252,8 @@ fn a_killed_controller_is_reported_to_the_script() {
     let t0 = Instant::now();
     // Every process of acb goes; the directory stays, with the logs and why, for `down` to say.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !acb_procs(&lab).is_empty() {
-        assert!(Instant::now() < deadline, "acb still runs: {:?}", acb_procs(&lab));
+    while !lab.acb_procs().is_empty() {
+        assert!(Instant::now() < deadline, "acb still runs: {:?}", lab.acb_procs());
         std::thread::sleep(Duration::from_millis(100));
     }
     println!("after the controller's SIGKILL, acb's processes were gone in {:?}", t0.elapsed());
@@ -292,7 +281,8 @@ fn a_killed_executor_is_reported() {
     );
     let id = lab.sbatch(&script, &["-N2", "--gres=gpu:1", "-o", "exe.out", &tmp.export("")]);
     wait_file(&lab, &lab.jobs_dir().join("held"), Duration::from_secs(40));
-    let exe = acb_procs(&lab)
+    let exe = lab
+        .acb_procs()
         .into_iter()
         .find(|(_, c)| c.contains("serve --role executor") && c.contains("--node-name node2"))
         .unwrap_or_else(|| panic!("no executor on node2\n{}", lab.logs(20)));

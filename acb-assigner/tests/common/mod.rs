@@ -129,6 +129,11 @@ impl Daemon {
     pub fn start(extra: &[&str]) -> Daemon {
         let dir = TempDir::new("assigner");
         let socket = dir.0.join("assigner.sock");
+        Daemon::start_at(socket, dir, extra)
+    }
+
+    /// [`Daemon::start`] on `socket`; `dir` is removed with the daemon.
+    pub fn start_at(socket: PathBuf, dir: TempDir, extra: &[&str]) -> Daemon {
         let mut child = Command::new(BIN)
             .arg("serve")
             .arg("--listen")
@@ -224,4 +229,19 @@ pub fn client_config(socket: &std::path::Path, job: &str) -> acb_client::Config 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A CA, and a server certificate for `names` signed by it, as PEM: (ca, cert, key).
+pub fn server_pki(names: Vec<String>) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose as Eku, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(names).unwrap();
+    params.extended_key_usages = vec![Eku::ServerAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
 }

@@ -510,6 +510,20 @@ impl SlurmLab {
     }
 }
 
+impl SlurmLab {
+    /// The lab's processes running `acb-assigner` (pid, command line): what a job left.
+    pub fn acb_procs(&self) -> Vec<(i32, String)> {
+        self.stray_pids()
+            .into_iter()
+            .filter_map(|pid| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                cmd.contains("acb-assigner").then_some((pid, cmd))
+            })
+            .collect()
+    }
+}
+
 /// SIGTERM, up to `grace` to exit, then SIGKILL; reaps it.
 fn stop(child: &mut Child, grace: Duration) {
     if matches!(child.try_wait(), Ok(Some(_))) {
