@@ -46,11 +46,33 @@ fn missing() -> Option<String> {
             rootfs_cache().display()
         ));
     }
-    let dir = Path::new(BIN).parent().unwrap();
-    if !dir.join("libacb.so").is_file() {
-        return Some(format!("no libacb.so in {} (cargo build -p acb-ffi)", dir.display()));
+    if libacb().is_none() {
+        let dir = Path::new(BIN).parent().unwrap();
+        return Some(format!("no libacb.so in {} or its deps/ (cargo build -p acb-ffi)", dir.display()));
     }
     None
+}
+
+/// The libacb.so of this build: deps/ first, where `cargo test` leaves it (the one beside the
+/// binary is `cargo build`'s, possibly older).
+fn libacb() -> Option<PathBuf> {
+    let dir = Path::new(BIN).parent().unwrap();
+    [dir.join("deps/libacb.so"), dir.join("libacb.so")].into_iter().find(|p| p.is_file())
+}
+
+/// A folder with the binaries under test as build.sh wants them (`acb-assigner` and
+/// `libacb.so` side by side), hard links where it can.
+fn bin_dir(under: &Path) -> PathBuf {
+    let dir = under.join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (from, name) in [(PathBuf::from(BIN), "acb-assigner"), (libacb().unwrap(), "libacb.so")] {
+        let to = dir.join(name);
+        let _ = std::fs::remove_file(&to);
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).unwrap();
+        }
+    }
+    dir
 }
 
 /// `target/acb-docker/bookworm-python3.tar`, beside the binaries' profile folder.
@@ -237,7 +259,7 @@ fn compose_example_shares_one_gpu_between_two_job_containers() {
     lap("base imported");
     // The images, from the binaries under test (target/debug here; build.sh defaults to release).
     let mut build = d.cmd("bash", 300);
-    build.arg(repo().join("deploy/docker/build.sh")).arg("--bin-dir").arg(Path::new(BIN).parent().unwrap()).args([
+    build.arg(repo().join("deploy/docker/build.sh")).arg("--bin-dir").arg(bin_dir(&d.dir)).args([
         "--tag",
         "test",
         "--base",
