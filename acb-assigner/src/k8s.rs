@@ -190,6 +190,51 @@ pub fn preferred(available: &[String], must: &[String], size: usize) -> Vec<Stri
     chosen
 }
 
+/// Whether `name` is an extended resource name Kubernetes accepts from a device plugin:
+/// `DOMAIN/NAME`, the domain a DNS subdomain (lower case, at most 253 characters) outside
+/// `kubernetes.io` and `k8s.io`, the name a qualified name's part (at most 63 characters,
+/// alphanumerics with `-`, `_`, `.` inside). Why not, if not.
+pub fn check_resource_name(name: &str) -> Result<(), String> {
+    let Some((domain, rest)) = name.split_once('/') else {
+        return Err("an extended resource is DOMAIN/NAME, e.g. acb.io/gpu".into());
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if domain.len() > 253 || !domain.split('.').all(label_ok) {
+        return Err(format!("{domain:?} is not a DNS subdomain (lower case, e.g. acb.io)"));
+    }
+    if domain == "kubernetes.io"
+        || domain.ends_with(".kubernetes.io")
+        || domain == "k8s.io"
+        || domain.ends_with(".k8s.io")
+    {
+        return Err(format!("{domain:?} is Kubernetes' own domain; use one of yours, e.g. acb.io"));
+    }
+    let name_ok = !rest.is_empty()
+        && rest.len() <= 63
+        && rest.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && rest.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && rest.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+    if !name_ok {
+        return Err(format!("{rest:?} is not a resource name (alphanumerics, with - _ . inside; 63 at most)"));
+    }
+    Ok(())
+}
+
+/// `id` as an error or a log line shows it: at most 64 characters (a kubelet's id is short; a
+/// huge one must not make a reply too large to send).
+fn shorten(id: &str) -> String {
+    match id.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}... ({} bytes)", &id[..cut], id.len()),
+        None => id.to_owned(),
+    }
+}
+
 /// What a container whose devices are `ids` needs: the assigner's socket directory and address,
 /// the share ids, and the device nodes of the real GPUs behind them. An id that is not one of
 /// the plugin's devices is `INVALID_ARGUMENT`, naming it.
@@ -198,8 +243,15 @@ pub fn allocate_container(
     inventory: &Inventory,
     settings: &Settings,
 ) -> Result<dp::ContainerAllocateResponse, Status> {
+    if ids.is_empty() {
+        return Err(Status::invalid_argument("a container asks for no device"));
+    }
+    let mut seen = BTreeSet::new();
     let mut gpus = BTreeSet::new();
     for id in ids {
+        if !seen.insert(id.as_str()) {
+            return Err(Status::invalid_argument(format!("device {:?} is asked for twice", shorten(id))));
+        }
         let known =
             id.parse::<ShareId>().ok().filter(|s| s.share < settings.shares_per_gpu).and_then(|s| inventory.gpu(s.gpu));
         match known {
@@ -208,8 +260,10 @@ pub fn allocate_container(
             }
             None => {
                 return Err(Status::invalid_argument(format!(
-                    "unknown device {id:?}: not one of this node's {} devices (gpu<INDEX>-<K>, K below {})",
-                    settings.resource, settings.shares_per_gpu
+                    "unknown device {:?}: not one of this node's {} devices (gpu<INDEX>-<K>, K below {})",
+                    shorten(id),
+                    settings.resource,
+                    settings.shares_per_gpu
                 )));
             }
         }
@@ -267,12 +321,27 @@ pub struct Plugin {
     inventory: watch::Receiver<Inventory>,
     /// Becomes true when the plugin stops: open ListAndWatch streams end.
     stopping: watch::Receiver<bool>,
+    /// ListAndWatch streams open now.
+    streams: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The most ListAndWatch streams open at once: the kubelet keeps one; past this a caller gets
+/// RESOURCE_EXHAUSTED (each stream may hold a device list its reader has not taken).
+pub const MAX_STREAMS: usize = 16;
+
+/// A stream's place among [`MAX_STREAMS`], given back when its task ends.
+struct StreamSlot(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl Plugin {
     /// A plugin answering from `inventory` until `stopping` turns true.
     pub fn new(settings: Settings, inventory: watch::Receiver<Inventory>, stopping: watch::Receiver<bool>) -> Plugin {
-        Plugin { settings, inventory, stopping }
+        Plugin { settings, inventory, stopping, streams: Default::default() }
     }
 }
 
@@ -290,21 +359,46 @@ impl dp::device_plugin_server::DevicePlugin for Plugin {
     type ListAndWatchStream = DeviceStream;
 
     async fn list_and_watch(&self, _: Request<dp::Empty>) -> Result<Response<Self::ListAndWatchStream>, Status> {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        // One slot: a stream its reader does not drain holds at most one list (and the one
+        // waiting to go), not a queue of them; a reader that catches up gets the latest.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        use std::sync::atomic::Ordering;
+        if self.streams.fetch_add(1, Ordering::AcqRel) >= MAX_STREAMS {
+            self.streams.fetch_sub(1, Ordering::AcqRel);
+            return Err(Status::resource_exhausted(format!(
+                "at most {MAX_STREAMS} ListAndWatch streams at once (the kubelet keeps one)"
+            )));
+        }
+        let slot = StreamSlot(self.streams.clone());
         let mut inventory = self.inventory.clone();
         let mut stopping = self.stopping.clone();
         let shares = self.settings.shares_per_gpu;
         tokio::spawn(async move {
-            let mut last: Option<Vec<dp::Device>> = None;
+            let _slot = slot;
+            // What was sent last, as a digest: a stalled stream holds no second copy of a list.
+            let mut last: Option<u64> = None;
             loop {
+                // Wait for room first, then build the list from the inventory as it is now.
+                let permit = tokio::select! {
+                    p = tx.reserve() => match p { Ok(p) => p, Err(_) => return },
+                    _ = stopping.wait_for(|s| *s) => return,
+                };
                 let devices = inventory.borrow_and_update().devices(shares);
-                if last.as_ref() != Some(&devices) {
+                let digest = {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    for d in &devices {
+                        (&d.id, &d.health).hash(&mut h);
+                    }
+                    h.finish()
+                };
+                if last != Some(digest) {
                     let healthy = devices.iter().filter(|d| d.health == dp::HEALTHY).count();
                     tracing::info!(devices = devices.len(), healthy, "ListAndWatch: sending the device list");
-                    if tx.send(Ok(dp::ListAndWatchResponse { devices: devices.clone() })).await.is_err() {
-                        return;
-                    }
-                    last = Some(devices);
+                    permit.send(Ok(dp::ListAndWatchResponse { devices }));
+                    last = Some(digest);
+                } else {
+                    drop(permit);
                 }
                 tokio::select! {
                     changed = inventory.changed() => if changed.is_err() { return },
@@ -340,8 +434,9 @@ impl dp::device_plugin_server::DevicePlugin for Plugin {
         let mut container_responses = Vec::new();
         for c in &request.get_ref().container_requests {
             let r = allocate_container(&c.devices_ids, &inventory, &self.settings)
-                .inspect_err(|e| tracing::warn!("Allocate {:?}: {}", c.devices_ids, e.message()))?;
-            tracing::info!(devices = ?c.devices_ids, device_nodes = r.devices.len(), "Allocate");
+                .inspect_err(|e| tracing::warn!(devices = c.devices_ids.len(), "Allocate refused: {}", e.message()))?;
+            let shown: Vec<String> = c.devices_ids.iter().take(16).map(|i| shorten(i)).collect();
+            tracing::info!(devices = c.devices_ids.len(), first = ?shown, device_nodes = r.devices.len(), "Allocate");
             container_responses.push(r);
         }
         Ok(Response::new(dp::AllocateResponse { container_responses }))
@@ -462,9 +557,16 @@ pub async fn run(
     let own = settings.kubelet_dir.join(&settings.socket_name);
     tokio::pin!(stop);
     loop {
-        // Bind: a stale socket of an earlier run is replaced.
+        // Bind: a stale socket of an earlier run is replaced, but never one a process still
+        // listens on (another plugin with the same --socket-name, say).
         match std::fs::symlink_metadata(&own) {
             Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+                if std::os::unix::net::UnixStream::connect(&own).is_ok() {
+                    break Err(format!(
+                        "{}: another process listens on it (another device plugin with this --socket-name?)",
+                        own.display()
+                    ));
+                }
                 let _ = std::fs::remove_file(&own);
             }
             Ok(_) => break Err(format!("{}: exists and is not a socket", own.display())),
@@ -514,7 +616,11 @@ pub async fn run(
                     if tokio::time::Instant::now() < next_try {
                         continue;
                     }
-                    match register(&kubelet_sock, &settings).await {
+                    let attempt = tokio::select! {
+                        () = &mut stop => { stopped = true; break; }
+                        r = register(&kubelet_sock, &settings) => r,
+                    };
+                    match attempt {
                         Ok(()) => {
                             tracing::info!(resource = %settings.resource, endpoint = %settings.socket_name, "registered with the kubelet");
                             registered_with = Some(now);
@@ -544,12 +650,26 @@ pub async fn run(
     }
 }
 
+/// An error and its sources, each once (a transport error says little without its cause).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s = format!("{s}: {text}");
+        }
+        cur = inner.source();
+    }
+    s
+}
+
 /// One `Register` call on the kubelet's socket, bounded by 10 s.
 async fn register(kubelet_sock: &Path, settings: &Settings) -> Result<(), String> {
     let uri = format!("unix:{}", kubelet_sock.to_str().ok_or("the kubelet's socket path is not UTF-8")?);
     let endpoint = tonic::transport::Endpoint::from_shared(uri).map_err(|e| e.to_string())?;
     let call = async {
-        let channel = endpoint.connect().await.map_err(|e| format!("cannot connect: {e}"))?;
+        let channel = endpoint.connect().await.map_err(|e| format!("cannot connect: {}", error_chain(&e)))?;
         dp::registration_client::RegistrationClient::new(channel)
             .register(dp::RegisterRequest {
                 version: dp::VERSION.into(),
@@ -571,6 +691,31 @@ mod tests {
 
     fn ids(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn resource_names_are_checked_as_kubernetes_does() {
+        for ok in ["acb.io/gpu", "example.com/gpu-share", "a.b/x_y.z"] {
+            assert_eq!(check_resource_name(ok), Ok(()), "{ok}");
+        }
+        for bad in
+            ["gpu", "/", "a/", "/gpu", "acb.io/g/pu", "acb.io/g pu", "kubernetes.io/gpu", "-acb.io/gpu", "ACB.io/gpu"]
+        {
+            assert!(check_resource_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_container_asks_for_devices_each_once_and_long_ids_are_cut() {
+        let dev = std::env::temp_dir();
+        let s = settings("unix:/run/acb/assigner.sock", &dev);
+        let e = allocate_container(&[], &inv(true), &s).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let e = allocate_container(&ids(&["gpu0-0", "gpu0-0"]), &inv(true), &s).unwrap_err();
+        assert!(e.message().contains("twice"), "{}", e.message());
+        let huge = "x".repeat(300_000);
+        let e = allocate_container(&[huge], &inv(true), &s).unwrap_err();
+        assert!(e.message().len() < 400 && e.message().contains("(300000 bytes)"), "{}", e.message());
     }
 
     #[test]

@@ -114,11 +114,17 @@ fi
 if "$helm" template acb "$chart" --set tls.enabled=true >/dev/null 2>&1; then
     fail "tls.enabled without tls.secretName rendered"
 fi
+for bad in devicePlugin.resource=kubernetes.io/gpu devicePlugin.resource=-acb.io/gpu \
+    executor.socketGroup=99999999999 fullnameOverride=ACB_Bad "metrics.enabled=true,metrics.port=7878"; do
+    if "$helm" template acb "$chart" --set "$bad" >/dev/null 2>&1; then
+        fail "--set $bad rendered"
+    fi
+done
 sed 's/^\( *\)imagePullPolicy: IfNotPresent$/&\n\1imagePulPolicy: IfNotPresent/' "$out/default.yaml" >"$out/broken.yaml"
 if "$kv" --strict --quiet -k 1.30.0 "$out/broken.yaml" >/dev/null 2>&1; then
     fail "kubernetes-validate --strict took an unknown field"
 fi
-echo "ok: a misspelled value, a missing Secret name and an unknown field are refused"
+echo "ok: a misspelled value, a missing Secret name, bad names, ids and ports, and an unknown field are refused"
 
 # deploy/kubernetes/acb.yaml: the default values, the cluster token from a Secret you create.
 {

@@ -56,10 +56,13 @@ pub(super) async fn run(args: DevicePluginArgs) -> Result<(), CliError> {
     {
         return Err(CliError::usage(format!("--socket-name {name:?}: a file name in --kubelet-dir, not kubelet.sock")));
     }
-    if args.resource.is_empty() || !args.resource.contains('/') {
+    if let Err(why) = k8s::check_resource_name(&args.resource) {
+        return Err(CliError::usage(format!("--resource {:?}: {why}", args.resource)));
+    }
+    if !args.socket_dir_in_container.is_absolute() {
         return Err(CliError::usage(format!(
-            "--resource {:?}: an extended resource is DOMAIN/NAME, e.g. acb.io/gpu",
-            args.resource
+            "--socket-dir-in-container {}: give an absolute path in the container",
+            args.socket_dir_in_container.display()
         )));
     }
     if !args.kubelet_dir.is_dir() {
