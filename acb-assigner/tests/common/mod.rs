@@ -59,7 +59,8 @@ pub fn setpriv_other() -> Command {
 
 /// The daemon binary as a path another local user (uid 65534, played with `setpriv`) may run.
 /// `BIN` itself when every directory above it lets others through; otherwise (a checkout under
-/// `/root`, mode 0700) a copy in a 0755 temporary directory, removed with the returned guard.
+/// `/root`, mode 0700) a copy in a 0755 temporary directory, removed with the returned guard,
+/// with a copy of this build's libacb.so beside it (where `demo-job` looks for it).
 pub fn bin_for_others() -> (PathBuf, Option<TempDir>) {
     use std::os::unix::fs::PermissionsExt;
     let bin = PathBuf::from(BIN);
@@ -73,6 +74,13 @@ pub fn bin_for_others() -> (PathBuf, Option<TempDir>) {
     let copy = dir.0.join("acb-assigner");
     std::fs::copy(&bin, &copy).unwrap();
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let profile = bin.parent().unwrap();
+    // deps/ first: where `cargo test` leaves this build's (the one beside BIN may be older).
+    if let Some(lib) = [profile.join("deps/libacb.so"), profile.join("libacb.so")].into_iter().find(|p| p.is_file()) {
+        let to = dir.0.join("libacb.so");
+        std::fs::copy(lib, &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     (copy, Some(dir))
 }
 
