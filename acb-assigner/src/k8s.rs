@@ -650,26 +650,15 @@ pub async fn run(
     }
 }
 
-/// An error and its sources, each once (a transport error says little without its cause).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s = format!("{s}: {text}");
-        }
-        cur = inner.source();
-    }
-    s
-}
-
 /// One `Register` call on the kubelet's socket, bounded by 10 s.
 async fn register(kubelet_sock: &Path, settings: &Settings) -> Result<(), String> {
     let uri = format!("unix:{}", kubelet_sock.to_str().ok_or("the kubelet's socket path is not UTF-8")?);
     let endpoint = tonic::transport::Endpoint::from_shared(uri).map_err(|e| e.to_string())?;
     let call = async {
-        let channel = endpoint.connect().await.map_err(|e| format!("cannot connect: {}", error_chain(&e)))?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect: {}", acb_client::connection::source_chain(&e)))?;
         dp::registration_client::RegistrationClient::new(channel)
             .register(dp::RegisterRequest {
                 version: dp::VERSION.into(),

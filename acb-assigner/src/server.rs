@@ -118,21 +118,6 @@ pub fn check_exposure(listen: &[Address], token: bool, tls: bool, insecure: bool
 /// client whose host vanished loses its session (and so its leases) within about 30 s.
 pub const HTTP2_KEEPALIVE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(20));
 
-/// The error and its sources, each said once.
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = inner.source();
-    }
-    s
-}
-
 /// Runs the assigner until `stop` resolves (SIGTERM/SIGINT in the binary), then stops
 /// accepting, tells connected clients, drains and returns.
 pub async fn serve(cfg: ServeConfig, stop: impl std::future::Future<Output = ()>) -> Result<(), Error> {
@@ -308,7 +293,9 @@ pub async fn serve_activated(
         }
         let mut builder = builder.layer(crate::deadline::DeadlineLayer);
         if let (Address::Tcp(_), Some(tls)) = (addr, &tls) {
-            builder = builder.tls_config(tls.clone()).map_err(|e| Error::Tls(format!("TLS: {}", source_chain(&e))))?;
+            builder = builder
+                .tls_config(tls.clone())
+                .map_err(|e| Error::Tls(format!("TLS: {}", acb_client::connection::source_chain(&e))))?;
         }
         let auth = auth.clone().daemons_only(matches!(addr, Address::Tcp(_)));
         let router = match &assigner {

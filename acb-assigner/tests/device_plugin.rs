@@ -8,111 +8,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use acb_assigner::proto;
 use acb_proto::deviceplugin as dp;
 use common::cluster::{CLUSTER_TOKEN, Cluster};
+use common::kubelet::{TestKubelet, bounded};
 use common::{BIN, Daemon, TempDir, wait_exit};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status};
-
-/// `fut`, or a panic naming `what` after `secs`: nothing here may hang.
-async fn bounded<T>(secs: u64, what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: nothing within {secs} s"),
-    }
-}
-
-/// The test kubelet's Registration service: hands each request to the test.
-struct Registration(mpsc::UnboundedSender<dp::RegisterRequest>);
-
-#[tonic::async_trait]
-impl dp::registration_server::Registration for Registration {
-    async fn register(&self, r: Request<dp::RegisterRequest>) -> Result<Response<dp::Empty>, Status> {
-        let r = r.into_inner();
-        if r.version != dp::VERSION {
-            return Err(Status::invalid_argument(format!("unsupported version {:?}", r.version)));
-        }
-        let _ = self.0.send(r);
-        Ok(Response::new(dp::Empty {}))
-    }
-}
-
-struct TestKubelet {
-    dir: PathBuf,
-    registrations: mpsc::UnboundedReceiver<dp::RegisterRequest>,
-    tx: mpsc::UnboundedSender<dp::RegisterRequest>,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl TestKubelet {
-    fn start(dir: &Path) -> TestKubelet {
-        let (tx, registrations) = mpsc::unbounded_channel();
-        let mut k = TestKubelet { dir: dir.to_owned(), registrations, tx, stop: None, server: None };
-        k.serve();
-        k
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join(dp::KUBELET_SOCKET)
-    }
-
-    fn serve(&mut self) {
-        let listener = tokio::net::UnixListener::bind(self.socket()).unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let service = dp::registration_server::RegistrationServer::new(Registration(self.tx.clone()));
-        self.server = Some(tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        }));
-        self.stop = Some(stop);
-    }
-
-    /// A kubelet restart: its server stops, kubelet.sock goes (and, with `wipe`, every other
-    /// socket in the directory, as the real kubelet's device manager does at start), and a new
-    /// kubelet.sock is served.
-    async fn restart(&mut self, wipe: bool) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.server.take() {
-            bounded(5, "the test kubelet stopping", t).await.unwrap();
-        }
-        std::fs::remove_file(self.socket()).unwrap();
-        if wipe {
-            for e in std::fs::read_dir(&self.dir).unwrap() {
-                let _ = std::fs::remove_file(e.unwrap().path());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        self.serve();
-    }
-
-    async fn registration(&mut self, secs: u64) -> dp::RegisterRequest {
-        bounded(secs, "a registration", self.registrations.recv()).await.unwrap()
-    }
-
-    /// Connects to the plugin's endpoint, as the kubelet does after a registration.
-    async fn plugin(&self, endpoint: &str) -> dp::device_plugin_client::DevicePluginClient<tonic::transport::Channel> {
-        let uri = format!("unix:{}", self.dir.join(endpoint).display());
-        let channel =
-            bounded(5, "connecting to the plugin", tonic::transport::Endpoint::from_shared(uri).unwrap().connect())
-                .await
-                .unwrap();
-        dp::device_plugin_client::DevicePluginClient::new(channel)
-    }
-}
+use tonic::{Code, Request};
 
 /// The plugin as a real process; killed on drop.
 struct PluginProcess(Child);

@@ -19,64 +19,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use acb_proto::deviceplugin as dp;
+use common::kubelet::{PluginClient, TestKubelet as Kubelet, bounded, connect};
 use common::{BIN, Daemon, TempDir, wait_exit};
-use tokio::sync::{mpsc, oneshot};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Response, Status};
 
-type PluginClient = dp::device_plugin_client::DevicePluginClient<tonic::transport::Channel>;
 type Devices = tonic::Streaming<dp::ListAndWatchResponse>;
-
-async fn bounded<T>(secs: u64, what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: nothing within {secs} s"),
-    }
-}
-
-struct Registration(mpsc::UnboundedSender<dp::RegisterRequest>);
-
-#[tonic::async_trait]
-impl dp::registration_server::Registration for Registration {
-    async fn register(&self, r: Request<dp::RegisterRequest>) -> Result<Response<dp::Empty>, Status> {
-        let _ = self.0.send(r.into_inner());
-        Ok(Response::new(dp::Empty {}))
-    }
-}
-
-/// A test kubelet on `dir/kubelet.sock`; stops on drop.
-struct Kubelet {
-    registrations: mpsc::UnboundedReceiver<dp::RegisterRequest>,
-    _stop: oneshot::Sender<()>,
-}
-
-impl Kubelet {
-    fn start(dir: &Path) -> Kubelet {
-        let (tx, registrations) = mpsc::unbounded_channel();
-        let listener = tokio::net::UnixListener::bind(dir.join(dp::KUBELET_SOCKET)).unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(dp::registration_server::RegistrationServer::new(Registration(tx)))
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                }),
-        );
-        Kubelet { registrations, _stop: stop }
-    }
-
-    async fn registration(&mut self, secs: u64) -> dp::RegisterRequest {
-        bounded(secs, "a registration", self.registrations.recv()).await.unwrap()
-    }
-}
-
-async fn connect(dir: &Path, endpoint: &str) -> PluginClient {
-    let uri = format!("unix:{}", dir.join(endpoint).display());
-    let channel =
-        bounded(5, "connecting to the plugin", tonic::transport::Endpoint::from_shared(uri).unwrap().connect())
-            .await
-            .unwrap();
-    dp::device_plugin_client::DevicePluginClient::new(channel).max_decoding_message_size(64 << 20)
-}
 
 /// The plugin as a real process; killed on drop.
 struct Plugin(Child);

@@ -145,7 +145,7 @@ fn with_tls(_: Endpoint, _: &crate::tls::TlsEnv, _: &str) -> Result<Endpoint, Er
 
 /// The error and its sources, each said once (layers of tonic and hyper often repeat the message
 /// of the error they wrap).
-fn source_chain(e: &dyn std::error::Error) -> String {
+pub fn source_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {

@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod cluster;
+pub mod kubelet;
 pub mod slurm;
 
 use std::io::{BufRead, BufReader};
