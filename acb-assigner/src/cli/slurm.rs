@@ -16,7 +16,7 @@
 //! logs. The token goes to the executors in their step's environment, never on a command line.
 
 use std::net::{IpAddr, ToSocketAddrs};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -289,14 +289,8 @@ async fn bring_up(args: UpArgs) -> Result<(), CliError> {
         r => r.clone(),
     };
     let log_path = dir.join("acb.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&log_path)
-        .map_err(|e| CliError::failed(format!("{}: {e}", log_path.display())))?;
-    let exe = std::env::current_exe().map_err(|e| CliError::failed(format!("cannot find this program: {e}")))?;
-    let mut cmd = std::process::Command::new(&exe);
+    let (log_out, log_err) = output_to(&log_path)?;
+    let mut cmd = std::process::Command::new(this_program()?);
     cmd.args(["slurm", "supervise", "--dir"])
         .arg(&dir)
         .args(["--scheduler", &args.scheduler.to_string(), "--port", &args.port.to_string()])
@@ -304,8 +298,8 @@ async fn bring_up(args: UpArgs) -> Result<(), CliError> {
         .args(["--heartbeat", &format!("{}ms", args.heartbeat.as_millis())])
         .args(["--watch-pid", &watch.to_string()])
         .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(CliError::failed)?)
-        .stderr(log);
+        .stdout(log_out)
+        .stderr(log_err);
     if let Some(q) = args.quantum {
         cmd.args(["--quantum", &format!("{}ms", q.as_millis())]);
     }
@@ -364,11 +358,8 @@ async fn bring_up(args: UpArgs) -> Result<(), CliError> {
 /// the job, and `DIR/controller.sock`.
 fn check_socket_room(dir: &Path) -> Result<(), CliError> {
     const SUN_PATH_MAX: usize = 107;
-    let nodes = var("SLURM_JOB_NODELIST")
-        .or_else(|| var("SLURM_NODELIST"))
-        .and_then(|l| crate::hostlist::expand(&l).ok())
-        .unwrap_or_default();
-    let longest = nodes.iter().map(|n| n.len() + ".sock".len()).chain(["controller.sock".len()]).max().unwrap_or(0);
+    let longest =
+        job_nodes().iter().map(|n| n.len() + ".sock".len()).chain(["controller.sock".len()]).max().unwrap_or(0);
     let need = dir.as_os_str().len() + 1 + longest;
     if need > SUN_PATH_MAX {
         return Err(CliError::usage(format!(
@@ -481,6 +472,18 @@ fn random_token() -> Result<String, CliError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| CliError::failed(format!("no randomness for the cluster token: {e}")))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// This program's path, for the processes it starts (the same binary on every node).
+fn this_program() -> Result<PathBuf, CliError> {
+    std::env::current_exe().map_err(|e| CliError::failed(format!("cannot find this program: {e}")))
+}
+
+/// The file a child's stdout and stderr both append to.
+fn output_to(path: &Path) -> Result<(std::fs::File, std::fs::File), CliError> {
+    let out = log_file(path)?;
+    let err = out.try_clone().map_err(|e| CliError::failed(format!("{}: {e}", path.display())))?;
+    Ok((out, err))
 }
 
 fn log_file(path: &Path) -> Result<std::fs::File, CliError> {
@@ -610,8 +613,9 @@ async fn start(args: &UpArgs, dir: &Path, parts: &mut Parts) -> Result<String, C
     }
     let cluster_file = dir.join("cluster.toml");
     write_private(&cluster_file, &cluster)?;
-    let exe = std::env::current_exe().map_err(|e| CliError::failed(format!("cannot find this program: {e}")))?;
+    let exe = this_program()?;
     let controller_sock = dir.join("controller.sock");
+    let (ctl_out, ctl_err) = output_to(&dir.join("controller.log"))?;
     let mut ctl = Command::new(&exe);
     ctl.args(["serve", "--role", "controller", "--gpus", "none", "--state-dir", "none"])
         .args(["--listen", &controller_tcp.to_string()])
@@ -621,8 +625,8 @@ async fn start(args: &UpArgs, dir: &Path, parts: &mut Parts) -> Result<String, C
         .arg(&cluster_file)
         .args(["--node-name", CONTROLLER_NODE, "--scheduler", &args.scheduler.to_string()])
         .stdin(Stdio::null())
-        .stdout(log_file(&dir.join("controller.log"))?)
-        .stderr(log_file(&dir.join("controller.log"))?)
+        .stdout(ctl_out)
+        .stderr(ctl_err)
         .env_remove(TOKEN_VAR)
         .kill_on_drop(true);
     if let Some(q) = args.quantum {
@@ -634,6 +638,7 @@ async fn start(args: &UpArgs, dir: &Path, parts: &mut Parts) -> Result<String, C
     }
     parts.controller = Some(ctl.spawn().map_err(|e| CliError::failed(format!("cannot start the controller: {e}")))?);
     let n = nodes.len().to_string();
+    let (exe_out, exe_err) = output_to(&dir.join("executors.log"))?;
     let mut srun = Command::new("srun");
     srun.args(["--overlap", "--nodes", &n, "--ntasks", &n, "--ntasks-per-node", "1", "--kill-on-bad-exit=0"])
         .args(["--export=ALL", "--job-name", "acb-executors", "--label"])
@@ -644,8 +649,8 @@ async fn start(args: &UpArgs, dir: &Path, parts: &mut Parts) -> Result<String, C
         .args(["--heartbeat", &format!("{}ms", args.heartbeat.as_millis())])
         .env(TOKEN_VAR, &token)
         .stdin(Stdio::null())
-        .stdout(log_file(&dir.join("executors.log"))?)
-        .stderr(log_file(&dir.join("executors.log"))?)
+        .stdout(exe_out)
+        .stderr(exe_err)
         .kill_on_drop(true);
     parts.executors = Some(srun.spawn().map_err(|e| CliError::failed(format!("cannot run srun: {e}")))?);
     let deadline = Instant::now() + args.timeout;
@@ -771,8 +776,7 @@ async fn executor(args: ExecutorArgs) -> Result<(), CliError> {
     make_dir(&args.dir)?;
     let token_file = args.dir.join(format!("cluster-{node}.token"));
     write_private(&token_file, &format!("{}\n", token.trim()))?;
-    let _ = std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600));
-    let exe = std::env::current_exe().map_err(|e| CliError::failed(format!("cannot find this program: {e}")))?;
+    let exe = this_program()?;
     let socket = args.dir.join(format!("{node}.sock"));
     let mut serve = Command::new(exe);
     serve
