@@ -440,11 +440,11 @@ async fn a_second_plugin_on_the_same_socket_does_not_start_a_war() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_while_a_mute_kubelet_holds_the_registration_exits_promptly() {
+async fn sigterm_during_a_hung_registration_exits_within_2_s() {
     let kdir = TempDir::new("k8sh-mute-kubelet");
     // A "kubelet" that accepts connections and never answers.
     let listener = std::os::unix::net::UnixListener::bind(kdir.0.join(dp::KUBELET_SOCKET)).unwrap();
-    let held = std::thread::spawn(move || {
+    let _held = std::thread::spawn(move || {
         let mut conns = Vec::new();
         listener.set_nonblocking(true).unwrap();
         let end = Instant::now() + Duration::from_secs(25);
@@ -461,35 +461,8 @@ async fn sigterm_while_a_mute_kubelet_holds_the_registration_exits_promptly() {
     let t = Instant::now();
     plugin.signal(libc::SIGTERM);
     let status = tokio::task::block_in_place(|| wait_exit(&mut plugin.0, Duration::from_secs(15)));
-    let took = t.elapsed();
     assert!(status.success(), "{status:?}");
     assert!(!kdir.0.join("acb.sock").exists(), "the socket was left behind");
-    eprintln!("exit after SIGTERM during a hung registration: {took:?}");
-    assert!(took < Duration::from_secs(12), "{took:?}: the Register call is bounded by 10 s");
-    drop(held);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_during_a_hung_registration_exits_within_2_s() {
-    let kdir = TempDir::new("k8sh-mute-kubelet2");
-    let listener = std::os::unix::net::UnixListener::bind(kdir.0.join(dp::KUBELET_SOCKET)).unwrap();
-    let _held = std::thread::spawn(move || {
-        let mut conns = Vec::new();
-        listener.set_nonblocking(true).unwrap();
-        let end = Instant::now() + Duration::from_secs(25);
-        while Instant::now() < end {
-            if let Ok((c, _)) = listener.accept() {
-                conns.push(c);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    });
-    let mut plugin = Plugin::start("unix:/nonexistent/a.sock", &kdir.0, &[]);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let t = Instant::now();
-    plugin.signal(libc::SIGTERM);
-    let status = tokio::task::block_in_place(|| wait_exit(&mut plugin.0, Duration::from_secs(15)));
-    assert!(status.success(), "{status:?}");
     assert!(t.elapsed() < Duration::from_secs(2), "exit took {:?}", t.elapsed());
 }
 
