@@ -96,14 +96,19 @@ impl Inventory {
         Inventory { gpus, reachable: true }
     }
 
+    /// Each GPU's index and whether its devices are healthy: all [`Inventory::devices`] shows.
+    pub fn shown(&self) -> Vec<(u32, bool)> {
+        self.gpus.iter().map(|g| (g.index, self.reachable && g.healthy)).collect()
+    }
+
     /// The devices to advertise: `shares` per GPU.
     pub fn devices(&self, shares: u32) -> Vec<dp::Device> {
         let mut out = Vec::with_capacity(self.gpus.len() * shares as usize);
-        for g in &self.gpus {
-            let health = if self.reachable && g.healthy { dp::HEALTHY } else { dp::UNHEALTHY };
+        for (index, healthy) in self.shown() {
+            let health = if healthy { dp::HEALTHY } else { dp::UNHEALTHY };
             for k in 0..shares {
                 out.push(dp::Device {
-                    id: ShareId { gpu: g.index, share: k }.to_string(),
+                    id: ShareId { gpu: index, share: k }.to_string(),
                     health: health.into(),
                     topology: None,
                 });
@@ -375,28 +380,24 @@ impl dp::device_plugin_server::DevicePlugin for Plugin {
         let shares = self.settings.shares_per_gpu;
         tokio::spawn(async move {
             let _slot = slot;
-            // What was sent last, as a digest: a stalled stream holds no second copy of a list.
-            let mut last: Option<u64> = None;
+            // What was sent last, as what decides the list (each GPU's index and health): a
+            // stalled stream holds no second copy of a list.
+            let mut last: Option<Vec<(u32, bool)>> = None;
             loop {
                 // Wait for room first, then build the list from the inventory as it is now.
                 let permit = tokio::select! {
                     p = tx.reserve() => match p { Ok(p) => p, Err(_) => return },
                     _ = stopping.wait_for(|s| *s) => return,
                 };
-                let devices = inventory.borrow_and_update().devices(shares);
-                let digest = {
-                    use std::hash::{Hash, Hasher};
-                    let mut h = std::collections::hash_map::DefaultHasher::new();
-                    for d in &devices {
-                        (&d.id, &d.health).hash(&mut h);
-                    }
-                    h.finish()
+                let (devices, shown) = {
+                    let inv = inventory.borrow_and_update();
+                    (inv.devices(shares), inv.shown())
                 };
-                if last != Some(digest) {
+                if last.as_ref() != Some(&shown) {
                     let healthy = devices.iter().filter(|d| d.health == dp::HEALTHY).count();
                     tracing::info!(devices = devices.len(), healthy, "ListAndWatch: sending the device list");
                     permit.send(Ok(dp::ListAndWatchResponse { devices }));
-                    last = Some(digest);
+                    last = Some(shown);
                 } else {
                     drop(permit);
                 }
