@@ -140,11 +140,6 @@ fn default_dir(job: &str) -> PathBuf {
     base.unwrap_or_else(|| PathBuf::from("/tmp")).join(format!("acb-slurm-{job}"))
 }
 
-/// This node's name as Slurm knows it.
-fn this_node() -> String {
-    var("SLURMD_NODENAME").unwrap_or_else(acb_proto::address::node_name)
-}
-
 /// Makes `dir` (0700) or checks that an existing one is a directory of this user's that no one
 /// else may write (its sockets and token live there).
 fn make_dir(dir: &Path) -> Result<(), CliError> {
@@ -585,7 +580,7 @@ async fn start(args: &UpArgs, dir: &Path, parts: &mut Parts) -> Result<String, C
         .or_else(|| var("SLURM_NODELIST"))
         .ok_or_else(|| CliError::usage("SLURM_JOB_NODELIST is unset: not inside a Slurm allocation"))?;
     let nodes = crate::hostlist::expand(&list).map_err(|e| CliError::failed(format!("SLURM_JOB_NODELIST: {e}")))?;
-    let here = this_node();
+    let here = acb_proto::address::node_name();
     let ip = match args.address {
         Some(ip) => ip,
         None => node_address(&here)?,
@@ -772,7 +767,8 @@ async fn executor(args: ExecutorArgs) -> Result<(), CliError> {
         .ok()
         .filter(|t| !t.trim().is_empty())
         .ok_or_else(|| CliError::usage(format!("{TOKEN_VAR} is unset (this command is started by `slurm up`)")))?;
-    let node = this_node();
+    // The name clients' `%N` stands for (SLURMD_NODENAME): the socket must be where they look.
+    let node = acb_proto::address::node_name();
     make_dir(&args.dir)?;
     let token_file = args.dir.join(format!("cluster-{node}.token"));
     write_private(&token_file, &format!("{}\n", token.trim()))?;
