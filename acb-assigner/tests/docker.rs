@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::BIN;
+use common::{BIN, terminate};
 
 const PROJECT_UID: &str = "10001";
 
@@ -168,20 +168,13 @@ impl Drop for Docker {
         if self.compose_up {
             let _ = self.compose(60).args(["down", "-v", "--timeout", "15"]).output();
         }
-        let pid = i32::try_from(self.daemon.id()).unwrap();
         // dockerd stops its containers and its containerd on SIGTERM.
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
         let t = Instant::now();
-        while self.daemon.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(30) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let graceful = terminate(&mut self.daemon, Duration::from_secs(30));
         if t.elapsed() > Duration::from_secs(5) {
             eprintln!("dockerd took {:.1} s to stop; its log ends:\n{}", t.elapsed().as_secs_f64(), self.log());
         }
-        if self.daemon.try_wait().ok().flatten().is_none() {
-            let _ = self.daemon.kill();
-            let _ = self.daemon.wait();
+        if !graceful {
             // Its containerd, which SIGKILL left behind.
             if let Some(pid) = std::fs::read_to_string(self.dir.join("x/containerd/containerd.pid"))
                 .ok()

@@ -201,6 +201,26 @@ impl Drop for Daemon {
     }
 }
 
+/// SIGTERM, up to `grace` to exit, then SIGKILL; reaps it. Whether it ended on the SIGTERM
+/// (or had ended already).
+pub fn terminate(child: &mut Child, grace: Duration) -> bool {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return true;
+    }
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
 /// Waits for `child` to exit within `timeout`; returns its status.
 pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     let deadline = std::time::Instant::now() + timeout;

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{TempDir, bin_for_others, free_port};
+use crate::common::{TempDir, bin_for_others, free_port, terminate};
 
 /// What a lab has.
 #[derive(Clone, Debug)]
@@ -524,24 +524,6 @@ impl SlurmLab {
     }
 }
 
-/// SIGTERM, up to `grace` to exit, then SIGKILL; reaps it.
-fn stop(child: &mut Child, grace: Duration) {
-    if matches!(child.try_wait(), Ok(Some(_))) {
-        return;
-    }
-    // SAFETY: kill(2) on our own child, not yet reaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 impl Drop for SlurmLab {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -562,7 +544,7 @@ impl Drop for SlurmLab {
         }
         // slurmds, slurmctld, munged: the reverse of their start.
         while let Some(mut p) = self.procs.pop() {
-            stop(&mut p.child, Duration::from_secs(5));
+            terminate(&mut p.child, Duration::from_secs(5));
         }
         let strays = self.stray_pids();
         if !strays.is_empty() {
