@@ -577,14 +577,28 @@ async fn awake(
             };
             if drained {
                 if *shutdown.borrow() {
+                    if backend.pid().is_none()
+                        && let Err(e) = backend.sleep().await
+                    {
+                        // A server the router did not start is left as it found it: asleep.
+                        tracing::warn!(model = %model.name, error = %e, "sleep failed at shutdown");
+                    }
                     backend.stop().await;
                     return Ended::Shutdown;
                 }
                 if let Err(e) = backend.sleep().await {
-                    // A server that cannot sleep cannot keep its GPU memory either: stop it so
-                    // the lease can go back honestly.
-                    tracing::warn!(model = %model.name, error = %e, "sleep failed; stopping the server");
-                    backend.stop().await;
+                    if backend.pid().is_some() {
+                        // A server that cannot sleep cannot keep its GPU memory either: stop it
+                        // so the lease goes back with the GPU free.
+                        tracing::warn!(model = %model.name, error = %e, "sleep failed; stopping the server");
+                        backend.stop().await;
+                    } else {
+                        tracing::error!(
+                            model = %model.name, error = %e,
+                            "sleep failed, and the router did not start this server so cannot stop it: the lease \
+                             goes back, but its GPU memory may still be in use"
+                        );
+                    }
                 }
                 return Ended::Slept;
             }
