@@ -141,6 +141,32 @@ typedef struct acb_lease acb_lease;
 typedef struct acb_request acb_request;
 
 /*
+ Automatic mode's counters.
+ */
+typedef struct {
+  /*
+   GPU phases begun by a gated call.
+   */
+  uint64_t phases;
+  /*
+   Phases ended by the idle thread (or `acb_auto_release`).
+   */
+  uint64_t releases;
+  /*
+   Gated calls that have entered the gate.
+   */
+  uint64_t gated_calls;
+  /*
+   Time callers spent blocked waiting for a grant and swap-in, in nanoseconds.
+   */
+  uint64_t blocked_ns;
+  /*
+   Whether automatic mode is on (1) or off (0).
+   */
+  uint32_t active;
+} acb_auto_stats;
+
+/*
  A client's memory figures, in bytes unless said otherwise.
  */
 typedef struct {
@@ -217,6 +243,44 @@ void *acb_allocator_malloc_or_abort(ptrdiff_t size, int32_t device, void *stream
  PyTorch's `free_fn`: frees memory from `acb_allocator_malloc` (NULL does nothing).
  */
 void acb_allocator_free(void *ptr, ptrdiff_t size, int32_t device, void *stream);
+
+/*
+ Starts automatic mode in this process (the interposer calls it at its first intercepted
+ call when `ACB_MODE=auto`): makes the process's client from the environment, with CUDA
+ device memory, sets it as the allocator's, and starts the idle thread. Once per process;
+ later calls return what the first did. Where it cannot start (no CUDA driver, a bad setting)
+ it says why once on stderr and gated calls run unbrokered.
+ */
+acb_status acb_auto_start(void);
+
+/*
+ Whether automatic mode is brokering this process's CUDA calls now (started, not given up).
+ */
+bool acb_auto_active(void);
+
+/*
+ Before a gated call: returns at once while the process holds its GPU phase (or automatic
+ mode is off); else blocks until a GPU is granted and the process's memory is back on it.
+ Pair every call with `acb_auto_exit`.
+ */
+void acb_auto_enter(void);
+
+/*
+ After a gated call.
+ */
+void acb_auto_exit(void);
+
+/*
+ Ends the phase now if nothing is in flight (for tests, and programs that know they are done
+ with the GPU for a while): `ACB_STATUS_OK` if it ended, `ACB_STATUS_NOT_ACTIVE` if there was
+ no phase or a call was in flight.
+ */
+acb_status acb_auto_release(void);
+
+/*
+ Writes automatic mode's counters into `*out`.
+ */
+acb_status acb_auto_get_stats(acb_auto_stats *out);
 
 /*
  Makes a client from `config` (copied; free the config whenever you like) into

@@ -74,7 +74,10 @@ impl Client {
             .worker_threads(1)
             .thread_name("acb-client")
             // Its threads write into the assigner's socket, which may be closed under them.
-            .on_thread_start(crate::sigpipe::block_in_this_thread)
+            .on_thread_start(|| {
+                crate::sigpipe::block_in_this_thread();
+                crate::internal::mark_this_thread();
+            })
             .enable_all()
             .build()
             .map_err(|e| Error::Internal(format!("cannot start the client's runtime: {e}")))?;

@@ -25,6 +25,7 @@ mod driver;
 mod error;
 pub mod events;
 pub mod group;
+pub mod internal;
 mod lease;
 mod memory;
 mod profile;

@@ -15,6 +15,7 @@
 mod panic;
 
 pub mod allocator;
+pub mod auto;
 
 pub mod client;
 pub mod config;

@@ -226,6 +226,24 @@ inline bool try_free(void* ptr) {
 }
 }  // namespace allocator
 
+// Automatic mode at the CUDA driver (the interposer, libacb_preload.so, preloaded by
+// `agarun --mode auto`): it starts itself; these are for programs that look at it or know when
+// they are done with the GPU for a while. (acb_auto_enter and acb_auto_exit are the
+// interposer's gate, around each gated driver call: no wrapper.)
+namespace automatic {
+// Starts automatic mode in this process if the interposer has not (false if it cannot: no CUDA
+// driver, a bad setting; it says why on stderr and the program runs unbrokered).
+inline bool start() noexcept { return acb_auto_start() == ACB_STATUS_OK; }
+inline bool active() noexcept { return acb_auto_active(); }
+// Ends the GPU phase now if no gated call is in flight (true if it ended).
+inline bool release() noexcept { return acb_auto_release() == ACB_STATUS_OK; }
+inline acb_auto_stats stats() {
+  acb_auto_stats s{};
+  check(acb_auto_get_stats(&s));
+  return s;
+}
+}  // namespace automatic
+
 // Swappable device memory that frees itself: allocated in the constructor (in a GPU phase),
 // freed in the destructor (in a phase or not). It keeps its address across swaps. It must not
 // outlive its client.

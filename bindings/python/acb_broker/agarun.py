@@ -21,10 +21,12 @@ Under torchrun or in a Slurm step of more than one process, libacb makes each pr
 member of the job's group (granted together) by itself: `agarun -- torchrun ...` needs no flag;
 `--group ''` opts out.
 
-`--mode auto` brokers a PyTorch program with no change to it: when the program imports torch,
-acb.torch.enable_auto() runs (through a sitecustomize agarun puts first on PYTHONPATH), so its
-CUDA memory is libacb's and its CUDA operations are gated; the GPU goes back after `--idle-ms`
-without a CUDA operation (lazily, or at once with `--eager`).
+`--mode auto` brokers any CUDA program with no change to it: agarun preloads libacb_preload.so
+(the CUDA interposer) and libacb, so the program's CUDA memory is libacb's and its kernel
+launches, copies and other GPU work are gated at the driver; the GPU goes back after `--idle-ms`
+without a CUDA call (lazily, or at once with `--eager`). A PyTorch program is then left to the
+interposer; where the interposer is missing, acb.torch.enable_auto() gates it through PyTorch's
+dispatch mode instead (through a sitecustomize agarun puts first on PYTHONPATH).
 """
 import argparse
 import json
@@ -169,6 +171,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.mode == "auto":
         here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_auto")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+        preload = _interposer()
+        if preload is None:
+            print("agarun: --mode auto: libacb_preload.so (the CUDA interposer) was not found beside libacb "
+                  "(or in ACB_PRELOAD_LIBRARY): only PyTorch programs get automatic mode, through "
+                  "PyTorch's dispatch mode", file=sys.stderr)
+        else:
+            # The interposer gates the program's CUDA driver calls; libacb is preloaded with it so
+            # that there is one libacb in the process (the Python package loads the same file).
+            libs = [preload[0], preload[1]]
+            if env.get("LD_PRELOAD"):
+                libs.append(env["LD_PRELOAD"])
+            env["LD_PRELOAD"] = " ".join(libs)
+            env["ACB_LIBRARY"] = preload[1]
     marks = None
     if args.profile:
         out_dir = os.path.dirname(os.path.abspath(args.profile))
@@ -204,6 +219,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         finally:
             os.unlink(marks)
     return code
+
+
+def _interposer() -> Optional[tuple]:
+    """(libacb_preload.so, libacb.so) for `--mode auto`, or None if either is missing."""
+    from acb_broker import _ffi
+
+    try:
+        lib = os.path.abspath(_ffi._find_library())
+    except ImportError:
+        return None
+    env = os.environ.get("ACB_PRELOAD_LIBRARY")
+    candidates = [env] if env else [os.path.join(os.path.dirname(lib), "libacb_preload.so"),
+                                    os.path.join(os.path.dirname(os.path.abspath(__file__)), "libacb_preload.so")]
+    for c in candidates:
+        if c and os.path.exists(c):
+            return (os.path.abspath(c), lib)
+    return None
 
 
 def _write_profile(marks: str, launched: int, exited: int, args: argparse.Namespace) -> None:

@@ -333,6 +333,7 @@ class _GateMode(TorchDispatchMode):
 
 
 _auto = None  # (gate, mode, client, the enabling thread) while auto mode is on
+_interposer_on = False  # auto mode left to libacb_preload.so (the CUDA interposer)
 _warned = False
 
 
@@ -344,7 +345,19 @@ def _warn_once(message: str) -> None:
 
 
 def auto_enabled() -> bool:
-    return _auto is not None
+    return _auto is not None or _interposer_on
+
+
+def _interposer_loaded() -> bool:
+    """Whether libacb_preload.so (the CUDA interposer) is loaded in this process, in automatic
+    mode (`agarun --mode auto` preloads it and sets ACB_MODE=auto)."""
+    if os.environ.get("ACB_MODE") != "auto":
+        return False
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            return any(line.rstrip().endswith("libacb_preload.so") for line in f)
+    except OSError:
+        return False
 
 
 def enable_auto(idle_ms: Optional[int] = None, eager: Optional[bool] = None,
@@ -358,8 +371,8 @@ def enable_auto(idle_ms: Optional[int] = None, eager: Optional[bool] = None,
     ACB_TORCH_DEVICE=cpu is for tests and demos on machines without a GPU: the CPU stands in for
     the granted GPU (operations on CPU tensors are gated; memory is PyTorch's own), and auto
     mode says so: SIMULATED. (Manual mode then yields the CPU device.)"""
-    global _auto
-    if _auto is not None:
+    global _auto, _interposer_on
+    if _auto is not None or _interposer_on:
         return True
     if _device_type is None:
         _device_type = "cpu" if _simulated() else "cuda"
@@ -370,10 +383,17 @@ def enable_auto(idle_ms: Optional[int] = None, eager: Optional[bool] = None,
         idle_ms = _env_int("ACB_IDLE_MS", 200)
     if isinstance(idle_ms, bool) or not isinstance(idle_ms, int) or idle_ms < 0:
         raise ValueError(f"idle_ms is a number of milliseconds (0 or more), not {idle_ms!r}")
+    if _device_type == "cuda" and _interposer_loaded():
+        # libacb_preload.so gates this process's CUDA driver calls and gives it libacb's memory:
+        # nothing for PyTorch's dispatch mode to do (and no per-operation Python cost).
+        _interposer_on = True
+        return True
     if _device_type == "cuda":
         if not torch.cuda.is_available():
             _warn_once("PyTorch sees no CUDA device (no GPU, no driver, or a CPU-only build)")
             return False
+        print("acb auto mode: gating through PyTorch's dispatch mode (the fallback: libacb_preload.so, "
+              "the CUDA interposer, is not loaded; run under `agarun --mode auto` to use it)", file=sys.stderr)
         if torch.cuda.is_initialized():
             raise RuntimeError(
                 "acb.torch.enable_auto() must come before the program's first CUDA use: "
@@ -405,7 +425,8 @@ def disable_auto() -> None:
     """Stops gating and gives the GPU back, from the thread that enabled auto mode (PyTorch's
     dispatch modes are per thread). For tests: PyTorch keeps the allocator it was given, so
     after this, CUDA allocations fail as out of memory (libacb allocates in GPU phases only)."""
-    global _auto
+    global _auto, _interposer_on
+    _interposer_on = False  # the interposer itself gates at the driver for the process's life
     if _auto is None:
         return
     gate, mode, _client, thread = _auto

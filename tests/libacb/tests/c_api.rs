@@ -52,8 +52,8 @@ fn the_cpp_wrapper_works_under_sanitizers() {
 }
 
 /// `acb.hpp` wraps the whole C API: every function `acb.h` declares is called from it, but for
-/// the allocator's entry points, which PyTorch and the cudaMalloc interposer call (acb.hpp names
-/// them in a comment).
+/// the allocator's entry points, which PyTorch and the cudaMalloc interposer call, and the
+/// automatic mode's gate, which the CUDA interposer calls (acb.hpp names them in comments).
 #[test]
 fn the_cpp_wrapper_calls_every_function_of_the_header() {
     let header = std::fs::read_to_string(root().join("include/acb.h")).unwrap();
@@ -65,7 +65,14 @@ fn the_cpp_wrapper_calls_every_function_of_the_header() {
         .filter(|name| name.starts_with("acb_"))
         .collect();
     assert!(declared.len() > 30 && declared.contains(&"acb_config_set_group"), "{declared:?}");
-    let for_pytorch = ["acb_allocator_malloc", "acb_allocator_malloc_or_abort", "acb_allocator_free"];
+    // PyTorch's allocator entry points, and the interposer's gate.
+    let for_pytorch = [
+        "acb_allocator_malloc",
+        "acb_allocator_malloc_or_abort",
+        "acb_allocator_free",
+        "acb_auto_enter",
+        "acb_auto_exit",
+    ];
     let missing: Vec<_> =
         declared.iter().filter(|f| !wrapper.contains(&format!("{f}(")) && !for_pytorch.contains(f)).collect();
     assert!(missing.is_empty(), "acb.hpp does not wrap {missing:?}");
