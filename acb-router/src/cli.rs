@@ -32,8 +32,16 @@ pub struct Args {
     pub log_format: String,
 }
 
+/// The hidden first argument that makes this program a server's guardian (see [`guard`]).
+pub const GUARD_FLAG: &str = "--guard-process-group";
+
 /// Runs the command line; the exit code says how it went.
 pub fn main() -> ExitCode {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == GUARD_FLAG) {
+        let command = argv.get(3..).unwrap_or_default();
+        return guard(command);
+    }
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -106,7 +114,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let names = config.lookup();
     let drain = config.drain_timeout;
     let shared = Arc::new(Shared { config, models: models.clone(), names, http: http.clone(), metrics });
+    // Kept alive to the end: a dropped sender would wake every receiver at once, forever.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
     let mut tasks = tokio::task::JoinSet::new();
     for h in &models {
         tasks.spawn(crate::model::run(Arc::clone(h), link.clone(), http.clone(), stop_rx.clone()));
@@ -118,6 +128,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     tracing::info!(%local, models = models.len(), "ready");
     let closing = {
         let models = models.clone();
+        let stop_tx = Arc::clone(&stop_tx);
         async move {
             wait_for_signal().await;
             tracing::info!("shutting down: draining");
@@ -146,7 +157,86 @@ pub async fn serve(config: Config) -> Result<(), String> {
     if finished.is_err() {
         tracing::warn!("shutdown did not finish within {} s; exiting", limit.as_secs());
     }
+    drop(stop_tx);
     Ok(())
+}
+
+static GUARD_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn guard_signal(_: libc::c_int) {
+    GUARD_STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// A server's guardian: the router starts every server through it (this program again, with
+/// [`GUARD_FLAG`]), as the leader of a process group of its own, with `PR_SET_PDEATHSIG`. It
+/// runs `command` in that group and exits as it does; on SIGTERM, SIGINT or SIGHUP (the router
+/// stopping the server, or dying) it stops the whole group: SIGTERM, then SIGKILL after 10 s.
+/// So a server behind a wrapper script (`sh -c`, a virtual environment's activation) dies with
+/// the router too, which `PR_SET_PDEATHSIG` on the script alone would not do.
+fn guard(command: &[std::ffi::OsString]) -> ExitCode {
+    use std::sync::atomic::Ordering::SeqCst;
+    let Some((program, args)) = command.split_first() else {
+        eprintln!("acb-router {GUARD_FLAG}: no command");
+        return ExitCode::from(2);
+    };
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: the handler only stores into an atomic (async-signal-safe).
+        unsafe { libc::signal(sig, guard_signal as *const () as libc::sighandler_t) };
+    }
+    // SAFETY: getppid(2) has no preconditions.
+    if unsafe { libc::getppid() } == 1 {
+        return ExitCode::from(1); // the router died before the handler was in place
+    }
+    let mut command = std::process::Command::new(program);
+    command.args(args);
+    // SAFETY: prctl(2) in the child before exec, async-signal-safe: the server gets SIGTERM if
+    // the guardian itself is killed (SIGKILL gives it no chance to stop the group).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("acb-router: cannot start {}: {e}", program.to_string_lossy());
+            return ExitCode::from(127);
+        }
+    };
+    let code = |s: std::process::ExitStatus| {
+        use std::os::unix::process::ExitStatusExt as _;
+        let n = s.code().or_else(|| s.signal().map(|n| 128 + n)).unwrap_or(1);
+        ExitCode::from(u8::try_from(n).unwrap_or(1))
+    };
+    // SAFETY: getpgrp(2) has no preconditions.
+    let group = unsafe { libc::getpgrp() };
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            // Whatever the server left behind in its group goes with it (the guardian's own
+            // handler takes this SIGTERM).
+            // SAFETY: kill(2) on this process's own group (the router made the guardian its
+            // leader), which holds the server and whatever it started.
+            unsafe { libc::kill(-group, libc::SIGTERM) };
+            return code(s);
+        }
+        if GUARD_STOP.load(SeqCst) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(-group, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(s)) = child.try_wait() {
+            return code(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: as above; this ends the guardian too.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
+    ExitCode::from(137)
 }
 
 async fn wait_for_signal() {

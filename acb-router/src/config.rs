@@ -42,6 +42,9 @@ pub struct Model {
     pub name: String,
     /// Other names that route to it.
     pub aliases: Vec<String>,
+    /// The name its server answers to (vLLM's `--served-model-name`): the router puts it in a
+    /// request's `model` field when the request named the model otherwise (default: `name`).
+    pub served_name: String,
     pub engine: Engine,
     /// The server's command line (`{port}` in an argument becomes `port`); `None` for a server
     /// that is already running at `url` (vLLM only).
@@ -169,6 +172,7 @@ struct FileModel {
     idle_ttl: Option<String>,
     #[serde(default)]
     aliases: Vec<String>,
+    served_name: Option<String>,
     sleep_level: Option<u8>,
     wake_timeout: Option<String>,
     queue_size: Option<usize>,
@@ -300,8 +304,11 @@ impl Config {
                 return err(format!("{what}: sleep_level = {sleep_level}: vLLM's levels are 1 and 2"));
             }
             let queue_size = m.queue_size.or(d.queue_size).unwrap_or(64);
-            if queue_size > 1_000_000 {
-                return err(format!("{what}: queue_size = {queue_size}: at most 1000000"));
+            if !(1..=1_000_000).contains(&queue_size) {
+                return err(format!(
+                    "{what}: queue_size = {queue_size}: 1 to 1000000 (a request for a sleeping model waits in the queue \
+                     while the model wakes)"
+                ));
             }
             let idle_ttl = duration(&format!("{what}.idle_ttl"), m.idle_ttl.as_deref(), d_idle)?;
             let wake_timeout = duration(&format!("{what}.wake_timeout"), m.wake_timeout.as_deref(), d_wake)?;
@@ -310,9 +317,17 @@ impl Config {
             }
             let queue_timeout =
                 duration(&format!("{what}.queue_timeout"), m.queue_timeout.as_deref(), d_queue_timeout)?;
+            if queue_timeout.is_zero() {
+                return err(format!("{what}: queue_timeout is 0: no request could wait for a wake"));
+            }
+            let served_name = m.served_name.unwrap_or_else(|| name.clone());
+            if served_name.is_empty() || served_name.len() > 1000 || served_name.chars().any(char::is_control) {
+                return err(format!("{what}: served_name is 1 to 1000 bytes with no control characters"));
+            }
             models.push(Model {
                 name,
                 aliases: m.aliases,
+                served_name,
                 engine: m.engine,
                 command,
                 env: m.env,
@@ -419,6 +434,8 @@ idle_ttl = "1m"
             ("[models.a]\nengine = \"vllm\"\nport = 1\nidle_ttl = \"-1s\"", "idle_ttl"),
             ("[models.a]\nengine = \"vllm\"\nport = 1\ncolour = 1", "unknown field"),
             ("listen = \"localhost\"\n[models.a]\nengine = \"vllm\"\nport = 1", "listen"),
+            ("[models.a]\nengine = \"vllm\"\nport = 1\nqueue_size = 0", "queue_size"),
+            ("[models.a]\nengine = \"vllm\"\nport = 1\nqueue_timeout = \"0s\"", "queue_timeout"),
         ];
         for (text, needle) in cases {
             let e = Config::parse(text).unwrap_err().0;

@@ -22,7 +22,7 @@ pub fn http_client() -> HttpClient {
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(Duration::from_secs(4)) // under uvicorn's 5 s keep-alive: no reuse of a closed connection
         .build(connector)
 }
 
@@ -66,11 +66,18 @@ impl Backend {
     /// Brings the server up on the GPUs `devices` (node-local indexes, as `CUDA_VISIBLE_DEVICES`
     /// names them) and waits until it answers its health check, within the model's wake
     /// timeout.
-    pub async fn wake(&mut self, devices: &[u32]) -> Result<Woke, String> {
-        let deadline = Instant::now() + self.model.wake_timeout;
+    /// `deadline` bounds the whole wake, the grant before it included.
+    pub async fn wake(&mut self, devices: &[u32], deadline: Instant) -> Result<Woke, String> {
+        // A server that died while asleep is started again, not woken.
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            tracing::warn!(model = %self.model.name, %status, "the server died while asleep; starting it again");
+            self.child = None;
+        }
         match self.model.engine {
             Engine::Process => {
-                self.start(devices)?;
+                self.start(devices).await?;
                 self.wait_healthy(deadline).await?;
                 Ok(Woke::Cold)
             }
@@ -78,13 +85,13 @@ impl Backend {
                 if self.child.is_some() {
                     return Ok(Woke::Running);
                 }
-                self.start(devices)?;
+                self.start(devices).await?;
                 self.wait_healthy(deadline).await?;
                 Ok(Woke::Cold)
             }
             Engine::Vllm => {
                 if !self.external && self.child.is_none() {
-                    self.start(devices)?;
+                    self.start(devices).await?;
                     self.wait_healthy(deadline).await?;
                     return Ok(Woke::Cold);
                 }
@@ -160,7 +167,29 @@ impl Backend {
         }
     }
 
-    fn start(&mut self, devices: &[u32]) -> Result<(), String> {
+    /// Something already answering on the server's address is not this model's server: the
+    /// router would route to it and count the real one's failures. (A server of this model that
+    /// is still exiting gets 3 s to let go of it.)
+    async fn check_port_free(&self) -> Result<(), String> {
+        let Some(addr) = self.model.url.strip_prefix("http://") else { return Ok(()) };
+        let until = Instant::now() + Duration::from_secs(3);
+        loop {
+            let probe = tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await;
+            if !matches!(probe, Ok(Ok(_))) {
+                return Ok(());
+            }
+            if Instant::now() >= until {
+                return Err(format!(
+                    "{} is already in use by another process: the router does not route to a server it did not start",
+                    self.model.url
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn start(&mut self, devices: &[u32]) -> Result<(), String> {
+        self.check_port_free().await?;
         let Some(command) = &self.model.command else {
             return Err("no command to start the server with".into());
         };
@@ -173,8 +202,16 @@ impl Backend {
             wrapped.append(&mut args);
             args = wrapped;
         }
-        let mut cmd = Command::new(&args[0]);
-        cmd.args(&args[1..])
+        if !runnable(&args[0]) {
+            return Err(format!("cannot start {:?}: no such executable (as a path, or in PATH)", args[0]));
+        }
+        // The guardian (this program, `--guard`) runs the command in its process group and stops
+        // the whole group when the router dies, even servers behind a wrapper script.
+        let me = std::env::current_exe().map_err(|e| format!("cannot find the router's own program: {e}"))?;
+        let mut cmd = Command::new(me);
+        cmd.arg(crate::cli::GUARD_FLAG)
+            .arg("--")
+            .args(&args)
             .envs(&self.model.env)
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
@@ -204,6 +241,7 @@ impl Backend {
 
     /// Polls the health path until it answers 2xx; fails at `deadline` or when the server dies.
     async fn wait_healthy(&mut self, deadline: Instant) -> Result<(), String> {
+        let started = Instant::now();
         let url = format!("{}{}", self.model.url, self.model.health);
         let mut pause = Duration::from_millis(20);
         let mut last = String::from("no answer yet");
@@ -214,16 +252,16 @@ impl Backend {
                 self.child = None;
                 return Err(format!("the server exited while starting ({status}); last health check: {last}"));
             }
-            match self.request("GET", &url, Instant::now() + Duration::from_secs(5).min(self.model.wake_timeout)).await
-            {
+            match self.request("GET", &url, (Instant::now() + Duration::from_secs(5)).min(deadline)).await {
                 Ok(_) => return Ok(()),
                 Err(e) => last = e,
             }
             if Instant::now() + pause >= deadline {
                 self.stop().await;
                 return Err(format!(
-                    "not healthy within the wake timeout ({} s): GET {url}: {last}",
-                    self.model.wake_timeout.as_secs_f64()
+                    "not healthy within the wake timeout ({} s, {:.1} s of it spent starting): GET {url}: {last}",
+                    self.model.wake_timeout.as_secs_f64(),
+                    started.elapsed().as_secs_f64()
                 ));
             }
             tokio::time::sleep(pause).await;
@@ -264,4 +302,15 @@ impl Backend {
             Err(_) => Err("no answer in time".into()),
         }
     }
+}
+
+/// Whether `program` names an executable file: a path, or a name found in `PATH`.
+fn runnable(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let executable =
+        |p: &std::path::Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        return executable(std::path::Path::new(program));
+    }
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| executable(&d.join(program))))
 }

@@ -343,7 +343,11 @@ pub async fn run(handle: Arc<ModelHandle>, link: AssignerLink, http: HttpClient,
         if !want {
             tokio::select! {
                 () = handle.poke.notified() => {}
-                _ = shutdown.changed() => {}
+                _ = shutdown.changed(), if !*shutdown.borrow() => {}
+                why = backend.died() => {
+                    tracing::warn!(model = %model.name, error = %why, "the server died while asleep");
+                    handle.set_pid(None);
+                }
             }
             continue;
         }
@@ -354,7 +358,7 @@ pub async fn run(handle: Arc<ModelHandle>, link: AssignerLink, http: HttpClient,
         let wake_started = Instant::now();
         let woke = tokio::select! {
             r = wake(&handle, &link, &mut session, &mut backend, &pinned) => r,
-            _ = shutdown.changed() => Err("the router is shutting down".into()),
+            _ = shutdown.changed(), if !*shutdown.borrow() => Err("the router is shutting down".into()),
         };
         let (lease, grant_ids) = match woke {
             Ok((lease, grant_ids, how)) => {
@@ -458,7 +462,7 @@ async fn wake(
     let model = &handle.model;
     let deadline = Instant::now() + model.wake_timeout;
     if model.engine == Engine::Auto {
-        let how = backend.wake(&[]).await?;
+        let how = backend.wake(&[], deadline).await?;
         return Ok((None, Vec::new(), how));
     }
     let request = proto::AllocateRequest {
@@ -511,7 +515,7 @@ async fn wake(
         let mut i = handle.lock();
         i.held = Some(held.clone());
     }
-    match backend.wake(&indexes).await {
+    match backend.wake(&indexes, deadline).await {
         Ok(how) => Ok((Some(held), ids, how)),
         Err(e) => {
             // The lease goes back (release() in the caller, which clears `held`).
@@ -652,7 +656,7 @@ async fn awake(
                 handle.changed();
                 return Ended::Died(why);
             }
-            _ = shutdown.changed() => {
+            _ = shutdown.changed(), if !*shutdown.borrow() => {
                 draining.get_or_insert("the router is shutting down");
                 drain_deadline.get_or_insert(Instant::now() + handle.drain);
             }

@@ -148,7 +148,14 @@ async fn route(
     started: Instant,
 ) -> (String, Response) {
     let unknown = || UNKNOWN_MODEL.to_string();
-    let bytes = match Limited::new(body, s.config.max_body).collect().await {
+    // A declared length over the limit is refused before any of the body is read (and before
+    // hyper would answer an `Expect: 100-continue` with 100).
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.config.max_body as u64) {
+        let msg = format!("the request body is over the router's limit of {} bytes (max_body)", s.config.max_body);
+        return (unknown(), openai_error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", None, &msg));
+    }
+    let mut bytes = match Limited::new(body, s.config.max_body).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             let msg = format!("the request body is over the router's limit of {} bytes (max_body)", s.config.max_body);
@@ -159,12 +166,16 @@ async fn route(
             return (unknown(), openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", None, &msg));
         }
     };
-    let name = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+    let mut body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(v) => v,
         Err(e) => {
             let msg = format!("the request body is not valid JSON: {e}");
             return (unknown(), openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", None, &msg));
         }
-        Ok(v) => match v.get("model") {
+    };
+    let name = {
+        let v = &body;
+        match v.get("model") {
             Some(serde_json::Value::String(m)) => m.clone(),
             Some(_) => {
                 let msg = "\"model\" must be a string naming one of /v1/models";
@@ -178,7 +189,7 @@ async fn route(
                 let msg = "the request has no \"model\": name one of /v1/models";
                 return (unknown(), openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", None, msg));
             }
-        },
+        }
     };
     let Some(&index) = s.names.get(&name) else {
         let shown: String = name.chars().take(200).collect();
@@ -193,6 +204,18 @@ async fn route(
     };
     let handle = &s.models[index];
     let label = handle.model.name.clone();
+    if name != handle.model.served_name {
+        // An alias, or a name the server does not know (vLLM answers 404 to any name but its
+        // served ones): the server gets its own name.
+        body["model"] = serde_json::Value::String(handle.model.served_name.clone());
+        match serde_json::to_vec(&body) {
+            Ok(b) => bytes = b.into(),
+            Err(e) => {
+                let msg = format!("cannot forward the request: {e}");
+                return (label, openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", None, &msg));
+            }
+        }
+    }
     let ticket = match handle.admit().await {
         Ok(t) => t,
         Err(r) => return (label, refused(&handle.model.name, r)),
@@ -237,6 +260,17 @@ trait RetainHopByHop {
 
 impl RetainHopByHop for HeaderMap {
     fn retain_hop_by_hop(&mut self) {
+        // Headers the message's `Connection` names belong to the hop too (RFC 9110, 7.6.1).
+        let named: Vec<header::HeaderName> = self
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| header::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            self.remove(n);
+        }
         let names: Vec<header::HeaderName> = self.keys().filter(|n| hop_by_hop(n)).cloned().collect();
         for n in names {
             self.remove(n);
