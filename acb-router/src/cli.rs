@@ -113,6 +113,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         .collect();
     let names = config.lookup();
     let drain = config.drain_timeout;
+    let header_timeout = config.header_timeout;
     let shared = Arc::new(Shared { config, models: models.clone(), names, http: http.clone(), metrics });
     // Kept alive to the end: a dropped sender would wake every receiver at once, forever.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -138,13 +139,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
             let _ = stop_tx.send(true);
         }
     };
-    // No Nagle delay: a streamed token goes out when the server sends it.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(closing);
+    tokio::spawn(closing);
+    let server = tokio::spawn(accept_loop(listener, app, header_timeout, stop_rx.clone()));
     let mut stop_seen = stop_rx.clone();
-    let server = tokio::spawn(async move { server.await });
     // The server ends once its connections have; the model tasks once drained. Both within the
     // drain timeout (and a margin for stopping servers), else the router exits anyway.
     let _ = stop_seen.wait_for(|s| *s).await;
@@ -159,6 +156,60 @@ pub async fn serve(config: Config) -> Result<(), String> {
     }
     drop(stop_tx);
     Ok(())
+}
+
+/// The most client connections open at once; past it new ones are closed at once.
+const MAX_CONNECTIONS: usize = 4096;
+
+/// Serves HTTP/1.1 on `listener` until `stop`, then lets open connections finish the requests
+/// they are answering and close.
+/// A client has `header_timeout` to send a request's headers: slow clients do not hold
+/// connections.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, most likely: wait for connections to close.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    tracing::warn!("{MAX_CONNECTIONS} connections open: closing a new one");
+                    continue;
+                };
+                // No Nagle delay: a streamed token goes out when the server sends it.
+                let _ = stream.set_nodelay(true);
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    drop(slot);
+                });
+            }
+            () = &mut stopped => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 static GUARD_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

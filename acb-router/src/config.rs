@@ -100,6 +100,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Largest request body accepted.
     pub max_body: usize,
+    /// How long a client has to send a request's headers.
+    pub header_timeout: Duration,
     /// Models in the file's order of names.
     pub models: Vec<Model>,
 }
@@ -135,6 +137,7 @@ struct FileConfig {
     auth_token_file: Option<String>,
     drain_timeout: Option<String>,
     max_body: Option<String>,
+    header_timeout: Option<String>,
     /// Defaults for every model.
     #[serde(default)]
     defaults: FileDefaults,
@@ -225,6 +228,10 @@ impl Config {
                 .map_err(|_| ConfigError(format!("listen = {l:?}: give an IP address and port, as 127.0.0.1:8080")))?,
         };
         let drain_timeout = duration("drain_timeout", file.drain_timeout.as_deref(), Duration::from_secs(30))?;
+        let header_timeout = duration("header_timeout", file.header_timeout.as_deref(), Duration::from_secs(30))?;
+        if header_timeout.is_zero() {
+            return err("header_timeout is 0: no request could arrive");
+        }
         let max_body = match file.max_body.as_deref() {
             None => 32 << 20,
             Some(s) => acb_core::units::parse_size(s)
@@ -353,6 +360,7 @@ impl Config {
             auth_token_file: file.auth_token_file,
             drain_timeout,
             max_body,
+            header_timeout,
             models,
         })
     }

@@ -652,3 +652,28 @@ fn sigterm_with_a_queue_waiting_for_a_slow_start() {
     assert!(gone, "the half-started server {server} outlived the router");
     wait_for("no lease", Duration::from_secs(5), || leases_held(&addr) == 0);
 }
+
+/// Slow clients (slowloris): a connection that never finishes its headers is closed after
+/// `header_timeout`, and does not keep the router from serving others.
+#[test]
+fn a_client_that_never_finishes_its_headers_is_closed() {
+    let dir = TempDir::new("h-slowloris");
+    let (_assigner, addr) = assigner(Path::new(ASSIGNER), &dir, &["--gpus", "fake:1x80GiB"]);
+    let toml = format!("assigner = \"{addr}\"\nheader_timeout = \"1s\"\n{}", started_model("calm", "process", "", ""));
+    let (_router, r) = router(Path::new(ROUTER), &dir, &toml);
+    let mut slow: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = TcpStream::connect(&r).unwrap();
+            s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        })
+        .collect();
+    assert_eq!(get(&r, "/health").unwrap().status, 200, "slow clients kept the router from serving");
+    let started = Instant::now();
+    for s in &mut slow {
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf); // the router closes it (after a 408, or without a word)
+    }
+    assert!(started.elapsed() < Duration::from_secs(8), "slow connections were held {:?}", started.elapsed());
+}
