@@ -42,6 +42,16 @@ def prebuilt_setup(folder: str) -> None:
     # would ship beside this one: start from an empty build folder.
     shutil.rmtree(os.path.join(HERE, "build"), ignore_errors=True)
     shutil.copyfile(lib, os.path.join(HERE, "acb_broker", "_libacb.so"))
+    # The CUDA interposer, for `agarun --mode auto` (without it agarun says so, and only PyTorch
+    # programs get automatic mode, through the dispatch-mode fallback).
+    preload = os.path.join(folder, "libacb_preload.so")
+    for old in glob.glob(os.path.join(HERE, "acb_broker", "libacb_preload*")):
+        os.remove(old)
+    if os.path.isfile(preload):
+        shutil.copyfile(preload, os.path.join(HERE, "acb_broker", "libacb_preload.so"))
+    else:
+        print(f"acb: no libacb_preload.so in {folder}: the wheel has no CUDA interposer "
+              "(cargo build --release -p acb-preload makes it)", file=sys.stderr)
     scripts = os.path.join(HERE, "build", "prebuilt-scripts")
     os.makedirs(scripts, exist_ok=True)
     shutil.copy2(daemon, os.path.join(scripts, "acb-assigner"))
@@ -67,7 +77,9 @@ def prebuilt_setup(folder: str) -> None:
 
 def source_setup() -> None:
     # A copy a prebuilt build left here must not ship instead of the one cargo builds now.
-    for old in glob.glob(os.path.join(HERE, "acb_broker", "_libacb*")):
+    for old in glob.glob(os.path.join(HERE, "acb_broker", "_libacb*")) + glob.glob(
+        os.path.join(HERE, "acb_broker", "libacb_preload*")
+    ):
         os.remove(old)
     if shutil.which("cargo") is None:
         sys.exit(
@@ -84,7 +96,14 @@ def source_setup() -> None:
                 path=os.path.join(ROOT, "acb-ffi", "Cargo.toml"),
                 binding=Binding.NoBinding,
                 py_limited_api=False,
-            )
+            ),
+            # The CUDA interposer agarun --mode auto preloads (acb_broker/libacb_preload*.so).
+            RustExtension(
+                "acb_broker.libacb_preload",
+                path=os.path.join(ROOT, "acb-preload", "Cargo.toml"),
+                binding=Binding.NoBinding,
+                py_limited_api=False,
+            ),
         ],
     )
 

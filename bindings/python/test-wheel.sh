@@ -21,6 +21,8 @@ env -i HOME="$HOME" PATH=/usr/bin:/bin ACB_GPU_ASSIGNER_DIR="$work/run" bash -eu
   venv=$1 work=$2
   "$venv/bin/acb-assigner" --version
   "$venv/bin/python" -c "import acb_broker as acb, os; p = acb._ffi.LIBRARY_PATH; assert p.startswith(os.path.realpath(\"$venv\")), p; print(\"libacb\", p)"
+  # The CUDA interposer ships in the wheel, where agarun --mode auto finds it.
+  "$venv/bin/python" -c "from acb_broker import agarun; i = agarun._interposer(); assert i and i[0].endswith(\"libacb_preload.so\"), i; print(\"interposer\", i[0])"
   test -f "$venv"/lib/python3*/site-packages/acb_broker/py.typed
   # Exactly one libacb, the one built for the wheel.
   libs=$(ls "$venv"/lib/python3*/site-packages/acb_broker/ | grep -c "^_libacb")

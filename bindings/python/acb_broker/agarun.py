@@ -229,9 +229,12 @@ def _interposer() -> Optional[tuple]:
         lib = os.path.abspath(_ffi._find_library())
     except ImportError:
         return None
+    import glob
+
     env = os.environ.get("ACB_PRELOAD_LIBRARY")
-    candidates = [env] if env else [os.path.join(os.path.dirname(lib), "libacb_preload.so"),
-                                    os.path.join(os.path.dirname(os.path.abspath(__file__)), "libacb_preload.so")]
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [env] if env else ([os.path.join(os.path.dirname(lib), "libacb_preload.so")]
+                                    + sorted(glob.glob(os.path.join(here, "libacb_preload*.so"))))
     for c in candidates:
         if c and os.path.exists(c):
             return (os.path.abspath(c), lib)
