@@ -32,9 +32,9 @@ def agarun(*args: str) -> list:
     return [sys.executable, "-m", "acb_broker.agarun", "--assigner", assigner(), *args]
 
 
-def run_job(cmd: list) -> subprocess.CompletedProcess:
-    """Runs a job to its end; exits, showing its output, if it failed."""
-    r = subprocess.run(cmd, capture_output=True, text=True)
+def run_job(cmd: list, env=None) -> subprocess.CompletedProcess:
+    """Runs a job to its end (in `env`, default this process's); exits, showing its output, if it failed."""
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r

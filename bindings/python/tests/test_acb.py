@@ -329,7 +329,7 @@ def test_swappable_memory_from_python():
         c.on_device_end()
 
 
-@pytest.mark.parametrize("script", ["swap_bandwidth.py", "overhead.py", "oversubscribe.py"])
+@pytest.mark.parametrize("script", ["swap_bandwidth.py", "overhead.py", "oversubscribe.py", "auto_two_programs.py"])
 def test_the_gpu_tier_scripts_skip_cleanly_without_a_gpu(script):
     path = os.path.join(PKG_ROOT, "..", "..", "gpu-tier", script)
     r = subprocess.run([sys.executable, path], capture_output=True, text=True, timeout=120,
