@@ -287,7 +287,7 @@ impl Backend {
             .body(axum::body::Body::new(Empty::<Bytes>::new()))
             .map_err(|e| e.to_string())?;
         let call = async {
-            let resp = self.http.request(req).await.map_err(|e| crate::proxy::error_chain(&e))?;
+            let resp = self.http.request(req).await.map_err(|e| acb_client::connection::source_chain(&e))?;
             let status = resp.status();
             let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
             if status.is_success() {

@@ -98,21 +98,6 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     resp
 }
 
-/// The `source()` chain of an error, joined: hyper's "client error (Connect)" alone says little.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
-    }
-    text
-}
-
 /// Headers that belong to one hop, not to the request or answer.
 fn hop_by_hop(name: &header::HeaderName) -> bool {
     matches!(
@@ -240,7 +225,11 @@ async fn route(
     let resp = match s.http.request(req).await {
         Ok(r) => r,
         Err(e) => {
-            let msg = format!("model {}: its server did not answer: {}", handle.model.name, error_chain(&e));
+            let msg = format!(
+                "model {}: its server did not answer: {}",
+                handle.model.name,
+                acb_client::connection::source_chain(&e)
+            );
             tracing::warn!(model = %handle.model.name, error = %msg, "forward failed");
             return (label, openai_error(StatusCode::BAD_GATEWAY, "server_error", Some("backend_unavailable"), &msg));
         }

@@ -372,3 +372,30 @@ impl Conn {
         Ok(Timed { status, first_byte: first_byte.unwrap_or(total), total, body_bytes })
     }
 }
+
+/// A chat completion request for `model` with one user message.
+pub fn chat(model: &str, prompt: &str) -> serde_json::Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": prompt}]})
+}
+
+/// The router's `/running` list.
+pub fn running(router: &str) -> Vec<serde_json::Value> {
+    get(router, "/running").unwrap_or_else(|e| panic!("/running: {e}")).json()["models"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// One model's entry in `/running`.
+pub fn model_state(router: &str, name: &str) -> serde_json::Value {
+    running(router).into_iter().find(|m| m["model"] == name).unwrap_or_else(|| panic!("{name} not in /running"))
+}
+
+/// Polls `ok` every 50 ms; panics after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -8,7 +8,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use acb_router_tests::{TempDir, assigner, events, free_port, get, holders, http, post, router, test_model};
+use acb_router_tests::{
+    TempDir, assigner, chat, events, free_port, get, holders, http, model_state, post, router, running, test_model,
+    wait_for,
+};
 use serde_json::{Value, json};
 
 const ASSIGNER: &str = env!("CARGO_BIN_EXE_router-tests-assigner");
@@ -26,10 +29,6 @@ fn expected(name: &str, prompt: &str) -> String {
     text
 }
 
-fn chat(model: &str, prompt: &str) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": prompt}]})
-}
-
 fn answer(v: &Value) -> String {
     v["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string()
 }
@@ -45,25 +44,6 @@ fn started_model(name: &str, engine: &str, lock: &Path, extra: &str, table: &str
 
 fn stats(url: &str) -> Value {
     get(url, "/stats").unwrap_or_else(|e| panic!("stats: {e}")).json()
-}
-
-fn running(router: &str) -> Vec<Value> {
-    get(router, "/running").unwrap_or_else(|e| panic!("/running: {e}")).json()["models"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn model_state(router: &str, name: &str) -> Value {
-    running(router).into_iter().find(|m| m["model"] == name).unwrap_or_else(|| panic!("{name} not in /running"))
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn metric(router: &str, line_start: &str) -> f64 {

@@ -14,35 +14,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use acb_router_tests::{TempDir, assigner, events, free_port, get, http, post, router, test_model};
+use acb_router_tests::{
+    TempDir, assigner, chat, events, free_port, get, http, model_state, post, router, test_model, wait_for,
+};
 use serde_json::{Value, json};
 
 const ASSIGNER: &str = env!("CARGO_BIN_EXE_router-tests-assigner");
 const ROUTER: &str = env!("CARGO_BIN_EXE_router-tests-router");
 const MODEL: &str = env!("CARGO_BIN_EXE_acb-test-model");
-
-fn chat(model: &str, prompt: &str) -> Value {
-    json!({"model": model, "messages": [{"role": "user", "content": prompt}]})
-}
-
-fn running(router: &str) -> Vec<Value> {
-    get(router, "/running").unwrap_or_else(|e| panic!("/running: {e}")).json()["models"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn model_state(router: &str, name: &str) -> Value {
-    running(router).into_iter().find(|m| m["model"] == name).unwrap_or_else(|| panic!("{name} not in /running"))
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// A model table for a test model the router starts.
 fn started_model(name: &str, engine: &str, extra: &str, table: &str) -> String {
