@@ -22,9 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use acb_assigner::config::{Address, GpuSpec, ServeConfig};
-use acb_assigner::proto;
 use acb_core::record::EventKind;
+use libacb_tests::Assigner;
 
 /// The most one run of gate_bench may take (2M calls take well under a second here).
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -105,73 +104,9 @@ fn build(dir: &Path) -> PathBuf {
     bin
 }
 
-/// A real assigner with one simulated 80 GiB GPU, in a thread of this process.
-struct Assigner {
-    socket: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Assigner {
-    fn start(socket: PathBuf) -> Assigner {
-        let mut cfg = ServeConfig::simulated(socket.clone(), 1, acb_core::Policy::Simple);
-        cfg.gpus = "fake:1x80GiB".parse::<GpuSpec>().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(acb_assigner::server::serve(cfg, async {
-                let _ = rx.await;
-            }))
-            .unwrap();
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "the assigner did not start on {}", socket.display());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Assigner { socket, stop: Some(tx), thread: Some(thread) }
-    }
-
-    fn addr(&self) -> String {
-        format!("unix:{}", self.socket.display())
-    }
-
-    /// How many leases the assigner's record shows granted to `job`.
-    fn grants(&self, job: &str) -> usize {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let addr: Address = self.addr().parse().unwrap();
-            let mut rpc = acb_client::connection::connect(&addr, None, Duration::from_secs(5)).await.unwrap();
-            let mut s = rpc.watch(proto::WatchRequest { replay: true }).await.unwrap().into_inner();
-            let mut n = 0;
-            while let Some(e) = tokio::time::timeout(Duration::from_secs(10), s.message())
-                .await
-                .expect("the assigner's event record did not come")
-                .unwrap()
-            {
-                if matches!(e.kind, Some(proto::event::Kind::HistoryEnd(_))) {
-                    break;
-                }
-                n += acb_client::events::from_proto(e)
-                    .into_iter()
-                    .filter(|e| matches!(&e.kind, EventKind::Granted { job: j, .. } if j == job))
-                    .count();
-            }
-            n
-        })
-    }
-}
-
-impl Drop for Assigner {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_file(&self.socket);
-    }
+/// How many leases the assigner's record shows granted to `job`.
+fn grants(assigner: &Assigner, job: &str) -> usize {
+    assigner.events().iter().filter(|e| matches!(&e.kind, EventKind::Granted { job: j, .. } if j == job)).count()
 }
 
 /// Runs `cmd` to its end, at most RUN_TIMEOUT (then killed), its output into files under `dir`;
@@ -247,7 +182,7 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("acb-interposer-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bin = build(&dir);
-    let assigner = Assigner::start(dir.join("assigner.sock"));
+    let assigner = Assigner::start_at(dir.join("assigner.sock"), "fake:1x80GiB");
 
     let mut gated: Vec<Vec<f64>> = vec![Vec::new(); PATHS.len()];
     let mut reference: Vec<Vec<f64>> = vec![Vec::new(); PATHS.len()];
@@ -280,7 +215,7 @@ fn main() {
             if *path == Path3::Auto {
                 // One phase, begun in the warm-up and held to the end: every timed call passed
                 // the gate's fast path.
-                let grants = assigner.grants(&job);
+                let grants = grants(&assigner, &job);
                 assert_eq!(grants, 1, "{what}: {grants} grants, not one phase held throughout\n{stderr}");
             }
             gated[i].push(ns_per_call(&stdout, "gate_bench: ", &what));

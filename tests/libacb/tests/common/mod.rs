@@ -5,9 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use acb_assigner::config::{Address, GpuSpec, ServeConfig};
-use acb_assigner::proto;
-
 /// The directory holding the libacb.so this test run built. `cargo test` leaves it beside the
 /// test executables (target/<profile>/deps); only `cargo build` copies it one level up, where
 /// an older one may linger, so deps comes first.
@@ -82,83 +79,8 @@ pub fn compile(src: &Path, out: &Path) {
     assert!(status.success(), "compiling {} failed", src.display());
 }
 
-pub fn scratch(tag: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("acb-ffi-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&p).unwrap();
-    p
-}
-
-/// A real assigner, in a thread of this test process, on a temporary socket.
-pub struct Assigner {
-    pub socket: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Assigner {
-    pub fn start(tag: &str, gpus: &str) -> Assigner {
-        Self::start_at(scratch(tag).join("assigner.sock"), gpus)
-    }
-
-    /// An assigner on a given socket path (to restart one where clients look for it).
-    pub fn start_at(socket: PathBuf, gpus: &str) -> Assigner {
-        let mut cfg = ServeConfig::simulated(socket.clone(), 1, acb_core::Policy::Simple);
-        cfg.gpus = gpus.parse::<GpuSpec>().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(acb_assigner::server::serve(cfg, async {
-                let _ = rx.await;
-            }))
-            .unwrap();
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "the assigner did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Assigner { socket, stop: Some(tx), thread: Some(thread) }
-    }
-
-    pub fn addr(&self) -> String {
-        format!("unix:{}", self.socket.display())
-    }
-
-    /// The assigner's event record so far.
-    pub fn events(&self) -> Vec<acb_core::record::Event> {
-        events_at(&self.addr())
-    }
-}
-
-/// The event record so far of the assigner at `addr`.
-pub fn events_at(addr: &str) -> Vec<acb_core::record::Event> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let addr: Address = addr.parse().unwrap();
-        let mut rpc = ::acb_client::connection::connect(&addr, None, Duration::from_secs(5)).await.unwrap();
-        let mut s = rpc.watch(proto::WatchRequest { replay: true }).await.unwrap().into_inner();
-        let mut out = Vec::new();
-        while let Some(e) = s.message().await.unwrap() {
-            if matches!(e.kind, Some(proto::event::Kind::HistoryEnd(_))) {
-                break;
-            }
-            out.extend(::acb_client::events::from_proto(e));
-        }
-        out
-    })
-}
-
-impl Drop for Assigner {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_file(&self.socket);
-    }
-}
+#[allow(unused_imports)] // each test uses some
+pub use libacb_tests::{Assigner, events_at, scratch};
 
 /// A job through the C ABI, with swappable device memory. Eager: the GPU, and so the memory,
 /// goes back at every end.
