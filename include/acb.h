@@ -271,6 +271,18 @@ void acb_auto_enter(void);
 void acb_auto_exit(void);
 
 /*
+ The interposer says a context was made (`cuCtxCreate`, `cuDevicePrimaryCtxRetain`): its work
+ is synchronised before every release, whichever thread queued it.
+ */
+void acb_auto_note_context(void *ctx);
+
+/*
+ The interposer says a context is about to be destroyed (`cuCtxDestroy`): no release touches
+ it again.
+ */
+void acb_auto_forget_context(void *ctx);
+
+/*
  Ends the phase now if nothing is in flight (for tests, and programs that know they are done
  with the GPU for a while): `ACB_STATUS_OK` if it ended, `ACB_STATUS_NOT_ACTIVE` if there was
  no phase or a call was in flight.

@@ -238,6 +238,14 @@ impl Client {
         Ok(())
     }
 
+    /// Brings the job's swapped-out memory back onto the GPU it was last on, with no lease, for
+    /// a process that goes on unbrokered (its assigner is gone): automatic mode's way out when
+    /// no GPU can be granted. The GPU is then shared with whatever the assigner grants it to.
+    pub fn take_back_memory_unbrokered(&self) -> Result<u64, Error> {
+        self.ensure_same_process()?;
+        self.memory.lock().swap_in_unbrokered().map_err(|e| Error::OutOfMemory(e.to_string()))
+    }
+
     /// Whether a GPU phase is active (between a `begin` that succeeded and its `end`).
     pub fn in_phase(&self) -> bool {
         self.phase.load(Ordering::Acquire) == ACTIVE

@@ -15,6 +15,15 @@ pub(crate) fn mark_this_thread() {
     INTERNAL.with(|c| c.set(true));
 }
 
+/// Runs `f` as one of the client's own threads would: its CUDA calls pass the interposer's
+/// gate (for work the client does on a caller's thread, such as taking memory back).
+pub fn as_internal<R>(f: impl FnOnce() -> R) -> R {
+    let was = INTERNAL.with(|c| c.replace(true));
+    let r = f();
+    INTERNAL.with(|c| c.set(was));
+    r
+}
+
 /// Whether the calling thread is one of a client's own threads.
 pub fn is_internal_thread() -> bool {
     INTERNAL.with(Cell::get)

@@ -192,8 +192,16 @@ fn wait_for_phase() {
                         STATE.store(ACTIVE, SeqCst);
                     }
                     Err(e) => {
+                        // Its memory may be in host memory (swapped out at the last release):
+                        // it comes back onto its GPU, unbrokered, before the program goes on.
+                        let taken = ::acb_client::internal::as_internal(|| a.client.0.take_back_memory_unbrokered());
+                        let back = match taken {
+                            Ok(0) => String::new(),
+                            Ok(n) => format!("; its {n} bytes of device memory are back on its GPU"),
+                            Err(e) => format!("; its device memory could not come back ({e})"),
+                        };
                         eprintln!(
-                            "libacb: automatic mode cannot get a GPU ({e}); the program runs unbrokered from now on"
+                            "libacb: automatic mode cannot get a GPU ({e}); the program runs unbrokered from now on{back}"
                         );
                         STATE.store(OFF, SeqCst);
                     }
@@ -204,6 +212,36 @@ fn wait_for_phase() {
     }
     drop(inner);
     BLOCKED_NS.fetch_add(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX), SeqCst);
+}
+
+/// The interposer says a context was made (`cuCtxCreate`, `cuDevicePrimaryCtxRetain`): its work
+/// is synchronised before every release, whichever thread queued it.
+#[unsafe(no_mangle)]
+pub extern "C" fn acb_auto_note_context(ctx: *mut std::ffi::c_void) {
+    // libacb's own threads make contexts while a caller holds the lock waiting for them (a
+    // swap-in): theirs are not the program's, and waiting for the lock would deadlock.
+    if ctx.is_null() || ::acb_client::internal::is_internal_thread() {
+        return;
+    }
+    if let Some(a) = auto() {
+        let mut inner = a.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !inner.contexts.contains(&(ctx as usize)) {
+            inner.contexts.push(ctx as usize);
+        }
+    }
+}
+
+/// The interposer says a context is about to be destroyed (`cuCtxDestroy`): no release touches
+/// it again.
+#[unsafe(no_mangle)]
+pub extern "C" fn acb_auto_forget_context(ctx: *mut std::ffi::c_void) {
+    if ::acb_client::internal::is_internal_thread() {
+        return;
+    }
+    if let Some(a) = auto() {
+        let mut inner = a.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.contexts.retain(|c| *c != ctx as usize);
+    }
 }
 
 /// libacb's idle thread: ends the phase after the idle time with no gated call.
@@ -247,12 +285,16 @@ fn release(a: &Auto, entered: u64) -> bool {
         a.changed.notify_all();
         return false;
     }
-    // Nothing may still run on the GPU when its memory moves.
-    for ctx in &inner.contexts {
-        if let Err(e) = ::acb_client::internal::synchronize_cuda_context(*ctx) {
-            tracing::warn!("automatic mode: before a release: {e}");
+    // Nothing may still run on the GPU when its memory moves. A context that cannot be made
+    // current is gone (destroyed behind the interposer's back): forgotten.
+    let mut inner = inner;
+    inner.contexts.retain(|ctx| match ::acb_client::internal::synchronize_cuda_context(*ctx) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("automatic mode: before a release: {e}; the context is forgotten");
+            false
         }
-    }
+    });
     if let Err(e) = a.client.0.end() {
         tracing::warn!("automatic mode: ending the phase: {e}");
     }

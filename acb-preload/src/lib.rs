@@ -297,16 +297,50 @@ gated! {
     cuMemcpy2DAsync_v2(copy: *const c_void, stream: P);
     cuMemcpy3D_v2(copy: *const c_void);
     cuMemcpy3DAsync_v2(copy: *const c_void, stream: P);
+    cuMemcpy2D_v2_ptds(copy: *const c_void);
+    cuMemcpy2DAsync_v2_ptsz(copy: *const c_void, stream: P);
+    cuMemcpy3D_v2_ptds(copy: *const c_void);
+    cuMemcpy3DAsync_v2_ptsz(copy: *const c_void, stream: P);
+    cuMemcpyPeer(dst: D, dst_ctx: P, src: D, src_ctx: P, n: usize);
+    cuMemcpyPeer_ptds(dst: D, dst_ctx: P, src: D, src_ctx: P, n: usize);
+    cuMemcpyPeerAsync(dst: D, dst_ctx: P, src: D, src_ctx: P, n: usize, stream: P);
+    cuMemcpyPeerAsync_ptsz(dst: D, dst_ctx: P, src: D, src_ctx: P, n: usize, stream: P);
     cuMemsetD8_v2(dst: D, value: u8, n: usize);
+    cuMemsetD8_v2_ptds(dst: D, value: u8, n: usize);
     cuMemsetD16_v2(dst: D, value: u16, n: usize);
+    cuMemsetD16_v2_ptds(dst: D, value: u16, n: usize);
     cuMemsetD32_v2(dst: D, value: u32, n: usize);
+    cuMemsetD32_v2_ptds(dst: D, value: u32, n: usize);
     cuMemsetD8Async(dst: D, value: u8, n: usize, stream: P);
+    cuMemsetD8Async_ptsz(dst: D, value: u8, n: usize, stream: P);
     cuMemsetD16Async(dst: D, value: u16, n: usize, stream: P);
+    cuMemsetD16Async_ptsz(dst: D, value: u16, n: usize, stream: P);
     cuMemsetD32Async(dst: D, value: u32, n: usize, stream: P);
+    cuMemsetD32Async_ptsz(dst: D, value: u32, n: usize, stream: P);
+    cuMemsetD2D8_v2(dst: D, pitch: usize, value: u8, w: usize, h: usize);
+    cuMemsetD2D8_v2_ptds(dst: D, pitch: usize, value: u8, w: usize, h: usize);
+    cuMemsetD2D16_v2(dst: D, pitch: usize, value: u16, w: usize, h: usize);
+    cuMemsetD2D16_v2_ptds(dst: D, pitch: usize, value: u16, w: usize, h: usize);
+    cuMemsetD2D32_v2(dst: D, pitch: usize, value: u32, w: usize, h: usize);
+    cuMemsetD2D32_v2_ptds(dst: D, pitch: usize, value: u32, w: usize, h: usize);
+    cuMemsetD2D8Async(dst: D, pitch: usize, value: u8, w: usize, h: usize, stream: P);
+    cuMemsetD2D8Async_ptsz(dst: D, pitch: usize, value: u8, w: usize, h: usize, stream: P);
+    cuMemsetD2D16Async(dst: D, pitch: usize, value: u16, w: usize, h: usize, stream: P);
+    cuMemsetD2D16Async_ptsz(dst: D, pitch: usize, value: u16, w: usize, h: usize, stream: P);
+    cuMemsetD2D32Async(dst: D, pitch: usize, value: u32, w: usize, h: usize, stream: P);
+    cuMemsetD2D32Async_ptsz(dst: D, pitch: usize, value: u32, w: usize, h: usize, stream: P);
     cuGraphLaunch(exec: P, stream: P);
     cuGraphLaunch_ptsz(exec: P, stream: P);
     cuStreamWaitEvent(stream: P, event: P, flags: c_uint);
     cuStreamWaitEvent_ptsz(stream: P, event: P, flags: c_uint);
+    cuStreamWaitValue32_v2(stream: P, addr: D, value: u32, flags: c_uint);
+    cuStreamWaitValue32_v2_ptsz(stream: P, addr: D, value: u32, flags: c_uint);
+    cuStreamWaitValue64_v2(stream: P, addr: D, value: u64, flags: c_uint);
+    cuStreamWaitValue64_v2_ptsz(stream: P, addr: D, value: u64, flags: c_uint);
+    cuStreamWriteValue32_v2(stream: P, addr: D, value: u32, flags: c_uint);
+    cuStreamWriteValue32_v2_ptsz(stream: P, addr: D, value: u32, flags: c_uint);
+    cuStreamWriteValue64_v2(stream: P, addr: D, value: u64, flags: c_uint);
+    cuStreamWriteValue64_v2_ptsz(stream: P, addr: D, value: u64, flags: c_uint);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -453,6 +487,84 @@ pub unsafe extern "C" fn cuMemFreeAsync(ptr: D, stream: P) -> c_int {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Contexts: libacb synchronises every one the program makes before a release.
+
+type CtxCreate = unsafe extern "C" fn(*mut P, c_uint, c_int) -> c_int;
+type CtxCreateV4 = unsafe extern "C" fn(*mut P, *const c_void, c_uint, c_int) -> c_int;
+type PrimaryRetain = unsafe extern "C" fn(*mut P, c_int) -> c_int;
+type CtxDestroy = unsafe extern "C" fn(P) -> c_int;
+type CtxFn = unsafe extern "C" fn(P);
+
+/// Tells libacb about a context made (`acb_auto_note_context`) or about to go
+/// (`acb_auto_forget_context`).
+fn tell_libacb(name: &CStr, ctx: P) {
+    if ctx.is_null() || !auto_active() {
+        return;
+    }
+    if let Some(f) = lookup(libc::RTLD_DEFAULT, name) {
+        // SAFETY: libacb's function of this name takes a context.
+        unsafe { std::mem::transmute::<P, CtxFn>(f)(ctx) };
+    }
+}
+
+fn made(r: c_int, pctx: *mut P) -> c_int {
+    if r == CUDA_SUCCESS && !pctx.is_null() {
+        // SAFETY: the driver wrote the new context there.
+        tell_libacb(c"acb_auto_note_context", unsafe { *pctx });
+    }
+    r
+}
+
+/// `cuCtxCreate_v2`: the driver's, and libacb learns of the context.
+///
+/// # Safety
+/// As the CUDA driver's.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxCreate_v2(pctx: *mut P, flags: c_uint, dev: c_int) -> c_int {
+    static REAL: OnceLock<Option<usize>> = OnceLock::new();
+    let Some(f) = real_fn(&REAL, c"cuCtxCreate_v2") else { return CUDA_ERROR_NOT_FOUND };
+    // SAFETY: the real function, with the caller's arguments.
+    made(unsafe { std::mem::transmute::<usize, CtxCreate>(f)(pctx, flags, dev) }, pctx)
+}
+
+/// `cuCtxCreate_v4` (CUDA 12.5): the driver's, and libacb learns of the context.
+///
+/// # Safety
+/// As the CUDA driver's.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxCreate_v4(pctx: *mut P, params: *const c_void, flags: c_uint, dev: c_int) -> c_int {
+    static REAL: OnceLock<Option<usize>> = OnceLock::new();
+    let Some(f) = real_fn(&REAL, c"cuCtxCreate_v4") else { return CUDA_ERROR_NOT_FOUND };
+    // SAFETY: the real function, with the caller's arguments.
+    made(unsafe { std::mem::transmute::<usize, CtxCreateV4>(f)(pctx, params, flags, dev) }, pctx)
+}
+
+/// `cuDevicePrimaryCtxRetain`: the driver's, and libacb learns of the context.
+///
+/// # Safety
+/// As the CUDA driver's.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(pctx: *mut P, dev: c_int) -> c_int {
+    static REAL: OnceLock<Option<usize>> = OnceLock::new();
+    let Some(f) = real_fn(&REAL, c"cuDevicePrimaryCtxRetain") else { return CUDA_ERROR_NOT_FOUND };
+    // SAFETY: the real function, with the caller's arguments.
+    made(unsafe { std::mem::transmute::<usize, PrimaryRetain>(f)(pctx, dev) }, pctx)
+}
+
+/// `cuCtxDestroy_v2`: libacb forgets the context, then the driver destroys it.
+///
+/// # Safety
+/// As the CUDA driver's.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxDestroy_v2(ctx: P) -> c_int {
+    static REAL: OnceLock<Option<usize>> = OnceLock::new();
+    let Some(f) = real_fn(&REAL, c"cuCtxDestroy_v2") else { return CUDA_ERROR_NOT_FOUND };
+    tell_libacb(c"acb_auto_forget_context", ctx);
+    // SAFETY: the real function, with the caller's argument.
+    unsafe { std::mem::transmute::<usize, CtxDestroy>(f)(ctx) }
+}
+
 /// Says once, on stderr, that memory of a kind acb cannot move stays on the GPU.
 fn unmovable(what: &str, seen: &AtomicBool) {
     if auto_active() && !seen.swap(true, Ordering::Relaxed) {
@@ -509,6 +621,10 @@ fn wrappers() -> &'static [(&'static CStr, usize)] {
         t.push((c"cuMemFree_v2", cuMemFree_v2 as *const () as usize));
         t.push((c"cuMemAllocAsync", cuMemAllocAsync as *const () as usize));
         t.push((c"cuMemFreeAsync", cuMemFreeAsync as *const () as usize));
+        t.push((c"cuCtxCreate_v2", cuCtxCreate_v2 as *const () as usize));
+        t.push((c"cuCtxCreate_v4", cuCtxCreate_v4 as *const () as usize));
+        t.push((c"cuDevicePrimaryCtxRetain", cuDevicePrimaryCtxRetain as *const () as usize));
+        t.push((c"cuCtxDestroy_v2", cuCtxDestroy_v2 as *const () as usize));
         t.push((c"cuGetProcAddress", cuGetProcAddress as *const () as usize));
         t.push((c"cuGetProcAddress_v2", cuGetProcAddress_v2 as *const () as usize));
         t

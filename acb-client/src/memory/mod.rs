@@ -160,6 +160,8 @@ pub(crate) struct Memory {
     pool: HostPool,
     /// The held lease's GPU (id, device index) and fence, between swap-in and swap-out.
     held: Option<(GpuId, u32, u64)>,
+    /// The GPU (id, device index) of the last swap-in, kept after the swap-out.
+    last: Option<(GpuId, u32)>,
     swapped_out_total: u64,
     swapped_in_total: u64,
     /// Bytes swapped since the last [`Memory::take_unreported`].
@@ -195,6 +197,7 @@ impl Memory {
             live: 0,
             pool: HostPool::default(),
             held: None,
+            last: None,
             swapped_out_total: 0,
             swapped_in_total: 0,
             unreported: (0, 0),
@@ -477,9 +480,20 @@ impl Memory {
         }
         self.registry.complete_swap_in(&plan);
         self.held = Some((gpu, device, fence));
+        self.last = Some((gpu, device));
         self.swapped_in_total += copied;
         self.unreported.0 += copied;
         Ok(copied)
+    }
+
+    /// Brings every swapped-out range back onto the GPU of the last swap-in, with no lease: for
+    /// a process that goes on unbrokered (no assigner to grant one). Nothing to do if nothing
+    /// is swapped out, or nothing was ever on a GPU.
+    pub(crate) fn swap_in_unbrokered(&mut self) -> Result<u64, MemError> {
+        match self.last {
+            Some((gpu, device)) if self.held.is_none() => self.swap_in(gpu, device, u64::MAX),
+            _ => Ok(0),
+        }
     }
 
     /// A range of `span` bytes as (offset, length) chunks.

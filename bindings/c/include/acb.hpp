@@ -228,8 +228,9 @@ inline bool try_free(void* ptr) {
 
 // Automatic mode at the CUDA driver (the interposer, libacb_preload.so, preloaded by
 // `agarun --mode auto`): it starts itself; these are for programs that look at it or know when
-// they are done with the GPU for a while. (acb_auto_enter and acb_auto_exit are the
-// interposer's gate, around each gated driver call: no wrapper.)
+// they are done with the GPU for a while. (acb_auto_enter and acb_auto_exit, the gate around
+// each gated driver call, and acb_auto_note_context and acb_auto_forget_context, which follow
+// the program's CUDA contexts, are the interposer's: no wrapper.)
 namespace automatic {
 // Starts automatic mode in this process if the interposer has not (false if it cannot: no CUDA
 // driver, a bad setting; it says why on stderr and the program runs unbrokered).

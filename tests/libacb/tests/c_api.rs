@@ -72,6 +72,8 @@ fn the_cpp_wrapper_calls_every_function_of_the_header() {
         "acb_allocator_free",
         "acb_auto_enter",
         "acb_auto_exit",
+        "acb_auto_note_context",
+        "acb_auto_forget_context",
     ];
     let missing: Vec<_> =
         declared.iter().filter(|f| !wrapper.contains(&format!("{f}(")) && !for_pytorch.contains(f)).collect();
