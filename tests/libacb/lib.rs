@@ -3,7 +3,8 @@
 //! interposer benchmarks.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use acb_assigner::config::{Address, GpuSpec, ServeConfig};
@@ -88,4 +89,46 @@ impl Drop for Assigner {
         }
         let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+/// Builds the fake libcuda (`tests/fake_cuda/libcuda.c`, a test double over host memory) into
+/// `dir`: `libcuda.so`, whose SONAME is the real driver's, `libcuda.so.1` (a link to it in `dir`
+/// too). Linked with -Bsymbolic: its cuGetProcAddress hands out its own functions even when an
+/// LD_PRELOAD library exports the same names, as the real driver does. Returns its path.
+pub fn build_fake_cuda(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_cuda/libcuda.c");
+    let lib = dir.join("libcuda.so");
+    let out = Command::new("gcc")
+        .args(["-O1", "-Wall", "-Werror", "-std=c11", "-shared", "-fPIC", "-Wl,-Bsymbolic", "-Wl,-soname,libcuda.so.1"])
+        .arg("-o")
+        .arg(&lib)
+        .arg(&src)
+        .arg("-lpthread")
+        .output()
+        .expect("gcc is needed to build the fake libcuda");
+    assert!(out.status.success(), "building the fake libcuda failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let link = dir.join("libcuda.so.1");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink("libcuda.so", &link).unwrap();
+    lib
+}
+
+/// Builds `tests/c/NAME.c`, a CUDA driver-API program, into `dir/NAME`, linked against the fake
+/// libcuda that [`build_fake_cuda`] built in `fake_dir`, which it finds there through its
+/// DT_RPATH (before LD_LIBRARY_PATH), with no LD_LIBRARY_PATH. Returns its path.
+pub fn build_driver_program(name: &str, fake_dir: &Path, dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/c/{name}.c"));
+    let bin = dir.join(name);
+    let out = Command::new("gcc")
+        .args(["-std=c11", "-O2", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-g", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .arg(format!("-L{}", fake_dir.display()))
+        .arg(format!("-Wl,-rpath,{}", fake_dir.display()))
+        .arg("-Wl,--disable-new-dtags")
+        .args(["-lcuda", "-ldl"])
+        .output()
+        .unwrap_or_else(|e| panic!("gcc is needed to build {name}: {e}"));
+    assert!(out.status.success(), "building {name} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    bin
 }

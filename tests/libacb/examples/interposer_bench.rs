@@ -23,16 +23,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use acb_core::record::EventKind;
-use libacb_tests::Assigner;
+use libacb_tests::{Assigner, build_driver_program, build_fake_cuda};
 
 /// The most one run of gate_bench may take (2M calls take well under a second here).
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// What "added per call while the lease is held" should stay under.
 const GOAL_NS: f64 = 50.0;
-
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// The directory holding this profile's `libacb.so` and `libacb_preload.so`: built as
 /// dependencies they are in target/<profile>/deps; `cargo build -p acb-ffi -p acb-preload`
@@ -51,57 +47,10 @@ fn lib_dir() -> PathBuf {
         })
 }
 
-fn gcc(args: &[&str], what: &str) {
-    let out = Command::new("gcc").args(args).output().unwrap_or_else(|e| panic!("gcc is needed for {what}: {e}"));
-    assert!(out.status.success(), "building {what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// The fake libcuda into `dir` (as tests/common's `build_fake_cuda`: SONAME libcuda.so.1,
-/// -Bsymbolic), and gate_bench linked against it (DT_RPATH to `dir`). Returns gate_bench's path.
+/// The fake libcuda into `dir`, and gate_bench linked against it. Returns gate_bench's path.
 fn build(dir: &Path) -> PathBuf {
-    let fake = dir.join("libcuda.so");
-    let src = manifest_dir().join("tests/fake_cuda/libcuda.c");
-    gcc(
-        &[
-            "-O1",
-            "-Wall",
-            "-Werror",
-            "-std=c11",
-            "-shared",
-            "-fPIC",
-            "-Wl,-Bsymbolic",
-            "-Wl,-soname,libcuda.so.1",
-            "-o",
-            fake.to_str().unwrap(),
-            src.to_str().unwrap(),
-            "-lpthread",
-        ],
-        "the fake libcuda",
-    );
-    let link = dir.join("libcuda.so.1");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink("libcuda.so", &link).unwrap();
-    let bin = dir.join("gate_bench");
-    let src = manifest_dir().join("tests/c/gate_bench.c");
-    gcc(
-        &[
-            "-std=c11",
-            "-O2",
-            "-Wall",
-            "-Wextra",
-            "-Wpedantic",
-            "-Werror",
-            "-o",
-            bin.to_str().unwrap(),
-            src.to_str().unwrap(),
-            &format!("-L{}", dir.display()),
-            &format!("-Wl,-rpath,{}", dir.display()),
-            "-Wl,--disable-new-dtags",
-            "-lcuda",
-        ],
-        "gate_bench",
-    );
-    bin
+    build_fake_cuda(dir);
+    build_driver_program("gate_bench", dir, dir)
 }
 
 /// How many leases the assigner's record shows granted to `job`.

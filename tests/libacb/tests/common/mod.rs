@@ -80,7 +80,7 @@ pub fn compile(src: &Path, out: &Path) {
 }
 
 #[allow(unused_imports)] // each test uses some
-pub use libacb_tests::{Assigner, events_at, scratch};
+pub use libacb_tests::{Assigner, build_driver_program, build_fake_cuda, events_at, scratch};
 
 /// A job through the C ABI, with swappable device memory. Eager: the GPU, and so the memory,
 /// goes back at every end.
@@ -181,44 +181,8 @@ pub fn assigner_binary() -> PathBuf {
     bin
 }
 
-/// Builds the fake libcuda (`tests/fake_cuda/libcuda.c`, a test double over host memory) into
-/// `dir`: `libcuda.so`, whose SONAME is the real driver's, `libcuda.so.1` (a link to it in `dir`
-/// too). Linked with -Bsymbolic: its cuGetProcAddress hands out its own functions even when an
-/// LD_PRELOAD library exports the same names, as the real driver does. Returns its path.
-pub fn build_fake_cuda(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_cuda/libcuda.c");
-    let lib = dir.join("libcuda.so");
-    let out = Command::new("gcc")
-        .args(["-O1", "-Wall", "-Werror", "-std=c11", "-shared", "-fPIC", "-Wl,-Bsymbolic", "-Wl,-soname,libcuda.so.1"])
-        .arg("-o")
-        .arg(&lib)
-        .arg(&src)
-        .arg("-lpthread")
-        .output()
-        .expect("gcc is needed to build the fake libcuda");
-    assert!(out.status.success(), "building the fake libcuda failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let link = dir.join("libcuda.so.1");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink("libcuda.so", &link).unwrap();
-    lib
-}
-
 /// Builds `tests/c/driver_app.c` (a CUDA driver-API program; see its header) into `dir`, linked
-/// against the fake libcuda that `build_fake_cuda` built in `fake_dir`, which it finds there
-/// through its DT_RPATH (before LD_LIBRARY_PATH), with no LD_LIBRARY_PATH. Returns its path.
+/// against the fake libcuda that `build_fake_cuda` built in `fake_dir`. Returns its path.
 pub fn build_driver_app(fake_dir: &Path, dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/driver_app.c");
-    let bin = dir.join("driver_app");
-    let out = Command::new("gcc")
-        .args(["-std=c11", "-O2", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-g", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .arg(format!("-L{}", fake_dir.display()))
-        .arg(format!("-Wl,-rpath,{}", fake_dir.display()))
-        .arg("-Wl,--disable-new-dtags")
-        .args(["-lcuda", "-ldl"])
-        .output()
-        .expect("gcc is needed to build driver_app");
-    assert!(out.status.success(), "building driver_app failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    bin
+    build_driver_program("driver_app", fake_dir, dir)
 }
