@@ -362,28 +362,40 @@ fn real_fn(cell: &OnceLock<Option<usize>>, name: &CStr) -> Option<usize> {
     *cell.get_or_init(|| real(name).map(|p| p as usize))
 }
 
-/// `size` bytes of libacb's swappable device memory into `*dptr`, in a GPU phase.
-fn acb_alloc(dptr: *mut D, size: usize) -> c_int {
-    let Some(malloc) = acb().malloc else { return CUDA_ERROR_MEMORY_ALLOCATION };
-    let Ok(size) = isize::try_from(size) else { return CUDA_ERROR_MEMORY_ALLOCATION };
-    let _gate = Gate::enter();
-    if !auto_active() {
-        // Automatic mode gave up while this call waited (no assigner): the driver's memory.
-        return match real_fn(&REAL_MEM_ALLOC, c"cuMemAlloc_v2") {
-            // SAFETY: the real function, with the caller's arguments.
-            Some(f) => unsafe { std::mem::transmute::<usize, MemAlloc>(f)(dptr, size as usize) },
-            None => CUDA_ERROR_NOT_FOUND,
-        };
-    }
-    // SAFETY: libacb's acb_allocator_malloc; the memory is the lease's.
+/// `size` bytes of the swappable memory of the client set in libacb (`acb_allocator_malloc`).
+fn libacb_malloc(size: usize) -> Result<P, c_int> {
+    let Some(malloc) = acb().malloc else { return Err(CUDA_ERROR_MEMORY_ALLOCATION) };
+    let Ok(size) = isize::try_from(size) else { return Err(CUDA_ERROR_MEMORY_ALLOCATION) };
+    // SAFETY: libacb's acb_allocator_malloc; NULL stream (the memory is the lease's).
     let p = unsafe { malloc(size, 0, std::ptr::null_mut()) };
-    if p.is_null() {
-        return CUDA_ERROR_MEMORY_ALLOCATION;
-    }
-    // SAFETY: checked non-NULL by the caller.
-    unsafe { *dptr = p as D };
-    CUDA_SUCCESS
+    if p.is_null() { Err(CUDA_ERROR_MEMORY_ALLOCATION) } else { Ok(p) }
 }
+
+/// In automatic mode, `size` bytes of libacb's memory, in a GPU phase (the gate begins one).
+/// `None` when automatic mode is off, or gave up while this call waited (no assigner): the
+/// caller then uses the driver's (or the runtime's) own allocation.
+fn auto_alloc(size: usize) -> Option<Result<P, c_int>> {
+    if !auto_active() {
+        return None;
+    }
+    let _gate = Gate::enter();
+    auto_active().then(|| libacb_malloc(size))
+}
+
+/// Writes an allocation into `*out`: its status.
+fn put<T>(out: *mut T, allocated: Result<T, c_int>) -> c_int {
+    match allocated {
+        Ok(p) => {
+            // SAFETY: the caller checked `out` non-NULL; the API's contract makes it writable.
+            unsafe { *out = p };
+            CUDA_SUCCESS
+        }
+        Err(e) => e,
+    }
+}
+
+static REAL_CTX_SYNC: OnceLock<Option<usize>> = OnceLock::new();
+static REAL_STREAM_SYNC: OnceLock<Option<usize>> = OnceLock::new();
 
 /// Frees `ptr` if it is libacb's, after the work queued on the current context (or `stream`)
 /// is done with it; `None` if it is not libacb's.
@@ -395,13 +407,13 @@ fn acb_free(ptr: D, stream: Option<P>) -> Option<c_int> {
     unsafe {
         match stream {
             Some(s) => {
-                if let Some(f) = real(c"cuStreamSynchronize") {
-                    std::mem::transmute::<P, StreamSync>(f)(s);
+                if let Some(f) = real_fn(&REAL_STREAM_SYNC, c"cuStreamSynchronize") {
+                    std::mem::transmute::<usize, StreamSync>(f)(s);
                 }
             }
             None => {
-                if let Some(f) = real(c"cuCtxSynchronize") {
-                    std::mem::transmute::<P, CtxSync>(f)();
+                if let Some(f) = real_fn(&REAL_CTX_SYNC, c"cuCtxSynchronize") {
+                    std::mem::transmute::<usize, CtxSync>(f)();
                 }
             }
         }
@@ -419,8 +431,8 @@ pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut D, size: usize) -> c_int {
     if dptr.is_null() {
         return CUDA_ERROR_INVALID_VALUE;
     }
-    if auto_active() {
-        return acb_alloc(dptr, size);
+    if let Some(allocated) = auto_alloc(size) {
+        return put(dptr, allocated.map(|p| p as D));
     }
     match real_fn(&REAL_MEM_ALLOC, c"cuMemAlloc_v2") {
         // SAFETY: the real function, with the caller's arguments.
@@ -457,8 +469,8 @@ pub unsafe extern "C" fn cuMemAllocAsync(dptr: *mut D, size: usize, stream: P) -
     if dptr.is_null() {
         return CUDA_ERROR_INVALID_VALUE;
     }
-    if auto_active() {
-        return acb_alloc(dptr, size);
+    if let Some(allocated) = auto_alloc(size) {
+        return put(dptr, allocated.map(|p| p as D));
     }
     match real_fn(&REAL_MEM_ALLOC_ASYNC, c"cuMemAllocAsync") {
         // SAFETY: the real function, with the caller's arguments.
@@ -785,20 +797,13 @@ pub unsafe extern "C" fn cudaMalloc(dev_ptr: *mut P, size: usize) -> c_int {
     if dev_ptr.is_null() {
         return CUDA_ERROR_INVALID_VALUE;
     }
-    let a = acb();
-    if let (Some(has_client), Some(malloc)) = (a.has_client, a.malloc)
-        // SAFETY: libacb's function, no arguments.
-        && unsafe { has_client() }
-    {
-        let Ok(size) = isize::try_from(size) else { return CUDA_ERROR_MEMORY_ALLOCATION };
-        // SAFETY: libacb's function; NULL stream (the memory is the lease's).
-        let p = unsafe { malloc(size, 0, std::ptr::null_mut()) };
-        if p.is_null() {
-            return CUDA_ERROR_MEMORY_ALLOCATION;
-        }
-        // SAFETY: checked non-NULL; the caller's contract.
-        unsafe { *dev_ptr = p };
-        return CUDA_SUCCESS;
+    // Automatic mode: in a GPU phase, as cuMemAlloc.
+    if let Some(allocated) = auto_alloc(size) {
+        return put(dev_ptr, allocated);
+    }
+    // SAFETY: libacb's function, no arguments.
+    if acb().has_client.is_some_and(|has_client| unsafe { has_client() }) {
+        return put(dev_ptr, libacb_malloc(size));
     }
     match lookup(libc::RTLD_NEXT, c"cudaMalloc") {
         // SAFETY: the real cudaMalloc, with the caller's arguments.
@@ -815,6 +820,12 @@ pub unsafe extern "C" fn cudaMalloc(dev_ptr: *mut P, size: usize) -> c_int {
 pub unsafe extern "C" fn cudaFree(ptr: P) -> c_int {
     if ptr.is_null() {
         return CUDA_SUCCESS;
+    }
+    // Automatic mode: after the queued work, as cuMemFree.
+    if auto_active()
+        && let Some(r) = acb_free(ptr as D, None)
+    {
+        return r;
     }
     // SAFETY: libacb's function; 0 is ACB_STATUS_OK (the pointer was its own).
     if let Some(try_free) = acb().try_free
