@@ -282,14 +282,14 @@ impl ModelHandle {
     }
 
     /// Records a failed wake: the requests queued now get `why` (502).
-    fn fail(&self, why: String, state: State) {
+    fn fail(&self, why: String) {
         tracing::warn!(model = %self.model.name, error = %why, "wake failed");
         self.metrics.wake_failures.get_or_create(&Metrics::model(&self.model.name)).inc();
         let mut i = self.lock();
         i.failure = Some(why);
         i.failures += 1;
         i.held = None;
-        self.set_state(&mut i, state);
+        self.set_state(&mut i, State::Asleep);
         drop(i);
         self.changed();
     }
@@ -333,7 +333,7 @@ pub async fn run(handle: Arc<ModelHandle>, link: AssignerLink, http: HttpClient,
     let mut pinned: Vec<u32> = model.required_gpus.clone();
     let mut deaths_in_row = 0u32;
     if let Err(e) = backend.sleep_external().await {
-        handle.fail(format!("at start: {e}"), State::Asleep);
+        handle.fail(format!("at start: {e}"));
     }
     loop {
         if *shutdown.borrow() {
@@ -371,7 +371,7 @@ pub async fn run(handle: Arc<ModelHandle>, link: AssignerLink, http: HttpClient,
             }
             Err(why) => {
                 release(&mut session, &handle, None).await;
-                handle.fail(why, State::Asleep);
+                handle.fail(why);
                 // A server that keeps failing is not woken again at once for each request.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;

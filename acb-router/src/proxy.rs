@@ -158,22 +158,19 @@ async fn route(
             return (unknown(), openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", None, &msg));
         }
     };
-    let name = {
-        let v = &body;
-        match v.get("model") {
-            Some(serde_json::Value::String(m)) => m.clone(),
-            Some(_) => {
-                let msg = "\"model\" must be a string naming one of /v1/models";
-                return (unknown(), openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", None, msg));
-            }
-            None if !v.is_object() => {
-                let msg = "the request body must be a JSON object";
-                return (unknown(), openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", None, msg));
-            }
-            None => {
-                let msg = "the request has no \"model\": name one of /v1/models";
-                return (unknown(), openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", None, msg));
-            }
+    let name = match body.get("model") {
+        Some(serde_json::Value::String(m)) => m.clone(),
+        Some(_) => {
+            let msg = "\"model\" must be a string naming one of /v1/models";
+            return (unknown(), openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", None, msg));
+        }
+        None if !body.is_object() => {
+            let msg = "the request body must be a JSON object";
+            return (unknown(), openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", None, msg));
+        }
+        None => {
+            let msg = "the request has no \"model\": name one of /v1/models";
+            return (unknown(), openai_error(StatusCode::BAD_REQUEST, "invalid_request_error", None, msg));
         }
     };
     let Some(&index) = s.names.get(&name) else {
